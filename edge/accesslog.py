@@ -1,0 +1,80 @@
+"""JSON-lines access log, written in batches off the event loop.
+
+One object a line: ``time`` (UTC, ISO 8601 with ms), ``client``, ``method``,
+``key``, ``range``, ``status``, ``bytes`` (body bytes sent), ``cache``
+(hit/miss/partial/none) and ``duration_ms``. Workers append to the same file
+(``O_APPEND``, whole lines per write); ``reopen`` follows logrotate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+
+class AccessLog:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._sec = -1
+        self._sec_text = ""
+        self.reopen()
+
+    def reopen(self) -> None:
+        if self.path == "-":
+            self._fd = sys.stdout.fileno()
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        old, self._fd = self._fd, fd
+        if old >= 0:
+            os.close(old)
+
+    def _time(self, now: float) -> str:
+        sec = int(now)
+        if sec != self._sec:
+            self._sec = sec
+            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._sec_text}.{int((now - sec) * 1000):03d}Z"
+
+    def record(
+        self,
+        now: float,
+        client: str,
+        method: str,
+        key: str,
+        range_: str | None,
+        status: int,
+        sent: int,
+        cache: str,
+        duration: float,
+    ) -> None:
+        line = (
+            f'{{"time":"{self._time(now)}","client":"{client}","method":{json.dumps(method)},'
+            f'"key":{json.dumps(key)},"range":{json.dumps(range_)},"status":{status},'
+            f'"bytes":{sent},"cache":"{cache}","duration_ms":{duration * 1000:.3f}}}\n'
+        )
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        """Write what is buffered; safe to call from a worker thread."""
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        data = "".join(lines).encode("utf-8")
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+
+    def close(self) -> None:
+        self.flush()
+        if self.path != "-" and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,605 @@
+"""The appliance's request handling: hits from the store, misses from the origin.
+
+Theory of operation: ``handle`` parses the key and, for content, looks for the
+object's ``View`` (the stored object with its header lines built once). A view
+whose slices cover the request is a hit and is answered synchronously with
+``FileSpan``s (sendfile). Anything else goes down the slow path, a coroutine:
+look the object up in the index, or learn its metadata from the origin; then
+fetch the missing slices, each once however many requests want it, stream them
+to the client and store them. Preconditions and ranges are decided by the pure
+modules ``conditional`` and ``ranges``; the operational endpoints live in
+``ops``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from edge import conditional, ranges
+from edge.accesslog import AccessLog
+from edge.config import ServeConfig
+from edge.connection import FileSpan, Part, Request, Response
+from edge.httpdate import format_http_date
+from edge.keys import KeyError400, is_reserved, parse_key, split_target
+from edge.meta import ObjectMeta, slice_bounds
+from edge.origin import Origin, OriginError, OriginTimeout
+from edge.response import (
+    ALLOW,
+    ALLOWED_REQUEST_HEADERS,
+    build_head,
+    cors_lines,
+    text_body,
+)
+from edge.store import Store, StoredObject
+
+log = logging.getLogger("edgefleet.appliance")
+
+T = TypeVar("T")
+
+_CONDITIONAL = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+MAX_VIEWS = 200_000
+HITS_FLUSH_SECONDS = 2.0
+CHANGES_POLL_SECONDS = 0.1
+READ_AHEAD = 2
+
+
+class View:
+    """A stored object as the hot path needs it."""
+
+    __slots__ = ("common", "etag", "key", "last_modified", "obj", "paths", "size", "slice_size")
+
+    def __init__(self, obj: StoredObject, cors: str) -> None:
+        meta = obj.meta
+        self.obj = obj
+        self.key = obj.key
+        self.size = meta.size
+        self.etag = meta.etag
+        self.last_modified = meta.last_modified
+        self.slice_size = obj.slice_size
+        self.paths: list[str | None] = [
+            obj.slice_path(i) if i in obj.slices else None for i in range(obj.slice_count)
+        ]
+        lines = [
+            "Accept-Ranges: bytes",
+            f"ETag: {meta.etag}",
+            f"Last-Modified: {format_http_date(meta.last_modified)}",
+        ]
+        if meta.cache_control:
+            lines.append(f"Cache-Control: {meta.cache_control}")
+        self.common = ("\r\n".join(lines) + "\r\n").encode("latin-1") + cors_lines(cors)
+
+    @property
+    def content_type(self) -> str:
+        return self.obj.meta.content_type
+
+
+class Appliance:
+    def __init__(
+        self,
+        cfg: ServeConfig,
+        store: Store,
+        origins: list[Origin],
+        executor: ThreadPoolExecutor,
+        access_log: AccessLog | None,
+        metrics: Any,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.origins = origins
+        self.executor = executor
+        self.access_log = access_log
+        self.metrics = metrics
+        self.loop = asyncio.get_running_loop()
+        self.cors = cfg.cors_origin
+        self.cors_bytes = cors_lines(cfg.cors_origin)
+        self.views: dict[str, View] = {}
+        self.hits: dict[str, list[float]] = {}
+        self.inflight_meta: dict[str, asyncio.Future[ObjectMeta | None]] = {}
+        self.inflight_slices: dict[tuple[str, str, int], asyncio.Future[bytes]] = {}
+        self.background: set[asyncio.Future[Any]] = set()
+        self.change_seq = 0
+        self.date_line = b""
+        self._date_sec = -1
+        self.draining = False
+        self.sent_window: list[tuple[float, int]] = []
+        self.egress_rate = 0.0
+        self.ops: Any = None  # set by serve (edge.ops.Ops)
+        self._timers: list[asyncio.TimerHandle] = []
+        self._update_date()
+
+    # -- plumbing ------------------------------------------------------------
+
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return self.loop.run_in_executor(self.executor, fn, *args)
+
+    def spawn(self, aw: Awaitable[Any]) -> asyncio.Future[Any]:
+        fut = asyncio.ensure_future(aw)
+        self.background.add(fut)
+        fut.add_done_callback(self.background.discard)
+        return fut
+
+    def start(self) -> None:
+        self.change_seq = self.store.last_change()
+        self.draining = self.store.get_state("draining") == "1"
+        self._every(1.0, self._tick)
+        self._every(HITS_FLUSH_SECONDS, self._flush_hits)
+        self._every(CHANGES_POLL_SECONDS, self._poll_changes)
+
+    def _every(self, seconds: float, fn: Callable[[], None]) -> None:
+        def fire() -> None:
+            try:
+                fn()
+            finally:
+                self._timers.append(self.loop.call_later(seconds, fire))
+
+        self._timers.append(self.loop.call_later(seconds, fire))
+
+    async def stop(self) -> None:
+        for t in self._timers:
+            t.cancel()
+        self._flush_hits()
+        if self.background:
+            await asyncio.wait(list(self.background), timeout=10)
+        if self.access_log is not None:
+            await self.run(self.access_log.flush)
+
+    def _update_date(self) -> None:
+        now = int(time.time())
+        if now != self._date_sec:
+            self._date_sec = now
+            self.date_line = f"Date: {format_http_date(now)}\r\n".encode()
+
+    def _tick(self) -> None:
+        self._update_date()
+        now = self.loop.time()
+        total = self.metrics.sent_total
+        self.sent_window.append((now, total))
+        while len(self.sent_window) > 6:
+            self.sent_window.pop(0)
+        t0, b0 = self.sent_window[0]
+        self.egress_rate = (total - b0) / (now - t0) if now > t0 else 0.0
+        self.metrics.set_egress(self.egress_rate)
+        if self.access_log is not None:
+            self.run(self.access_log.flush)
+
+    def _flush_hits(self) -> None:
+        if not self.hits:
+            return
+        hits = {k: (int(v[0]), v[1]) for k, v in self.hits.items()}
+        self.hits = {}
+        self.spawn(self.run(self.store.record_hits, hits))
+
+    def _poll_changes(self) -> None:
+        self.spawn(self._read_changes())
+
+    async def _read_changes(self) -> None:
+        seq, keys = await self.run(self.store.changes_since, self.change_seq)
+        self.change_seq = seq
+        if not keys:
+            return
+        if "" in keys:
+            self.views.clear()
+            await self.run(self.store.refresh_roots)
+        else:
+            for k in keys:
+                self.views.pop(k, None)
+        self.draining = (await self.run(self.store.get_state, "draining")) == "1"
+
+    # -- responses -----------------------------------------------------------
+
+    def head(self, req: Request, status: int, lines: bytes) -> bytes:
+        return build_head(
+            status, self.date_line, lines, keep_alive=req.keep_alive, http10=req.version == "1.0"
+        )
+
+    def error(
+        self, req: Request | None, status: int, message: str, extra: str = "", key: str = ""
+    ) -> Response:
+        body = text_body(status, message)
+        lines = (
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n{extra}"
+        ).encode("latin-1") + self.cors_bytes
+        keep = req.keep_alive if req is not None else False
+        if status in (400, 414, 431):
+            keep = False
+        head = build_head(
+            status,
+            self.date_line,
+            lines,
+            keep_alive=keep,
+            http10=req is not None and req.version == "1.0",
+        )
+        return Response(status, head, [body], body_length=len(body), key=key, close=not keep)
+
+    def finished(self, req: Request, resp: Response, sent: int, now: float) -> None:
+        duration = now - req.started
+        self.metrics.observe(resp.status, resp.cache, sent, duration)
+        if self.access_log is not None:
+            self.access_log.record(
+                time.time(),
+                req.client,
+                req.method,
+                resp.key,
+                resp.range,
+                resp.status,
+                sent,
+                resp.cache,
+                duration,
+            )
+
+    # -- dispatch ------------------------------------------------------------
+
+    def handle(self, req: Request) -> Response | Awaitable[Response]:
+        try:
+            path, query = split_target(req.target)
+            key = parse_key(path)
+        except KeyError400 as exc:
+            status = 414 if "too long" in str(exc) and "target" in str(exc) else 400
+            return self.error(req, status, str(exc))
+        if is_reserved(key):
+            return self.ops.handle(req, key, query)
+        method = req.method
+        if method not in ("GET", "HEAD"):
+            if method == "OPTIONS":
+                return self._options(req)
+            return self.error(req, 405, f"method {method} not allowed", f"Allow: {ALLOW}\r\n")
+        if not key:
+            return self.error(req, 404, "no object named; ask for /<key>")
+        hit = self.hits.get(key)
+        if hit is None:
+            self.hits[key] = [1.0, time.time()]
+        else:
+            hit[0] += 1.0
+            hit[1] = time.time()
+        view = self.views.get(key)
+        if view is not None:
+            resp = self._answer(req, view, fetch=False)
+            if resp is not None:
+                return resp
+        return self._slow(req, key)
+
+    def _options(self, req: Request) -> Response:
+        lines = (
+            f"Allow: {ALLOW}\r\nAccess-Control-Allow-Methods: {ALLOW}\r\n"
+            f"Access-Control-Allow-Headers: {ALLOWED_REQUEST_HEADERS}\r\n"
+            "Access-Control-Max-Age: 86400\r\nContent-Length: 0\r\n"
+        ).encode() + self.cors_bytes
+        return Response(204, self.head(req, 204, lines))
+
+    # -- the answer for a known object ----------------------------------------
+
+    def _answer(self, req: Request, view: View, fetch: bool) -> Response | None:
+        """The response for ``view``; ``None`` when slices are missing and
+        ``fetch`` is false. With ``fetch``, returns a streaming response and
+        leaves ``_first_missing`` to the caller."""
+        h = req.headers
+        range_value = h.get("range") if req.method == "GET" else None
+        outcome = conditional.Outcome.PROCEED
+        if any(name in h for name in _CONDITIONAL) or (range_value and "if-range" in h):
+            outcome = conditional.evaluate(
+                req.method,
+                view.etag,
+                view.last_modified,
+                if_match=h.get("if-match"),
+                if_none_match=h.get("if-none-match"),
+                if_modified_since=h.get("if-modified-since"),
+                if_unmodified_since=h.get("if-unmodified-since"),
+                if_range=h.get("if-range"),
+                has_range=range_value is not None,
+            )
+            if outcome is conditional.Outcome.NOT_MODIFIED:
+                return Response(304, self.head(req, 304, view.common), key=view.key, cache="hit")
+            if outcome is conditional.Outcome.PRECONDITION_FAILED:
+                resp = self.error(req, 412, "precondition failed", key=view.key)
+                resp.cache = "hit"
+                return resp
+            if outcome is conditional.Outcome.PROCEED_IGNORE_RANGE:
+                range_value = None
+        decision = ranges.decide(range_value, view.size, self.cfg.max_ranges)
+        size = view.size
+        ctype = view.content_type
+        if type(decision) is ranges.Full:
+            status = 200
+            segments: list[Any] = [(0, size - 1)] if size else []
+            lines = view.common + f"Content-Type: {ctype}\r\nContent-Length: {size}\r\n".encode()
+            body_length = size
+        elif type(decision) is ranges.Unsatisfiable:
+            resp = self.error(
+                req,
+                416,
+                f"range not satisfiable for {size} bytes",
+                f"Content-Range: bytes */{size}\r\n",
+                key=view.key,
+            )
+            resp.range, resp.cache = range_value, "hit"
+            return resp
+        else:
+            assert isinstance(decision, ranges.Partial)
+            status = 206
+            rs = decision.ranges
+            if len(rs) == 1:
+                a, b = rs[0]
+                segments = [(a, b)]
+                body_length = b - a + 1
+                lines = (
+                    view.common
+                    + (
+                        f"Content-Type: {ctype}\r\nContent-Range: bytes {a}-{b}/{size}\r\n"
+                        f"Content-Length: {body_length}\r\n"
+                    ).encode()
+                )
+            else:
+                boundary = secrets.token_hex(12)
+                segments = []
+                body_length = 0
+                first = True
+                for a, b in rs:
+                    part_head = (
+                        f"{'' if first else chr(13) + chr(10)}--{boundary}\r\n"
+                        f"Content-Type: {ctype}\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n"
+                    ).encode()
+                    first = False
+                    segments.append(part_head)
+                    segments.append((a, b))
+                    body_length += len(part_head) + b - a + 1
+                tail = f"\r\n--{boundary}--\r\n".encode()
+                segments.append(tail)
+                body_length += len(tail)
+                lines = (
+                    view.common
+                    + (
+                        f"Content-Type: multipart/byteranges; boundary={boundary}\r\n"
+                        f"Content-Length: {body_length}\r\n"
+                    ).encode()
+                )
+        head = self.head(req, status, lines)
+        rng = range_value if status == 206 else None
+        if req.method == "HEAD":
+            return Response(status, head, key=view.key, cache="hit", range_=rng)
+        # Expand byte ranges into per-slice pieces.
+        ss = view.slice_size
+        paths = view.paths
+        pieces: list[Any] = []
+        missing: list[int] = []
+        for seg in segments:
+            if type(seg) is bytes:
+                pieces.append(seg)
+                continue
+            a, b = seg
+            for idx in range(a // ss, b // ss + 1):
+                base = idx * ss
+                lo = max(a, base) - base
+                hi = min(b, base + ss - 1) - base
+                path = paths[idx]
+                if path is None:
+                    missing.append(idx)
+                pieces.append((idx, lo, hi - lo + 1))
+        if not missing:
+            body: list[Part] = []
+            for p in pieces:
+                if type(p) is bytes:
+                    body.append(p)
+                else:
+                    body.append(
+                        FileSpan(paths[p[0]], p[1], p[2], on_error=self._disk_error_cb(view))
+                    )  # type: ignore[arg-type]
+            # Open the first file now: a view gone stale (evicted, purged) is
+            # found before any byte of the answer leaves.
+            for part in body:
+                if type(part) is FileSpan:
+                    try:
+                        part.fd = _open(part.path)
+                    except FileNotFoundError:
+                        self.views.pop(view.key, None)
+                        return None
+                    except OSError as exc:
+                        self._disk_error_cb(view)(exc)
+                        self.views.pop(view.key, None)
+                        return None
+                    break
+            return Response(
+                status, head, body, body_length=body_length, cache="hit", key=view.key, range_=rng
+            )
+        if not fetch:
+            return None
+        cache = (
+            "miss" if len(missing) == sum(1 for p in pieces if type(p) is not bytes) else "partial"
+        )
+        return Response(
+            status,
+            head,
+            body_length=body_length,
+            cache=cache,
+            key=view.key,
+            range_=rng,
+            stream=self._stream(view, pieces, missing),
+        )
+
+    def _disk_error_cb(self, view: View) -> Callable[[OSError], None]:
+        def on_error(exc: OSError) -> None:
+            self.views.pop(view.key, None)
+            if not isinstance(exc, FileNotFoundError):
+                root = view.obj.root
+                self.spawn(self.run(self.store.mark_root_failed, root.id, str(exc)))
+
+        return on_error
+
+    async def _stream(
+        self, view: View, pieces: list[Any], missing: list[int]
+    ) -> AsyncIterator[Part]:
+        ahead: list[int] = list(dict.fromkeys(missing))
+        for i, idx in enumerate(ahead[:READ_AHEAD]):
+            if i:
+                self._start_fetch(view, idx)
+        for p in pieces:
+            if type(p) is bytes:
+                yield p
+                continue
+            idx, offset, count = p
+            path = view.paths[idx]
+            if path is not None:
+                yield FileSpan(path, offset, count, on_error=self._disk_error_cb(view))
+                continue
+            pos = ahead.index(idx) if idx in ahead else -1
+            if pos >= 0 and pos + READ_AHEAD < len(ahead):
+                self._start_fetch(view, ahead[pos + READ_AHEAD])
+            data = await self._fetch(view, idx)
+            yield memoryview(data)[offset : offset + count]
+
+    # -- the slow path -------------------------------------------------------
+
+    async def _slow(self, req: Request, key: str) -> Response:
+        try:
+            view = self.views.get(key)
+            if view is None:
+                obj = await self.run(self.store.lookup, key)
+                if obj is None:
+                    if not self.origins:
+                        return self.error(req, 404, "not in the store, and no origin", key=key)
+                    meta = await self._meta(key)
+                    if meta is None:
+                        return self.error(req, 404, "not found at the origin", key=key)
+                    obj = await self.run(self.store.ensure_object, key, meta)
+                view = self._remember(obj)
+            resp = self._answer(req, view, fetch=False)
+            if resp is None:
+                # Slices may have arrived from another process: look again.
+                obj = await self.run(self.store.lookup, key)
+                if obj is not None:
+                    view = self._remember(obj)
+                resp = self._answer(req, view, fetch=True)
+                if resp is None:
+                    return self.error(req, 503, "store changed under the request; retry", key=key)
+                if resp.stream is not None:
+                    first = self._first_missing(view, req)
+                    if first is not None:
+                        await self._fetch(view, first)
+            return resp
+        except OriginTimeout as exc:
+            return self.error(req, 504, f"origin timed out: {exc}", key=key)
+        except OriginError as exc:
+            return self.error(req, 502, f"origin failed: {exc}", key=key)
+
+    def _first_missing(self, view: View, req: Request) -> int | None:
+        decision = ranges.decide(
+            req.headers.get("range") if req.method == "GET" else None,
+            view.size,
+            self.cfg.max_ranges,
+        )
+        if type(decision) is ranges.Partial:
+            wanted = [(a, b) for a, b in decision.ranges]
+        else:
+            wanted = [(0, view.size - 1)] if view.size else []
+        for a, b in wanted:
+            for idx in range(a // view.slice_size, b // view.slice_size + 1):
+                if view.paths[idx] is None:
+                    return idx
+        return None
+
+    def _remember(self, obj: StoredObject) -> View:
+        view = View(obj, self.cors)
+        if len(self.views) >= MAX_VIEWS:
+            self.views.clear()
+        self.views[obj.key] = view
+        return view
+
+    async def _meta(self, key: str) -> ObjectMeta | None:
+        fut = self.inflight_meta.get(key)
+        if fut is None:
+            fut = self.loop.create_task(self._head_from_origins(key))
+            self.inflight_meta[key] = fut
+            fut.add_done_callback(lambda _f: self.inflight_meta.pop(key, None))
+        return await asyncio.shield(fut)
+
+    async def _head_from_origins(self, key: str) -> ObjectMeta | None:
+        last: OriginError | None = None
+        for origin in self.origins:
+            try:
+                meta = await origin.head(key)
+            except OriginError as exc:
+                self.metrics.origin("head", "error")
+                log.warning("origin %s: %s", origin.url, exc)
+                last = exc
+                continue
+            self.metrics.origin("head", "ok" if meta is not None else "not_found")
+            if meta is not None:
+                return meta
+        if last is not None:
+            raise last
+        return None
+
+    def _start_fetch(self, view: View, idx: int) -> asyncio.Future[bytes]:
+        obj = view.obj
+        k = (obj.key, obj.gen, idx)
+        fut = self.inflight_slices.get(k)
+        if fut is None:
+            fut = self.loop.create_future()
+            self.inflight_slices[k] = fut
+            self.spawn(self._fetch_and_store(view, idx, fut, k))
+        return fut
+
+    async def _fetch(self, view: View, idx: int) -> bytes:
+        return await asyncio.shield(self._start_fetch(view, idx))
+
+    async def _fetch_and_store(
+        self, view: View, idx: int, fut: asyncio.Future[bytes], k: tuple[str, str, int]
+    ) -> None:
+        obj = view.obj
+        start, length = slice_bounds(idx, obj.meta.size, obj.slice_size)
+        try:
+            data = await self._read_from_origins(obj, start, length)
+        except BaseException as exc:
+            self.inflight_slices.pop(k, None)
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: nobody may be waiting any more
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        fut.set_result(data)
+        try:
+            stored = await self.run(self.store.put_slice, obj, idx, data)
+        except Exception as exc:
+            log.error("storing slice %d of %r failed: %s", idx, obj.key, exc)
+            stored = False
+        finally:
+            self.inflight_slices.pop(k, None)
+        if stored:
+            current = self.views.get(obj.key)
+            if current is not None and current.obj.gen == obj.gen:
+                current.paths[idx] = obj.slice_path(idx)
+        else:
+            self.metrics.store_write_failed()
+
+    async def _read_from_origins(self, obj: StoredObject, start: int, length: int) -> bytes:
+        last: OriginError | None = None
+        for origin in self.origins:
+            try:
+                chunks = []
+                got = 0
+                async for chunk in origin.read(obj.key, obj.meta, start, length):
+                    chunks.append(chunk)
+                    got += len(chunk)
+                    if got > length:
+                        raise OriginError(f"{obj.key!r}: origin sent more than {length} bytes")
+                if got != length:
+                    raise OriginError(f"{obj.key!r}: origin sent {got} of {length} bytes")
+                self.metrics.origin("read", "ok")
+                self.metrics.origin_bytes(got)
+                return b"".join(chunks)
+            except OriginError as exc:
+                self.metrics.origin("read", "error")
+                log.warning("origin %s: %s", origin.url, exc)
+                last = exc
+        raise last or OriginError("no origin")
+
+
+def _open(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)

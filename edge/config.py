@@ -1,0 +1,245 @@
+"""Configuration: a TOML file, every option also a flag, validated at start.
+
+Rules it keeps: an unknown key, a bad value or a missing requirement stops
+start-up with a ``ConfigError`` naming the option both ways (``--slice-size`` /
+``slice_size``); flags override the file; defaults are what an appliance on a
+single disk would want.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.policy import POLICIES
+from edge.store import DEFAULT_SLICE_SIZE
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kb": 1000, "kib": 1024,
+    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
+}  # fmt: skip
+_DURATIONS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the option."""
+
+
+def parse_size(value: Any) -> int:
+    """``2MiB``, ``50GiB``, ``1.5TB``, ``4096`` → bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 2MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"{value!r} is not a size (like 2MiB, 50GiB, 1TB or bytes)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``1d``, ``250ms``, ``75`` → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|)\s*", str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration (like 250ms, 30s, 5m, 1d)")
+    return float(m.group(1)) * _DURATIONS[m.group(2)]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class StoreRootConfig:
+    path: str
+    capacity: int | None = None  # None: share of the total
+
+
+@dataclass
+class ServeConfig:
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    store: list[StoreRootConfig] = field(default_factory=list)
+    capacity: int | None = None
+    index: str | None = None
+    origin: list[str] = field(default_factory=list)
+    slice_size: int = DEFAULT_SLICE_SIZE
+    workers: int = 1
+    access_log: str | None = None
+    admin_token: str | None = None
+    grace: float = 30.0
+    eviction: str = "popularity"
+    half_life: float = 86400.0
+    cors_origin: str = "*"
+    max_ranges: int = 64
+    keepalive_timeout: float = 75.0
+    log_level: str = "info"
+
+    def root_capacities(self) -> list[tuple[str, int]]:
+        """Each root with its capacity, the total split over roots that name none."""
+        named = sum(r.capacity for r in self.store if r.capacity is not None)
+        unnamed = [r for r in self.store if r.capacity is None]
+        share = 0
+        if unnamed:
+            if self.capacity is None:
+                raise ConfigError(
+                    f"store root {unnamed[0].path!r} has no capacity: give --store DIR=SIZE, "
+                    "a capacity in [[store]], or a total with --capacity / capacity"
+                )
+            rest = self.capacity - named
+            if rest <= 0:
+                raise ConfigError(
+                    "--capacity / capacity is smaller than the capacities the roots name"
+                )
+            share = rest // len(unnamed)
+        return [(r.path, r.capacity if r.capacity is not None else share) for r in self.store]
+
+
+# option name -> (flag, parser). Parsers raise ValueError with the reason.
+def _store_roots(value: Any) -> list[StoreRootConfig]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            unknown = set(item) - {"path", "capacity"}
+            if unknown or "path" not in item:
+                raise ValueError("each [[store]] needs path and may have capacity")
+            cap = parse_size(item["capacity"]) if "capacity" in item else None
+            out.append(StoreRootConfig(str(item["path"]), cap))
+        else:
+            text = str(item)
+            path, eq, cap_text = text.rpartition("=")
+            if eq and re.fullmatch(r"[0-9.]+\s*[A-Za-z]*", cap_text.strip()):
+                out.append(StoreRootConfig(path, parse_size(cap_text)))
+            else:
+                out.append(StoreRootConfig(text))
+    return out
+
+
+def _origins(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        url = str(item)
+        if not re.match(r"^(file|s3|https?)://", url):
+            raise ValueError(f"{url!r} is not an origin URL (file:///dir, s3://bucket, http://…)")
+        out.append(url)
+    return out
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    n = int(value)
+    if n < 1:
+        raise ValueError("must be at least 1")
+    return n
+
+
+def _slice_size(value: Any) -> int:
+    n = parse_size(value)
+    if not 64 * 1024 <= n <= 256 * 1024 * 1024:
+        raise ValueError("must be between 64KiB and 256MiB")
+    return n
+
+
+def _choice(*names: str):
+    def parse(value: Any) -> str:
+        if str(value) not in names:
+            raise ValueError(f"{value!r}: choose from {', '.join(names)}")
+        return str(value)
+
+    return parse
+
+
+SERVE_OPTIONS: dict[str, tuple[str, Any, str]] = {
+    "listen": ("--listen", parse_listen, "HOST:PORT to serve content and /_edge/ on"),
+    "store": ("--store", _store_roots, "store root DIR or DIR=SIZE (repeat: one per disk)"),
+    "capacity": ("--capacity", parse_size, "total capacity, split over roots naming none"),
+    "index": ("--index", str, "the SQLite index (default FIRST_ROOT/index.sqlite)"),
+    "origin": ("--origin", _origins, "origin URL (repeat for fallbacks), e.g. file:///srv/videos"),
+    "slice_size": ("--slice-size", _slice_size, "slice size for new objects (default 2MiB)"),
+    "workers": ("--workers", _positive_int, "worker processes sharing the port"),
+    "access_log": ("--access-log", str, "JSON-lines access log path, '-' for stdout"),
+    "admin_token": ("--admin-token", str, "bearer token for /_edge/admin/* (none: disabled)"),
+    "grace": ("--grace", parse_duration, "how long in-flight responses may finish on SIGTERM"),
+    "eviction": ("--eviction", _choice(*POLICIES), "eviction policy"),
+    "half_life": ("--half-life", parse_duration, "popularity half-life (default 1d)"),
+    "cors_origin": ("--cors-origin", str, "Access-Control-Allow-Origin value (default *)"),
+    "max_ranges": ("--max-ranges", _positive_int, "ranges per request before Range is ignored"),
+    "keepalive_timeout": ("--keepalive-timeout", parse_duration, "idle keep-alive timeout"),
+    "log_level": ("--log-level", _choice("debug", "info", "warning", "error"), "log level"),
+}
+_REPEATABLE = {"store", "origin"}
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    for name, (flag, _, help_text) in SERVE_OPTIONS.items():
+        if name in _REPEATABLE:
+            parser.add_argument(flag, dest=name, action="append", help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, help=help_text)
+
+
+def load_serve_config(args: argparse.Namespace) -> ServeConfig:
+    raw: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        try:
+            with open(args.config, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {args.config}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config: {args.config} is not valid TOML: {exc}") from None
+        raw = dict(raw.get("serve", raw)) if isinstance(raw.get("serve"), dict) else raw
+        for section in ("fill", "steer"):
+            raw.pop(section, None)
+        unknown = sorted(set(raw) - set(SERVE_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"{args.config}: unknown option {unknown[0]!r} "
+                f"(known: {', '.join(sorted(SERVE_OPTIONS))})"
+            )
+    for name in SERVE_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            raw[name] = value
+    cfg = ServeConfig()
+    for name, value in raw.items():
+        flag, parser, _ = SERVE_OPTIONS[name]
+        try:
+            setattr(cfg, name, parser(value))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"invalid {flag} / {name} = {value!r}: {exc}") from None
+    if not cfg.store:
+        raise ConfigError("no store: give --store DIR (repeat per disk) or [[store]] in the file")
+    if cfg.admin_token is not None and len(cfg.admin_token) < 16:
+        raise ConfigError("--admin-token / admin_token must be at least 16 characters")
+    cfg.root_capacities()
+    if cfg.origin:
+        from edge.origin import check_origin_url
+
+        for url in cfg.origin:
+            try:
+                check_origin_url(url)
+            except ValueError as exc:
+                raise ConfigError(f"invalid --origin / origin = {url!r}: {exc}") from None
+    return cfg

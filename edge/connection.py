@@ -1,0 +1,588 @@
+"""The content port's HTTP/1.1 connection: raw sockets, llhttp, sendfile.
+
+Rules it keeps:
+- requests are parsed by llhttp (``httptools``); responses leave in request
+  order, so pipelining is safe; a request is handled only when the one before
+  it has been answered (its head and body are queued);
+- a response is a head (bytes) and body parts: bytes, or ``FileSpan``s that go
+  out with ``os.sendfile`` (zero copy); a streamed response (a miss) yields
+  parts from an async iterator, throttled by the socket's drain;
+- nothing blocks: a send or sendfile that would block arms a writer callback;
+- a response is logged when its last byte is handed to the kernel, or when the
+  connection dies before that, with the body bytes that really left;
+- limits: headers 16 KiB (431), headers within ``HEADER_TIMEOUT`` s, idle
+  keep-alive ``keepalive_timeout`` s, no progress sending for ``SEND_TIMEOUT`` s.
+
+The socket is ours, not an asyncio transport's: uvloop has no ``loop.sendfile``
+and a transport would not let a response mix its buffer with sendfile safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import httptools
+
+log = logging.getLogger("edgefleet.http")
+
+MAX_HEADER_BYTES = 16 * 1024
+HEADER_TIMEOUT = 15.0
+SEND_TIMEOUT = 60.0
+MAX_PIPELINED = 32
+STREAM_HIGH_WATER = 1 << 20
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+
+class FileSpan:
+    """``count`` bytes of a file from ``offset``, opened when first sent."""
+
+    __slots__ = ("count", "fd", "offset", "on_error", "path")
+
+    def __init__(
+        self,
+        path: str,
+        offset: int,
+        count: int,
+        fd: int = -1,
+        on_error: Callable[[OSError], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.offset = offset
+        self.count = count
+        self.fd = fd
+        self.on_error = on_error
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+Part = bytes | memoryview | FileSpan
+
+
+class Request:
+    __slots__ = ("client", "headers", "keep_alive", "method", "started", "target", "version")
+
+    def __init__(self, client: str, started: float) -> None:
+        self.client = client
+        self.started = started
+        self.method = ""
+        self.target = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.headers: dict[str, str] = {}
+
+
+class Response:
+    """A head and a body. ``body`` parts are sent first, then ``stream``'s."""
+
+    __slots__ = (
+        "body",
+        "body_length",
+        "cache",
+        "close",
+        "head",
+        "key",
+        "range",
+        "status",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        head: bytes,
+        body: list[Part] | None = None,
+        *,
+        body_length: int = 0,
+        cache: str = "none",
+        key: str = "",
+        range_: str | None = None,
+        stream: AsyncIterator[Part] | None = None,
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.head = head
+        self.body = body or []
+        self.body_length = body_length
+        self.cache = cache
+        self.key = key
+        self.range = range_
+        self.stream = stream
+        self.close = close
+
+
+class Handler(Protocol):
+    def handle(self, req: Request) -> Response | Awaitable[Response]: ...
+
+    def error(self, req: Request | None, status: int, message: str) -> Response: ...
+
+    def finished(self, req: Request, resp: Response, sent: int, now: float) -> None: ...
+
+
+class _Done:
+    """Queued after a response's last part: time to log it."""
+
+    __slots__ = ("req", "resp", "sent_before")
+
+    def __init__(self, req: Request, resp: Response, sent_before: int) -> None:
+        self.req = req
+        self.resp = resp
+        self.sent_before = sent_before  # connection's byte count before the head
+
+    def body_bytes(self, sent_now: int) -> int:
+        return max(0, sent_now - self.sent_before - len(self.resp.head))
+
+
+class Connection:
+    def __init__(self, server: ContentServer, sock: socket.socket, client: str) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.client = client
+        self.parser = httptools.HttpRequestParser(self)
+        self.out: deque[Any] = deque()
+        self.pending: deque[Request] = deque()
+        self.busy = False
+        self.closing = False
+        self.closed = False
+        self.writer_armed = False
+        self.reading = True
+        self.read_eof = False
+        self.response_start = 0
+        self.sent = 0  # bytes (heads and bodies) handed to the kernel on this connection
+        self.last_active = self.loop.time()
+        self.header_started: float | None = None
+        self.header_bytes = 0
+        self.raw_header_bytes = 0
+        self.task: asyncio.Task[None] | None = None
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self._req: Request | None = None
+        self._url: list[bytes] = []
+        self.loop.add_reader(self.fd, self._on_read)
+
+    # -- parser callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._req = Request(self.client, time.perf_counter())
+        self._url = []
+        self.header_started = self.loop.time()
+        self.header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self.header_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self._req
+        if req is None:
+            return
+        self.header_bytes += len(name) + len(value) + 4
+        k = name.decode("latin-1").lower()
+        v = value.decode("latin-1")
+        old = req.headers.get(k)
+        req.headers[k] = v if old is None else f"{old}, {v}"
+
+    def on_headers_complete(self) -> None:
+        if self.header_bytes > MAX_HEADER_BYTES:
+            return
+        self.header_bytes = 0
+        req = self._req
+        if req is None:
+            return
+        p = self.parser
+        req.method = p.get_method().decode("latin-1")
+        req.version = p.get_http_version()
+        req.keep_alive = p.should_keep_alive()
+        req.target = b"".join(self._url)
+        self.header_started = None
+
+    def on_message_complete(self) -> None:
+        if self._req is not None and self.header_bytes <= MAX_HEADER_BYTES:
+            self.pending.append(self._req)
+            self._req = None
+
+    # -- reading -------------------------------------------------------------
+
+    def _on_read(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.read_eof = True
+            self._stop_reading()
+            if not self.busy and not self.out and not self.pending:
+                self.close()
+            else:
+                self.closing = True
+            return
+        self.last_active = self.loop.time()
+        if self.closing:
+            return
+        if self.header_started is not None:
+            # mid-headers already: a guard against one endless header line
+            self.raw_header_bytes += len(data)
+            if self.raw_header_bytes > 4 * MAX_HEADER_BYTES:
+                self._fail(431, "request headers too large")
+                return
+        else:
+            self.raw_header_bytes = 0
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed request: {exc}")
+            return
+        if self.header_bytes > MAX_HEADER_BYTES:
+            self._fail(431, "request headers too large")
+            return
+        self._process()
+
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.fd)
+
+    def _resume_reading(self) -> None:
+        if not self.reading and not self.read_eof and not self.closed and not self.closing:
+            self.reading = True
+            self.loop.add_reader(self.fd, self._on_read)
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer a request we cannot parse, after what is already queued, then close."""
+        self._stop_reading()
+        self.closing = True
+        self.pending.clear()
+        req = Request(self.client, time.perf_counter())
+        req.method, req.keep_alive = "-", False
+        resp = self.server.handler.error(None, status, message)
+        if self.busy:
+            return  # the running response ends the connection
+        self._emit(req, resp)
+        self._flush()
+
+    # -- handling ------------------------------------------------------------
+
+    def _process(self) -> None:
+        handler = self.server.handler
+        while self.pending and not self.busy and not self.closed:
+            req = self.pending.popleft()
+            if self.server.stopping:
+                req.keep_alive = False
+            try:
+                result = handler.handle(req)
+            except Exception:
+                log.exception("handler failed")
+                result = handler.error(req, 500, "internal error")
+            if isinstance(result, Response):
+                self._emit(req, result)
+            else:
+                self.busy = True
+                self.task = self.loop.create_task(self._run(req, result))
+                break
+            if not req.keep_alive or result.close:
+                self.closing = True
+                self.pending.clear()
+                break
+        if len(self.pending) > MAX_PIPELINED:
+            self._stop_reading()
+        elif not self.pending:
+            self._resume_reading()
+        self._flush()
+
+    async def _run(self, req: Request, pending: Awaitable[Response]) -> None:
+        handler = self.server.handler
+        try:
+            try:
+                resp = await pending
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("handler failed")
+                resp = handler.error(req, 500, "internal error")
+            if self.closed:
+                return
+            self._emit(req, resp, done=resp.stream is None)
+            self._flush()
+            if resp.stream is not None:
+                try:
+                    async for part in resp.stream:
+                        if self.closed:
+                            return
+                        self.out.append(part)
+                        self._flush()
+                        if self._backlog() > STREAM_HIGH_WATER:
+                            await self._drained()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("response to %s aborted: %s", req.target[:200], exc)
+                    self.close()
+                    return
+                finally:
+                    with contextlib.suppress(Exception):
+                        await resp.stream.aclose()  # type: ignore[attr-defined]
+                self.out.append(_Done(req, resp, self.response_start))
+                self._flush()
+            if not req.keep_alive or resp.close:
+                self.closing = True
+                self.pending.clear()
+        finally:
+            self.busy = False
+            self.task = None
+        if not self.closed:
+            self._process()
+
+    def _emit(self, req: Request, resp: Response, done: bool = True) -> None:
+        self.response_start = self.sent + self._backlog()
+        self.out.append(resp.head)
+        if req.method != "HEAD":
+            self.out.extend(resp.body)
+        if done:
+            self.out.append(_Done(req, resp, self.response_start))
+        self.last_active = self.loop.time()
+
+    def _backlog(self) -> int:
+        n = 0
+        for item in self.out:
+            n += (
+                item.count
+                if type(item) is FileSpan
+                else len(item)
+                if type(item) is not _Done
+                else 0
+            )
+        return n
+
+    def _drained(self) -> asyncio.Future[None]:
+        fut = self.loop.create_future()
+        if not self.out:
+            fut.set_result(None)
+        else:
+            self.drain_waiter = fut
+        return fut
+
+    # -- writing -------------------------------------------------------------
+
+    def _on_writable(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self.out
+        sock = self.sock
+        while out:
+            item = out[0]
+            t = type(item)
+            if t is FileSpan:
+                if item.fd < 0:
+                    try:
+                        item.fd = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError as exc:
+                        self._disk_error(item, exc)
+                        return
+                try:
+                    n = os.sendfile(self.fd, item.fd, item.offset, item.count)
+                except (BlockingIOError, InterruptedError):
+                    self._arm_writer()
+                    return
+                except OSError as exc:
+                    if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                        self.close()
+                    else:
+                        self._disk_error(item, exc)
+                    return
+                if n == 0:
+                    self._disk_error(
+                        item, OSError(errno.EIO, "slice file shorter than its index row")
+                    )
+                    return
+                self.sent += n
+                self.last_active = self.loop.time()
+                item.offset += n
+                item.count -= n
+                if item.count == 0:
+                    item.close()
+                    out.popleft()
+            elif t is _Done:
+                out.popleft()
+                self.server.handler.finished(
+                    item.req, item.resp, item.body_bytes(self.sent), time.perf_counter()
+                )
+            else:
+                if not item:
+                    out.popleft()
+                    continue
+                flags = _MSG_MORE if len(out) > 1 and type(out[1]) is FileSpan else 0
+                try:
+                    n = sock.send(item, flags)
+                except (BlockingIOError, InterruptedError):
+                    self._arm_writer()
+                    return
+                except OSError:
+                    self.close()
+                    return
+                self.sent += n
+                self.last_active = self.loop.time()
+                if n < len(item):
+                    out[0] = memoryview(item)[n:]
+                    self._arm_writer()
+                    return
+                out.popleft()
+        if self.writer_armed:
+            self.writer_armed = False
+            self.loop.remove_writer(self.fd)
+        if self.drain_waiter is not None:
+            waiter, self.drain_waiter = self.drain_waiter, None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.closing and not self.busy:
+            self.close()
+
+    def _arm_writer(self) -> None:
+        if not self.writer_armed:
+            self.writer_armed = True
+            self.loop.add_writer(self.fd, self._on_writable)
+
+    def _disk_error(self, span: FileSpan, exc: OSError) -> None:
+        log.error("cannot send %s: %s", span.path, exc)
+        if span.on_error is not None:
+            span.on_error(exc)
+        self.close()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def idle(self) -> bool:
+        return not self.busy and not self.out and not self.pending
+
+    def expired(self, now: float, keepalive_timeout: float) -> bool:
+        """Too slow sending headers, idle too long, or a client not reading."""
+        if self.header_started is not None and now - self.header_started > HEADER_TIMEOUT:
+            return True
+        if self.idle():
+            return now - self.last_active > keepalive_timeout
+        return bool(self.out) and now - self.last_active > SEND_TIMEOUT
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+        if self.writer_armed:
+            self.loop.remove_writer(self.fd)
+        now = time.perf_counter()
+        for item in self.out:
+            if type(item) is FileSpan:
+                item.close()
+            elif type(item) is _Done:
+                self.server.handler.finished(item.req, item.resp, item.body_bytes(self.sent), now)
+        self.out.clear()
+        self.pending.clear()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.cancel()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.server.forget(self)
+
+
+class ContentServer:
+    """Accepts on a listening socket and keeps the connections."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        handler: Handler,
+        *,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.handler = handler
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[Connection] = set()
+        self.stopping = False
+        self.accepting = False
+        self.on_count: Callable[[int], None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self.loop.add_reader(self.sock.fileno(), self._accept)
+        self.accepting = True
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed: %s", exc)
+                    return
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = addr[0] if isinstance(addr, tuple) else str(addr)
+            c = Connection(self, conn, client)
+            self.connections.add(c)
+            if self.on_count:
+                self.on_count(len(self.connections))
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if self.on_count:
+            self.on_count(len(self.connections))
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for c in list(self.connections):
+            if c.expired(now, self.keepalive_timeout):
+                c.close()
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def stop_accepting(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; let in-flight responses finish within ``grace`` s."""
+        self.stopping = True
+        self.stop_accepting()
+        deadline = self.loop.time() + grace
+        while True:
+            for c in list(self.connections):
+                if c.idle() and c.header_started is None:
+                    c.close()
+                else:
+                    c.closing = True
+            if not self.connections or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for c in list(self.connections):
+            c.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()

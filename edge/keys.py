@@ -1,0 +1,109 @@
+"""Object keys: from a request target to a key that is safe everywhere.
+
+What it decides: whether a request target names an object, and which one. The
+rules it keeps:
+- a key is the percent-decoded path without its leading ``/`` and without the
+  query; it is decoded exactly once and must be valid UTF-8;
+- a key can never escape the store or reach an origin as anything but the key:
+  no NUL or control characters, no backslash, no ``.``/``..``/empty segments
+  (so no absolute paths and no trailing ``/``), no decoded ``%`` (a
+  double-encoded key is rejected rather than left for a later hop to decode);
+- keys are at most ``MAX_KEY_BYTES`` long (S3's limit);
+- the ``_edge/`` namespace is the appliance's own (``is_reserved``).
+
+Nothing here touches a socket, a file or a clock.
+"""
+
+from __future__ import annotations
+
+MAX_KEY_BYTES = 1024
+MAX_TARGET_BYTES = 8192
+RESERVED_PREFIX = "_edge/"
+
+_HEX = b"0123456789abcdefABCDEF"
+
+
+class KeyError400(ValueError):
+    """The request target is not an acceptable key; the message says why."""
+
+
+def _percent_decode(raw: bytes) -> bytes:
+    if b"%" not in raw:
+        return raw
+    out = bytearray()
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c == 0x25:  # '%'
+            if i + 2 >= n:
+                raise KeyError400("truncated percent-encoding")
+            hi, lo = raw[i + 1], raw[i + 2]
+            if hi not in _HEX or lo not in _HEX:
+                raise KeyError400("invalid percent-encoding")
+            out.append(int(raw[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    return bytes(out)
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """Split a request target into (path, query), accepting absolute-form."""
+    if len(target) > MAX_TARGET_BYTES:
+        raise KeyError400("request target too long")
+    if not target.startswith(b"/"):
+        lower = target[:8].lower()
+        if lower.startswith(b"http://") or lower.startswith(b"https:/"):
+            rest = target.split(b"//", 1)[1]
+            slash = rest.find(b"/")
+            target = rest[slash:] if slash >= 0 else b"/"
+        else:
+            raise KeyError400("request target must be an absolute path")
+    path, _, query = target.partition(b"?")
+    path = path.partition(b"#")[0]
+    return path, query
+
+
+def parse_key(path: bytes) -> str:
+    """Turn the path of a request target (starting with ``/``) into a key.
+
+    Returns ``""`` for ``/`` itself; raises ``KeyError400`` for anything hostile.
+    """
+    if not path.startswith(b"/"):
+        raise KeyError400("path must start with /")
+    decoded = _percent_decode(path[1:])
+    if len(decoded) > MAX_KEY_BYTES:
+        raise KeyError400(f"key longer than {MAX_KEY_BYTES} bytes")
+    try:
+        key = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeyError400("key is not valid UTF-8") from None
+    if not key:
+        return ""
+    check_key(key)
+    return key
+
+
+def check_key(key: str) -> str:
+    """Raise ``KeyError400`` unless ``key`` is a safe object key; return it."""
+    if not key:
+        raise KeyError400("empty key")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise KeyError400(f"key longer than {MAX_KEY_BYTES} bytes")
+    for ch in key:
+        o = ord(ch)
+        if o < 0x20 or o == 0x7F:
+            raise KeyError400("control character in key")
+        if ch == "\\":
+            raise KeyError400("backslash in key")
+        if ch == "%":
+            raise KeyError400("percent sign in decoded key")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise KeyError400("empty, '.' or '..' path segment in key")
+    return key
+
+
+def is_reserved(key: str) -> bool:
+    return key == RESERVED_PREFIX[:-1] or key.startswith(RESERVED_PREFIX)

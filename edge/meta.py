@@ -1,0 +1,34 @@
+"""What the appliance knows about an object, and the slice arithmetic on it.
+
+Pure: no I/O. A slice is the fixed-size unit of storage and of origin fetches;
+slice ``i`` of an object of ``size`` bytes cut at ``slice_size`` covers bytes
+``[i * slice_size, min(size, (i + 1) * slice_size))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    size: int
+    etag: str  # a full entity-tag, quotes included: '"abc"'
+    last_modified: int  # POSIX seconds
+    content_type: str
+    cache_control: str | None = None
+
+
+def slice_count(size: int, slice_size: int) -> int:
+    return -(-size // slice_size)
+
+
+def slice_bounds(idx: int, size: int, slice_size: int) -> tuple[int, int]:
+    """``(offset, length)`` of slice ``idx``."""
+    start = idx * slice_size
+    return start, max(0, min(slice_size, size - start))
+
+
+def slices_for(start: int, end: int, slice_size: int) -> range:
+    """Indexes of the slices that hold inclusive byte range ``start..end``."""
+    return range(start // slice_size, end // slice_size + 1)

@@ -1,0 +1,152 @@
+"""Prometheus metrics for an appliance, summed over its worker processes.
+
+prometheus-client's multiprocess mode keeps each worker's values in files under
+``PROMETHEUS_MULTIPROC_DIR``; the process that answers ``/_edge/metrics`` sums
+them. That variable must be set before this module is imported (``serve`` does
+it). Store figures (bytes, objects, evictions, checksum failures, drain) are not
+per-process: they are read from the index at scrape time (``StoreCollector``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edge import __version__
+from edge.store import Store
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+REQUESTS = Counter(
+    "edgefleet_requests", "Requests answered, by status and cache result", ["status", "cache"]
+)
+SENT = Counter("edgefleet_sent_bytes", "Body bytes sent, by cache result", ["cache"])
+LATENCY = Histogram(
+    "edgefleet_request_duration_seconds",
+    "Time from request to last byte handed to the kernel",
+    ["cache"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+ORIGIN_REQUESTS = Counter(
+    "edgefleet_origin_requests", "Requests to origins, by kind and result", ["kind", "result"]
+)
+ORIGIN_BYTES = Counter("edgefleet_origin_bytes", "Bytes read from origins")
+STORE_WRITE_FAILURES = Counter(
+    "edgefleet_store_write_failures", "Slices fetched but not stored (no room or a disk error)"
+)
+CONNECTIONS = Gauge(
+    "edgefleet_open_connections", "Open client connections", multiprocess_mode="livesum"
+)
+EGRESS_RATE = Gauge(
+    "edgefleet_egress_bytes_per_second",
+    "Body bytes sent per second over the last few seconds",
+    multiprocess_mode="livesum",
+)
+
+
+class RequestMetrics:
+    """The hot path's view of the metrics: label children resolved once."""
+
+    def __init__(self) -> None:
+        self._req: dict[tuple[int, str], Counter] = {}
+        self._sent = {c: SENT.labels(c) for c in ("hit", "miss", "partial", "none")}
+        self._lat = {c: LATENCY.labels(c) for c in ("hit", "miss", "partial", "none")}
+        self.sent_total = 0
+
+    def observe(self, status: int, cache: str, sent: int, seconds: float) -> None:
+        child = self._req.get((status, cache))
+        if child is None:
+            child = self._req[(status, cache)] = REQUESTS.labels(str(status), cache)
+        child.inc()
+        if sent:
+            self._sent[cache].inc(sent)
+            self.sent_total += sent
+        self._lat[cache].observe(seconds)
+
+    def set_egress(self, rate: float) -> None:
+        EGRESS_RATE.set(rate)
+
+    def set_connections(self, n: int) -> None:
+        CONNECTIONS.set(n)
+
+    def origin(self, kind: str, result: str) -> None:
+        ORIGIN_REQUESTS.labels(kind, result).inc()
+
+    def origin_bytes(self, n: int) -> None:
+        ORIGIN_BYTES.inc(n)
+
+    def store_write_failed(self) -> None:
+        STORE_WRITE_FAILURES.inc()
+
+
+class StoreCollector(Collector):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        usage = self.store.usage()
+        used = GaugeMetricFamily("edgefleet_store_bytes", "Bytes stored, by root", labels=["root"])
+        cap = GaugeMetricFamily(
+            "edgefleet_store_capacity_bytes", "Capacity, by root", labels=["root"]
+        )
+        objs = GaugeMetricFamily(
+            "edgefleet_store_objects", "Objects with stored bytes, by root", labels=["root"]
+        )
+        failed = GaugeMetricFamily(
+            "edgefleet_store_root_failed", "1 when a root has failed", labels=["root"]
+        )
+        for u in usage:
+            used.add_metric([u.path], u.used)
+            cap.add_metric([u.path], u.capacity)
+            objs.add_metric([u.path], u.objects)
+            failed.add_metric([u.path], int(u.failed))
+        yield from (used, cap, objs, failed)
+        counters = self.store.counters()
+        for name, help_text in (
+            ("evictions", "Objects evicted to make room"),
+            ("evicted_bytes", "Bytes evicted to make room"),
+            ("checksum_failures", "Slices that failed their checksum and were dropped"),
+            ("write_errors", "Slice writes that failed with an I/O error"),
+        ):
+            c = CounterMetricFamily(f"edgefleet_{name}", help_text)
+            c.add_metric([], counters.get(name, 0))
+            yield c
+        draining = GaugeMetricFamily("edgefleet_draining", "1 while the appliance is drained")
+        draining.add_metric([], int(self.store.get_state("draining") == "1"))
+        yield draining
+        info = GaugeMetricFamily("edgefleet_info", "Version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+def registry_for(store: Store) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    registry.register(StoreCollector(store))
+    return registry
+
+
+def render(store: Store) -> bytes:
+    return generate_latest(registry_for(store))
+
+
+def live_totals() -> dict[str, float]:
+    """Summed live gauges (connections, egress rate) across workers."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    out: dict[str, float] = {}
+    for family in registry.collect():
+        if family.name in ("edgefleet_open_connections", "edgefleet_egress_bytes_per_second"):
+            out[family.name] = sum(s.value for s in family.samples)
+    return out

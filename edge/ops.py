@@ -1,0 +1,227 @@
+"""The appliance's operational endpoints, under the reserved ``/_edge/`` prefix.
+
+- ``GET /_edge/health``: JSON for steering and load balancers (200 when ok,
+  503 when draining or failing);
+- ``GET /_edge/metrics``: Prometheus text, summed over workers;
+- ``GET /_edge/status``: an HTML page for the operator at 3 a.m.;
+- ``GET /_edge/inventory[?prefix=P]``: complete objects, one JSON object a line;
+- ``POST /_edge/admin/{drain,undrain,purge,scrub}``: need
+  ``Authorization: Bearer <admin_token>``; disabled (403) without a token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from edge import __version__
+from edge import metrics as m
+from edge.connection import Request, Response
+from edge.keys import KeyError400, check_key
+
+if TYPE_CHECKING:
+    from edge.appliance import Appliance
+
+JSON = "application/json"
+_STARTED = time.time()
+
+
+class Ops:
+    def __init__(self, app: Appliance, workers: int) -> None:
+        self.app = app
+        self.workers = workers
+
+    def handle(self, req: Request, key: str, query: bytes) -> Response | Awaitable[Response]:
+        app = self.app
+        name = key[len("_edge/") :] if key.startswith("_edge/") else ""
+        params = {k: v[-1] for k, v in parse_qs(query.decode("latin-1")).items()}
+        reads = {
+            "health": self.health,
+            "metrics": self.metrics,
+            "status": self.status,
+            "inventory": self.inventory,
+        }
+        if name in reads:
+            if req.method not in ("GET", "HEAD"):
+                return app.error(req, 405, f"{req.method} not allowed", "Allow: GET, HEAD\r\n")
+            return reads[name](req, params)
+        if name.startswith("admin/"):
+            action = name[len("admin/") :]
+            actions = {
+                "drain": self.drain,
+                "undrain": self.undrain,
+                "purge": self.purge,
+                "scrub": self.scrub,
+            }
+            if action not in actions:
+                return app.error(req, 404, f"no admin action {action!r}")
+            if req.method != "POST":
+                return app.error(req, 405, "admin actions take POST", "Allow: POST\r\n")
+            denied = self._authorize(req)
+            if denied is not None:
+                return denied
+            return actions[action](req, params)
+        return app.error(req, 404, f"no endpoint /{key}")
+
+    def _authorize(self, req: Request) -> Response | None:
+        token = self.app.cfg.admin_token
+        if not token:
+            return self.app.error(req, 403, "admin actions are disabled: set admin_token")
+        given = req.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), token.encode()
+        ):
+            return self.app.error(
+                req, 401, "a valid bearer token is required", "WWW-Authenticate: Bearer\r\n"
+            )
+        return None
+
+    def _reply(self, req: Request, status: int, body: bytes, ctype: str, key: str = "") -> Response:
+        lines = (
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+        )
+        head = self.app.head(req, status, lines.encode())
+        return Response(status, head, [body], body_length=len(body), key=key)
+
+    # -- reads ---------------------------------------------------------------
+
+    def _health_doc(self) -> dict[str, Any]:
+        app = self.app
+        usage = app.store.usage()
+        live = m.live_totals()
+        usable = [u for u in usage if not u.failed]
+        draining = app.store.get_state("draining") == "1"
+        status = "failing" if not usable else "draining" if draining else "ok"
+        return {
+            "status": status,
+            "draining": draining,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - _STARTED, 1),
+            "workers": self.workers,
+            "store": {
+                "used_bytes": sum(u.used for u in usable),
+                "capacity_bytes": sum(u.capacity for u in usable),
+                "objects": sum(u.objects for u in usable),
+                "roots": [
+                    {
+                        "path": u.path,
+                        "used_bytes": u.used,
+                        "capacity_bytes": u.capacity,
+                        "objects": u.objects,
+                        "state": "failed" if u.failed else "ok",
+                    }
+                    for u in usage
+                ],
+            },
+            "connections": int(live.get("edgefleet_open_connections", 0)),
+            "egress_bytes_per_second": round(live.get("edgefleet_egress_bytes_per_second", 0.0)),
+        }
+
+    async def health(self, req: Request, params: dict[str, str]) -> Response:
+        doc = await self.app.run(self._health_doc)
+        body = (json.dumps(doc, indent=1) + "\n").encode()
+        return self._reply(req, 200 if doc["status"] == "ok" else 503, body, JSON, "_edge/health")
+
+    async def metrics(self, req: Request, params: dict[str, str]) -> Response:
+        body = await self.app.run(m.render, self.app.store)
+        return self._reply(req, 200, body, m.CONTENT_TYPE, "_edge/metrics")
+
+    async def status(self, req: Request, params: dict[str, str]) -> Response:
+        doc = await self.app.run(self._health_doc)
+        rows = "".join(
+            f"<tr><td>{html.escape(r['path'])}</td><td>{r['state']}</td>"
+            f"<td>{_human(r['used_bytes'])}</td><td>{_human(r['capacity_bytes'])}</td>"
+            f"<td>{r['objects']}</td></tr>"
+            for r in doc["store"]["roots"]
+        )
+        page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>edgefleet appliance</title>
+<meta http-equiv="refresh" content="10">
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em 1em;text-align:left}}
+.ok{{color:#070}}.draining{{color:#a60}}.failing{{color:#b00}}</style></head>
+<body><h1>edgefleet appliance <span class="{doc["status"]}">{doc["status"]}</span></h1>
+<p>version {doc["version"]} · {doc["workers"]} worker(s) · up {int(doc["uptime_seconds"])} s ·
+{doc["connections"]} connections · egress {_human(doc["egress_bytes_per_second"])}/s</p>
+<h2>Store</h2><p>{_human(doc["store"]["used_bytes"])} of {_human(doc["store"]["capacity_bytes"])}
+in {doc["store"]["objects"]} objects</p>
+<table><tr><th>root</th><th>state</th><th>used</th><th>capacity</th><th>objects</th></tr>
+{rows}</table>
+<p><a href="/_edge/health">health</a> · <a href="/_edge/metrics">metrics</a> ·
+<a href="/_edge/inventory">inventory</a></p></body></html>
+"""
+        return self._reply(req, 200, page.encode(), "text/html; charset=utf-8", "_edge/status")
+
+    async def inventory(self, req: Request, params: dict[str, str]) -> Response:
+        prefix = params.get("prefix", "")
+
+        def listing() -> bytes:
+            objs = self.app.store.list_objects(prefix, complete_only=True)
+            return "".join(
+                json.dumps(
+                    {"key": o.key, "size": o.meta.size, "etag": o.meta.etag, "pinned": o.pinned}
+                )
+                + "\n"
+                for o in objs
+            ).encode()
+
+        body = await self.app.run(listing)
+        return self._reply(req, 200, body, "application/x-ndjson", "_edge/inventory")
+
+    # -- admin ---------------------------------------------------------------
+
+    async def drain(self, req: Request, params: dict[str, str]) -> Response:
+        await self.app.run(self.app.store.set_state, "draining", "1")
+        self.app.draining = True
+        return self._reply(req, 200, b'{"draining": true}\n', JSON, "_edge/admin/drain")
+
+    async def undrain(self, req: Request, params: dict[str, str]) -> Response:
+        await self.app.run(self.app.store.set_state, "draining", "0")
+        self.app.draining = False
+        return self._reply(req, 200, b'{"draining": false}\n', JSON, "_edge/admin/undrain")
+
+    async def purge(self, req: Request, params: dict[str, str]) -> Response:
+        store = self.app.store
+        if "key" in params:
+            try:
+                key = check_key(params["key"])
+            except KeyError400 as exc:
+                return self.app.error(req, 400, f"key: {exc}")
+            purged = int(await self.app.run(store.remove, key))
+            self.app.views.pop(key, None)
+        elif "prefix" in params:
+            purged = await self.app.run(store.purge_prefix, params["prefix"])
+            for k in [k for k in self.app.views if k.startswith(params["prefix"])]:
+                self.app.views.pop(k, None)
+        else:
+            return self.app.error(req, 400, "purge needs ?key=K or ?prefix=P")
+        body = (json.dumps({"purged": purged}) + "\n").encode()
+        return self._reply(req, 200, body, JSON, "_edge/admin/purge")
+
+    async def scrub(self, req: Request, params: dict[str, str]) -> Response:
+        report = await self.app.run(self.app.store.scrub)
+        body = (
+            json.dumps(
+                {
+                    "slices_checked": report.slices_checked,
+                    "bytes_checked": report.bytes_checked,
+                    "failures": report.failures,
+                    "failed_keys": sorted(set(report.failed_keys)),
+                }
+            ).encode()
+            + b"\n"
+        )
+        return self._reply(req, 200, body, JSON, "_edge/admin/scrub")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

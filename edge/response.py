@@ -1,0 +1,69 @@
+"""Response heads and bodies for the content port: pure byte building.
+
+Rules it keeps: every response has ``Date`` and ``Server``; every content
+response carries the CORS headers; ``Connection: close`` when the connection
+ends after it; error bodies are one short plain-text line naming the problem.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from edge import __version__
+
+SERVER = f"edgefleet/{__version__}"
+SERVER_LINE = f"Server: {SERVER}\r\n".encode()
+EXPOSED = "Content-Range, Content-Length, Accept-Ranges, ETag, Last-Modified"
+ALLOWED_REQUEST_HEADERS = (
+    "Range, If-Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, "
+    "Authorization"
+)
+ALLOW = "GET, HEAD, OPTIONS"
+
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else f"HTTP/1.1 {status} Unknown\r\n".encode()
+
+
+def cors_lines(origin: str) -> bytes:
+    if not origin:
+        return b""
+    return (
+        f"Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Expose-Headers: {EXPOSED}\r\n"
+    ).encode()
+
+
+def connection_line(keep_alive: bool, http10: bool) -> bytes:
+    if not keep_alive:
+        return b"Connection: close\r\n"
+    return b"Connection: keep-alive\r\n" if http10 else b""
+
+
+def build_head(
+    status: int,
+    date_line: bytes,
+    headers: list[tuple[str, str]] | bytes,
+    *,
+    keep_alive: bool = True,
+    http10: bool = False,
+) -> bytes:
+    if isinstance(headers, bytes):
+        lines = headers
+    else:
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1")
+    return (
+        status_line(status)
+        + date_line
+        + SERVER_LINE
+        + lines
+        + connection_line(keep_alive, http10)
+        + b"\r\n"
+    )
+
+
+def text_body(status: int, message: str) -> bytes:
+    phrase = HTTPStatus(status).phrase if status in _STATUS_LINES else "Error"
+    return f"{status} {phrase}: {message}\n".encode()

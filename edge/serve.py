@@ -1,0 +1,211 @@
+"""``edgefleet serve``: processes, sockets and signals around the appliance.
+
+The main process recovers the store, binds the listening sockets (one per
+worker, ``SO_REUSEPORT``) and runs the worker itself when there is one, or forks
+and supervises N workers. Workers die with the main process; SIGTERM/SIGINT
+drain them within ``grace``; SIGHUP reopens the access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from edge.config import ServeConfig
+from edge.policy import make_policy
+from edge.store import RootSpec, Store, StoreError
+
+log = logging.getLogger("edgefleet.serve")
+
+
+def make_store(cfg: ServeConfig) -> Store:
+    return Store(
+        [RootSpec(path, cap) for path, cap in cfg.root_capacities()],
+        cfg.index,
+        slice_size=cfg.slice_size,
+        policy=make_policy(cfg.eviction, cfg.half_life),
+        half_life=cfg.half_life,
+    )
+
+
+def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
+    for _ in range(count):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            s.close()
+            for other in socks:
+                other.close()
+            raise SystemExit(
+                f"edgefleet serve: cannot listen on {host}:{port} (--listen): {exc.strerror}"
+            ) from None
+        s.listen(1024)
+        port = s.getsockname()[1]
+        socks.append(s)
+    return socks
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run(cfg: ServeConfig) -> int:
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    metrics_dir = tempfile.mkdtemp(prefix="edgefleet-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        store = make_store(cfg)
+        try:
+            report = store.open()
+        except StoreError as exc:
+            print(f"edgefleet serve: store: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            store.close()
+        for failed in report.failed_roots:
+            log.error("store root failed: %s", failed)
+        host, port = cfg.listen
+        socks = bind_sockets(host, port, cfg.workers)
+        bound = socks[0].getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        print(
+            f"edgefleet serve: listening on http://{shown}:{bound[1]} "
+            f"({cfg.workers} worker{'s' if cfg.workers > 1 else ''}, "
+            f"{len(cfg.store)} store root{'s' if len(cfg.store) > 1 else ''}, "
+            f"origin {', '.join(cfg.origin) or 'none'})",
+            file=sys.stderr,
+            flush=True,
+        )
+        if cfg.workers == 1:
+            return worker_main(cfg, socks[0], 1)
+        return supervise(cfg, socks)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
+    children: dict[int, int] = {}  # pid -> slot
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _die_with_parent()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                for i, s in enumerate(socks):
+                    if i != slot:
+                        s.close()
+                code = worker_main(cfg, socks[slot], len(socks))
+            except BaseException:
+                log.exception("worker crashed")
+            finally:
+                os._exit(code)
+        children[pid] = slot
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
+    for slot in range(len(socks)):
+        spawn(slot)
+    from prometheus_client import multiprocess
+
+    status = 0
+    while children:
+        try:
+            pid, code = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        slot = children.pop(pid, None)
+        if slot is None:
+            continue
+        with contextlib.suppress(Exception):
+            multiprocess.mark_process_dead(pid)
+        exit_code = os.waitstatus_to_exitcode(code)
+        if stopping:
+            if exit_code != 0:
+                status = 1
+            continue
+        log.error("worker %d exited with %d; starting another", pid, exit_code)
+        time.sleep(0.5)
+        if not stopping:
+            spawn(slot)
+    return status
+
+
+def worker_main(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
+    import uvloop
+
+    return uvloop.run(_worker(cfg, sock, workers))
+
+
+async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
+    from edge.accesslog import AccessLog
+    from edge.appliance import Appliance
+    from edge.connection import ContentServer
+    from edge.metrics import RequestMetrics
+    from edge.ops import Ops
+    from edge.origin import open_origin
+
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgefleet-io")
+    loop.set_default_executor(executor)
+    store = make_store(cfg)
+    store.open(recover=False)
+    origins = [open_origin(url) for url in cfg.origin]
+    access_log = AccessLog(cfg.access_log) if cfg.access_log else None
+    metrics = RequestMetrics()
+    app = Appliance(cfg, store, origins, executor, access_log, metrics)
+    app.ops = Ops(app, workers)
+    server = ContentServer(loop, sock, app, keepalive_timeout=cfg.keepalive_timeout)
+    server.on_count = metrics.set_connections
+    app.start()
+    server.start()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if access_log is not None:
+        loop.add_signal_handler(signal.SIGHUP, access_log.reopen)
+    await stop.wait()
+    log.info("stopping: finishing in-flight responses (grace %.0fs)", cfg.grace)
+    await server.shutdown(cfg.grace)
+    await app.stop()
+    for origin in origins:
+        await origin.close()
+    if access_log is not None:
+        access_log.close()
+    executor.shutdown(wait=True)
+    store.close()
+    return 0

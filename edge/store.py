@@ -1,0 +1,919 @@
+"""The store: slices as plain files under one or more roots, indexed in SQLite.
+
+Rules it keeps (docs/appliance.md has the why):
+- a slice becomes visible only after its bytes are fsynced, renamed into place
+  and its row committed, all in one ``BEGIN IMMEDIATE`` transaction with the
+  eviction that makes room for it; evicted files are unlinked after the commit;
+- a root's committed bytes never exceed its capacity;
+- an object lives on one root; a slice file's name carries the object's
+  generation, so a replaced object never shares a file with its predecessor;
+- every deletion (evict, purge, scrub, replace) appends the key to ``changes``
+  so worker processes can drop their in-memory views (``""`` means all);
+- ``recover()`` at start-up brings files and rows back into agreement.
+
+The API is synchronous and thread-safe (one SQLite connection per thread);
+the server calls it from a thread pool, the fill job and tests directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import xxhash
+
+from edge.meta import ObjectMeta, slice_bounds, slice_count
+from edge.policy import (
+    DEFAULT_HALF_LIFE,
+    Candidate,
+    EvictionPolicy,
+    PopularityPolicy,
+    choose_victims,
+    decayed,
+)
+
+log = logging.getLogger("edgefleet.store")
+
+DEFAULT_SLICE_SIZE = 2 * 1024 * 1024
+TEMP_MAX_AGE_SECONDS = 3600.0
+METADATA_ONLY_MAX_AGE = 7 * 86400.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS roots (
+    id INTEGER PRIMARY KEY,
+    path TEXT UNIQUE NOT NULL,
+    capacity INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS objects (
+    key TEXT PRIMARY KEY,
+    gen TEXT NOT NULL,
+    root INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    last_modified INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    cache_control TEXT,
+    slice_size INTEGER NOT NULL,
+    stored INTEGER NOT NULL DEFAULT 0,
+    pinned INTEGER NOT NULL DEFAULT 0,
+    score REAL NOT NULL DEFAULT 0,
+    score_time REAL NOT NULL,
+    last_access REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_root ON objects(root);
+CREATE TABLE IF NOT EXISTS slices (
+    key TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    PRIMARY KEY (key, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message says why."""
+
+
+class ChecksumMismatch(StoreError):
+    pass
+
+
+class NoUsableRoot(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class RootSpec:
+    path: str
+    capacity: int
+
+
+@dataclass
+class Root:
+    id: int
+    path: str
+    capacity: int
+    failed: bool = False
+    reason: str = ""
+
+    @property
+    def tmp_dir(self) -> str:
+        return os.path.join(self.path, "tmp")
+
+    @property
+    def slice_dir(self) -> str:
+        return os.path.join(self.path, "slices")
+
+
+@dataclass
+class StoredObject:
+    key: str
+    gen: str
+    root: Root
+    meta: ObjectMeta
+    slice_size: int
+    slices: dict[int, int] = field(default_factory=dict)  # idx -> size
+    pinned: bool = False
+    score: float = 0.0
+    last_access: float = 0.0
+
+    @property
+    def slice_count(self) -> int:
+        return slice_count(self.meta.size, self.slice_size)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.slices) == self.slice_count
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(self.slices.values())
+
+    def slice_path(self, idx: int) -> str:
+        return slice_path(self.root.path, self.key, self.gen, idx)
+
+
+@dataclass(frozen=True)
+class RootUsage:
+    id: int
+    path: str
+    capacity: int
+    used: int
+    objects: int
+    failed: bool
+
+
+@dataclass
+class RecoveryReport:
+    temp_files_removed: int = 0
+    rows_dropped: int = 0
+    orphans_removed: int = 0
+    failed_roots: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScrubReport:
+    slices_checked: int = 0
+    bytes_checked: int = 0
+    failures: int = 0
+    failed_keys: list[str] = field(default_factory=list)
+
+
+def key_hash(key: str) -> str:
+    return xxhash.xxh3_128_hexdigest(key.encode("utf-8"))
+
+
+def slice_path(root_path: str, key: str, gen: str, idx: int) -> str:
+    h = key_hash(key)
+    return os.path.join(root_path, "slices", h[:2], h[2:4], f"{h}.{gen}.{idx}")
+
+
+def checksum(data: bytes | memoryview) -> str:
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    def __init__(
+        self,
+        roots: list[RootSpec],
+        index_path: str | None = None,
+        *,
+        slice_size: int = DEFAULT_SLICE_SIZE,
+        policy: EvictionPolicy | None = None,
+        half_life: float = DEFAULT_HALF_LIFE,
+        clock: Callable[[], float] = time.time,
+        evict_batch_fraction: float = 0.01,
+        evict_batch_max: int = 256 * 1024 * 1024,
+    ) -> None:
+        if not roots:
+            raise StoreError("at least one store root is needed")
+        self.specs = roots
+        self.index_path = index_path or os.path.join(roots[0].path, "index.sqlite")
+        self.slice_size = slice_size
+        self.policy = policy or PopularityPolicy(half_life=half_life)
+        self.half_life = getattr(self.policy, "half_life", half_life)
+        self.clock = clock
+        self.evict_batch_fraction = evict_batch_fraction
+        self.evict_batch_max = evict_batch_max
+        self.roots: dict[int, Root] = {}
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+
+    # -- connections ---------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.index_path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            hl = self.half_life
+            conn.create_function(
+                "decayed", 3, lambda s, t, now: decayed(s, t, now, hl), deterministic=True
+            )
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for conn in self._conns:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    # -- opening and recovery ------------------------------------------------
+
+    def open(self, *, recover: bool = True) -> RecoveryReport:
+        """Create or open the index, probe the roots and (by default) recover."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.index_path)), exist_ok=True)
+        conn = self._conn()
+        conn.executescript(SCHEMA)
+        report = RecoveryReport()
+        with self._write() as c:
+            known = {row[1]: row[0] for row in c.execute("SELECT id, path FROM roots")}
+            wanted = set()
+            for spec in self.specs:
+                path = os.path.abspath(spec.path)
+                wanted.add(path)
+                if path in known:
+                    c.execute(
+                        "UPDATE roots SET capacity=? WHERE id=?", (spec.capacity, known[path])
+                    )
+                else:
+                    cur = c.execute(
+                        "INSERT INTO roots(path, capacity) VALUES (?, ?)", (path, spec.capacity)
+                    )
+                    known[path] = int(cur.lastrowid or 0)
+            for path, rid in known.items():
+                if path not in wanted:  # a root taken out of the configuration
+                    self._drop_root_rows(c, rid)
+                    c.execute("DELETE FROM roots WHERE id=?", (rid,))
+            for spec in self.specs:
+                path = os.path.abspath(spec.path)
+                root = Root(id=known[path], path=path, capacity=spec.capacity)
+                reason = self._probe(root)
+                if reason:
+                    root.failed, root.reason = True, reason
+                    report.failed_roots.append(f"{path}: {reason}")
+                    log.error(
+                        "store root %s is unusable (%s); its content is dropped", path, reason
+                    )
+                    self._drop_root_rows(c, root.id)
+                    c.execute("UPDATE roots SET failed=1, used=0 WHERE id=?", (root.id,))
+                else:
+                    c.execute("UPDATE roots SET failed=0 WHERE id=?", (root.id,))
+                self.roots[root.id] = root
+        if not self.usable_roots():
+            raise NoUsableRoot("no usable store root: " + "; ".join(report.failed_roots))
+        if recover:
+            self._recover(report)
+        return report
+
+    @staticmethod
+    def _probe(root: Root) -> str:
+        try:
+            os.makedirs(root.slice_dir, exist_ok=True)
+            os.makedirs(root.tmp_dir, exist_ok=True)
+            probe = os.path.join(root.tmp_dir, f"probe.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, b"edgefleet")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return ""
+
+    def usable_roots(self) -> list[Root]:
+        return [r for r in self.roots.values() if not r.failed]
+
+    def _drop_root_rows(self, c: sqlite3.Connection, root_id: int) -> None:
+        c.execute(
+            "DELETE FROM slices WHERE key IN (SELECT key FROM objects WHERE root=?)", (root_id,)
+        )
+        c.execute("DELETE FROM objects WHERE root=?", (root_id,))
+        c.execute("INSERT INTO changes(key, at) VALUES ('', ?)", (self.clock(),))
+
+    def _recover(self, report: RecoveryReport) -> None:
+        now = self.clock()
+        for root in self.usable_roots():
+            report.temp_files_removed += self._clean_temp(root, now)
+        conn = self._conn()
+        bad: list[tuple[str, int]] = []
+        rows = conn.execute(
+            "SELECT s.key, s.idx, s.size, o.gen, o.root FROM slices s JOIN objects o USING (key)"
+        ).fetchall()
+        for key, idx, size, gen, rid in rows:
+            root = self.roots.get(rid)
+            if root is None or root.failed:
+                bad.append((key, idx))
+                continue
+            path = slice_path(root.path, key, gen, idx)
+            try:
+                st = os.stat(path)
+            except OSError:
+                bad.append((key, idx))
+                continue
+            if st.st_size != size:
+                bad.append((key, idx))
+        with self._write() as c:
+            c.executemany("DELETE FROM slices WHERE key=? AND idx=?", bad)
+            # slices whose object row is gone
+            c.execute("DELETE FROM slices WHERE key NOT IN (SELECT key FROM objects)")
+            c.execute(
+                "UPDATE objects SET stored = "
+                "(SELECT COALESCE(SUM(size), 0) FROM slices s WHERE s.key = objects.key)"
+            )
+            c.execute(
+                "UPDATE roots SET used = "
+                "(SELECT COALESCE(SUM(stored), 0) FROM objects o WHERE o.root = roots.id)"
+            )
+            c.execute(
+                "DELETE FROM objects WHERE stored = 0 AND pinned = 0 AND last_access < ?",
+                (now - METADATA_ONLY_MAX_AGE,),
+            )
+            c.execute("DELETE FROM changes")
+            c.execute("INSERT INTO changes(key, at) VALUES ('', ?)", (now,))
+        report.rows_dropped += len(bad)
+        # Renames happen inside write transactions, so while this one holds the
+        # lock no file can be between its rename and its row: every file that
+        # no row names is an orphan.
+        with self._write() as c:
+            names: dict[int, set[str]] = {r.id: set() for r in self.usable_roots()}
+            for key, idx, gen, rid in c.execute(
+                "SELECT s.key, s.idx, o.gen, o.root FROM slices s JOIN objects o USING (key)"
+            ):
+                if rid in names:
+                    names[rid].add(f"{key_hash(key)}.{gen}.{idx}")
+            for root in self.usable_roots():
+                report.orphans_removed += self._remove_orphans(root, names[root.id])
+        if report.rows_dropped or report.orphans_removed or report.temp_files_removed:
+            log.warning(
+                "store recovery: %d temp files removed, %d slice rows dropped, %d orphans removed",
+                report.temp_files_removed,
+                report.rows_dropped,
+                report.orphans_removed,
+            )
+
+    @staticmethod
+    def _clean_temp(root: Root, now: float) -> int:
+        removed = 0
+        try:
+            names = os.listdir(root.tmp_dir)
+        except OSError:
+            return 0
+        for name in names:
+            path = os.path.join(root.tmp_dir, name)
+            try:
+                pid = int(name.split(".", 1)[0])
+            except ValueError:
+                pid = -1
+            try:
+                old = now - os.stat(path).st_mtime > TEMP_MAX_AGE_SECONDS
+            except OSError:
+                continue
+            if pid == os.getpid() or pid <= 0 or old or not _pid_alive(pid):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    removed += 1
+        return removed
+
+    @staticmethod
+    def _remove_orphans(root: Root, expected: set[str]) -> int:
+        removed = 0
+        for dirpath, _dirs, files in os.walk(root.slice_dir):
+            for name in files:
+                if name not in expected:
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
+        return removed
+
+    # -- reading -------------------------------------------------------------
+
+    def _object_from_row(
+        self, row: tuple, slices: Iterable[tuple[int, int]]
+    ) -> StoredObject | None:
+        (key, gen, rid, size, etag, lm, ctype, cc, ss, pinned, score, last_access) = row
+        root = self.roots.get(rid)
+        if root is None or root.failed:
+            return None
+        return StoredObject(
+            key=key,
+            gen=gen,
+            root=root,
+            meta=ObjectMeta(size, etag, lm, ctype, cc),
+            slice_size=ss,
+            slices=dict(slices),
+            pinned=bool(pinned),
+            score=score,
+            last_access=last_access,
+        )
+
+    _OBJ_COLS = (
+        "key, gen, root, size, etag, last_modified, content_type, cache_control, "
+        "slice_size, pinned, score, last_access"
+    )
+
+    def lookup(self, key: str) -> StoredObject | None:
+        conn = self._conn()
+        row = conn.execute(f"SELECT {self._OBJ_COLS} FROM objects WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        slices = conn.execute("SELECT idx, size FROM slices WHERE key=?", (key,)).fetchall()
+        return self._object_from_row(row, slices)
+
+    def list_objects(self, prefix: str = "", *, complete_only: bool = False) -> list[StoredObject]:
+        conn = self._conn()
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = conn.execute(
+            f"SELECT {self._OBJ_COLS} FROM objects WHERE key LIKE ? ESCAPE '\\' ORDER BY key",
+            (like,),
+        ).fetchall()
+        slices: dict[str, list[tuple[int, int]]] = {}
+        for key, idx, size in conn.execute(
+            "SELECT key, idx, size FROM slices WHERE key LIKE ? ESCAPE '\\'", (like,)
+        ):
+            slices.setdefault(key, []).append((idx, size))
+        out = []
+        for row in rows:
+            obj = self._object_from_row(row, slices.get(row[0], []))
+            if obj is not None and (obj.complete or not complete_only):
+                out.append(obj)
+        return out
+
+    def usage(self) -> list[RootUsage]:
+        conn = self._conn()
+        counts = dict(
+            conn.execute("SELECT root, COUNT(*) FROM objects WHERE stored > 0 GROUP BY root")
+        )
+        out = []
+        for rid, path, cap, used, failed in conn.execute(
+            "SELECT id, path, capacity, used, failed FROM roots ORDER BY id"
+        ):
+            failed = bool(failed) or (rid in self.roots and self.roots[rid].failed)
+            out.append(RootUsage(rid, path, cap, used, counts.get(rid, 0), failed))
+        return out
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._conn().execute("SELECT name, value FROM counters"))
+
+    def get_state(self, name: str, default: str = "") -> str:
+        row = self._conn().execute("SELECT value FROM state WHERE name=?", (name,)).fetchone()
+        return row[0] if row else default
+
+    def set_state(self, name: str, value: str) -> None:
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO state(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                (name, value),
+            )
+
+    def changes_since(self, seq: int) -> tuple[int, list[str]]:
+        """New change sequence and the keys deleted since ``seq`` (``""``: all)."""
+        conn = self._conn()
+        rows = conn.execute("SELECT seq, key FROM changes WHERE seq > ? ORDER BY seq", (seq,))
+        keys = []
+        for s, key in rows:
+            seq = s
+            keys.append(key)
+        return seq, keys
+
+    def last_change(self) -> int:
+        row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+        return int(row[0])
+
+    def read_slice(self, key: str, idx: int) -> bytes:
+        obj = self.lookup(key)
+        if obj is None or idx not in obj.slices:
+            raise KeyError((key, idx))
+        with open(obj.slice_path(idx), "rb") as f:
+            return f.read()
+
+    def read(self, key: str) -> bytes:
+        """The whole object, for tests and tools (not the serving path)."""
+        obj = self.lookup(key)
+        if obj is None or not obj.complete:
+            raise KeyError(key)
+        return b"".join(self.read_slice(key, i) for i in range(obj.slice_count))
+
+    # -- writing -------------------------------------------------------------
+
+    def ensure_object(self, key: str, meta: ObjectMeta, *, pinned: bool = False) -> StoredObject:
+        """The stored object for ``meta``; a different version is replaced."""
+        now = self.clock()
+        doomed: list[str] = []
+        with self._write() as c:
+            row = c.execute(f"SELECT {self._OBJ_COLS} FROM objects WHERE key=?", (key,)).fetchone()
+            if row is not None:
+                root = self.roots.get(row[2])
+                same = row[4] == meta.etag and row[3] == meta.size
+                if same and root is not None and not root.failed:
+                    if pinned and not row[9]:
+                        c.execute("UPDATE objects SET pinned=1 WHERE key=?", (key,))
+                    slices = c.execute("SELECT idx, size FROM slices WHERE key=?", (key,))
+                    obj = self._object_from_row(row, slices.fetchall())
+                    assert obj is not None
+                    obj.pinned = obj.pinned or pinned
+                    return obj
+                doomed = self._delete_object(c, key, now)
+            root = self._choose_root(c)
+            gen = secrets.token_hex(6)
+            c.execute(
+                "INSERT INTO objects(key, gen, root, size, etag, last_modified, content_type, "
+                "cache_control, slice_size, pinned, score, score_time, last_access, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                (
+                    key,
+                    gen,
+                    root.id,
+                    meta.size,
+                    meta.etag,
+                    meta.last_modified,
+                    meta.content_type,
+                    meta.cache_control,
+                    self.slice_size,
+                    int(pinned),
+                    now,
+                    now,
+                    now,
+                ),
+            )
+        self._unlink_all(doomed)
+        return StoredObject(key, gen, root, meta, self.slice_size, {}, pinned, 0.0, now)
+
+    def _choose_root(self, c: sqlite3.Connection) -> Root:
+        best, best_free = None, None
+        for rid, cap, used, failed in c.execute("SELECT id, capacity, used, failed FROM roots"):
+            root = self.roots.get(rid)
+            if root is None or root.failed or failed:
+                continue
+            free = cap - used
+            if best_free is None or free > best_free:
+                best, best_free = root, free
+        if best is None:
+            raise NoUsableRoot("no usable store root")
+        return best
+
+    def _delete_object(self, c: sqlite3.Connection, key: str, now: float) -> list[str]:
+        """Delete an object's rows inside a write transaction; return its files."""
+        row = c.execute("SELECT gen, root, stored FROM objects WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return []
+        gen, rid, stored = row
+        root = self.roots.get(rid)
+        files = []
+        if root is not None:
+            files = [
+                slice_path(root.path, key, gen, idx)
+                for (idx,) in c.execute("SELECT idx FROM slices WHERE key=?", (key,))
+            ]
+        c.execute("DELETE FROM slices WHERE key=?", (key,))
+        c.execute("DELETE FROM objects WHERE key=?", (key,))
+        c.execute("UPDATE roots SET used = used - ? WHERE id=?", (stored, rid))
+        c.execute("INSERT INTO changes(key, at) VALUES (?, ?)", (key, now))
+        return files
+
+    @staticmethod
+    def _unlink_all(paths: Iterable[str]) -> None:
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+    def _bump(self, c: sqlite3.Connection, name: str, by: int = 1) -> None:
+        c.execute(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
+
+    def _make_room(
+        self, c: sqlite3.Connection, root: Root, size: int, exclude: str, now: float
+    ) -> list[str] | None:
+        """Evict so ``size`` more bytes fit on ``root``; ``None`` when they cannot."""
+        cap, used = c.execute("SELECT capacity, used FROM roots WHERE id=?", (root.id,)).fetchone()
+        if used + size <= cap:
+            return []
+        if size > cap:
+            return None
+        need = used + size - cap
+        batch = min(int(cap * self.evict_batch_fraction), self.evict_batch_max)
+        candidates = [
+            Candidate(k, stored, score, st, la, bool(p))
+            for k, stored, score, st, la, p in c.execute(
+                "SELECT key, stored, score, score_time, last_access, pinned FROM objects "
+                "WHERE root=? AND stored > 0 AND key != ?",
+                (root.id, exclude),
+            )
+        ]
+        if sum(x.size for x in candidates) < need:
+            return None
+        victims = choose_victims(self.policy, candidates, need + batch, now)
+        files: list[str] = []
+        freed = 0
+        for v in victims:
+            files += self._delete_object(c, v.key, now)
+            freed += v.size
+        self._bump(c, "evictions", len(victims))
+        self._bump(c, "evicted_bytes", freed)
+        return files
+
+    def _write_temp(self, root: Root, chunks: Iterable[bytes | memoryview]) -> tuple[str, int, str]:
+        os.makedirs(root.tmp_dir, exist_ok=True)
+        tmp = os.path.join(root.tmp_dir, f"{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        h = xxhash.xxh3_64()
+        n = 0
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                h.update(view)
+                n += len(view)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp, n, h.hexdigest()
+
+    def put_slice(
+        self,
+        obj: StoredObject,
+        idx: int,
+        data: bytes | memoryview,
+        *,
+        expected_checksum: str | None = None,
+    ) -> bool:
+        """Store slice ``idx`` of ``obj``. False when it was not stored (no room,
+        or the object was replaced or evicted meanwhile); raises on bad data."""
+        _, length = slice_bounds(idx, obj.meta.size, obj.slice_size)
+        if not 0 <= idx < obj.slice_count or len(data) != length:
+            raise StoreError(f"slice {idx} of {obj.key!r} must be {length} bytes, got {len(data)}")
+        root = obj.root
+        if root.failed:
+            return False
+        try:
+            tmp, n, digest = self._write_temp(root, [data])
+        except OSError as exc:
+            self._count_write_error(exc, root)
+            return False
+        if expected_checksum is not None and digest != expected_checksum:
+            os.unlink(tmp)
+            with self._write() as c:
+                self._bump(c, "checksum_failures")
+            raise ChecksumMismatch(
+                f"slice {idx} of {obj.key!r}: xxh3 {digest}, expected {expected_checksum}"
+            )
+        return self._commit_slice(obj, idx, tmp, n, digest)
+
+    def _commit_slice(self, obj: StoredObject, idx: int, tmp: str, n: int, digest: str) -> bool:
+        now = self.clock()
+        final = obj.slice_path(idx)
+        doomed: list[str] | None = None
+        try:
+            with self._write() as c:
+                row = c.execute("SELECT gen FROM objects WHERE key=?", (obj.key,)).fetchone()
+                if row is None or row[0] != obj.gen:
+                    raise _Abort
+                if c.execute(
+                    "SELECT 1 FROM slices WHERE key=? AND idx=?", (obj.key, idx)
+                ).fetchone():
+                    doomed = []
+                    raise _Done
+                doomed = self._make_room(c, obj.root, n, obj.key, now)
+                if doomed is None:
+                    raise _Abort
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                os.rename(tmp, final)
+                c.execute(
+                    "INSERT INTO slices(key, idx, size, checksum) VALUES (?, ?, ?, ?)",
+                    (obj.key, idx, n, digest),
+                )
+                c.execute("UPDATE objects SET stored = stored + ? WHERE key=?", (n, obj.key))
+                c.execute("UPDATE roots SET used = used + ? WHERE id=?", (n, obj.root.id))
+        except _Done:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return True
+        except _Abort:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self._count_write_error(exc, obj.root)
+            return False
+        obj.slices[idx] = n
+        self._unlink_all(doomed)
+        return True
+
+    def _count_write_error(self, exc: OSError, root: Root) -> None:
+        log.error("store write on %s failed: %s", root.path, exc)
+        with contextlib.suppress(sqlite3.Error), self._write() as c:
+            self._bump(c, "write_errors")
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            self.mark_root_failed(root.id, exc.strerror or str(exc))
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        meta: ObjectMeta | None = None,
+        *,
+        pinned: bool = False,
+        expected_checksum: str | None = None,
+    ) -> StoredObject:
+        """Store a whole object held in memory (tests, tools, small objects)."""
+        if expected_checksum is not None and checksum(data) != expected_checksum:
+            with self._write() as c:
+                self._bump(c, "checksum_failures")
+            raise ChecksumMismatch(f"{key!r}: bytes do not match checksum {expected_checksum}")
+        if meta is None:
+            from edge.mediatypes import guess_type
+
+            meta = ObjectMeta(len(data), f'"{checksum(data)}"', int(self.clock()), guess_type(key))
+        if meta.size != len(data):
+            raise StoreError(f"{key!r}: metadata says {meta.size} bytes, data has {len(data)}")
+        obj = self.ensure_object(key, meta, pinned=pinned)
+        view = memoryview(data)
+        for idx in range(obj.slice_count):
+            if idx in obj.slices:
+                continue
+            start, length = slice_bounds(idx, meta.size, obj.slice_size)
+            if not self.put_slice(obj, idx, view[start : start + length]):
+                raise StoreError(f"{key!r}: no room for slice {idx} on {obj.root.path}")
+        return obj
+
+    def pin(self, keys: Iterable[str], pinned: bool = True) -> int:
+        with self._write() as c:
+            cur = c.executemany(
+                "UPDATE objects SET pinned=? WHERE key=?", [(int(pinned), k) for k in keys]
+            )
+            return cur.rowcount
+
+    def remove(self, key: str) -> bool:
+        with self._write() as c:
+            existed = c.execute("SELECT 1 FROM objects WHERE key=?", (key,)).fetchone()
+            files = self._delete_object(c, key, self.clock())
+        self._unlink_all(files)
+        return existed is not None
+
+    def purge_prefix(self, prefix: str) -> int:
+        keys = [o.key for o in self.list_objects(prefix)]
+        files: list[str] = []
+        now = self.clock()
+        with self._write() as c:
+            for key in keys:
+                files += self._delete_object(c, key, now)
+        self._unlink_all(files)
+        return len(keys)
+
+    def record_hits(self, hits: dict[str, tuple[int, float]]) -> None:
+        """Add request counts (``key -> (count, last_access)``) to popularity."""
+        if not hits:
+            return
+        now = self.clock()
+        with self._write() as c:
+            c.executemany(
+                "UPDATE objects SET score = decayed(score, score_time, ?) + ?, score_time = ?, "
+                "last_access = MAX(last_access, ?) WHERE key=?",
+                [(now, n, now, last, key) for key, (n, last) in hits.items()],
+            )
+
+    def mark_root_failed(self, root_id: int, reason: str) -> None:
+        root = self.roots.get(root_id)
+        if root is None or root.failed:
+            return
+        log.error("store root %s failed (%s): its content is dropped", root.path, reason)
+        root.failed, root.reason = True, reason
+        with contextlib.suppress(sqlite3.Error), self._write() as c:
+            self._drop_root_rows(c, root_id)
+            c.execute("UPDATE roots SET failed=1, used=0 WHERE id=?", (root_id,))
+            self._bump(c, "failed_roots")
+
+    def refresh_roots(self) -> None:
+        """Pick up roots another process marked failed."""
+        for rid, failed in self._conn().execute("SELECT id, failed FROM roots"):
+            root = self.roots.get(rid)
+            if root is not None and failed and not root.failed:
+                root.failed, root.reason = True, "marked failed by another process"
+
+    # -- scrub ---------------------------------------------------------------
+
+    def scrub(self, progress: Callable[[int], None] | None = None) -> ScrubReport:
+        """Reread every slice; drop and count the ones whose checksum fails."""
+        report = ScrubReport()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT s.key, s.idx, s.size, s.checksum, o.gen, o.root "
+                "FROM slices s JOIN objects o USING (key) ORDER BY o.root, s.key, s.idx"
+            )
+            .fetchall()
+        )
+        for key, idx, size, digest, gen, rid in rows:
+            root = self.roots.get(rid)
+            if root is None or root.failed:
+                continue
+            path = slice_path(root.path, key, gen, idx)
+            try:
+                with open(path, "rb") as f:
+                    h = xxhash.xxh3_64()
+                    n = 0
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                        n += len(chunk)
+                ok = n == size and h.hexdigest() == digest
+            except FileNotFoundError:
+                ok = False
+            except OSError as exc:
+                self.mark_root_failed(rid, exc.strerror or str(exc))
+                continue
+            report.slices_checked += 1
+            report.bytes_checked += size
+            if progress:
+                progress(size)
+            if not ok:
+                report.failures += 1
+                report.failed_keys.append(key)
+                self._drop_slice(key, idx, gen, path)
+        return report
+
+    def _drop_slice(self, key: str, idx: int, gen: str, path: str) -> None:
+        log.error("slice %d of %r failed its checksum; dropped", idx, key)
+        with self._write() as c:
+            row = c.execute("SELECT size FROM slices WHERE key=? AND idx=?", (key, idx)).fetchone()
+            g = c.execute("SELECT gen, root FROM objects WHERE key=?", (key,)).fetchone()
+            if row is not None and g is not None and g[0] == gen:
+                c.execute("DELETE FROM slices WHERE key=? AND idx=?", (key, idx))
+                c.execute("UPDATE objects SET stored = stored - ? WHERE key=?", (row[0], key))
+                c.execute("UPDATE roots SET used = used - ? WHERE id=?", (row[0], g[1]))
+                c.execute("INSERT INTO changes(key, at) VALUES (?, ?)", (key, self.clock()))
+            self._bump(c, "checksum_failures")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class _Abort(Exception):
+    pass
+
+
+class _Done(Exception):
+    pass

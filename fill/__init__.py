@@ -1,0 +1,1 @@
+"""The nightly fill job (manifest, plan, download); built on edge's store and origins."""

@@ -1,0 +1,1 @@
+"""The steering service (localize, filter, rank, sign); built on edge's health and signing."""

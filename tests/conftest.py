@@ -1,0 +1,183 @@
+"""Real servers on loopback: ``edgefleet serve`` as a subprocess, plain HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Appliance:
+    """An ``edgefleet serve`` process on an ephemeral loopback port."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.stderr: list[str] = []
+
+    def start(self, timeout: float = 20.0) -> Appliance:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        self.stderr = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "serve", "--listen", "127.0.0.1:0", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        assert self.proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError("edgefleet serve exited: " + "".join(self.stderr))
+            self.stderr.append(line)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        else:
+            raise RuntimeError("edgefleet serve did not start: " + "".join(self.stderr))
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, headers=headers or {})
+            resp = conn.getresponse()
+            body = resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+        finally:
+            conn.close()
+
+    def get(self, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+        return self.request("GET", path, {k.replace("_", "-"): v for k, v in headers.items()})
+
+    def health(self) -> dict:
+        return json.loads(self.request("GET", "/_edge/health")[2])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes as they are; return everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def statuses(raw: bytes) -> list[int]:
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+@pytest.fixture
+def origin_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "origin"
+    d.mkdir()
+    return d
+
+
+def make_catalog(origin: Path, seed: int = 1) -> dict[str, bytes]:
+    """A small catalog of objects of awkward sizes around the slice size."""
+    import random
+
+    rng = random.Random(seed)
+    sizes = {
+        "titles/81234/720p/seg_00001.m4s": 64 * 1024,
+        "titles/81234/720p/seg_00002.m4s": 64 * 1024 * 3 + 17,
+        "titles/81234/master.m3u8": 300,
+        "titles/81234/720p/index.m3u8": 1000,
+        "titles/81234/movie.mp4": 64 * 1024 * 5,
+        "titles/81234/subs/en.vtt": 1,
+        "empty.ts": 0,
+        "dir with space/ü nicode.ts": 5000,
+    }
+    out = {}
+    for key, size in sizes.items():
+        data = rng.randbytes(size)
+        path = origin / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        out[key] = data
+    return out
+
+
+SLICE = 64 * 1024
+
+
+@pytest.fixture
+def catalog(origin_dir: Path) -> dict[str, bytes]:
+    return make_catalog(origin_dir)
+
+
+@pytest.fixture
+def appliance(tmp_path: Path, origin_dir: Path, catalog: dict[str, bytes]):
+    app = Appliance(
+        [
+            "--store",
+            str(tmp_path / "store"),
+            "--capacity",
+            "64MiB",
+            "--origin",
+            f"file://{origin_dir}",
+            "--slice-size",
+            str(SLICE),
+            "--access-log",
+            str(tmp_path / "access.log"),
+            "--admin-token",
+            "0123456789abcdef-token",
+        ]
+    ).start()
+    yield app
+    app.stop()

@@ -1,0 +1,97 @@
+"""edge.keys: request targets to safe keys; nothing hostile gets through."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge.keys import KeyError400, check_key, is_reserved, parse_key, split_target
+
+
+def key_of(target: bytes) -> str:
+    path, _ = split_target(target)
+    return parse_key(path)
+
+
+def test_ordinary_keys() -> None:
+    assert key_of(b"/titles/81234/720p/seg_00042.m4s") == "titles/81234/720p/seg_00042.m4s"
+    assert key_of(b"/a%20b/%C3%BC.ts?token=x#frag") == "a b/ü.ts"
+    assert key_of(b"http://edge.example/titles/x.ts") == "titles/x.ts"
+    assert key_of(b"/") == ""
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/../etc/passwd",
+        b"/titles/../../etc/passwd",
+        b"/titles/./x.ts",
+        b"/%2e%2e/etc/passwd",
+        b"/%2E%2E%2Fetc%2Fpasswd",
+        b"/titles/%2e/x",
+        b"//etc/passwd",
+        b"/titles//x.ts",
+        b"/titles/",
+        b"/a%00b",
+        b"/a%0ab",
+        b"/a%7fb",
+        b"/a\\b",
+        b"/a%5cb",
+        b"/%252e%252e/x",
+        b"/a%zz",
+        b"/a%4",
+        b"/a%",
+        b"/%ff%fe",
+        b"/" + b"a" * 1025,
+        b"*",
+        b"relative/path",
+    ],
+)
+def test_hostile_targets_are_rejected(target: bytes) -> None:
+    with pytest.raises(KeyError400):
+        key_of(target)
+
+
+def test_over_long_target() -> None:
+    with pytest.raises(KeyError400, match="too long"):
+        split_target(b"/" + b"a" * 9000)
+
+
+def test_reserved_namespace() -> None:
+    assert is_reserved("_edge/health")
+    assert is_reserved("_edge")
+    assert not is_reserved("_edges/x")
+    assert not is_reserved("titles/_edge/x")
+
+
+@given(st.binary(max_size=200))
+def test_any_target_is_a_safe_key_or_rejected(raw: bytes) -> None:
+    try:
+        key = key_of(b"/" + raw)
+    except KeyError400:
+        return
+    if key == "":
+        return
+    segments = key.split("/")
+    assert ".." not in segments and "." not in segments and "" not in segments
+    assert "\\" not in key and "\x00" not in key and "%" not in key
+    assert not key.startswith("/")
+    assert len(key.encode()) <= 1024
+    assert check_key(key) == key
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=100))
+def test_check_key_agrees_with_parse(text: str) -> None:
+    from urllib.parse import quote
+
+    try:
+        parsed = key_of(b"/" + quote(text, safe="/").encode())
+    except KeyError400:
+        parsed = None
+    try:
+        checked = check_key(text)
+    except KeyError400:
+        checked = None
+    if text:
+        assert parsed == checked

@@ -1,0 +1,248 @@
+"""edge.store: crash-safe slices and index, capacity, eviction, recovery, scrub."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge.meta import ObjectMeta
+from edge.store import ChecksumMismatch, NoUsableRoot, RootSpec, Store, checksum
+
+SLICE = 64 * 1024
+
+
+def open_store(tmp: Path, caps=(10 * SLICE,), **kw) -> Store:
+    roots = [RootSpec(str(tmp / f"root{i}"), cap) for i, cap in enumerate(caps)]
+    store = Store(roots, str(tmp / "index.sqlite"), slice_size=SLICE, **kw)
+    store.open()
+    return store
+
+
+def files_on_disk(store: Store) -> dict[str, int]:
+    out = {}
+    for root in store.roots.values():
+        for dirpath, _, names in os.walk(root.slice_dir):
+            for n in names:
+                p = os.path.join(dirpath, n)
+                out[p] = os.path.getsize(p)
+    return out
+
+
+def test_put_lookup_read(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    data = random.randbytes(SLICE * 2 + 5)
+    obj = store.put("titles/1/seg.m4s", data)
+    assert obj.slice_count == 3 and obj.complete
+    again = store.lookup("titles/1/seg.m4s")
+    assert again is not None and again.complete and again.meta.size == len(data)
+    assert again.meta.content_type == "video/iso.segment"
+    assert store.read("titles/1/seg.m4s") == data
+    assert store.lookup("nope") is None
+    assert [o.key for o in store.list_objects("titles/")] == ["titles/1/seg.m4s"]
+    assert store.usage()[0].used == len(data)
+    store.close()
+
+
+def test_empty_object(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    obj = store.put("empty.ts", b"")
+    assert obj.slice_count == 0 and obj.complete
+    assert store.read("empty.ts") == b""
+
+
+def test_capacity_evicts_least_popular_first(tmp_path: Path) -> None:
+    clock = [1000.0]
+    store = open_store(tmp_path, caps=(4 * SLICE,), clock=lambda: clock[0])
+    for name in ("a", "b", "c", "d"):
+        store.put(name, random.randbytes(SLICE))
+        clock[0] += 1
+    store.record_hits({"a": (50, clock[0])})  # a is old but popular
+    store.put("e", random.randbytes(SLICE))
+    keys = {o.key for o in store.list_objects()}
+    assert "a" in keys and "b" not in keys and "e" in keys
+    assert store.usage()[0].used <= 4 * SLICE
+    assert store.counters()["evictions"] >= 1
+
+
+def test_pinned_content_goes_last(tmp_path: Path) -> None:
+    clock = [1000.0]
+    store = open_store(tmp_path, caps=(3 * SLICE,), clock=lambda: clock[0])
+    store.put("pinned", random.randbytes(SLICE), pinned=True)
+    clock[0] += 1
+    store.put("x", random.randbytes(SLICE))
+    clock[0] += 1
+    store.put("y", random.randbytes(SLICE))
+    clock[0] += 1
+    store.put("z", random.randbytes(SLICE))
+    assert "pinned" in {o.key for o in store.list_objects()}
+
+
+def test_object_larger_than_capacity_is_not_stored(tmp_path: Path) -> None:
+    store = open_store(tmp_path, caps=(2 * SLICE,))
+    obj = store.ensure_object("big", ObjectMeta(3 * SLICE, '"e"', 0, "video/mp4"))
+    assert store.put_slice(obj, 0, b"x" * SLICE)
+    assert store.put_slice(obj, 1, b"x" * SLICE)
+    assert not store.put_slice(obj, 2, b"x" * SLICE)  # would need to evict itself
+    assert store.usage()[0].used == 2 * SLICE
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(0, 12), st.integers(0, 3 * SLICE), st.integers(0, 3)), max_size=30
+    )
+)
+def test_capacity_is_never_exceeded_and_index_matches_disk(tmp_path_factory, ops) -> None:
+    tmp = tmp_path_factory.mktemp("cap")
+    store = open_store(tmp, caps=(5 * SLICE, 3 * SLICE))
+    now = 0.0
+    for key_no, size, hits in ops:
+        key = f"k{key_no}"
+        store.put(key, random.randbytes(size)) if size <= 3 * SLICE else None
+        if hits:
+            now += 1
+            store.record_hits({key: (hits, now)})
+        for u in store.usage():
+            assert u.used <= u.capacity
+    disk = files_on_disk(store)
+    indexed = {}
+    for obj in store.list_objects():
+        for idx, size in obj.slices.items():
+            indexed[obj.slice_path(idx)] = size
+    assert disk == indexed
+    assert sum(u.used for u in store.usage()) == sum(disk.values())
+    store.close()
+
+
+def test_replacing_an_object_drops_old_slices(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    seq = store.last_change()
+    store.put("k", b"a" * (SLICE + 1))
+    old_files = set(files_on_disk(store))
+    store.put("k", b"b" * 10)  # different content: different ETag
+    assert store.read("k") == b"b" * 10
+    assert not (old_files & set(files_on_disk(store)))
+    _, changed = store.changes_since(seq)
+    assert "k" in changed
+
+
+def test_checksum_mismatch_is_rejected(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    with pytest.raises(ChecksumMismatch):
+        store.put("k", b"data", expected_checksum=checksum(b"other"))
+    assert store.lookup("k") is None
+    obj = store.ensure_object("j", ObjectMeta(4, '"x"', 0, "text/plain"))
+    with pytest.raises(ChecksumMismatch):
+        store.put_slice(obj, 0, b"data", expected_checksum="0" * 16)
+    assert store.lookup("j").slices == {}
+    assert store.counters()["checksum_failures"] == 2
+    assert files_on_disk(store) == {}
+
+
+def test_recovery_restores_agreement(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.put("keep", b"k" * (SLICE + 3))
+    store.put("missing", b"m" * 100)
+    store.put("short", b"s" * 100)
+    root = next(iter(store.roots.values()))
+    os.unlink(store.lookup("missing").slice_path(0))
+    short_path = store.lookup("short").slice_path(0)
+    with open(short_path, "r+b") as f:
+        f.truncate(50)
+    orphan = Path(root.slice_dir) / "ab" / "cd" / "deadbeef.0.0"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"orphan")
+    dead_tmp = Path(root.tmp_dir) / "999999999.abc.tmp"  # no such pid
+    dead_tmp.write_bytes(b"partial")
+    live_tmp = Path(root.tmp_dir) / f"{os.getppid()}.abc.tmp"  # a live writer's
+    live_tmp.write_bytes(b"in progress")
+    store.close()
+
+    store = Store(
+        [RootSpec(root.path, 10 * SLICE)], str(tmp_path / "index.sqlite"), slice_size=SLICE
+    )
+    report = store.open()
+    assert report.rows_dropped == 2
+    # the stray file, and the torn slice whose row was dropped
+    assert report.orphans_removed == 2 and not orphan.exists()
+    assert not os.path.exists(short_path)
+    assert not dead_tmp.exists() and live_tmp.exists()
+    assert store.read("keep") == b"k" * (SLICE + 3)
+    assert not store.lookup("missing").complete
+    assert not store.lookup("short").complete
+    assert store.usage()[0].used == SLICE + 3
+
+
+def test_scrub_drops_and_counts_corrupt_slices(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.put("good", b"g" * 1000)
+    store.put("bad", b"b" * (SLICE + 10))
+    with open(store.lookup("bad").slice_path(1), "r+b") as f:
+        f.write(b"X")
+    report = store.scrub()
+    assert report.slices_checked == 3 and report.failures == 1
+    assert report.failed_keys == ["bad"]
+    bad = store.lookup("bad")
+    assert set(bad.slices) == {0} and not bad.complete
+    assert store.counters()["checksum_failures"] == 1
+    assert store.scrub().failures == 0
+    assert store.usage()[0].used == 1000 + SLICE
+
+
+def test_a_failed_root_is_dropped_not_served(tmp_path: Path) -> None:
+    store = open_store(tmp_path, caps=(10 * SLICE, 10 * SLICE))
+    for i in range(6):
+        store.put(f"k{i}", b"x" * 100)
+    on_root1 = [o.key for o in store.list_objects() if o.root.path.endswith("root1")]
+    assert on_root1
+    store.close()
+    # the second disk is gone: its mount point is now a plain file
+    import shutil
+
+    shutil.rmtree(tmp_path / "root1")
+    (tmp_path / "root1").write_text("not a directory")
+    store = Store(
+        [
+            RootSpec(str(tmp_path / "root0"), 10 * SLICE),
+            RootSpec(str(tmp_path / "root1"), 10 * SLICE),
+        ],
+        str(tmp_path / "index.sqlite"),
+        slice_size=SLICE,
+    )
+    report = store.open()
+    assert len(report.failed_roots) == 1
+    for key in on_root1:
+        assert store.lookup(key) is None
+    obj = store.put("new", b"n" * 10)
+    assert obj.root.path.endswith("root0")
+    assert [u.failed for u in store.usage()] == [False, True]
+
+
+def test_no_usable_root(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    store = Store([RootSpec(str(tmp_path / "file"), SLICE)], str(tmp_path / "i.sqlite"))
+    with pytest.raises(NoUsableRoot):
+        store.open()
+
+
+def test_processes_share_the_index(tmp_path: Path) -> None:
+    a = open_store(tmp_path)
+    b = Store(
+        [RootSpec(str(tmp_path / "root0"), 10 * SLICE)],
+        str(tmp_path / "index.sqlite"),
+        slice_size=SLICE,
+    )
+    b.open(recover=False)
+    a.put("shared", b"s" * 10)
+    assert b.read("shared") == b"s" * 10
+    seq = b.last_change()
+    assert a.remove("shared")
+    assert b.lookup("shared") is None
+    assert b.changes_since(seq)[1] == ["shared"]
