@@ -273,9 +273,13 @@ class Store:
 
     def open(self, *, recover: bool = True) -> RecoveryReport:
         """Create or open the index, probe the roots and (by default) recover."""
-        os.makedirs(os.path.dirname(os.path.abspath(self.index_path)), exist_ok=True)
-        conn = self._conn()
-        conn.executescript(SCHEMA)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.index_path)), exist_ok=True)
+            conn = self._conn()
+            conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise StoreError(f"cannot open the index {self.index_path}: {reason}") from None
         report = RecoveryReport()
         with self._write() as c:
             known = {row[1]: row[0] for row in c.execute("SELECT id, path FROM roots")}

@@ -89,6 +89,13 @@ class Appliance:
             os.killpg(self.proc.pid, sig)
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            raise AssertionError(
+                f"edgefleet serve ignored signal {sig} for {timeout}s; it said:\n"
+                + "".join(self.stderr[-30:])
+            ) from None
         finally:
             if self.proc.stdout:
                 self.proc.stdout.close()
@@ -115,6 +122,15 @@ def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
                 break
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def small_window_socket(port: int, rcvbuf: int = 16384) -> socket.socket:
+    """A client whose receive buffer is small from the handshake on (a slow player)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    return s
 
 
 def statuses(raw: bytes) -> list[int]:

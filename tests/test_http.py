@@ -10,7 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SLICE, Appliance, make_catalog, raw_request, statuses
+from conftest import (
+    SLICE,
+    Appliance,
+    make_catalog,
+    raw_request,
+    small_window_socket,
+    statuses,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -256,8 +263,7 @@ def test_http10_closes_unless_keep_alive(app) -> None:
 
 def test_slow_reader_gets_everything(app, catalog) -> None:
     key = "titles/81234/movie.mp4"
-    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with small_window_socket(app.port) as s:
         s.sendall(f"GET /{key} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         time.sleep(0.5)
         chunks = []
