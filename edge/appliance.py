@@ -43,7 +43,7 @@ log = logging.getLogger("edgefleet.appliance")
 
 T = TypeVar("T")
 
-_CONDITIONAL = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+_CONDITIONAL = frozenset(("if-match", "if-none-match", "if-modified-since", "if-unmodified-since"))
 MAX_VIEWS = 200_000
 HITS_FLUSH_SECONDS = 2.0
 CHANGES_POLL_SECONDS = 0.1
@@ -53,7 +53,17 @@ READ_AHEAD = 2
 class View:
     """A stored object as the hot path needs it."""
 
-    __slots__ = ("common", "etag", "key", "last_modified", "obj", "paths", "size", "slice_size")
+    __slots__ = (
+        "common",
+        "etag",
+        "full",
+        "key",
+        "last_modified",
+        "obj",
+        "paths",
+        "size",
+        "slice_size",
+    )
 
     def __init__(self, obj: StoredObject, cors: str) -> None:
         meta = obj.meta
@@ -74,6 +84,9 @@ class View:
         if meta.cache_control:
             lines.append(f"Cache-Control: {meta.cache_control}")
         self.common = ("\r\n".join(lines) + "\r\n").encode("latin-1") + cors_lines(cors)
+        self.full = self.common + (
+            f"Content-Type: {meta.content_type}\r\nContent-Length: {meta.size}\r\n"
+        ).encode("latin-1")
 
     @property
     def content_type(self) -> str:
@@ -282,7 +295,7 @@ class Appliance:
         h = req.headers
         range_value = h.get("range") if req.method == "GET" else None
         outcome = conditional.Outcome.PROCEED
-        if any(name in h for name in _CONDITIONAL) or (range_value and "if-range" in h):
+        if not h.keys().isdisjoint(_CONDITIONAL) or (range_value and "if-range" in h):
             outcome = conditional.evaluate(
                 req.method,
                 view.etag,
@@ -308,7 +321,7 @@ class Appliance:
         if type(decision) is ranges.Full:
             status = 200
             segments: list[Any] = [(0, size - 1)] if size else []
-            lines = view.common + f"Content-Type: {ctype}\r\nContent-Length: {size}\r\n".encode()
+            lines = view.full
             body_length = size
         elif type(decision) is ranges.Unsatisfiable:
             resp = self.error(

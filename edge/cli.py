@@ -54,7 +54,8 @@ def scrub(cfg) -> int:  # type: ignore[no-untyped-def]
 
     store = make_store(cfg)
     try:
-        store.open()
+        # no recovery: the appliance may be serving from this store right now
+        store.open(recover=False)
     except StoreError as exc:
         print(f"edgefleet scrub: store: {exc}", file=sys.stderr)
         return 2

@@ -16,11 +16,14 @@ Nothing here touches a socket, a file or a clock.
 
 from __future__ import annotations
 
+import re
+
 MAX_KEY_BYTES = 1024
 MAX_TARGET_BYTES = 8192
 RESERVED_PREFIX = "_edge/"
 
 _HEX = b"0123456789abcdefABCDEF"
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\%]")
 
 
 class KeyError400(ValueError):
@@ -89,19 +92,19 @@ def check_key(key: str) -> str:
     """Raise ``KeyError400`` unless ``key`` is a safe object key; return it."""
     if not key:
         raise KeyError400("empty key")
-    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+    if len(key) > MAX_KEY_BYTES or len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise KeyError400(f"key longer than {MAX_KEY_BYTES} bytes")
-    for ch in key:
-        o = ord(ch)
-        if o < 0x20 or o == 0x7F:
-            raise KeyError400("control character in key")
+    bad = _FORBIDDEN.search(key)
+    if bad is not None:
+        ch = bad.group()
         if ch == "\\":
             raise KeyError400("backslash in key")
         if ch == "%":
             raise KeyError400("percent sign in decoded key")
-    for segment in key.split("/"):
-        if segment in ("", ".", ".."):
-            raise KeyError400("empty, '.' or '..' path segment in key")
+        raise KeyError400("control character in key")
+    segments = key.split("/")
+    if "" in segments or "." in segments or ".." in segments:
+        raise KeyError400("empty, '.' or '..' path segment in key")
     return key
 
 

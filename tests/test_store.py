@@ -246,3 +246,24 @@ def test_processes_share_the_index(tmp_path: Path) -> None:
     assert a.remove("shared")
     assert b.lookup("shared") is None
     assert b.changes_since(seq)[1] == ["shared"]
+
+
+def test_scrub_command(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    store = open_store(tmp_path)
+    store.put("a", b"a" * 100)
+    store.put("b", b"b" * 100)
+    with open(store.lookup("b").slice_path(0), "r+b") as f:
+        f.write(b"X")
+    store.close()
+    argv = [sys.executable, "-m", "edge.cli", "scrub", "--store", f"{tmp_path / 'root0'}=1GiB",
+            "--index", str(tmp_path / "index.sqlite")]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    report = json.loads(out.stdout)
+    assert report["failures"] == 1 and report["failed_keys"] == ["b"]
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and json.loads(again.stdout)["slices_checked"] == 1
