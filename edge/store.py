@@ -729,41 +729,39 @@ class Store:
     def _commit_slice(self, obj: StoredObject, idx: int, tmp: str, n: int, digest: str) -> bool:
         now = self.clock()
         final = obj.slice_path(idx)
-        doomed: list[str] | None = None
+        placed = tmp  # where the bytes are until the row is committed
         try:
             with self._write() as c:
                 row = c.execute("SELECT gen FROM objects WHERE key=?", (obj.key,)).fetchone()
                 if row is None or row[0] != obj.gen:
-                    raise _Abort
+                    return False  # replaced or evicted meanwhile
                 if c.execute(
                     "SELECT 1 FROM slices WHERE key=? AND idx=?", (obj.key, idx)
                 ).fetchone():
-                    doomed = []
-                    raise _Done
+                    return True  # another writer was first
                 doomed = self._make_room(c, obj.root, n, obj.key, now)
                 if doomed is None:
-                    raise _Abort
+                    return False
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.rename(tmp, final)
+                placed = final
                 c.execute(
                     "INSERT INTO slices(key, idx, size, checksum) VALUES (?, ?, ?, ?)",
                     (obj.key, idx, n, digest),
                 )
                 c.execute("UPDATE objects SET stored = stored + ? WHERE key=?", (n, obj.key))
                 c.execute("UPDATE roots SET used = used + ? WHERE id=?", (n, obj.root.id))
-        except _Done:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            return True
-        except _Abort:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            return False
+            placed = ""
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             self._count_write_error(exc, obj.root)
             return False
+        except sqlite3.Error as exc:
+            log.error("index write for slice %d of %r failed: %s", idx, obj.key, exc)
+            return False
+        finally:
+            if placed:
+                with contextlib.suppress(OSError):
+                    os.unlink(placed)
         obj.slices[idx] = n
         self._unlink_all(doomed)
         return True
@@ -913,11 +911,3 @@ class Store:
             self._bump(c, "checksum_failures")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-
-
-class _Abort(Exception):
-    pass
-
-
-class _Done(Exception):
-    pass

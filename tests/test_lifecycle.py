@@ -229,3 +229,49 @@ def test_an_unusable_store_is_reported(tmp_path: Path) -> None:
     out = serve()  # the index would live in the unusable root
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "cannot open the index" in out.stderr
+
+
+def test_a_full_disk_serves_without_storing(tmp_path: Path) -> None:
+    """The disk fills up (ENOSPC) below the configured capacity: players still get
+    every byte, nothing torn is stored, the root is not declared failed."""
+    import subprocess
+
+    import pytest
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs: " + mounted.stderr.decode().strip())
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    data = random.randbytes(5 * SLICE)
+    (origin / "movie.mp4").write_bytes(data)
+    small = random.randbytes(1000)
+    (origin / "small.vtt").write_bytes(small)
+    app = Appliance(
+        ["--store", f"{disk}=64MiB", "--index", str(tmp_path / "index.sqlite"),
+         "--origin", f"file://{origin}", "--slice-size", str(SLICE), "--admin-token", TOKEN]
+    ).start()  # fmt: skip
+    try:
+        for _ in range(2):
+            status, _, body = app.get("/movie.mp4")
+            assert status == 200 and body == data
+        time.sleep(0.5)
+        health = app.health()
+        assert health["status"] == "ok" and health["store"]["roots"][0]["state"] == "ok"
+        assert 0 < health["store"]["used_bytes"] < len(data)
+        text = app.get("/_edge/metrics")[2].decode()
+        assert "edgefleet_write_errors_total 0.0" not in text
+        status, _, body = app.get("/small.vtt")
+        assert status == 200 and body == small
+        status, _, body = app.request(
+            "POST", "/_edge/admin/scrub", {"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert json.loads(body)["failures"] == 0
+        assert not any((disk / "tmp").iterdir())
+    finally:
+        assert app.stop() == 0
+        subprocess.run(["umount", str(disk)], check=False)
