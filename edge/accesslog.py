@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
+
+_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def _string(text: str) -> str:
+    """A JSON string; ``json.dumps`` only when something needs escaping."""
+    return json.dumps(text, ensure_ascii=False) if _UNSAFE.search(text) else f'"{text}"'
 
 
 class AccessLog:
@@ -35,13 +43,6 @@ class AccessLog:
         if old >= 0:
             os.close(old)
 
-    def _time(self, now: float) -> str:
-        sec = int(now)
-        if sec != self._sec:
-            self._sec = sec
-            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._sec_text}.{int((now - sec) * 1000):03d}Z"
-
     def record(
         self,
         now: float,
@@ -54,12 +55,16 @@ class AccessLog:
         cache: str,
         duration: float,
     ) -> None:
-        line = (
-            f'{{"time":"{self._time(now)}","client":"{client}","method":{json.dumps(method)},'
-            f'"key":{json.dumps(key)},"range":{json.dumps(range_)},"status":{status},'
+        sec = int(now)
+        if sec != self._sec:
+            self._sec = sec
+            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        self._lines.append(
+            f'{{"time":"{self._sec_text}.{int((now - sec) * 1000):03d}Z","client":"{client}",'
+            f'"method":"{method}","key":{_string(key)},'
+            f'"range":{"null" if range_ is None else _string(range_)},"status":{status},'
             f'"bytes":{sent},"cache":"{cache}","duration_ms":{duration * 1000:.3f}}}\n'
         )
-        self._lines.append(line)
 
     def flush(self) -> None:
         """Write what is buffered; safe to call from a worker thread."""

@@ -14,6 +14,8 @@ modules ``conditional`` and ``ranges``; the operational endpoints live in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -25,7 +27,7 @@ from typing import Any, TypeVar
 from edge import conditional, ranges
 from edge.accesslog import AccessLog
 from edge.config import ServeConfig
-from edge.connection import FileSpan, Part, Request, Response
+from edge.connection import FileSpan, OpenFile, Part, Request, Response
 from edge.httpdate import format_http_date
 from edge.keys import KeyError400, is_reserved, parse_key, split_target
 from edge.meta import ObjectMeta, slice_bounds
@@ -33,8 +35,11 @@ from edge.origin import Origin, OriginError, OriginTimeout
 from edge.response import (
     ALLOW,
     ALLOWED_REQUEST_HEADERS,
+    SERVER_LINE,
     build_head,
+    connection_line,
     cors_lines,
+    status_line,
     text_body,
 )
 from edge.store import Store, StoredObject
@@ -43,19 +48,28 @@ log = logging.getLogger("edgefleet.appliance")
 
 T = TypeVar("T")
 
-_CONDITIONAL = frozenset(("if-match", "if-none-match", "if-modified-since", "if-unmodified-since"))
+_CONDITIONAL = frozenset(
+    (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
+)
+CRLF = "\r\n"
 MAX_VIEWS = 200_000
+SMALL_OBJECT_MAX = 32 * 1024  # objects this small are answered from memory
+SMALL_BUDGET = 64 * 1024 * 1024  # per worker
 HITS_FLUSH_SECONDS = 2.0
 CHANGES_POLL_SECONDS = 0.1
 READ_AHEAD = 2
 
 
 class View:
-    """A stored object as the hot path needs it."""
+    """A stored object as the hot path needs it: header lines built once, slice
+    files kept open, and the bytes themselves when the object is small."""
 
     __slots__ = (
+        "__weakref__",
         "common",
+        "ctype",
         "etag",
+        "files",
         "full",
         "key",
         "last_modified",
@@ -63,7 +77,10 @@ class View:
         "paths",
         "size",
         "slice_size",
+        "small",
+        "typed",
     )
+    small_bytes = 0  # bytes held in ``small`` by all views of this process
 
     def __init__(self, obj: StoredObject, cors: str) -> None:
         meta = obj.meta
@@ -73,9 +90,12 @@ class View:
         self.etag = meta.etag
         self.last_modified = meta.last_modified
         self.slice_size = obj.slice_size
+        self.ctype = meta.content_type
         self.paths: list[str | None] = [
             obj.slice_path(i) if i in obj.slices else None for i in range(obj.slice_count)
         ]
+        self.files: list[OpenFile | None] = [None] * len(self.paths)
+        self.small: bytes | None = None
         lines = [
             "Accept-Ranges: bytes",
             f"ETag: {meta.etag}",
@@ -84,13 +104,41 @@ class View:
         if meta.cache_control:
             lines.append(f"Cache-Control: {meta.cache_control}")
         self.common = ("\r\n".join(lines) + "\r\n").encode("latin-1") + cors_lines(cors)
-        self.full = self.common + (
-            f"Content-Type: {meta.content_type}\r\nContent-Length: {meta.size}\r\n"
-        ).encode("latin-1")
+        self.typed = self.common + f"Content-Type: {meta.content_type}\r\n".encode("latin-1")
+        self.full = self.typed + f"Content-Length: {meta.size}\r\n".encode()
 
-    @property
-    def content_type(self) -> str:
-        return self.obj.meta.content_type
+    def file(self, idx: int) -> OpenFile:
+        f = self.files[idx]
+        if f is None:
+            path = self.paths[idx]
+            assert path is not None
+            f = self.files[idx] = OpenFile(path)
+        return f
+
+    def add_slices(self, obj: StoredObject) -> None:
+        """Slices of the same version stored since the view was made."""
+        for idx in obj.slices:
+            if self.paths[idx] is None:
+                self.paths[idx] = obj.slice_path(idx)
+
+    def load(self) -> None:
+        """Open the first slice file, and read a small complete object (in a thread)."""
+        if not self.paths or self.paths[0] is None:
+            return
+        f = self.file(0)
+        if (
+            len(self.paths) == 1
+            and self.size <= SMALL_OBJECT_MAX
+            and View.small_bytes + self.size <= SMALL_BUDGET
+        ):
+            data = os.pread(f.fd, self.size, 0)
+            if len(data) == self.size:
+                self.small = data
+                View.small_bytes += self.size
+
+    def __del__(self) -> None:
+        if self.small is not None:
+            View.small_bytes -= len(self.small)
 
 
 class Appliance:
@@ -119,6 +167,8 @@ class Appliance:
         self.background: set[asyncio.Future[Any]] = set()
         self.change_seq = 0
         self.date_line = b""
+        self.date_server = b""
+        self.max_open_files = 4096
         self._date_sec = -1
         self.draining = False
         self.sent_window: list[tuple[float, int]] = []
@@ -168,6 +218,7 @@ class Appliance:
         if now != self._date_sec:
             self._date_sec = now
             self.date_line = f"Date: {format_http_date(now)}\r\n".encode()
+            self.date_server = self.date_line + SERVER_LINE
 
     def _tick(self) -> None:
         self._update_date()
@@ -179,6 +230,7 @@ class Appliance:
         t0, b0 = self.sent_window[0]
         self.egress_rate = (total - b0) / (now - t0) if now > t0 else 0.0
         self.metrics.set_egress(self.egress_rate)
+        self.metrics.flush()
         if self.access_log is not None:
             self.run(self.access_log.flush)
 
@@ -208,8 +260,14 @@ class Appliance:
     # -- responses -----------------------------------------------------------
 
     def head(self, req: Request, status: int, lines: bytes) -> bytes:
-        return build_head(
-            status, self.date_line, lines, keep_alive=req.keep_alive, http10=req.version == "1.0"
+        if req.keep_alive and req.version == "1.1":
+            return status_line(status) + self.date_server + lines + b"\r\n"
+        return (
+            status_line(status)
+            + self.date_server
+            + lines
+            + connection_line(req.keep_alive, req.version == "1.0")
+            + b"\r\n"
         )
 
     def error(
@@ -289,41 +347,37 @@ class Appliance:
     # -- the answer for a known object ----------------------------------------
 
     def _answer(self, req: Request, view: View, fetch: bool) -> Response | None:
-        """The response for ``view``; ``None`` when slices are missing and
-        ``fetch`` is false. With ``fetch``, returns a streaming response and
-        leaves ``_first_missing`` to the caller."""
+        """The response for ``view``. ``None`` when slices are missing and
+        ``fetch`` is false; with ``fetch``, a response streamed as they arrive."""
         h = req.headers
-        range_value = h.get("range") if req.method == "GET" else None
-        outcome = conditional.Outcome.PROCEED
-        if not h.keys().isdisjoint(_CONDITIONAL) or (range_value and "if-range" in h):
-            outcome = conditional.evaluate(
-                req.method,
-                view.etag,
-                view.last_modified,
-                if_match=h.get("if-match"),
-                if_none_match=h.get("if-none-match"),
-                if_modified_since=h.get("if-modified-since"),
-                if_unmodified_since=h.get("if-unmodified-since"),
-                if_range=h.get("if-range"),
-                has_range=range_value is not None,
-            )
-            if outcome is conditional.Outcome.NOT_MODIFIED:
-                return Response(304, self.head(req, 304, view.common), key=view.key, cache="hit")
-            if outcome is conditional.Outcome.PRECONDITION_FAILED:
-                resp = self.error(req, 412, "precondition failed", key=view.key)
-                resp.cache = "hit"
-                return resp
-            if outcome is conditional.Outcome.PROCEED_IGNORE_RANGE:
-                range_value = None
-        decision = ranges.decide(range_value, view.size, self.cfg.max_ranges)
+        method = req.method
+        raw_range = h.get(b"range") if method == "GET" else None
+        if not h.keys().isdisjoint(_CONDITIONAL) or (raw_range is not None and b"if-range" in h):
+            early, keep_range = self._preconditions(req, view, raw_range is not None)
+            if early is not None:
+                return early
+            if not keep_range:
+                raw_range = None
         size = view.size
-        ctype = view.content_type
+        if raw_range is None:
+            head = self.head(req, 200, view.full)
+            if method == "HEAD":
+                return Response(200, head, key=view.key, cache="hit")
+            if view.small is not None:
+                return Response(
+                    200, head, [view.small], body_length=size, cache="hit", key=view.key
+                )
+            return self._body(
+                req, view, 200, head, [(0, size - 1)] if size else [], size, None, fetch
+            )
+        range_value = raw_range.decode("latin-1")
+        decision = ranges.decide(range_value, size, self.cfg.max_ranges)
         if type(decision) is ranges.Full:
-            status = 200
-            segments: list[Any] = [(0, size - 1)] if size else []
-            lines = view.full
-            body_length = size
-        elif type(decision) is ranges.Unsatisfiable:
+            head = self.head(req, 200, view.full)
+            return self._body(
+                req, view, 200, head, [(0, size - 1)] if size else [], size, None, fetch
+            )
+        if type(decision) is ranges.Unsatisfiable:
             resp = self.error(
                 req,
                 416,
@@ -333,50 +387,97 @@ class Appliance:
             )
             resp.range, resp.cache = range_value, "hit"
             return resp
+        assert isinstance(decision, ranges.Partial)
+        rs = decision.ranges
+        segments: list[Any]
+        if len(rs) == 1:
+            a, b = rs[0]
+            segments = [(a, b)]
+            body_length = b - a + 1
+            lines = (
+                view.typed
+                + (
+                    f"Content-Range: bytes {a}-{b}/{size}\r\nContent-Length: {body_length}\r\n"
+                ).encode()
+            )
         else:
-            assert isinstance(decision, ranges.Partial)
-            status = 206
-            rs = decision.ranges
-            if len(rs) == 1:
-                a, b = rs[0]
-                segments = [(a, b)]
-                body_length = b - a + 1
-                lines = (
-                    view.common
-                    + (
-                        f"Content-Type: {ctype}\r\nContent-Range: bytes {a}-{b}/{size}\r\n"
-                        f"Content-Length: {body_length}\r\n"
-                    ).encode()
-                )
-            else:
-                boundary = secrets.token_hex(12)
-                segments = []
-                body_length = 0
-                first = True
-                for a, b in rs:
-                    part_head = (
-                        f"{'' if first else chr(13) + chr(10)}--{boundary}\r\n"
-                        f"Content-Type: {ctype}\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n"
-                    ).encode()
-                    first = False
-                    segments.append(part_head)
-                    segments.append((a, b))
-                    body_length += len(part_head) + b - a + 1
-                tail = f"\r\n--{boundary}--\r\n".encode()
-                segments.append(tail)
-                body_length += len(tail)
-                lines = (
-                    view.common
-                    + (
-                        f"Content-Type: multipart/byteranges; boundary={boundary}\r\n"
-                        f"Content-Length: {body_length}\r\n"
-                    ).encode()
-                )
-        head = self.head(req, status, lines)
-        rng = range_value if status == 206 else None
-        if req.method == "HEAD":
-            return Response(status, head, key=view.key, cache="hit", range_=rng)
-        # Expand byte ranges into per-slice pieces.
+            boundary = secrets.token_hex(12)
+            segments = []
+            body_length = 0
+            for n, (a, b) in enumerate(rs):
+                part_head = (
+                    f"{'' if n == 0 else CRLF}--{boundary}\r\nContent-Type: {view.ctype}\r\n"
+                    f"Content-Range: bytes {a}-{b}/{size}\r\n\r\n"
+                ).encode("latin-1")
+                segments.append(part_head)
+                segments.append((a, b))
+                body_length += len(part_head) + b - a + 1
+            tail = f"\r\n--{boundary}--\r\n".encode()
+            segments.append(tail)
+            body_length += len(tail)
+            lines = (
+                view.common
+                + (
+                    f"Content-Type: multipart/byteranges; boundary={boundary}\r\n"
+                    f"Content-Length: {body_length}\r\n"
+                ).encode()
+            )
+        head = self.head(req, 206, lines)
+        if method == "HEAD":
+            return Response(206, head, key=view.key, cache="hit", range_=range_value)
+        return self._body(req, view, 206, head, segments, body_length, range_value, fetch)
+
+    def _preconditions(
+        self, req: Request, view: View, has_range: bool
+    ) -> tuple[Response | None, bool]:
+        """(an early 304/412, or None; whether Range still applies)."""
+
+        def header(name: bytes) -> str | None:
+            value = req.headers.get(name)
+            return None if value is None else value.decode("latin-1")
+
+        outcome = conditional.evaluate(
+            req.method,
+            view.etag,
+            view.last_modified,
+            if_match=header(b"if-match"),
+            if_none_match=header(b"if-none-match"),
+            if_modified_since=header(b"if-modified-since"),
+            if_unmodified_since=header(b"if-unmodified-since"),
+            if_range=header(b"if-range"),
+            has_range=has_range,
+        )
+        if outcome is conditional.Outcome.NOT_MODIFIED:
+            return Response(304, self.head(req, 304, view.common), key=view.key, cache="hit"), True
+        if outcome is conditional.Outcome.PRECONDITION_FAILED:
+            resp = self.error(req, 412, "precondition failed", key=view.key)
+            resp.cache = "hit"
+            return resp, True
+        return None, outcome is not conditional.Outcome.PROCEED_IGNORE_RANGE
+
+    def _body(
+        self,
+        req: Request,
+        view: View,
+        status: int,
+        head: bytes,
+        segments: list[Any],
+        body_length: int,
+        range_value: str | None,
+        fetch: bool,
+    ) -> Response | None:
+        """Cut byte ranges into per-slice pieces and send them: from memory, from
+        open slice files, or, for missing slices, as they arrive from the origin."""
+        small = view.small
+        if small is not None:
+            body: list[Part] = [
+                seg if type(seg) is bytes else memoryview(small)[seg[0] : seg[1] + 1]
+                for seg in segments
+            ]
+            return Response(
+                status, head, body, body_length=body_length, cache="hit", key=view.key,
+                range_=range_value,
+            )  # fmt: skip
         ss = view.slice_size
         paths = view.paths
         pieces: list[Any] = []
@@ -390,54 +491,44 @@ class Appliance:
                 base = idx * ss
                 lo = max(a, base) - base
                 hi = min(b, base + ss - 1) - base
-                path = paths[idx]
-                if path is None:
+                if paths[idx] is None:
                     missing.append(idx)
                 pieces.append((idx, lo, hi - lo + 1))
         if not missing:
-            body: list[Part] = []
-            for p in pieces:
-                if type(p) is bytes:
-                    body.append(p)
-                else:
-                    body.append(
-                        FileSpan(paths[p[0]], p[1], p[2], on_error=self._disk_error_cb(view))
-                    )  # type: ignore[arg-type]
-            # Open the first file now: a view gone stale (evicted, purged) is
-            # found before any byte of the answer leaves.
-            for part in body:
-                if type(part) is FileSpan:
-                    try:
-                        part.fd = _open(part.path)
-                    except FileNotFoundError:
-                        self.views.pop(view.key, None)
-                        return None
-                    except OSError as exc:
-                        self._disk_error_cb(view)(exc)
-                        self.views.pop(view.key, None)
-                        return None
-                    break
+            body = []
+            try:
+                for p in pieces:
+                    if type(p) is bytes:
+                        body.append(p)
+                    else:
+                        idx = p[0]
+                        f = view.file(idx)
+                        body.append(FileSpan(paths[idx], p[1], p[2], f, self._on_disk_error(view)))  # type: ignore[arg-type]
+            except OSError as exc:
+                # evicted or purged by another process since the view was made
+                self._on_disk_error(view)(exc)
+                return None
             return Response(
-                status, head, body, body_length=body_length, cache="hit", key=view.key, range_=rng
-            )
+                status, head, body, body_length=body_length, cache="hit", key=view.key,
+                range_=range_value,
+            )  # fmt: skip
         if not fetch:
             return None
-        cache = (
-            "miss" if len(missing) == sum(1 for p in pieces if type(p) is not bytes) else "partial"
-        )
+        slices = sum(1 for p in pieces if type(p) is not bytes)
         return Response(
             status,
             head,
             body_length=body_length,
-            cache=cache,
+            cache="miss" if len(missing) == slices else "partial",
             key=view.key,
-            range_=rng,
-            stream=self._stream(view, pieces, missing),
+            range_=range_value,
+            stream=MissStream(self._stream(view, pieces, missing), missing[0]),
         )
 
-    def _disk_error_cb(self, view: View) -> Callable[[OSError], None]:
+    def _on_disk_error(self, view: View) -> Callable[[OSError], None]:
         def on_error(exc: OSError) -> None:
-            self.views.pop(view.key, None)
+            if self.views.get(view.key) is view:
+                del self.views[view.key]
             if not isinstance(exc, FileNotFoundError):
                 root = view.obj.root
                 self.spawn(self.run(self.store.mark_root_failed, root.id, str(exc)))
@@ -458,7 +549,11 @@ class Appliance:
             idx, offset, count = p
             path = view.paths[idx]
             if path is not None:
-                yield FileSpan(path, offset, count, on_error=self._disk_error_cb(view))
+                try:
+                    f: OpenFile | None = view.file(idx)
+                except OSError:
+                    f = None  # the connection opens it, and reports what went wrong
+                yield FileSpan(path, offset, count, f, self._on_disk_error(view))
                 continue
             pos = ahead.index(idx) if idx in ahead else -1
             if pos >= 0 and pos + READ_AHEAD < len(ahead):
@@ -469,6 +564,7 @@ class Appliance:
     # -- the slow path -------------------------------------------------------
 
     async def _slow(self, req: Request, key: str) -> Response:
+        resp: Response | None = None
         try:
             view = self.views.get(key)
             if view is None:
@@ -480,48 +576,46 @@ class Appliance:
                     if meta is None:
                         return self.error(req, 404, "not found at the origin", key=key)
                     obj = await self.run(self.store.ensure_object, key, meta)
-                view = self._remember(obj)
+                view = await self._load(obj)
             resp = self._answer(req, view, fetch=False)
             if resp is None:
                 # Slices may have arrived from another process: look again.
                 obj = await self.run(self.store.lookup, key)
-                if obj is not None:
-                    view = self._remember(obj)
+                if obj is not None and obj.gen == view.obj.gen and self.views.get(key) is view:
+                    view.add_slices(obj)
+                elif obj is not None:
+                    view = await self._load(obj)
                 resp = self._answer(req, view, fetch=True)
                 if resp is None:
                     return self.error(req, 503, "store changed under the request; retry", key=key)
-                if resp.stream is not None:
-                    first = self._first_missing(view, req)
-                    if first is not None:
-                        await self._fetch(view, first)
+                if isinstance(resp.stream, MissStream):
+                    # The first missing slice decides the status: fetch it first.
+                    await self._fetch(view, resp.stream.first)
             return resp
-        except OriginTimeout as exc:
-            return self.error(req, 504, f"origin timed out: {exc}", key=key)
-        except OriginError as exc:
-            return self.error(req, 502, f"origin failed: {exc}", key=key)
+        except (OriginError, asyncio.CancelledError) as exc:
+            if resp is not None and resp.stream is not None:
+                await resp.stream.aclose()  # type: ignore[attr-defined]
+            if isinstance(exc, OriginTimeout):
+                return self.error(req, 504, f"origin timed out: {exc}", key=key)
+            if isinstance(exc, OriginError):
+                return self.error(req, 502, f"origin failed: {exc}", key=key)
+            raise
 
-    def _first_missing(self, view: View, req: Request) -> int | None:
-        decision = ranges.decide(
-            req.headers.get("range") if req.method == "GET" else None,
-            view.size,
-            self.cfg.max_ranges,
-        )
-        if type(decision) is ranges.Partial:
-            wanted = [(a, b) for a, b in decision.ranges]
-        else:
-            wanted = [(0, view.size - 1)] if view.size else []
-        for a, b in wanted:
-            for idx in range(a // view.slice_size, b // view.slice_size + 1):
-                if view.paths[idx] is None:
-                    return idx
-        return None
-
-    def _remember(self, obj: StoredObject) -> View:
+    async def _load(self, obj: StoredObject) -> View:
         view = View(obj, self.cors)
-        if len(self.views) >= MAX_VIEWS:
-            self.views.clear()
-        self.views[obj.key] = view
+        with contextlib.suppress(OSError):  # a file gone meanwhile: found again when sent
+            await self.run(view.load)
+        self._remember(view)
         return view
+
+    def _remember(self, view: View) -> None:
+        views = self.views
+        if len(views) >= MAX_VIEWS or OpenFile.count > self.max_open_files:
+            # forget the oldest tenth (insertion order): their files close
+            # once no response sends from them any more
+            for key in list(itertools.islice(views, len(views) // 10 + 1)):
+                del views[key]
+        views[view.key] = view
 
     async def _meta(self, key: str) -> ObjectMeta | None:
         fut = self.inflight_meta.get(key)
@@ -614,5 +708,15 @@ class Appliance:
         raise last or OriginError("no origin")
 
 
-def _open(path: str) -> int:
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+class MissStream:
+    """The body of a response with missing slices, and the first of them."""
+
+    def __init__(self, gen: AsyncIterator[Part], first: int) -> None:
+        self.gen = gen
+        self.first = first
+
+    def __aiter__(self) -> AsyncIterator[Part]:
+        return self.gen
+
+    async def aclose(self) -> None:
+        await self.gen.aclose()  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import socket
@@ -42,29 +43,51 @@ STREAM_HIGH_WATER = 1 << 20
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 
-class FileSpan:
-    """``count`` bytes of a file from ``offset``, opened when first sent."""
+class OpenFile:
+    """A file descriptor shared by the responses that send from it; closed when
+    the last of them, and whoever handed it out, let go of it."""
 
-    __slots__ = ("count", "fd", "offset", "on_error", "path")
+    __slots__ = ("fd",)
+    count = 0  # open right now, in this process
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        OpenFile.count += 1
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            OpenFile.count -= 1
+
+
+class FileSpan:
+    """``count`` bytes of a file from ``offset``: of an ``OpenFile``, or of
+    ``path``, opened when first sent."""
+
+    __slots__ = ("count", "fd", "file", "offset", "on_error", "path")
 
     def __init__(
         self,
         path: str,
         offset: int,
         count: int,
-        fd: int = -1,
+        file: OpenFile | None = None,
         on_error: Callable[[OSError], None] | None = None,
     ) -> None:
         self.path = path
         self.offset = offset
         self.count = count
-        self.fd = fd
+        self.file = file
+        self.fd = file.fd if file is not None else -1
         self.on_error = on_error
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if self.file is not None:
+            self.file = None
+        elif self.fd >= 0:
             os.close(self.fd)
-            self.fd = -1
+        self.fd = -1
 
 
 Part = bytes | memoryview | FileSpan
@@ -80,7 +103,7 @@ class Request:
         self.target = b""
         self.version = "1.1"
         self.keep_alive = True
-        self.headers: dict[str, str] = {}
+        self.headers: dict[bytes, bytes] = {}  # lower-case names, raw values
 
 
 class Response:
@@ -185,14 +208,11 @@ class Connection:
         self.header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self._req
-        if req is None:
-            return
         self.header_bytes += len(name) + len(value) + 4
-        k = name.decode("latin-1").lower()
-        v = value.decode("latin-1")
-        old = req.headers.get(k)
-        req.headers[k] = v if old is None else f"{old}, {v}"
+        headers = self._req.headers  # type: ignore[union-attr]
+        k = name.lower()
+        old = headers.get(k)
+        headers[k] = value if old is None else old + b", " + value
 
     def on_headers_complete(self) -> None:
         if self.header_bytes > MAX_HEADER_BYTES:
@@ -351,7 +371,7 @@ class Connection:
             self._process()
 
     def _emit(self, req: Request, resp: Response, done: bool = True) -> None:
-        self.response_start = self.sent + self._backlog()
+        self.response_start = self.sent + (self._backlog() if self.out else 0)
         self.out.append(resp.head)
         if req.method != "HEAD":
             self.out.extend(resp.body)
@@ -426,12 +446,20 @@ class Connection:
                     item.req, item.resp, item.body_bytes(self.sent), time.perf_counter()
                 )
             else:
-                if not item:
-                    out.popleft()
-                    continue
-                flags = _MSG_MORE if len(out) > 1 and type(out[1]) is FileSpan else 0
+                # Gather the bytes that are next into one writev.
+                buffers = [item]
+                following = None
+                for nxt in itertools.islice(out, 1, 16):
+                    if type(nxt) is FileSpan or type(nxt) is _Done:
+                        following = nxt
+                        break
+                    buffers.append(nxt)
+                flags = _MSG_MORE if type(following) is FileSpan else 0
                 try:
-                    n = sock.send(item, flags)
+                    if len(buffers) == 1:
+                        n = sock.send(item, flags)
+                    else:
+                        n = sock.sendmsg(buffers, (), flags)
                 except (BlockingIOError, InterruptedError):
                     self._arm_writer()
                     return
@@ -440,11 +468,15 @@ class Connection:
                     return
                 self.sent += n
                 self.last_active = self.loop.time()
-                if n < len(item):
-                    out[0] = memoryview(item)[n:]
-                    self._arm_writer()
-                    return
-                out.popleft()
+                for buf in buffers:
+                    size = len(buf)
+                    if n >= size:
+                        out.popleft()
+                        n -= size
+                    else:
+                        out[0] = memoryview(buf)[n:]
+                        self._arm_writer()
+                        return
         if self.writer_armed:
             self.writer_armed = False
             self.loop.remove_writer(self.fd)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import html
 import json
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from edge.appliance import Appliance
 
 JSON = "application/json"
+PURGE_SETTLE_SECONDS = 0.3
 _STARTED = time.time()
 
 
@@ -72,7 +74,7 @@ class Ops:
         token = self.app.cfg.admin_token
         if not token:
             return self.app.error(req, 403, "admin actions are disabled: set admin_token")
-        given = req.headers.get("authorization", "")
+        given = req.headers.get(b"authorization", b"").decode("latin-1")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             value.strip().encode(), token.encode()
@@ -129,6 +131,7 @@ class Ops:
         return self._reply(req, 200 if doc["status"] == "ok" else 503, body, JSON, "_edge/health")
 
     async def metrics(self, req: Request, params: dict[str, str]) -> Response:
+        self.app.metrics.flush()
         body = await self.app.run(m.render, self.app.store)
         return self._reply(req, 200, body, m.CONTENT_TYPE, "_edge/metrics")
 
@@ -200,6 +203,10 @@ in {doc["store"]["objects"]} objects</p>
                 self.app.views.pop(k, None)
         else:
             return self.app.error(req, 400, "purge needs ?key=K or ?prefix=P")
+        if self.workers > 1 and purged:
+            # the other workers drop their views when they next read the
+            # change table (every 100 ms): answer once they have
+            await asyncio.sleep(PURGE_SETTLE_SECONDS)
         body = (json.dumps({"purged": purged}) + "\n").encode()
         return self._reply(req, 200, body, JSON, "_edge/admin/purge")
 

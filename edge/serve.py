@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -180,6 +181,12 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     from edge.origin import open_origin
 
     loop = asyncio.get_running_loop()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            soft = hard if hard != resource.RLIM_INFINITY else 1 << 20
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgefleet-io")
     loop.set_default_executor(executor)
     store = make_store(cfg)
@@ -189,6 +196,8 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     metrics = RequestMetrics()
     app = Appliance(cfg, store, origins, executor, access_log, metrics)
     app.ops = Ops(app, workers)
+    # slice files kept open by the views: half of what the process may open
+    app.max_open_files = max(64, (soft - 256) // 2)
     server = ContentServer(loop, sock, app, keepalive_timeout=cfg.keepalive_timeout)
     server.on_count = metrics.set_connections
     app.start()

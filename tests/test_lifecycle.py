@@ -140,13 +140,17 @@ def test_workers_share_the_port_the_store_and_the_metrics(tmp_path: Path) -> Non
         for _ in range(n):
             status, _, body = app.get("/" + key)  # a new connection each time
             assert status == 200 and body == catalog[key]
-        text = app.get("/_edge/metrics")[2].decode()
-        served = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("edgefleet_requests_total{") and 'status="200"' in line
-        )
-        assert served >= n  # summed over both workers (plus the health call)
+
+        def served() -> float:
+            text = app.get("/_edge/metrics")[2].decode()
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("edgefleet_requests_total{") and 'status="200"' in line
+            )
+
+        # summed over both workers; each adds its counts once a second
+        wait_for(lambda: served() >= n)
         # one worker purges; the other must not serve the purged version
         (origin / key).write_bytes(b"new version")
         status, _, _ = app.request(
