@@ -29,7 +29,7 @@ from edge.accesslog import AccessLog
 from edge.config import ServeConfig
 from edge.connection import FileSpan, OpenFile, Part, Request, Response
 from edge.httpdate import format_http_date
-from edge.keys import KeyError400, is_reserved, parse_key, split_target
+from edge.keys import KeyError400, is_reserved, key_for_path, split_target
 from edge.meta import ObjectMeta, slice_bounds
 from edge.origin import Origin, OriginError, OriginTimeout
 from edge.response import (
@@ -121,20 +121,24 @@ class View:
             if self.paths[idx] is None:
                 self.paths[idx] = obj.slice_path(idx)
 
+    def keep_small(self, data: bytes) -> None:
+        """Hold the bytes of a small single-slice object just stored."""
+        if (
+            self.small is None
+            and len(self.paths) == 1
+            and len(data) == self.size <= SMALL_OBJECT_MAX
+            and View.small_bytes + self.size <= SMALL_BUDGET
+        ):
+            self.small = data
+            View.small_bytes += self.size
+
     def load(self) -> None:
         """Open the first slice file, and read a small complete object (in a thread)."""
         if not self.paths or self.paths[0] is None:
             return
         f = self.file(0)
-        if (
-            len(self.paths) == 1
-            and self.size <= SMALL_OBJECT_MAX
-            and View.small_bytes + self.size <= SMALL_BUDGET
-        ):
-            data = os.pread(f.fd, self.size, 0)
-            if len(data) == self.size:
-                self.small = data
-                View.small_bytes += self.size
+        if len(self.paths) == 1 and self.size <= SMALL_OBJECT_MAX:
+            self.keep_small(os.pread(f.fd, self.size, 0))
 
     def __del__(self) -> None:
         if self.small is not None:
@@ -310,7 +314,7 @@ class Appliance:
     def handle(self, req: Request) -> Response | Awaitable[Response]:
         try:
             path, query = split_target(req.target)
-            key = parse_key(path)
+            key = key_for_path(path)
         except KeyError400 as exc:
             status = 414 if "too long" in str(exc) and "target" in str(exc) else 400
             return self.error(req, status, str(exc))
@@ -682,6 +686,7 @@ class Appliance:
             current = self.views.get(obj.key)
             if current is not None and current.obj.gen == obj.gen:
                 current.paths[idx] = obj.slice_path(idx)
+                current.keep_small(data)
         else:
             self.metrics.store_write_failed()
 

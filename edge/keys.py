@@ -108,5 +108,21 @@ def check_key(key: str) -> str:
     return key
 
 
+_cache: dict[bytes, str] = {}
+_CACHE_MAX = 65536
+
+
+def key_for_path(path: bytes) -> str:
+    """``parse_key`` with a memory of the paths it accepted: popular objects are
+    asked for over and over, and the answer for a path never changes."""
+    key = _cache.get(path)
+    if key is None:
+        key = parse_key(path)
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[path] = key
+    return key
+
+
 def is_reserved(key: str) -> bool:
     return key == RESERVED_PREFIX[:-1] or key.startswith(RESERVED_PREFIX)

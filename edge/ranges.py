@@ -22,7 +22,9 @@ Theory of operation: ``parse_range`` is syntax only (no length);
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_RANGES = 64
 
@@ -40,8 +42,7 @@ class Unsatisfiable:
     """416 with ``Content-Range: bytes */length``."""
 
 
-@dataclass(frozen=True)
-class Partial:
+class Partial(NamedTuple):
     """206 with these inclusive ``(start, end)`` ranges, sorted and disjoint."""
 
     ranges: tuple[tuple[int, int], ...]
@@ -126,10 +127,35 @@ def coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+# What players send nearly always: one range. Same rules, one regex.
+_ONE_RANGE = re.compile(r"[Bb][Yy][Tt][Ee][Ss]=([0-9]*)-([0-9]*)")
+
+
 def decide(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> Decision:
     """The whole decision for a request's ``Range`` header (``None``: absent)."""
     if value is None:
         return FULL
+    m = _ONE_RANGE.fullmatch(value)
+    if m is not None:
+        first, last = m.groups()
+        if first:
+            f = int(first)
+            if last:
+                n = int(last)
+                if n < f:
+                    return FULL  # invalid: ignored
+                if f < length:
+                    return Partial(((f, min(n, length - 1)),))
+                return UNSATISFIABLE
+            return Partial(((f, length - 1),)) if f < length else UNSATISFIABLE
+        if last:  # suffix
+            n = int(last)
+            if n == 0:
+                return UNSATISFIABLE
+            if length == 0:
+                return FULL
+            return Partial(((max(0, length - n), length - 1),))
+        return FULL  # "bytes=-": invalid
     return resolve(parse_range(value, max_ranges), length)
 
 

@@ -142,3 +142,11 @@ def test_arbitrary_text_never_crashes(value: str) -> None:
 @given(st.lists(spec, min_size=1, max_size=64))
 def test_parse_round_trips(specs: list) -> None:
     assert parse_range(render(specs)) == [tuple(s) for s in specs]
+
+
+@given(spec, st.integers(0, 2500), st.sampled_from(["bytes", "Bytes", "BYTES"]))
+def test_single_range_fast_path_agrees_with_the_general_parser(one, length, unit) -> None:
+    from edge.ranges import resolve
+
+    value = unit + render([one])[len("bytes") :]
+    assert decide(value, length) == resolve(parse_range(value), length)
