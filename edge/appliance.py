@@ -65,7 +65,6 @@ class View:
     files kept open, and the bytes themselves when the object is small."""
 
     __slots__ = (
-        "__weakref__",
         "common",
         "ctype",
         "etag",
@@ -174,7 +173,6 @@ class Appliance:
         self.date_server = b""
         self.max_open_files = 4096
         self._date_sec = -1
-        self.draining = False
         self.sent_window: list[tuple[float, int]] = []
         self.egress_rate = 0.0
         self.ops: Any = None  # set by serve (edge.ops.Ops)
@@ -194,7 +192,6 @@ class Appliance:
 
     def start(self) -> None:
         self.change_seq = self.store.last_change()
-        self.draining = self.store.get_state("draining") == "1"
         self._every(1.0, self._tick)
         self._every(HITS_FLUSH_SECONDS, self._flush_hits)
         self._every(CHANGES_POLL_SECONDS, self._poll_changes)
@@ -215,7 +212,7 @@ class Appliance:
         if self.background:
             await asyncio.wait(list(self.background), timeout=10)
         if self.access_log is not None:
-            await self.run(self.access_log.flush)
+            self.access_log.flush()
 
     def _update_date(self) -> None:
         now = int(time.time())
@@ -236,7 +233,7 @@ class Appliance:
         self.metrics.set_egress(self.egress_rate)
         self.metrics.flush()
         if self.access_log is not None:
-            self.run(self.access_log.flush)
+            self.access_log.flush()
 
     def _flush_hits(self) -> None:
         if not self.hits:
@@ -259,7 +256,6 @@ class Appliance:
         else:
             for k in keys:
                 self.views.pop(k, None)
-        self.draining = (await self.run(self.store.get_state, "draining")) == "1"
 
     # -- responses -----------------------------------------------------------
 
@@ -316,8 +312,7 @@ class Appliance:
             path, query = split_target(req.target)
             key = key_for_path(path)
         except KeyError400 as exc:
-            status = 414 if "too long" in str(exc) and "target" in str(exc) else 400
-            return self.error(req, status, str(exc))
+            return self.error(req, exc.status, str(exc))
         if is_reserved(key):
             return self.ops.handle(req, key, query)
         method = req.method

@@ -29,6 +29,10 @@ _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\%]")
 class KeyError400(ValueError):
     """The request target is not an acceptable key; the message says why."""
 
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 def _percent_decode(raw: bytes) -> bytes:
     if b"%" not in raw:
@@ -54,7 +58,7 @@ def _percent_decode(raw: bytes) -> bytes:
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """Split a request target into (path, query), accepting absolute-form."""
     if len(target) > MAX_TARGET_BYTES:
-        raise KeyError400("request target too long")
+        raise KeyError400("request target too long", 414)
     if not target.startswith(b"/"):
         lower = target[:8].lower()
         if lower.startswith(b"http://") or lower.startswith(b"https:/"):

@@ -180,12 +180,10 @@ in {doc["store"]["objects"]} objects</p>
 
     async def drain(self, req: Request, params: dict[str, str]) -> Response:
         await self.app.run(self.app.store.set_state, "draining", "1")
-        self.app.draining = True
         return self._reply(req, 200, b'{"draining": true}\n', JSON, "_edge/admin/drain")
 
     async def undrain(self, req: Request, params: dict[str, str]) -> Response:
         await self.app.run(self.app.store.set_state, "draining", "0")
-        self.app.draining = False
         return self._reply(req, 200, b'{"draining": false}\n', JSON, "_edge/admin/undrain")
 
     async def purge(self, req: Request, params: dict[str, str]) -> Response:
