@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.origin import OriginSettings
 from edge.policy import POLICIES
 from edge.store import DEFAULT_SLICE_SIZE
 
@@ -91,6 +92,29 @@ class ServeConfig:
     max_ranges: int = 64
     keepalive_timeout: float = 75.0
     log_level: str = "info"
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: str = "auto"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    origin_connect_timeout: float = 3.0
+    origin_read_timeout: float = 10.0
+    origin_retries: int = 2
+    negative_ttl: float = 10.0
+    breaker_failures: int = 5
+    breaker_cooldown: float = 10.0
+    admission: str = "off"
+
+    def origin_settings(self) -> OriginSettings:
+        return OriginSettings(
+            connect_timeout=self.origin_connect_timeout,
+            read_timeout=self.origin_read_timeout,
+            s3_endpoint=self.s3_endpoint,
+            s3_region=self.s3_region,
+            s3_addressing_style=self.s3_addressing_style,
+            s3_access_key_id=self.s3_access_key_id,
+            s3_secret_access_key=self.s3_secret_access_key,
+        )
 
     def root_capacities(self) -> list[tuple[str, int]]:
         """Each root with its capacity, the total split over roots that name none."""
@@ -153,6 +177,22 @@ def _positive_int(value: Any) -> int:
     return n
 
 
+def _count(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    n = int(value)
+    if n < 0:
+        raise ValueError("cannot be negative")
+    return n
+
+
+def _http_url(value: Any) -> str:
+    url = str(value)
+    if not re.match(r"^https?://[^/]+", url):
+        raise ValueError(f"{url!r} is not an http(s):// URL")
+    return url
+
+
 def _slice_size(value: Any) -> int:
     n = parse_size(value)
     if not 64 * 1024 <= n <= 256 * 1024 * 1024:
@@ -186,6 +226,34 @@ SERVE_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "max_ranges": ("--max-ranges", _positive_int, "ranges per request before Range is ignored"),
     "keepalive_timeout": ("--keepalive-timeout", parse_duration, "idle keep-alive timeout"),
     "log_level": ("--log-level", _choice("debug", "info", "warning", "error"), "log level"),
+    "s3_endpoint": ("--s3-endpoint", _http_url, "S3 endpoint URL (default: AWS)"),
+    "s3_region": ("--s3-region", str, "S3 region (default: from the AWS configuration)"),
+    "s3_addressing_style": (
+        "--s3-addressing-style",
+        _choice("auto", "path", "virtual"),
+        "S3 addressing style",
+    ),
+    "s3_access_key_id": ("--s3-access-key-id", str, "S3 key id (default: AWS env/files)"),
+    "s3_secret_access_key": ("--s3-secret-access-key", str, "S3 secret (default: AWS env/files)"),
+    "origin_connect_timeout": (
+        "--origin-connect-timeout",
+        parse_duration,
+        "origin connect timeout",
+    ),
+    "origin_read_timeout": ("--origin-read-timeout", parse_duration, "origin timeout per read"),
+    "origin_retries": ("--origin-retries", _count, "retries of a failed origin request"),
+    "negative_ttl": ("--negative-ttl", parse_duration, "how long a 404 from the origin is kept"),
+    "breaker_failures": (
+        "--breaker-failures",
+        _positive_int,
+        "consecutive origin failures that open its circuit breaker",
+    ),
+    "breaker_cooldown": ("--breaker-cooldown", parse_duration, "how long a breaker stays open"),
+    "admission": (
+        "--admission",
+        _choice("off", "doorkeeper"),
+        "store an object seen once under capacity pressure? (doorkeeper: only from its 2nd ask)",
+    ),
 }
 _REPEATABLE = {"store", "origin"}
 

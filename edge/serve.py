@@ -191,7 +191,7 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     loop.set_default_executor(executor)
     store = make_store(cfg)
     store.open(recover=False)
-    origins = [open_origin(url) for url in cfg.origin]
+    origins = [open_origin(url, cfg.origin_settings()) for url in cfg.origin]
     access_log = AccessLog(cfg.access_log) if cfg.access_log else None
     metrics = RequestMetrics()
     app = Appliance(cfg, store, origins, executor, access_log, metrics)

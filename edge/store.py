@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS objects (
     last_modified INTEGER NOT NULL,
     content_type TEXT NOT NULL,
     cache_control TEXT,
+    fresh_until REAL,
+    stale_if_error REAL NOT NULL DEFAULT 0,
+    must_revalidate INTEGER NOT NULL DEFAULT 0,
     slice_size INTEGER NOT NULL,
     stored INTEGER NOT NULL DEFAULT 0,
     pinned INTEGER NOT NULL DEFAULT 0,
@@ -277,6 +280,14 @@ class Store:
             os.makedirs(os.path.dirname(os.path.abspath(self.index_path)), exist_ok=True)
             conn = self._conn()
             conn.executescript(SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(objects)")}
+            for column, decl in (
+                ("fresh_until", "REAL"),
+                ("stale_if_error", "REAL NOT NULL DEFAULT 0"),
+                ("must_revalidate", "INTEGER NOT NULL DEFAULT 0"),
+            ):
+                if column not in have:  # an index made by an earlier version
+                    conn.execute(f"ALTER TABLE objects ADD COLUMN {column} {decl}")
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise StoreError(f"cannot open the index {self.index_path}: {reason}") from None
@@ -448,7 +459,9 @@ class Store:
     def _object_from_row(
         self, row: tuple, slices: Iterable[tuple[int, int]]
     ) -> StoredObject | None:
-        (key, gen, rid, size, etag, lm, ctype, cc, ss, pinned, score, last_access) = row
+        (key, gen, rid, size, etag, lm, ctype, cc, ss, pinned, score, last_access, fu, sie, mr) = (
+            row
+        )
         root = self.roots.get(rid)
         if root is None or root.failed:
             return None
@@ -456,7 +469,7 @@ class Store:
             key=key,
             gen=gen,
             root=root,
-            meta=ObjectMeta(size, etag, lm, ctype, cc),
+            meta=ObjectMeta(size, etag, lm, ctype, cc, fu, sie, bool(mr)),
             slice_size=ss,
             slices=dict(slices),
             pinned=bool(pinned),
@@ -466,7 +479,7 @@ class Store:
 
     _OBJ_COLS = (
         "key, gen, root, size, etag, last_modified, content_type, cache_control, "
-        "slice_size, pinned, score, last_access"
+        "slice_size, pinned, score, last_access, fresh_until, stale_if_error, must_revalidate"
     )
 
     def lookup(self, key: str) -> StoredObject | None:
@@ -566,18 +579,21 @@ class Store:
                 if same and root is not None and not root.failed:
                     if pinned and not row[9]:
                         c.execute("UPDATE objects SET pinned=1 WHERE key=?", (key,))
+                    self._renew(c, key, meta)
                     slices = c.execute("SELECT idx, size FROM slices WHERE key=?", (key,))
                     obj = self._object_from_row(row, slices.fetchall())
                     assert obj is not None
                     obj.pinned = obj.pinned or pinned
+                    obj.meta = meta
                     return obj
                 doomed = self._delete_object(c, key, now)
             root = self._choose_root(c)
             gen = secrets.token_hex(6)
             c.execute(
                 "INSERT INTO objects(key, gen, root, size, etag, last_modified, content_type, "
-                "cache_control, slice_size, pinned, score, score_time, last_access, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                "cache_control, slice_size, pinned, score, score_time, last_access, created, "
+                "fresh_until, stale_if_error, must_revalidate) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
                 (
                     key,
                     gen,
@@ -592,10 +608,39 @@ class Store:
                     now,
                     now,
                     now,
+                    meta.fresh_until,
+                    meta.stale_if_error,
+                    int(meta.must_revalidate),
                 ),
             )
         self._unlink_all(doomed)
         return StoredObject(key, gen, root, meta, self.slice_size, {}, pinned, 0.0, now)
+
+    @staticmethod
+    def _renew(c: sqlite3.Connection, key: str, meta: ObjectMeta) -> None:
+        c.execute(
+            "UPDATE objects SET fresh_until=?, stale_if_error=?, must_revalidate=?, "
+            "cache_control=?, content_type=?, last_modified=? WHERE key=?",
+            (
+                meta.fresh_until,
+                meta.stale_if_error,
+                int(meta.must_revalidate),
+                meta.cache_control,
+                meta.content_type,
+                meta.last_modified,
+                key,
+            ),
+        )
+
+    def renew(self, key: str, gen: str, meta: ObjectMeta) -> bool:
+        """A revalidation (304) kept version ``gen``: store its new freshness."""
+        with self._write() as c:
+            row = c.execute("SELECT gen FROM objects WHERE key=?", (key,)).fetchone()
+            if row is None or row[0] != gen:
+                return False
+            self._renew(c, key, meta)
+            c.execute("INSERT INTO changes(key, at) VALUES (?, ?)", (key, self.clock()))
+        return True
 
     def _choose_root(self, c: sqlite3.Connection) -> Root:
         best, best_free = None, None

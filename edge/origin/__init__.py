@@ -14,6 +14,7 @@ origins slot in beside it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -26,6 +27,23 @@ class OriginError(Exception):
 
 class OriginTimeout(OriginError):
     """The origin did not answer in time."""
+
+
+class OriginChanged(OriginError):
+    """The object changed at the origin (its ETag no longer matches)."""
+
+
+@dataclass(frozen=True)
+class OriginSettings:
+    """What every origin client takes from the configuration."""
+
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: str = "auto"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
 
 
 class Origin(Protocol):
@@ -44,16 +62,31 @@ def check_origin_url(url: str) -> None:
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ValueError("a file origin is file:///absolute/dir")
         return
-    if parts.scheme in ("s3", "http", "https"):
-        raise ValueError(f"{parts.scheme}:// origins are not available in this version")
-    raise ValueError(f"unknown origin scheme {parts.scheme!r}")
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError("an S3 origin is s3://bucket[/prefix]")
+        return
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ValueError("an HTTP origin is http(s)://host[:port][/prefix]")
+        if parts.query or parts.fragment:
+            raise ValueError("an HTTP origin URL takes no query or fragment")
+        return
+    raise ValueError(f"unknown origin scheme {parts.scheme!r} (file, s3, http, https)")
 
 
-def open_origin(url: str) -> Origin:
+def open_origin(url: str, settings: OriginSettings | None = None) -> Origin:
     check_origin_url(url)
+    settings = settings or OriginSettings()
     parts = urlsplit(url)
     if parts.scheme == "file":
         from edge.origin.file import FileOrigin
 
         return FileOrigin(parts.path)
-    raise ValueError(f"unsupported origin {url!r}")
+    if parts.scheme == "s3":
+        from edge.origin.s3 import S3Origin
+
+        return S3Origin(url, settings)
+    from edge.origin.http import HTTPOrigin
+
+    return HTTPOrigin(url, settings)
