@@ -28,10 +28,12 @@ from edge import conditional, ranges
 from edge.accesslog import AccessLog
 from edge.config import ServeConfig
 from edge.connection import FileSpan, OpenFile, Part, Request, Response
+from edge.freshness import is_fresh, may_serve_stale_on_error
 from edge.httpdate import format_http_date
 from edge.keys import KeyError400, is_reserved, key_for_path, split_target
-from edge.meta import ObjectMeta, slice_bounds
-from edge.origin import Origin, OriginError, OriginTimeout
+from edge.meta import ObjectMeta
+from edge.origin import Origin, OriginChanged, OriginError, OriginTimeout
+from edge.pull import Puller, SliceFetch
 from edge.response import (
     ALLOW,
     ALLOWED_REQUEST_HEADERS,
@@ -69,6 +71,7 @@ class View:
         "ctype",
         "etag",
         "files",
+        "fresh_until",
         "full",
         "key",
         "last_modified",
@@ -90,6 +93,7 @@ class View:
         self.last_modified = meta.last_modified
         self.slice_size = obj.slice_size
         self.ctype = meta.content_type
+        self.fresh_until = meta.fresh_until
         self.paths: list[str | None] = [
             obj.slice_path(i) if i in obj.slices else None for i in range(obj.slice_count)
         ]
@@ -165,8 +169,16 @@ class Appliance:
         self.cors_bytes = cors_lines(cfg.cors_origin)
         self.views: dict[str, View] = {}
         self.hits: dict[str, list[float]] = {}
-        self.inflight_meta: dict[str, asyncio.Future[ObjectMeta | None]] = {}
-        self.inflight_slices: dict[tuple[str, str, int], asyncio.Future[bytes]] = {}
+        self.puller = Puller(
+            origins,
+            retries=cfg.origin_retries,
+            negative_ttl=cfg.negative_ttl,
+            breaker_failures=cfg.breaker_failures,
+            breaker_cooldown=cfg.breaker_cooldown,
+            on_origin=metrics.origin,
+            on_bytes=metrics.origin_bytes,
+        )
+        self.revalidations: dict[str, asyncio.Future[ObjectMeta | None]] = {}
         self.background: set[asyncio.Future[Any]] = set()
         self.change_seq = 0
         self.date_line = b""
@@ -208,6 +220,7 @@ class Appliance:
     async def stop(self) -> None:
         for t in self._timers:
             t.cancel()
+        await self.puller.close()
         self._flush_hits()
         if self.background:
             await asyncio.wait(list(self.background), timeout=10)
@@ -345,9 +358,14 @@ class Appliance:
 
     # -- the answer for a known object ----------------------------------------
 
-    def _answer(self, req: Request, view: View, fetch: bool) -> Response | None:
+    def _answer(
+        self, req: Request, view: View, fetch: bool, check_fresh: bool = True
+    ) -> Response | None:
         """The response for ``view``. ``None`` when slices are missing and
-        ``fetch`` is false; with ``fetch``, a response streamed as they arrive."""
+        ``fetch`` is false, or when it is stale; with ``fetch``, a response
+        streamed as the missing slices arrive."""
+        if check_fresh and view.fresh_until is not None and time.time() >= view.fresh_until:
+            return None
         h = req.headers
         method = req.method
         raw_range = h.get(b"range") if method == "GET" else None
@@ -538,16 +556,19 @@ class Appliance:
         self, view: View, pieces: list[Any], missing: list[int]
     ) -> AsyncIterator[Part]:
         ahead: list[int] = list(dict.fromkeys(missing))
-        for i, idx in enumerate(ahead[:READ_AHEAD]):
-            if i:
+        for idx in ahead[1:READ_AHEAD]:
+            if self._stored(view, idx) is None:
                 self._start_fetch(view, idx)
         for p in pieces:
             if type(p) is bytes:
                 yield p
                 continue
             idx, offset, count = p
-            path = view.paths[idx]
-            if path is not None:
+            stored = self._stored(view, idx)
+            if stored is not None:
+                view = stored
+                path = view.paths[idx]
+                assert path is not None
                 try:
                     f: OpenFile | None = view.file(idx)
                 except OSError:
@@ -556,13 +577,19 @@ class Appliance:
                 continue
             pos = ahead.index(idx) if idx in ahead else -1
             if pos >= 0 and pos + READ_AHEAD < len(ahead):
-                self._start_fetch(view, ahead[pos + READ_AHEAD])
-            data = await self._fetch(view, idx)
-            yield memoryview(data)[offset : offset + count]
+                nxt = ahead[pos + READ_AHEAD]
+                if self._stored(view, nxt) is None:
+                    self._start_fetch(view, nxt)
+            try:
+                async for part in self._start_fetch(view, idx).read(offset, count):
+                    yield part
+            except OriginChanged:
+                await self._invalidate(view)
+                raise
 
     # -- the slow path -------------------------------------------------------
 
-    async def _slow(self, req: Request, key: str) -> Response:
+    async def _slow(self, req: Request, key: str, again: bool = True) -> Response:
         resp: Response | None = None
         try:
             view = self.views.get(key)
@@ -571,12 +598,21 @@ class Appliance:
                 if obj is None:
                     if not self.origins:
                         return self.error(req, 404, "not in the store, and no origin", key=key)
-                    meta = await self._meta(key)
+                    if self.puller.known_missing(key):
+                        return self.error(req, 404, "not found at the origin", key=key)
+                    meta = await self.puller.head(key)
                     if meta is None:
                         return self.error(req, 404, "not found at the origin", key=key)
+                    if not meta.storable:
+                        return self._answer_unstored(req, key, meta)
                     obj = await self.run(self.store.ensure_object, key, meta)
                 view = await self._load(obj)
-            resp = self._answer(req, view, fetch=False)
+            if not is_fresh(view.fresh_until, time.time()):
+                fresh = await self._revalidated(view)
+                if fresh is None:
+                    return self.error(req, 404, "gone from the origin", key=key)
+                view = fresh
+            resp = self._answer(req, view, fetch=False, check_fresh=False)
             if resp is None:
                 # Slices may have arrived from another process: look again.
                 obj = await self.run(self.store.lookup, key)
@@ -584,21 +620,78 @@ class Appliance:
                     view.add_slices(obj)
                 elif obj is not None:
                     view = await self._load(obj)
-                resp = self._answer(req, view, fetch=True)
+                resp = self._answer(req, view, fetch=True, check_fresh=False)
                 if resp is None:
                     return self.error(req, 503, "store changed under the request; retry", key=key)
                 if isinstance(resp.stream, MissStream):
-                    # The first missing slice decides the status: fetch it first.
-                    await self._fetch(view, resp.stream.first)
+                    # The first missing slice decides the status: wait for its
+                    # first byte (not the whole slice) before answering.
+                    try:
+                        await self._start_fetch(view, resp.stream.first).started()
+                    except OriginChanged:
+                        await self._invalidate(view)
+                        raise
             return resp
         except (OriginError, asyncio.CancelledError) as exc:
             if resp is not None and resp.stream is not None:
                 await resp.stream.aclose()  # type: ignore[attr-defined]
+            if isinstance(exc, OriginChanged) and again:
+                return await self._slow(req, key, again=False)
             if isinstance(exc, OriginTimeout):
                 return self.error(req, 504, f"origin timed out: {exc}", key=key)
             if isinstance(exc, OriginError):
                 return self.error(req, 502, f"origin failed: {exc}", key=key)
             raise
+
+    def _answer_unstored(self, req: Request, key: str, meta: ObjectMeta) -> Response:
+        """``no-store``/``private`` content: fetched for this request only."""
+        root = self.store.usable_roots()[0]
+        obj = StoredObject(key, "u" + secrets.token_hex(8), root, meta, self.store.slice_size)
+        resp = self._answer(req, View(obj, self.cors), fetch=True, check_fresh=False)
+        assert resp is not None
+        return resp
+
+    async def _revalidated(self, view: View) -> View | None:
+        """A stale view made fresh (304), replaced (200), or ``None`` (gone);
+        on an origin error, the stale view when RFC 9111 allows it."""
+        key, meta = view.key, view.obj.meta
+        fut = self.revalidations.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self.puller.revalidate(key, meta))
+            self.revalidations[key] = fut
+            fut.add_done_callback(lambda _f: self.revalidations.pop(key, None))
+        try:
+            new = await asyncio.shield(fut)
+        except OriginError:
+            if may_serve_stale_on_error(
+                meta.fresh_until, meta.stale_if_error, meta.must_revalidate, time.time()
+            ):
+                log.warning("serving stale %r: the origin failed to revalidate it", key)
+                return view
+            raise
+        if new is None:
+            await self._invalidate(view)
+            return None
+        current = self.views.get(key)
+        if (
+            current is not None
+            and current is not view
+            and is_fresh(current.fresh_until, time.time())
+        ):
+            return current  # another request renewed it meanwhile
+        if new.etag == meta.etag and new.size == meta.size:
+            obj = view.obj
+            if new.storable and not await self.run(self.store.renew, key, obj.gen, new):
+                obj = await self.run(self.store.ensure_object, key, new)
+            obj.meta = new
+            return await self._load(obj)
+        if not new.storable:
+            return View(
+                StoredObject(key, "u" + secrets.token_hex(8), view.obj.root, new, view.slice_size),
+                self.cors,
+            )
+        obj = await self.run(self.store.ensure_object, key, new)
+        return await self._load(obj)
 
     async def _load(self, obj: StoredObject) -> View:
         view = View(obj, self.cors)
@@ -609,6 +702,14 @@ class Appliance:
 
     def _remember(self, view: View) -> None:
         views = self.views
+        old = views.get(view.key)
+        if old is not None and old.obj.gen == view.obj.gen:
+            # made from an older look at the index: keep what was stored since
+            for idx, path in enumerate(old.paths):
+                if path is not None and view.paths[idx] is None:
+                    view.paths[idx] = path
+            if old.small is not None:
+                view.keep_small(old.small)
         if len(views) >= MAX_VIEWS or OpenFile.count > self.max_open_files:
             # forget the oldest tenth (insertion order): their files close
             # once no response sends from them any more
@@ -616,96 +717,51 @@ class Appliance:
                 del views[key]
         views[view.key] = view
 
-    async def _meta(self, key: str) -> ObjectMeta | None:
-        fut = self.inflight_meta.get(key)
-        if fut is None:
-            fut = self.loop.create_task(self._head_from_origins(key))
-            self.inflight_meta[key] = fut
-            fut.add_done_callback(lambda _f: self.inflight_meta.pop(key, None))
-        return await asyncio.shield(fut)
-
-    async def _head_from_origins(self, key: str) -> ObjectMeta | None:
-        last: OriginError | None = None
-        for origin in self.origins:
-            try:
-                meta = await origin.head(key)
-            except OriginError as exc:
-                self.metrics.origin("head", "error")
-                log.warning("origin %s: %s", origin.url, exc)
-                last = exc
-                continue
-            self.metrics.origin("head", "ok" if meta is not None else "not_found")
-            if meta is not None:
-                return meta
-        if last is not None:
-            raise last
+    def _stored(self, view: View, idx: int) -> View | None:
+        """A view of this version that has slice ``idx`` stored, if any: the
+        slice may have landed since ``view`` was made."""
+        if view.paths[idx] is not None:
+            return view
+        current = self.views.get(view.key)
+        if current is not None and current.obj.gen == view.obj.gen and current.paths[idx]:
+            return current
         return None
 
-    def _start_fetch(self, view: View, idx: int) -> asyncio.Future[bytes]:
+    def _start_fetch(self, view: View, idx: int) -> SliceFetch:
         obj = view.obj
-        k = (obj.key, obj.gen, idx)
-        fut = self.inflight_slices.get(k)
-        if fut is None:
-            fut = self.loop.create_future()
-            self.inflight_slices[k] = fut
-            self.spawn(self._fetch_and_store(view, idx, fut, k))
-        return fut
 
-    async def _fetch(self, view: View, idx: int) -> bytes:
-        return await asyncio.shield(self._start_fetch(view, idx))
+        async def store(data: bytes) -> None:
+            await self._store_slice(obj, idx, data)
 
-    async def _fetch_and_store(
-        self, view: View, idx: int, fut: asyncio.Future[bytes], k: tuple[str, str, int]
-    ) -> None:
-        obj = view.obj
-        start, length = slice_bounds(idx, obj.meta.size, obj.slice_size)
-        try:
-            data = await self._read_from_origins(obj, start, length)
-        except BaseException as exc:
-            self.inflight_slices.pop(k, None)
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # retrieved: nobody may be waiting any more
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        fut.set_result(data)
+        return self.puller.fetch(
+            obj.key,
+            obj.gen,
+            idx,
+            obj.meta,
+            obj.slice_size,
+            store if obj.meta.storable else None,
+        )
+
+    async def _store_slice(self, obj: StoredObject, idx: int, data: bytes) -> None:
         try:
             stored = await self.run(self.store.put_slice, obj, idx, data)
         except Exception as exc:
             log.error("storing slice %d of %r failed: %s", idx, obj.key, exc)
             stored = False
-        finally:
-            self.inflight_slices.pop(k, None)
-        if stored:
-            current = self.views.get(obj.key)
-            if current is not None and current.obj.gen == obj.gen:
-                current.paths[idx] = obj.slice_path(idx)
-                current.keep_small(data)
-        else:
+        if not stored:
             self.metrics.store_write_failed()
+            return
+        current = self.views.get(obj.key)
+        if current is not None and current.obj.gen == obj.gen:
+            current.paths[idx] = obj.slice_path(idx)
+            current.keep_small(data)
 
-    async def _read_from_origins(self, obj: StoredObject, start: int, length: int) -> bytes:
-        last: OriginError | None = None
-        for origin in self.origins:
-            try:
-                chunks = []
-                got = 0
-                async for chunk in origin.read(obj.key, obj.meta, start, length):
-                    chunks.append(chunk)
-                    got += len(chunk)
-                    if got > length:
-                        raise OriginError(f"{obj.key!r}: origin sent more than {length} bytes")
-                if got != length:
-                    raise OriginError(f"{obj.key!r}: origin sent {got} of {length} bytes")
-                self.metrics.origin("read", "ok")
-                self.metrics.origin_bytes(got)
-                return b"".join(chunks)
-            except OriginError as exc:
-                self.metrics.origin("read", "error")
-                log.warning("origin %s: %s", origin.url, exc)
-                last = exc
-        raise last or OriginError("no origin")
+    async def _invalidate(self, view: View) -> None:
+        """The origin changed the object: forget this version everywhere."""
+        if self.views.get(view.key) is view:
+            del self.views[view.key]
+        if view.obj.meta.storable:
+            await self.run(self.store.remove, view.key, view.obj.gen)
 
 
 class MissStream:

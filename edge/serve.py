@@ -210,9 +210,7 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     await stop.wait()
     log.info("stopping: finishing in-flight responses (grace %.0fs)", cfg.grace)
     await server.shutdown(cfg.grace)
-    await app.stop()
-    for origin in origins:
-        await origin.close()
+    await app.stop()  # closes the origins too
     if access_log is not None:
         access_log.close()
     executor.shutdown(wait=True)

@@ -855,12 +855,15 @@ class Store:
             )
             return cur.rowcount
 
-    def remove(self, key: str) -> bool:
+    def remove(self, key: str, gen: str | None = None) -> bool:
+        """Remove ``key`` (only its version ``gen``, when given)."""
         with self._write() as c:
-            existed = c.execute("SELECT 1 FROM objects WHERE key=?", (key,)).fetchone()
+            existed = c.execute("SELECT gen FROM objects WHERE key=?", (key,)).fetchone()
+            if existed is None or (gen is not None and existed[0] != gen):
+                return False
             files = self._delete_object(c, key, self.clock())
         self._unlink_all(files)
-        return existed is not None
+        return True
 
     def purge_prefix(self, prefix: str) -> int:
         keys = [o.key for o in self.list_objects(prefix)]

@@ -49,7 +49,10 @@ class OriginSettings:
 class Origin(Protocol):
     url: str
 
-    async def head(self, key: str) -> ObjectMeta | None: ...
+    async def head(self, key: str, current: ObjectMeta | None = None) -> ObjectMeta | None:
+        """What ``key`` is; with ``current`` (a stale stored version), a
+        revalidation: the same meta with renewed freshness when it still holds."""
+        ...
 
     def read(self, key: str, meta: ObjectMeta, start: int, length: int) -> AsyncIterator[bytes]: ...
 

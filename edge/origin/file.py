@@ -33,7 +33,7 @@ class FileOrigin:
             return None
         return path
 
-    async def head(self, key: str) -> ObjectMeta | None:
+    async def head(self, key: str, current: ObjectMeta | None = None) -> ObjectMeta | None:
         path = self._path(key)
         if path is None:
             return None

@@ -1,0 +1,236 @@
+"""An HTTP origin (``http(s)://host[:port]/prefix``): a web server or a parent appliance.
+
+Metadata comes from ``HEAD`` (falling back to ``GET`` with ``Range: bytes=0-0``
+for servers that refuse HEAD); a slice from ``GET`` with ``Range`` and a
+precondition that pins the version: ``If-Match`` with the origin's strong ETag,
+else ``If-Unmodified-Since`` with its Last-Modified. A 412 means the object
+changed (``OriginChanged``). Freshness is evaluated per RFC 9111
+(``edge.freshness``); a revalidation sends ``If-None-Match`` /
+``If-Modified-Since`` and a 304 renews the stored object's freshness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from edge import freshness
+from edge.httpdate import format_http_date, parse_http_date
+from edge.mediatypes import guess_type
+from edge.meta import ObjectMeta
+from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
+from edge.response import SERVER
+
+CHUNK = 256 * 1024
+SYNTHETIC_ETAG = '"ef-'  # our own validator, for origins that send no strong ETag
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class HTTPOrigin:
+    def __init__(self, url: str, settings: OriginSettings) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self.settings.connect_timeout,
+                    sock_connect=self.settings.connect_timeout,
+                    sock_read=self.settings.read_timeout,
+                ),
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                auto_decompress=False,
+                headers={"User-Agent": SERVER, "Accept-Encoding": "identity"},
+            )
+        return self._session
+
+    def _target(self, key: str) -> str:
+        return self.base + "/" + quote(key, safe="/!$&'()*+,;=:@-._~")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # -- metadata --------------------------------------------------------------
+
+    async def head(self, key: str, current: ObjectMeta | None = None) -> ObjectMeta | None:
+        """What ``key`` is now; with ``current``, a revalidation of it."""
+        headers = {}
+        if current is not None:
+            if not current.etag.startswith(SYNTHETIC_ETAG):
+                headers["If-None-Match"] = current.etag
+            headers["If-Modified-Since"] = format_http_date(current.last_modified)
+        request_time = time.time()
+        try:
+            async with self._client().head(
+                self._target(key), headers=headers, allow_redirects=True
+            ) as resp:
+                status = resp.status
+                h = resp.headers
+                if status in (405, 501):
+                    return await self._head_by_get(key, request_time)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise OriginTimeout(f"{self.url}: HEAD {key!r} timed out") from None
+        except aiohttp.ClientError as exc:
+            raise OriginError(f"{self.url}: HEAD {key!r}: {exc}") from None
+        response_time = time.time()
+        if status in (404, 410):
+            return None
+        if status == 304 and current is not None:
+            return self._renewed(current, h, request_time, response_time)
+        if status != 200:
+            raise OriginError(f"{self.url}: HEAD {key!r} answered {status}")
+        length = h.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise OriginError(f"{self.url}: HEAD {key!r} gave no Content-Length")
+        return self._meta(key, int(length), h, request_time, response_time)
+
+    async def _head_by_get(self, key: str, request_time: float) -> ObjectMeta | None:
+        async with self._client().get(self._target(key), headers={"Range": "bytes=0-0"}) as resp:
+            if resp.status in (404, 410):
+                return None
+            if resp.status == 206:
+                m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
+                if m is None or m.group(3) == "*":
+                    raise OriginError(f"{self.url}: {key!r}: no usable Content-Range")
+                size = int(m.group(3))
+            elif resp.status == 200 and resp.headers.get("Content-Length", "").isdigit():
+                size = int(resp.headers["Content-Length"])
+            else:
+                raise OriginError(f"{self.url}: GET {key!r} answered {resp.status}")
+            return self._meta(key, size, resp.headers, request_time, time.time())
+
+    def _meta(
+        self,
+        key: str,
+        size: int,
+        h: Mapping[str, str],
+        request_time: float,
+        response_time: float,
+    ) -> ObjectMeta:
+        lm = parse_http_date(h.get("Last-Modified")) or int(response_time)
+        etag = h.get("ETag")
+        if not etag or etag.startswith("W/") or not (etag.startswith('"') and etag.endswith('"')):
+            etag = f'{SYNTHETIC_ETAG}{lm:x}-{size:x}"'
+        ctype = h.get("Content-Type") or guess_type(key)
+        f = self._freshness(h, request_time, response_time)
+        return ObjectMeta(
+            size=size,
+            etag=etag,
+            last_modified=lm,
+            content_type=ctype,
+            cache_control=h.get("Cache-Control"),
+            fresh_until=f.fresh_until,
+            stale_if_error=f.stale_if_error,
+            must_revalidate=f.must_revalidate,
+            storable=f.storable,
+        )
+
+    @staticmethod
+    def _freshness(
+        h: Mapping[str, str | None], request_time: float, response_time: float
+    ) -> freshness.Freshness:
+        return freshness.evaluate(
+            cache_control=h.get("Cache-Control"),
+            expires=h.get("Expires"),
+            date=h.get("Date"),
+            age=h.get("Age"),
+            last_modified=h.get("Last-Modified"),
+            request_time=request_time,
+            response_time=response_time,
+        )
+
+    def _renewed(
+        self, current: ObjectMeta, h, request_time: float, response_time: float
+    ) -> ObjectMeta:  # type: ignore[no-untyped-def]
+        merged = {
+            "Cache-Control": h.get("Cache-Control", current.cache_control),
+            "Expires": h.get("Expires"),
+            "Date": h.get("Date"),
+            "Age": h.get("Age"),
+            "Last-Modified": format_http_date(current.last_modified),
+        }
+        f = self._freshness(merged, request_time, response_time)
+        return dataclasses.replace(
+            current,
+            cache_control=merged["Cache-Control"],
+            fresh_until=f.fresh_until,
+            stale_if_error=f.stale_if_error,
+            must_revalidate=f.must_revalidate,
+            storable=f.storable,
+        )
+
+    # -- bytes -----------------------------------------------------------------
+
+    async def read(
+        self, key: str, meta: ObjectMeta, start: int, length: int
+    ) -> AsyncIterator[bytes]:
+        if length <= 0:
+            return
+        end = start + length - 1
+        headers = {"Range": f"bytes={start}-{end}"}
+        if meta.etag.startswith(SYNTHETIC_ETAG):
+            headers["If-Unmodified-Since"] = format_http_date(meta.last_modified)
+        else:
+            headers["If-Match"] = meta.etag
+        try:
+            async with self._client().get(self._target(key), headers=headers) as resp:
+                skip = 0
+                if resp.status == 412:
+                    raise OriginChanged(f"{self.url}: {key!r} changed at the origin")
+                if resp.status == 206:
+                    m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
+                    if (
+                        m is None
+                        or int(m.group(1)) != start
+                        or int(m.group(2)) != end
+                        or (m.group(3) != "*" and int(m.group(3)) != meta.size)
+                    ):
+                        raise OriginChanged(
+                            f"{self.url}: {key!r}: Content-Range "
+                            f"{resp.headers.get('Content-Range')!r} is not bytes "
+                            f"{start}-{end}/{meta.size}"
+                        )
+                elif resp.status == 200:
+                    # the origin ignored Range: take our part of the whole body
+                    if resp.content_length not in (None, meta.size):
+                        raise OriginChanged(f"{self.url}: {key!r} is no longer {meta.size} bytes")
+                    skip = start
+                elif resp.status in (404, 410):
+                    raise OriginChanged(f"{self.url}: {key!r} is gone from the origin")
+                else:
+                    raise OriginError(f"{self.url}: GET {key!r} answered {resp.status}")
+                left = length
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk = chunk[skip:]
+                        skip = 0
+                    if len(chunk) > left:
+                        if resp.status == 206:
+                            raise OriginError(f"{self.url}: {key!r}: more bytes than asked")
+                        chunk = chunk[:left]
+                    left -= len(chunk)
+                    yield chunk
+                    if left == 0:
+                        break
+                if left:
+                    raise OriginError(f"{self.url}: {key!r}: short read, {left} bytes missing")
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise OriginTimeout(f"{self.url}: GET {key!r} timed out") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise OriginError(f"{self.url}: {key!r}: the body broke off: {exc}") from None
+        except aiohttp.ClientError as exc:
+            raise OriginError(f"{self.url}: GET {key!r}: {exc}") from None

@@ -1,0 +1,292 @@
+"""Pull-through: asking the origins, once, patiently, and not for ever.
+
+Theory of operation: ``Puller`` owns the list of origins, a circuit breaker per
+origin, the retry policy and the memory of recent 404s. ``head`` learns what an
+object is (or revalidates it); ``fetch`` returns the ``SliceFetch`` of one slice,
+started once however many requests want it. A ``SliceFetch`` runs as its own
+task and keeps what has arrived, so a request reads the bytes as they come, from
+any offset, and a request that goes away stops reading without stopping the
+fetch. Rules it keeps:
+- origins are tried in order; a breaker that is open skips its origin;
+- a failed request is retried ``retries`` times with doubling, jittered backoff;
+  a slice that already delivered bytes resumes at its first missing byte;
+- an answer that changes the object (``OriginChanged``) is not retried: the
+  caller must learn the object again;
+- a fetch that fails keeps its error for its readers and is forgotten, so the
+  next request tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from edge.breaker import Breaker
+from edge.meta import ObjectMeta, slice_bounds
+from edge.origin import Origin, OriginChanged, OriginError, OriginTimeout
+
+log = logging.getLogger("edgefleet.pull")
+
+T = TypeVar("T")
+
+BACKOFF_BASE = 0.1
+NEGATIVE_MAX = 100_000
+
+
+class SliceFetch:
+    """The bytes of one slice as they arrive from an origin."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.chunks: list[bytes] = []
+        self.got = 0
+        self.error: BaseException | None = None
+        self.done = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.got += len(chunk)
+        self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def _wait(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        await fut
+
+    async def started(self) -> None:
+        """Until the first byte is here (or the fetch is over); raises its error."""
+        while not self.got and not self.done and self.error is None:
+            await self._wait()
+        if self.error is not None and not self.got:
+            raise self.error
+
+    async def data(self) -> bytes:
+        while not self.done:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        return b"".join(self.chunks)
+
+    async def read(self, offset: int, count: int) -> AsyncIterator[memoryview]:
+        """Bytes ``offset .. offset+count`` of the slice, as they arrive."""
+        pos, end = offset, offset + count
+        i, base = 0, 0  # chunk index and its offset in the slice
+        while pos < end:
+            chunks = self.chunks
+            while i < len(chunks) and base + len(chunks[i]) <= pos:
+                base += len(chunks[i])
+                i += 1
+            if i < len(chunks):
+                chunk = chunks[i]
+                hi = min(len(chunk), end - base)
+                yield memoryview(chunk)[pos - base : hi]
+                pos = base + hi
+                continue
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                raise OriginError("slice ended early")
+            await self._wait()
+
+
+class Puller:
+    def __init__(
+        self,
+        origins: list[Origin],
+        *,
+        retries: int = 2,
+        negative_ttl: float = 10.0,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 10.0,
+        on_origin: Callable[[str, str], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.origins = origins
+        self.retries = retries
+        self.negative_ttl = negative_ttl
+        self.breakers = {
+            id(o): Breaker(failures=breaker_failures, cooldown=breaker_cooldown) for o in origins
+        }
+        self.on_origin = on_origin or (lambda kind, result: None)
+        self.on_bytes = on_bytes or (lambda n: None)
+        self.negative: dict[str, float] = {}
+        self.heads: dict[str, asyncio.Future[ObjectMeta | None]] = {}
+        self.fetches: dict[tuple[str, str, int], SliceFetch] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # -- 404s -----------------------------------------------------------------
+
+    def known_missing(self, key: str) -> bool:
+        until = self.negative.get(key)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self.negative[key]
+        return False
+
+    def _remember_missing(self, key: str) -> None:
+        if self.negative_ttl <= 0:
+            return
+        if len(self.negative) >= NEGATIVE_MAX:
+            self.negative.clear()
+        self.negative[key] = time.monotonic() + self.negative_ttl
+
+    # -- retries and breakers --------------------------------------------------
+
+    async def _ask(
+        self,
+        kind: str,
+        attempt: Callable[[Origin], Awaitable[T]],
+        origins: list[Origin] | None = None,
+    ) -> T:
+        """``attempt`` on each origin in turn, with retries; the first answer wins."""
+        last: OriginError | None = None
+        for origin in self.origins if origins is None else origins:
+            breaker = self.breakers[id(origin)]
+            for n in range(self.retries + 1):
+                if not breaker.allow(time.monotonic()):
+                    self.on_origin(kind, "breaker_open")
+                    last = last or OriginError(f"{origin.url}: circuit breaker open")
+                    break
+                try:
+                    result = await attempt(origin)
+                except OriginChanged:
+                    breaker.success()  # it answered
+                    raise
+                except OriginError as exc:
+                    breaker.failure(time.monotonic())
+                    self.on_origin(kind, "timeout" if isinstance(exc, OriginTimeout) else "error")
+                    log.warning("origin %s (%s, try %d): %s", origin.url, kind, n + 1, exc)
+                    last = exc
+                    if n < self.retries:
+                        await asyncio.sleep(BACKOFF_BASE * 2**n * (0.5 + random.random()))
+                    continue
+                breaker.success()
+                return result
+        raise last or OriginError("no origin configured")
+
+    # -- metadata --------------------------------------------------------------
+
+    async def head(self, key: str) -> ObjectMeta | None:
+        """What ``key`` is at the first origin that has it; ``None``: no origin has it.
+        Concurrent calls for one key share one request."""
+        fut = self.heads.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._head(key))
+            self.heads[key] = fut
+            fut.add_done_callback(lambda _f: self.heads.pop(key, None))
+        return await asyncio.shield(fut)
+
+    async def _head(self, key: str) -> ObjectMeta | None:
+        # Each origin in turn: one that does not have it, or fails, passes the
+        # question on. 404 only when every origin answered that it has nothing.
+        error: OriginError | None = None
+        for origin in self.origins:
+            try:
+                meta = await self._ask("head", lambda o: o.head(key), [origin])
+            except OriginError as exc:
+                error = exc
+                continue
+            self.on_origin("head", "ok" if meta is not None else "not_found")
+            if meta is not None:
+                return meta
+        if error is not None:
+            raise error
+        self._remember_missing(key)
+        return None
+
+    async def revalidate(self, key: str, current: ObjectMeta) -> ObjectMeta | None:
+        """``current`` renewed (304), or what replaced it, or ``None`` (gone)."""
+
+        meta = await self._ask("revalidate", lambda o: o.head(key, current))
+        if meta is None:
+            self._remember_missing(key)
+        return meta
+
+    # -- slices ----------------------------------------------------------------
+
+    def fetch(
+        self,
+        key: str,
+        gen: str,
+        idx: int,
+        meta: ObjectMeta,
+        slice_size: int,
+        store: Callable[[bytes], Awaitable[None]] | None = None,
+    ) -> SliceFetch:
+        """The fetch of slice ``idx`` of this version of ``key``, started if need be.
+        ``store`` receives the complete slice (and the fetch stays findable until
+        it has stored it, so nobody fetches it again meanwhile)."""
+        k = (key, gen, idx)
+        f = self.fetches.get(k)
+        if f is not None:
+            return f
+        start, length = slice_bounds(idx, meta.size, slice_size)
+        f = SliceFetch(length)
+        self.fetches[k] = f
+        task = asyncio.ensure_future(self._run_fetch(k, f, key, meta, start, length, store))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return f
+
+    async def _run_fetch(
+        self,
+        k: tuple[str, str, int],
+        f: SliceFetch,
+        key: str,
+        meta: ObjectMeta,
+        start: int,
+        length: int,
+        store: Callable[[bytes], Awaitable[None]] | None,
+    ) -> None:
+        async def attempt(origin: Origin) -> None:
+            # resume where the previous attempt stopped
+            async for chunk in origin.read(key, meta, start + f.got, length - f.got):
+                if f.got + len(chunk) > length:
+                    raise OriginError(f"{origin.url}: {key!r}: more bytes than asked")
+                f.feed(chunk)
+                self.on_bytes(len(chunk))
+            if f.got != length:
+                raise OriginError(f"{origin.url}: {key!r}: {f.got} of {length} bytes")
+
+        try:
+            await self._ask("read", attempt)
+        except BaseException as exc:
+            f.fail(exc)
+            self.fetches.pop(k, None)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        self.on_origin("read", "ok")
+        f.finish()
+        try:
+            if store is not None:
+                await store(b"".join(f.chunks))
+        finally:
+            self.fetches.pop(k, None)
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for origin in self.origins:
+            await origin.close()

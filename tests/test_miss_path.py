@@ -1,0 +1,329 @@
+"""The miss path against a real HTTP origin on loopback: one fetch per slice,
+streaming, misbehaving origins, freshness, tiers. Counts are the origin's own."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import SLICE, Appliance
+from origin_server import OriginServer
+
+TOKEN = "0123456789abcdef-token"
+
+
+@pytest.fixture
+def origin():
+    server = OriginServer().start()
+    yield server
+    server.stop()
+
+
+def start(tmp: Path, *origins: str, extra: tuple[str, ...] = ()) -> Appliance:
+    args = ["--store", str(tmp / "store"), "--capacity", "64MiB", "--slice-size", str(SLICE),
+            "--admin-token", TOKEN, "--origin-retries", "0", *extra]  # fmt: skip
+    for url in origins:
+        args += ["--origin", url]
+    return Appliance(args).start()
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def used(app: Appliance) -> int:
+    return app.health()["store"]["used_bytes"]
+
+
+def test_cold_reads_fetch_each_slice_once(tmp_path: Path, origin: OriginServer) -> None:
+    objects = {
+        "small.m3u8": random.randbytes(300),
+        "empty.ts": b"",
+        "one.m4s": random.randbytes(SLICE),
+        "big.mp4": random.randbytes(9 * SLICE + 123),
+    }
+    for key, data in objects.items():
+        origin.put(key, data)
+    app = start(tmp_path, origin.url)
+    try:
+        status, _, body = app.get("/big.mp4", Range=f"bytes={SLICE - 5}-{2 * SLICE + 5}")
+        assert status == 206 and body == objects["big.mp4"][SLICE - 5 : 2 * SLICE + 6]
+        for key, data in objects.items():
+            status, headers, body = app.get("/" + key)
+            assert status == 200 and body == data, key
+            assert headers["etag"] == origin.objects[key].etag
+        for key, data in objects.items():  # hits now
+            assert app.get("/" + key)[2] == data
+        gets = origin.asked("GET", "/big.mp4")
+        assert sorted(g.range for g in gets) == sorted(
+            f"bytes={i * SLICE}-{min((i + 1) * SLICE, len(objects['big.mp4'])) - 1}"
+            for i in range(10)
+        )
+        assert len(origin.asked("HEAD", "/big.mp4")) == 1
+        assert origin.asked("GET", "/empty.ts") == []
+        wait_for(lambda: used(app) == sum(len(v) for v in objects.values()))
+        assert app.get("/missing.ts")[0] == 404
+    finally:
+        assert app.stop() == 0
+
+
+def test_fifty_players_one_cold_object(tmp_path: Path, origin: OriginServer) -> None:
+    data = random.randbytes(8 * SLICE - 1000)
+    origin.put("title.mp4", data)
+    app = start(tmp_path, origin.url)
+    try:
+
+        def play(_: int) -> bytes:
+            return app.get("/title.mp4")[2]
+
+        with ThreadPoolExecutor(50) as pool:
+            bodies = list(pool.map(play, range(50)))
+        assert all(b == data for b in bodies)
+        assert len(origin.asked("HEAD")) == 1
+        gets = origin.asked("GET")
+        assert len(gets) == 8 and len({g.range for g in gets}) == 8
+    finally:
+        assert app.stop() == 0
+
+
+def test_first_byte_does_not_wait_for_the_slice(tmp_path: Path, origin: OriginServer) -> None:
+    data = random.randbytes(SLICE)
+    origin.put("seg.m4s", data)
+    hold = threading.Event()
+    origin.faults.hold = hold  # the origin sends 1 KiB, then waits
+    app = start(tmp_path, origin.url)
+    try:
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as s:
+            s.sendall(b"GET /seg.m4s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < 1024:
+                got += s.recv(65536)
+            # the player has the first KiB while the origin still holds the rest
+            assert not hold.is_set()
+            assert got.split(b"\r\n\r\n", 1)[1][:1024] == data[:1024]
+            hold.set()
+            while chunk := s.recv(65536):
+                got += chunk
+        assert got.split(b"\r\n\r\n", 1)[1] == data
+    finally:
+        hold.set()
+        assert app.stop() == 0
+
+
+def test_a_player_that_leaves_does_not_cancel_the_fetch(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    data = random.randbytes(SLICE)
+    origin.put("seg.m4s", data)
+    hold = threading.Event()
+    origin.faults.hold = hold
+    app = start(tmp_path, origin.url)
+    try:
+        s = socket.create_connection(("127.0.0.1", app.port), timeout=10)
+        s.sendall(b"GET /seg.m4s HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        s.close()  # gone mid-body
+        results = []
+        t = threading.Thread(target=lambda: results.append(app.get("/seg.m4s")))
+        t.start()
+        time.sleep(0.2)
+        hold.set()
+        t.join(20)
+        assert results[0][0] == 200 and results[0][2] == data
+        assert len(origin.asked("GET")) == 1
+        wait_for(lambda: used(app) == SLICE)
+    finally:
+        hold.set()
+        assert app.stop() == 0
+
+
+def test_origin_errors_get_502_and_hits_keep_flowing(tmp_path: Path, origin: OriginServer) -> None:
+    origin.put("hit.ts", b"h" * 1000)
+    origin.put("cold.ts", b"c" * 1000)
+    app = start(tmp_path, origin.url, extra=("--origin-retries", "2"))
+    try:
+        assert app.get("/hit.ts")[0] == 200
+        origin.faults.fail = 3  # the HEAD and both retries
+        status, _, body = app.get("/cold.ts")
+        assert status == 502 and b"origin" in body
+        assert len(origin.asked("HEAD", "/cold.ts")) == 3
+        assert app.get("/hit.ts") == app.get("/hit.ts") and app.get("/hit.ts")[0] == 200
+        assert app.get("/cold.ts")[2] == b"c" * 1000  # the origin is back
+    finally:
+        assert app.stop() == 0
+
+
+def test_a_hanging_origin_gets_504(tmp_path: Path, origin: OriginServer) -> None:
+    origin.put("x.ts", b"x")
+    origin.faults.hang = True
+    app = start(tmp_path, origin.url, extra=("--origin-read-timeout", "0.5"))
+    try:
+        status, _, body = app.get("/x.ts")
+        assert status == 504 and b"timed out" in body
+        assert used(app) == 0
+    finally:
+        assert app.stop() == 0
+
+
+def test_origin_dies_mid_transfer(tmp_path: Path, origin: OriginServer) -> None:
+    data = random.randbytes(SLICE)
+    origin.put("seg.m4s", data)
+    origin.put("seg2.m4s", data[::-1])
+    app = start(tmp_path, origin.url, extra=("--origin-retries", "1"))
+    try:
+        # with a retry: resumed where the first attempt broke off
+        origin.faults.drop_after = 20_000
+        status, _, body = app.get("/seg.m4s")
+        assert status == 200 and body == data
+        gets = origin.asked("GET", "/seg.m4s")
+        assert [g.range for g in gets] == [f"bytes=0-{SLICE - 1}", f"bytes=20000-{SLICE - 1}"]
+        wait_for(lambda: used(app) == SLICE)
+    finally:
+        assert app.stop() == 0
+    # without one: the player sees a short body, nothing torn is stored
+    app = start(tmp_path, origin.url, extra=("--origin-retries", "0"))
+    try:
+        origin.faults.drop_after = 20_000
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as s:
+            s.sendall(b"GET /seg2.m4s HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 200") and len(got.split(b"\r\n\r\n", 1)[1]) < SLICE
+        time.sleep(0.3)
+        assert used(app) == SLICE  # only seg.m4s
+        scrub = app.request("POST", "/_edge/admin/scrub", {"Authorization": f"Bearer {TOKEN}"})
+        assert json.loads(scrub[2])["failures"] == 0
+    finally:
+        assert app.stop() == 0
+
+
+def test_a_changed_object_is_never_mixed(tmp_path: Path, origin: OriginServer) -> None:
+    old = random.randbytes(4 * SLICE)
+    origin.put("movie.mp4", old, etag='"old"')
+    app = start(tmp_path, origin.url)
+    try:
+        assert app.get("/movie.mp4", Range="bytes=0-99")[2] == old[:100]
+        new = random.randbytes(4 * SLICE)
+        origin.put("movie.mp4", new, etag='"new"')
+        status, headers, body = app.get("/movie.mp4", Range=f"bytes={3 * SLICE}-{3 * SLICE + 99}")
+        assert status == 206 and body == new[3 * SLICE : 3 * SLICE + 100]
+        assert headers["etag"] == '"new"'
+        status, headers, body = app.get("/movie.mp4")
+        assert body == new and headers["etag"] == '"new"'
+    finally:
+        assert app.stop() == 0
+
+
+def test_404_is_remembered_briefly(tmp_path: Path, origin: OriginServer) -> None:
+    app = start(tmp_path, origin.url, extra=("--negative-ttl", "1s"))
+    try:
+        for _ in range(3):
+            assert app.get("/nope.ts")[0] == 404
+        assert len(origin.asked("HEAD", "/nope.ts")) == 1
+        origin.put("nope.ts", b"now it exists")
+        time.sleep(1.1)
+        assert app.get("/nope.ts")[2] == b"now it exists"
+    finally:
+        assert app.stop() == 0
+
+
+def test_several_origins_in_order(tmp_path: Path, origin: OriginServer) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}"
+    dead.close()  # nothing listens there
+    origin.put("x.ts", b"from the second origin")
+    app = start(tmp_path, dead_url, origin.url)
+    try:
+        assert app.get("/x.ts")[2] == b"from the second origin"
+    finally:
+        assert app.stop() == 0
+
+
+def test_the_breaker_stops_asking_a_failing_origin(tmp_path: Path, origin: OriginServer) -> None:
+    origin.faults.fail = 1000
+    app = start(
+        tmp_path, origin.url, extra=("--breaker-failures", "3", "--breaker-cooldown", "30s")
+    )
+    try:
+        for i in range(8):
+            assert app.get(f"/k{i}.ts")[0] == 502
+        assert len(origin.log) == 3  # then the breaker answered for it
+        text = app.get("/_edge/metrics")[2].decode()
+        assert 'result="breaker_open"' in text
+    finally:
+        assert app.stop() == 0
+
+
+def test_freshness_and_revalidation(tmp_path: Path, origin: OriginServer) -> None:
+    origin.put("live.m3u8", b"#EXTM3U v1\n", cache_control="max-age=1")
+    origin.put("private.m3u8", b"#EXTM3U mine\n", cache_control="private")
+    app = start(tmp_path, origin.url)
+    try:
+        assert app.get("/live.m3u8")[2] == b"#EXTM3U v1\n"
+        assert app.get("/live.m3u8")[2] == b"#EXTM3U v1\n"  # fresh: a hit
+        assert len(origin.log) == 2  # HEAD + GET
+        time.sleep(1.1)
+        assert app.get("/live.m3u8")[2] == b"#EXTM3U v1\n"
+        revalidations = origin.asked("HEAD", "/live.m3u8")[1:]
+        assert len(revalidations) == 1 and revalidations[0].status == 304
+        assert revalidations[0].headers.get("If-None-Match") == origin.objects["live.m3u8"].etag
+        assert len(origin.asked("GET", "/live.m3u8")) == 1  # the stored body was kept
+        # a new version at the origin replaces it once stale
+        origin.put("live.m3u8", b"#EXTM3U v2\n", cache_control="max-age=1")
+        time.sleep(1.1)
+        assert app.get("/live.m3u8")[2] == b"#EXTM3U v2\n"
+        # private: fetched for each request, never stored
+        for _ in range(2):
+            assert app.get("/private.m3u8")[2] == b"#EXTM3U mine\n"
+        assert len(origin.asked("GET", "/private.m3u8")) == 2
+        inventory = app.get("/_edge/inventory")[2].decode()
+        assert "private.m3u8" not in inventory
+    finally:
+        assert app.stop() == 0
+
+
+def test_stale_if_error(tmp_path: Path, origin: OriginServer) -> None:
+    origin.put("a.m3u8", b"A", cache_control="max-age=1, stale-if-error=60")
+    origin.put("b.m3u8", b"B", cache_control="max-age=1, must-revalidate, stale-if-error=60")
+    app = start(tmp_path, origin.url)
+    try:
+        assert app.get("/a.m3u8")[2] == b"A" and app.get("/b.m3u8")[2] == b"B"
+        time.sleep(1.1)
+        origin.faults.fail = 1000
+        status, _, body = app.get("/a.m3u8")
+        assert status == 200 and body == b"A"  # stale, because the origin is failing
+        assert app.get("/b.m3u8")[0] == 502  # must-revalidate: never stale
+    finally:
+        assert app.stop() == 0
+
+
+def test_tiered_appliances(tmp_path: Path, origin: OriginServer) -> None:
+    data = random.randbytes(3 * SLICE + 7)
+    origin.put("movie.mp4", data)
+    parent = start(tmp_path / "parent", origin.url)
+    child = start(tmp_path / "child", parent.url(""))
+    try:
+        status, headers, body = child.get("/movie.mp4", Range=f"bytes={SLICE}-{2 * SLICE}")
+        assert status == 206 and body == data[SLICE : 2 * SLICE + 1]
+        assert child.get("/movie.mp4")[2] == data
+        assert child.get("/movie.mp4")[2] == data
+        assert headers["etag"] == origin.objects["movie.mp4"].etag
+        assert len(origin.asked("GET")) == 4  # the origin saw each slice once, from the parent
+        wait_for(lambda: used(child) == len(data) and used(parent) == len(data))
+    finally:
+        assert child.stop() == 0
+        assert parent.stop() == 0
