@@ -67,6 +67,7 @@ class View:
     files kept open, and the bytes themselves when the object is small."""
 
     __slots__ = (
+        "born",
         "common",
         "ctype",
         "etag",
@@ -94,6 +95,7 @@ class View:
         self.slice_size = obj.slice_size
         self.ctype = meta.content_type
         self.fresh_until = meta.fresh_until
+        self.born = meta.born
         self.paths: list[str | None] = [
             obj.slice_path(i) if i in obj.slices else None for i in range(obj.slice_count)
         ]
@@ -272,6 +274,13 @@ class Appliance:
 
     # -- responses -----------------------------------------------------------
 
+    def view_head(self, req: Request, view: View, status: int, lines: bytes) -> bytes:
+        """``head`` plus, for content with a freshness lifetime, its ``Age``
+        (RFC 9111 §4: a cache that answers from store says how old it is)."""
+        if view.born is not None:
+            lines = f"Age: {max(0, int(time.time() - view.born))}\r\n".encode() + lines
+        return self.head(req, status, lines)
+
     def head(self, req: Request, status: int, lines: bytes) -> bytes:
         if req.keep_alive and req.version == "1.1":
             return status_line(status) + self.date_server + lines + b"\r\n"
@@ -377,7 +386,7 @@ class Appliance:
                 raw_range = None
         size = view.size
         if raw_range is None:
-            head = self.head(req, 200, view.full)
+            head = self.view_head(req, view, 200, view.full)
             if method == "HEAD":
                 return Response(200, head, key=view.key, cache="hit")
             if view.small is not None:
@@ -390,7 +399,7 @@ class Appliance:
         range_value = raw_range.decode("latin-1")
         decision = ranges.decide(range_value, size, self.cfg.max_ranges)
         if type(decision) is ranges.Full:
-            head = self.head(req, 200, view.full)
+            head = self.view_head(req, view, 200, view.full)
             return self._body(
                 req, view, 200, head, [(0, size - 1)] if size else [], size, None, fetch
             )
@@ -439,7 +448,7 @@ class Appliance:
                     f"Content-Length: {body_length}\r\n"
                 ).encode()
             )
-        head = self.head(req, 206, lines)
+        head = self.view_head(req, view, 206, lines)
         if method == "HEAD":
             return Response(206, head, key=view.key, cache="hit", range_=range_value)
         return self._body(req, view, 206, head, segments, body_length, range_value, fetch)
@@ -465,7 +474,9 @@ class Appliance:
             has_range=has_range,
         )
         if outcome is conditional.Outcome.NOT_MODIFIED:
-            return Response(304, self.head(req, 304, view.common), key=view.key, cache="hit"), True
+            return Response(
+                304, self.view_head(req, view, 304, view.common), key=view.key, cache="hit"
+            ), True
         if outcome is conditional.Outcome.PRECONDITION_FAILED:
             resp = self.error(req, 412, "precondition failed", key=view.key)
             resp.cache = "hit"

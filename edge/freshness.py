@@ -118,6 +118,7 @@ class Freshness:
     fresh_until: float
     stale_if_error: float = 0.0
     must_revalidate: bool = False
+    born: float = 0.0  # response time less its age: the Age header counts from here
 
 
 def evaluate(
@@ -161,6 +162,7 @@ def evaluate(
     return Freshness(
         storable=not (cc.no_store or cc.private),
         fresh_until=response_time - initial_age + lifetime,
+        born=response_time - initial_age,
         stale_if_error=float(cc.stale_if_error or 0),
         must_revalidate=cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None,
     )

@@ -21,6 +21,7 @@ class ObjectMeta:
     fresh_until: float | None = None  # POSIX time; None: fresh until purged
     stale_if_error: float = 0.0  # seconds past fresh_until an origin error allows
     must_revalidate: bool = False
+    born: float | None = None  # when the origin made this response (now - its age)
     storable: bool = True  # False: served to the one request, never stored (not indexed)
 
 

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS objects (
     content_type TEXT NOT NULL,
     cache_control TEXT,
     fresh_until REAL,
+    born REAL,
     stale_if_error REAL NOT NULL DEFAULT 0,
     must_revalidate INTEGER NOT NULL DEFAULT 0,
     slice_size INTEGER NOT NULL,
@@ -283,6 +284,7 @@ class Store:
             have = {row[1] for row in conn.execute("PRAGMA table_info(objects)")}
             for column, decl in (
                 ("fresh_until", "REAL"),
+                ("born", "REAL"),
                 ("stale_if_error", "REAL NOT NULL DEFAULT 0"),
                 ("must_revalidate", "INTEGER NOT NULL DEFAULT 0"),
             ):
@@ -459,9 +461,24 @@ class Store:
     def _object_from_row(
         self, row: tuple, slices: Iterable[tuple[int, int]]
     ) -> StoredObject | None:
-        (key, gen, rid, size, etag, lm, ctype, cc, ss, pinned, score, last_access, fu, sie, mr) = (
-            row
-        )
+        (
+            key,
+            gen,
+            rid,
+            size,
+            etag,
+            lm,
+            ctype,
+            cc,
+            ss,
+            pinned,
+            score,
+            last_access,
+            fu,
+            sie,
+            mr,
+            born,
+        ) = row
         root = self.roots.get(rid)
         if root is None or root.failed:
             return None
@@ -469,7 +486,7 @@ class Store:
             key=key,
             gen=gen,
             root=root,
-            meta=ObjectMeta(size, etag, lm, ctype, cc, fu, sie, bool(mr)),
+            meta=ObjectMeta(size, etag, lm, ctype, cc, fu, sie, bool(mr), born=born),
             slice_size=ss,
             slices=dict(slices),
             pinned=bool(pinned),
@@ -479,7 +496,8 @@ class Store:
 
     _OBJ_COLS = (
         "key, gen, root, size, etag, last_modified, content_type, cache_control, "
-        "slice_size, pinned, score, last_access, fresh_until, stale_if_error, must_revalidate"
+        "slice_size, pinned, score, last_access, fresh_until, stale_if_error, must_revalidate, "
+        "born"
     )
 
     def lookup(self, key: str) -> StoredObject | None:
@@ -592,8 +610,8 @@ class Store:
             c.execute(
                 "INSERT INTO objects(key, gen, root, size, etag, last_modified, content_type, "
                 "cache_control, slice_size, pinned, score, score_time, last_access, created, "
-                "fresh_until, stale_if_error, must_revalidate) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+                "fresh_until, stale_if_error, must_revalidate, born) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key,
                     gen,
@@ -611,6 +629,7 @@ class Store:
                     meta.fresh_until,
                     meta.stale_if_error,
                     int(meta.must_revalidate),
+                    meta.born,
                 ),
             )
         self._unlink_all(doomed)
@@ -620,7 +639,7 @@ class Store:
     def _renew(c: sqlite3.Connection, key: str, meta: ObjectMeta) -> None:
         c.execute(
             "UPDATE objects SET fresh_until=?, stale_if_error=?, must_revalidate=?, "
-            "cache_control=?, content_type=?, last_modified=? WHERE key=?",
+            "cache_control=?, content_type=?, last_modified=?, born=? WHERE key=?",
             (
                 meta.fresh_until,
                 meta.stale_if_error,
@@ -628,6 +647,7 @@ class Store:
                 meta.cache_control,
                 meta.content_type,
                 meta.last_modified,
+                meta.born,
                 key,
             ),
         )

@@ -327,3 +327,17 @@ def test_tiered_appliances(tmp_path: Path, origin: OriginServer) -> None:
     finally:
         assert child.stop() == 0
         assert parent.stop() == 0
+
+
+def test_age_is_sent_for_content_with_a_lifetime(tmp_path: Path, origin: OriginServer) -> None:
+    origin.put("live.m3u8", b"#EXTM3U\n", cache_control="max-age=60")
+    origin.put("vod.mp4", b"v" * 100)  # no caching headers: heuristic lifetime
+    app = start(tmp_path, origin.url)
+    try:
+        app.get("/live.m3u8")
+        time.sleep(1.1)
+        _, headers, _ = app.get("/live.m3u8")
+        assert 1 <= int(headers["age"]) <= 3
+        assert headers["cache-control"] == "max-age=60"
+    finally:
+        assert app.stop() == 0

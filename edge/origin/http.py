@@ -134,6 +134,7 @@ class HTTPOrigin:
             stale_if_error=f.stale_if_error,
             must_revalidate=f.must_revalidate,
             storable=f.storable,
+            born=f.born,
         )
 
     @staticmethod
@@ -168,6 +169,7 @@ class HTTPOrigin:
             stale_if_error=f.stale_if_error,
             must_revalidate=f.must_revalidate,
             storable=f.storable,
+            born=f.born,
         )
 
     # -- bytes -----------------------------------------------------------------
