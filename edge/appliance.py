@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -44,7 +45,7 @@ from edge.response import (
     status_line,
     text_body,
 )
-from edge.store import Store, StoredObject
+from edge.store import Store, StoredObject, is_device_error
 
 log = logging.getLogger("edgefleet.appliance")
 
@@ -361,7 +362,7 @@ class Appliance:
         lines = (
             f"Allow: {ALLOW}\r\nAccess-Control-Allow-Methods: {ALLOW}\r\n"
             f"Access-Control-Allow-Headers: {ALLOWED_REQUEST_HEADERS}\r\n"
-            "Access-Control-Max-Age: 86400\r\nContent-Length: 0\r\n"
+            "Access-Control-Max-Age: 86400\r\n"
         ).encode() + self.cors_bytes
         return Response(204, self.head(req, 204, lines))
 
@@ -533,7 +534,8 @@ class Appliance:
                         f = view.file(idx)
                         body.append(FileSpan(paths[idx], p[1], p[2], f, self._on_disk_error(view)))  # type: ignore[arg-type]
             except OSError as exc:
-                # evicted or purged by another process since the view was made
+                # evicted or purged by another process since the view was made,
+                # or no descriptor to spare: look again on the slow path
                 self._on_disk_error(view)(exc)
                 return None
             return Response(
@@ -557,11 +559,20 @@ class Appliance:
         def on_error(exc: OSError) -> None:
             if self.views.get(view.key) is view:
                 del self.views[view.key]
-            if not isinstance(exc, FileNotFoundError):
+            if is_device_error(exc):
                 root = view.obj.root
                 self.spawn(self.run(self.store.mark_root_failed, root.id, str(exc)))
+            elif exc.errno in (errno.EMFILE, errno.ENFILE):
+                self.shed_files()
 
         return on_error
+
+    def shed_files(self) -> None:
+        """Out of file descriptors: forget half the views (their files close)."""
+        log.error("out of file descriptors: forgetting half of %d views", len(self.views))
+        for key in list(itertools.islice(self.views, len(self.views) // 2 + 1)):
+            del self.views[key]
+        self.max_open_files = max(64, OpenFile.count // 2)
 
     async def _stream(
         self, view: View, pieces: list[Any], missing: list[int]

@@ -38,7 +38,9 @@ log = logging.getLogger("edgefleet.http")
 MAX_HEADER_BYTES = 16 * 1024
 HEADER_TIMEOUT = 15.0
 SEND_TIMEOUT = 60.0
-MAX_PIPELINED = 32
+MAX_PIPELINED = 32  # parsed requests waiting: stop reading past this
+MAX_QUEUED = 64  # parts queued for the socket: stop answering past this
+LINGER_SECONDS = 2.0  # after our last byte, read and drop what the client still sends
 STREAM_HIGH_WATER = 1 << 20
 # The head is corked (MSG_MORE) onto a large file body, so the client gets
 # full segments; measured on loopback, corking it onto a 64 KiB body cost the
@@ -55,6 +57,7 @@ class OpenFile:
     count = 0  # open right now, in this process
 
     def __init__(self, path: str) -> None:
+        self.fd = -1
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         OpenFile.count += 1
 
@@ -157,6 +160,16 @@ class Handler(Protocol):
     def finished(self, req: Request, resp: Response, sent: int, now: float) -> None: ...
 
 
+class _Fail:
+    """In the request queue: a request that could not be parsed, answered in turn."""
+
+    __slots__ = ("message", "status")
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
 class _Done:
     """Queued after a response's last part: time to log it."""
 
@@ -187,9 +200,12 @@ class Connection:
         self.writer_armed = False
         self.reading = True
         self.read_eof = False
+        self.lingering = False
+        self.linger_handle: asyncio.TimerHandle | None = None
         self.response_start = 0
         self.sent = 0  # bytes (heads and bodies) handed to the kernel on this connection
-        self.last_active = self.loop.time()
+        self.last_active = self.loop.time()  # last byte in or out
+        self.last_progress = self.last_active  # last byte out, or last response queued
         self.header_started: float | None = None
         self.header_bytes = 0
         self.raw_header_bytes = 0
@@ -206,6 +222,7 @@ class Connection:
         self._url = []
         self.header_started = self.loop.time()
         self.header_bytes = 0
+        self.raw_header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -247,29 +264,38 @@ class Connection:
         except OSError:
             self.close()
             return
+        if self.lingering:
+            if not data:
+                self.close()
+            return  # what a client sends after our last byte is dropped
         if not data:
             self.read_eof = True
             self._stop_reading()
-            if not self.busy and not self.out and not self.pending:
+            self.closing = True  # answer what was asked, then close
+            if self.idle():
                 self.close()
-            else:
-                self.closing = True
             return
         self.last_active = self.loop.time()
         if self.closing:
             return
         if self.header_started is not None:
-            # mid-headers already: a guard against one endless header line
+            # still in one request's headers: a guard against an endless header line
             self.raw_header_bytes += len(data)
             if self.raw_header_bytes > 4 * MAX_HEADER_BYTES:
                 self._fail(431, "request headers too large")
                 return
-        else:
-            self.raw_header_bytes = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+            # RFC 9110 §7.8: an Upgrade we do not do is ignored; the request is
+            # answered as it is, and nothing after it is read (the parser stops).
+            self._stop_reading()
+            self.read_eof = True
+            if self.pending:
+                self.pending[-1].keep_alive = False
+            else:
+                self.pending.append(_Fail(400, "protocol upgrades are not supported"))  # type: ignore[arg-type]
+            self._process()
             return
         except httptools.HttpParserError as exc:
             self._fail(400, f"malformed request: {exc}")
@@ -290,24 +316,27 @@ class Connection:
             self.loop.add_reader(self.fd, self._on_read)
 
     def _fail(self, status: int, message: str) -> None:
-        """Answer a request we cannot parse, after what is already queued, then close."""
+        """Answer a request we cannot parse after the good ones before it, then close."""
         self._stop_reading()
-        self.closing = True
-        self.pending.clear()
-        req = Request(self.client, time.perf_counter())
-        req.method, req.keep_alive = "-", False
-        resp = self.server.handler.error(None, status, message)
-        if self.busy:
-            return  # the running response ends the connection
-        self._emit(req, resp)
-        self._flush()
+        self.read_eof = True  # read no more
+        self.pending.append(_Fail(status, message))  # type: ignore[arg-type]
+        self._process()
 
     # -- handling ------------------------------------------------------------
 
     def _process(self) -> None:
         handler = self.server.handler
         while self.pending and not self.busy and not self.closed:
+            if len(self.out) > MAX_QUEUED:
+                break  # a client that asks faster than it reads waits for the socket
             req = self.pending.popleft()
+            if type(req) is _Fail:
+                failed = Request(self.client, time.perf_counter())
+                failed.method, failed.keep_alive = "-", False
+                self._emit(failed, handler.error(None, req.status, req.message))
+                self.closing = True
+                self.pending.clear()
+                break
             if self.server.stopping:
                 req.keep_alive = False
             try:
@@ -325,7 +354,7 @@ class Connection:
                 self.closing = True
                 self.pending.clear()
                 break
-        if len(self.pending) > MAX_PIPELINED:
+        if len(self.pending) > MAX_PIPELINED or len(self.out) > MAX_QUEUED:
             self._stop_reading()
         elif not self.pending:
             self._resume_reading()
@@ -381,7 +410,7 @@ class Connection:
             self.out.extend(resp.body)
         if done:
             self.out.append(_Done(req, resp, self.response_start))
-        self.last_active = self.loop.time()
+        self.last_active = self.last_progress = self.loop.time()
 
     def _backlog(self) -> int:
         n = 0
@@ -438,7 +467,7 @@ class Connection:
                     )
                     return
                 self.sent += n
-                self.last_active = self.loop.time()
+                self.last_active = self.last_progress = self.loop.time()
                 item.offset += n
                 item.count -= n
                 if item.count == 0:
@@ -473,7 +502,7 @@ class Connection:
                     self.close()
                     return
                 self.sent += n
-                self.last_active = self.loop.time()
+                self.last_active = self.last_progress = self.loop.time()
                 for buf in buffers:
                     size = len(buf)
                     if n >= size:
@@ -490,8 +519,32 @@ class Connection:
             waiter, self.drain_waiter = self.drain_waiter, None
             if not waiter.done():
                 waiter.set_result(None)
-        if self.closing and not self.busy:
+        if self.busy:
+            return
+        if self.pending:
+            self._process()  # requests held back while the socket was full
+        elif self.closing:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close after our last byte without a reset: half-close, then drop what
+        the client still sends for a while (a close with unread input would make
+        the kernel reset the connection and discard what it has not sent yet)."""
+        if self.closed or self.lingering:
+            return
+        if self.read_eof:
             self.close()
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self.lingering = True
+        if not self.reading:
+            self.reading = True
+            self.loop.add_reader(self.fd, self._on_read)
+        self.linger_handle = self.loop.call_later(LINGER_SECONDS, self.close)
 
     def _arm_writer(self) -> None:
         if not self.writer_armed:
@@ -513,14 +566,18 @@ class Connection:
         """Too slow sending headers, idle too long, or a client not reading."""
         if self.header_started is not None and now - self.header_started > HEADER_TIMEOUT:
             return True
-        if self.idle():
+        if self.out:
+            return now - self.last_progress > SEND_TIMEOUT
+        if self.idle() and not self.lingering:
             return now - self.last_active > keepalive_timeout
-        return bool(self.out) and now - self.last_active > SEND_TIMEOUT
+        return False
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if self.linger_handle is not None:
+            self.linger_handle.cancel()
         if self.reading:
             self.loop.remove_reader(self.fd)
         if self.writer_armed:
@@ -561,6 +618,7 @@ class ContentServer:
         self.stopping = False
         self.accepting = False
         self.on_count: Callable[[int], None] | None = None
+        self.on_fd_pressure: Callable[[], None] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -577,8 +635,11 @@ class ContentServer:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept failed: %s", exc)
-                    return
+                    # the pending connection stays in the backlog: pause, make room
+                    log.error("accept failed (%s): pausing accepts for a second", exc)
+                    if self.on_fd_pressure is not None:
+                        self.on_fd_pressure()
+                    self._pause_accepting(1.0)
                 return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -600,10 +661,24 @@ class ContentServer:
                 c.close()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
+    def _pause_accepting(self, seconds: float) -> None:
+        if not self.accepting:
+            return
+        self.accepting = False
+        self.loop.remove_reader(self.sock.fileno())
+
+        def resume() -> None:
+            if not self.stopping and not self.accepting:
+                self.accepting = True
+                self.loop.add_reader(self.sock.fileno(), self._accept)
+
+        self.loop.call_later(seconds, resume)
+
     def stop_accepting(self) -> None:
         if self.accepting:
             self.accepting = False
             self.loop.remove_reader(self.sock.fileno())
+        if self.sock.fileno() >= 0:
             self.sock.close()
 
     async def shutdown(self, grace: float) -> None:

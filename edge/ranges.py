@@ -54,8 +54,17 @@ FULL = Full()
 UNSATISFIABLE = Unsatisfiable()
 
 
+HUGE = 10**4000  # past any representation: clipped like any other position
+
+
 def _is_digits(s: str) -> bool:
     return bool(s) and s.isascii() and s.isdigit()
+
+
+def _int(s: str) -> int:
+    """Digits as a position; absurdly long ones (Python refuses past 4,300
+    digits) are simply past the end."""
+    return int(s) if len(s) <= 4000 else HUGE
 
 
 def parse_range(value: str, max_ranges: int = MAX_RANGES) -> list[Spec] | None:
@@ -74,12 +83,12 @@ def parse_range(value: str, max_ranges: int = MAX_RANGES) -> list[Spec] | None:
         if first == "":
             if not _is_digits(last):
                 return None
-            specs.append((None, int(last)))
+            specs.append((None, _int(last)))
         else:
             if not _is_digits(first) or (last and not _is_digits(last)):
                 return None
-            f = int(first)
-            ln = int(last) if last else None
+            f = _int(first)
+            ln = _int(last) if last else None
             if ln is not None and ln < f:
                 return None
             specs.append((f, ln))
@@ -139,9 +148,9 @@ def decide(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> Deci
     if m is not None:
         first, last = m.groups()
         if first:
-            f = int(first)
+            f = _int(first)
             if last:
-                n = int(last)
+                n = _int(last)
                 if n < f:
                     return FULL  # invalid: ignored
                 if f < length:
@@ -149,7 +158,7 @@ def decide(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> Deci
                 return UNSATISFIABLE
             return Partial(((f, length - 1),)) if f < length else UNSATISFIABLE
         if last:  # suffix
-            n = int(last)
+            n = _int(last)
             if n == 0:
                 return UNSATISFIABLE
             if length == 0:

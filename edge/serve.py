@@ -40,7 +40,19 @@ def make_store(cfg: ServeConfig) -> Store:
 
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per worker, sharing the port with SO_REUSEPORT.
+    A plain bind comes first, so a port another process holds (even another
+    appliance, with SO_REUSEPORT) is an error rather than a silent share."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            port = probe.getsockname()[1]
+    except OSError as exc:
+        raise SystemExit(
+            f"edgefleet serve: cannot listen on {host}:{port} (--listen): {exc.strerror}"
+        ) from None
     socks: list[socket.socket] = []
     for _ in range(count):
         s = socket.socket(family, socket.SOCK_STREAM)
@@ -56,7 +68,6 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
                 f"edgefleet serve: cannot listen on {host}:{port} (--listen): {exc.strerror}"
             ) from None
         s.listen(1024)
-        port = s.getsockname()[1]
         socks.append(s)
     return socks
 
@@ -109,7 +120,11 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
     children: dict[int, int] = {}  # pid -> slot
     stopping = False
 
+    handled = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
     def spawn(slot: int) -> None:
+        # No signal may reach the child before it has its own handlers.
+        signal.pthread_sigmask(signal.SIG_BLOCK, handled)
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -117,7 +132,8 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
                 _die_with_parent()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
                 for i, s in enumerate(socks):
                     if i != slot:
                         s.close()
@@ -127,6 +143,7 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
             finally:
                 os._exit(code)
         children[pid] = slot
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -200,13 +217,16 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     app.max_open_files = max(64, (soft - 256) // 2)
     server = ContentServer(loop, sock, app, keepalive_timeout=cfg.keepalive_timeout)
     server.on_count = metrics.set_connections
+    server.on_fd_pressure = app.shed_files
     app.start()
     server.start()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    if access_log is not None:
-        loop.add_signal_handler(signal.SIGHUP, access_log.reopen)
+    # SIGHUP (systemctl reload, logrotate) reopens the log; without one it is harmless
+    loop.add_signal_handler(
+        signal.SIGHUP, access_log.reopen if access_log is not None else (lambda: None)
+    )
     await stop.wait()
     log.info("stopping: finishing in-flight responses (grace %.0fs)", cfg.grace)
     await server.shutdown(cfg.grace)

@@ -93,6 +93,16 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
+# The errors that mean the device is gone or broken. Anything else (no file
+# descriptors, no memory, a full disk) is a condition of the moment, not a
+# reason to drop a disk's content.
+DEVICE_ERRORS = frozenset({errno.EIO, errno.EROFS, errno.ENODEV, errno.ENXIO, errno.EUCLEAN})
+
+
+def is_device_error(exc: OSError) -> bool:
+    return exc.errno in DEVICE_ERRORS
+
+
 class StoreError(Exception):
     """The store cannot do what was asked; the message says why."""
 
@@ -313,9 +323,17 @@ class Store:
                 if path not in wanted:  # a root taken out of the configuration
                     self._drop_root_rows(c, rid)
                     c.execute("DELETE FROM roots WHERE id=?", (rid,))
+            failed_before = {
+                rid for rid, failed in c.execute("SELECT id, failed FROM roots") if failed
+            }
             for spec in self.specs:
                 path = os.path.abspath(spec.path)
                 root = Root(id=known[path], path=path, capacity=spec.capacity)
+                if not recover and root.id in failed_before:
+                    # failed in a running appliance: only its restart may say otherwise
+                    root.failed, root.reason = True, "marked failed"
+                    self.roots[root.id] = root
+                    continue
                 reason = self._probe(root)
                 if reason:
                     root.failed, root.reason = True, reason
@@ -835,7 +853,7 @@ class Store:
         log.error("store write on %s failed: %s", root.path, exc)
         with contextlib.suppress(sqlite3.Error), self._write() as c:
             self._bump(c, "write_errors")
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if is_device_error(exc):
             self.mark_root_failed(root.id, exc.strerror or str(exc))
 
     def put(
@@ -919,11 +937,16 @@ class Store:
             self._bump(c, "failed_roots")
 
     def refresh_roots(self) -> None:
-        """Pick up roots another process marked failed."""
+        """Agree with the index on which roots have failed (another process may
+        have marked one failed, or a restart's recovery found it working again)."""
         for rid, failed in self._conn().execute("SELECT id, failed FROM roots"):
             root = self.roots.get(rid)
-            if root is not None and failed and not root.failed:
+            if root is None:
+                continue
+            if failed and not root.failed:
                 root.failed, root.reason = True, "marked failed by another process"
+            elif not failed and root.failed:
+                root.failed, root.reason = False, ""
 
     # -- scrub ---------------------------------------------------------------
 

@@ -22,9 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 class Appliance:
     """An ``edgefleet serve`` process on an ephemeral loopback port."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, max_files: int | None = None
+    ) -> None:
         self.args = args
         self.env = env
+        self.max_files = max_files
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.stderr: list[str] = []
@@ -40,6 +43,7 @@ class Appliance:
             cwd=ROOT,
             env=env,
             start_new_session=True,
+            preexec_fn=self._limit if self.max_files else None,
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stderr is not None
@@ -56,6 +60,11 @@ class Appliance:
             raise RuntimeError("edgefleet serve did not start: " + "".join(self.stderr))
         threading.Thread(target=self._drain, daemon=True).start()
         return self
+
+    def _limit(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_files, self.max_files))
 
     def _drain(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -100,4 +101,4 @@ def test_any_cache_control_parses(value: str) -> None:
 def test_fresh_until_never_exceeds_the_lifetime(max_age: int, age: int, transit: float) -> None:
     f = fresh(cache_control=f"max-age={max_age}", age=str(age), request_time=NOW - transit)
     assert f.fresh_until <= NOW + max_age
-    assert f.fresh_until == NOW - max(0.0, age + transit) + max_age
+    assert f.fresh_until == pytest.approx(NOW - max(0.0, age + transit) + max_age, abs=1e-6)

@@ -227,7 +227,7 @@ def test_hostile_requests_leave_the_server_up(app, catalog) -> None:
         b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
         b"GET /" + KEY.encode() + b" HTTP/1.1\r\nRange: bytes=" + b"0-1," * 5000 + b"\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello
-        b"GET /" + KEY.encode() + b" HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
     ]
     for data in cases:
         raw = raw_request(app.port, data)
@@ -235,6 +235,70 @@ def test_hostile_requests_leave_the_server_up(app, catalog) -> None:
         assert codes and all(400 <= c < 500 for c in codes), (data[:60], raw[:120])
     status, _, body = app.get("/" + KEY)
     assert status == 200 and body == catalog[KEY]
+
+
+def test_an_upgrade_is_ignored(app, catalog) -> None:
+    """RFC 9110 7.8: a server may ignore Upgrade; the request is answered as is."""
+    raw = raw_request(
+        app.port,
+        f"GET /{KEY} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".encode(),
+    )
+    assert statuses(raw) == [200]
+    assert raw.split(b"\r\n\r\n", 1)[1] == catalog[KEY]
+
+
+def test_good_requests_before_a_bad_one_are_answered(app) -> None:
+    good = f"GET /{KEY} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-3\r\n\r\n".encode()
+    raw = raw_request(app.port, good + good + b"GARBAGE\x01 \r\n\r\n")
+    assert statuses(raw) == [206, 206, 400]
+
+
+def test_pipelined_requests_are_not_mistaken_for_huge_headers(app) -> None:
+    filler = "X-Filler: " + "f" * 6000 + "\r\n"
+    one = f"GET /{KEY} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\n{filler}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as s:
+        # each send ends a request and starts the next one's headers
+        for i in range(12):
+            chunk = one[len(one) // 2 :] if i else b""
+            s.sendall(chunk + one[: len(one) // 2])
+        s.sendall(one[len(one) // 2 :] + b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert statuses(got) == [206] * 12 + [404]
+
+
+def test_a_client_that_never_reads_is_held_back(app, catalog) -> None:
+    """Pipelining without reading fills the server's queue, then the server stops
+    reading from that client (its sends block) instead of queueing without end."""
+    flood = socket.create_connection(("127.0.0.1", app.port), timeout=10)
+    flood.setblocking(False)
+    request = f"GET /{KEY} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 1000
+    sent, blocked = 0, False
+    while sent < 256 * 1024 * 1024:
+        try:
+            sent += flood.send(request)
+        except BlockingIOError:
+            blocked = True
+            break
+    try:
+        assert blocked, f"the server read {sent} bytes of requests it could not answer"
+        status, _, body = app.get("/" + KEY)
+        assert status == 200 and body == catalog[KEY]
+    finally:
+        flood.close()
+
+
+def test_connection_close_is_not_reset_by_late_client_bytes(app, catalog) -> None:
+    key = "titles/81234/movie.mp4"
+    with small_window_socket(app.port) as s:
+        s.sendall(f"GET /{key} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        time.sleep(0.2)
+        s.sendall(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")  # after our close
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.split(b"\r\n\r\n", 1)[1] == catalog[key]
 
 
 def test_keep_alive_and_pipelining(app, catalog) -> None:

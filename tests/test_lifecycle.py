@@ -279,3 +279,65 @@ def test_a_full_disk_serves_without_storing(tmp_path: Path) -> None:
     finally:
         assert app.stop() == 0
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_sighup_is_harmless_without_an_access_log(tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    catalog = make_catalog(origin)
+    for workers in ("1", "2"):
+        app = Appliance(
+            ["--store", str(tmp_path / "store"), "--capacity", "64MiB",
+             "--origin", f"file://{origin}", "--workers", workers]
+        ).start()  # fmt: skip
+        try:
+            assert app.proc is not None
+            time.sleep(0.3)
+            os.kill(app.proc.pid, signal.SIGHUP)
+            time.sleep(0.5)
+            assert app.proc.poll() is None
+            key = "titles/81234/master.m3u8"
+            assert app.get("/" + key)[2] == catalog[key]
+            assert not any("exited" in line for line in app.stderr)
+        finally:
+            assert app.stop() == 0
+
+
+def test_running_out_of_file_descriptors_is_not_a_failed_disk(tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    catalog = make_catalog(origin)
+    app = Appliance(serve_args(tmp_path, origin), max_files=300).start()
+    try:
+        for key in catalog:
+            assert app.get("/" + quote(key))[0] == 200
+        stored = sum(1 for data in catalog.values() if data)  # the empty one holds no bytes
+        wait_for(lambda: app.health()["store"]["objects"] == stored)
+        assert app.stop() == 0
+        app = Appliance(serve_args(tmp_path, origin), max_files=300).start()
+        import http.client
+
+        player = http.client.HTTPConnection("127.0.0.1", app.port, timeout=10)
+        player.request("GET", "/titles/81234/master.m3u8")  # connected before the crunch
+        player.getresponse().read()
+        hogs = []
+        try:
+            for _ in range(400):  # take every descriptor the appliance has left
+                try:
+                    hogs.append(socket.create_connection(("127.0.0.1", app.port), timeout=2))
+                except OSError:
+                    break
+            time.sleep(0.5)
+            key = "titles/81234/movie.mp4"  # its slice file is not open yet
+            player.request("GET", "/" + key, headers={"Range": "bytes=150000-150010"})
+            status = player.getresponse().status
+            assert status in (206, 503)
+        finally:
+            player.close()
+            for s in hogs:
+                s.close()
+        time.sleep(1.5)
+        health = app.health()
+        assert health["status"] == "ok"
+        assert health["store"]["objects"] == stored
+        assert app.get("/" + key, Range="bytes=150000-150010")[2] == catalog[key][150000:150011]
+    finally:
+        assert app.stop() == 0

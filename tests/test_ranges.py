@@ -150,3 +150,11 @@ def test_single_range_fast_path_agrees_with_the_general_parser(one, length, unit
 
     value = unit + render([one])[len("bytes") :]
     assert decide(value, length) == resolve(parse_range(value), length)
+
+
+def test_absurdly_long_positions_are_clipped() -> None:
+    nines = "9" * 5000
+    assert decide(f"bytes=0-{nines}", 10) == Partial(((0, 9),))
+    assert decide(f"bytes={nines}-", 10) is UNSATISFIABLE
+    assert decide(f"bytes=-{nines}", 10) == Partial(((0, 9),))
+    assert decide(f"bytes=1-2,0-{nines}", 10) == Partial(((0, 9),))

@@ -267,3 +267,28 @@ def test_scrub_command(tmp_path: Path) -> None:
     assert report["failures"] == 1 and report["failed_keys"] == ["b"]
     again = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and json.loads(again.stdout)["slices_checked"] == 1
+
+
+def test_a_failed_root_stays_failed_for_other_processes(tmp_path: Path) -> None:
+    a = open_store(tmp_path, caps=(10 * SLICE, 10 * SLICE))
+    r1 = next(r for r in a.roots.values() if r.path.endswith("root1"))
+    a.mark_root_failed(r1.id, "I/O error")
+    b = Store(
+        [
+            RootSpec(str(tmp_path / "root0"), 10 * SLICE),
+            RootSpec(str(tmp_path / "root1"), 10 * SLICE),
+        ],
+        str(tmp_path / "index.sqlite"),
+        slice_size=SLICE,
+    )
+    b.open(recover=False)  # a worker or the fill job, while the appliance runs
+    assert [r.failed for r in sorted(b.roots.values(), key=lambda r: r.id)] == [False, True]
+    obj = b.put("seg.ts", b"s" * 10)
+    assert obj.root.path.endswith("root0")
+    assert a.lookup("seg.ts") is not None
+    # a restart's recovery probes the disk again and may bring it back
+    c = Store(b.specs, str(tmp_path / "index.sqlite"), slice_size=SLICE)
+    c.open()
+    assert not any(r.failed for r in c.roots.values())
+    a.refresh_roots()
+    assert not r1.failed
