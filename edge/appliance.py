@@ -613,6 +613,7 @@ class Appliance:
 
     async def _slow(self, req: Request, key: str, again: bool = True) -> Response:
         resp: Response | None = None
+        asked_origin = False
         try:
             view = self.views.get(key)
             if view is None:
@@ -623,6 +624,7 @@ class Appliance:
                     if self.puller.known_missing(key):
                         return self.error(req, 404, "not found at the origin", key=key)
                     meta = await self.puller.head(key)
+                    asked_origin = True
                     if meta is None:
                         return self.error(req, 404, "not found at the origin", key=key)
                     if not meta.storable:
@@ -653,6 +655,8 @@ class Appliance:
                     except OriginChanged:
                         await self._invalidate(view)
                         raise
+            if asked_origin and resp.cache == "hit":
+                resp.cache = "miss"  # an empty object, or a HEAD: still learnt from the origin
             return resp
         except (OriginError, asyncio.CancelledError) as exc:
             if resp is not None and resp.stream is not None:
