@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from edge import conditional, ranges
 from edge.accesslog import AccessLog
+from edge.admission import make_admission
 from edge.config import ServeConfig
 from edge.connection import FileSpan, OpenFile, Part, Request, Response
 from edge.freshness import is_fresh, may_serve_stale_on_error
@@ -61,6 +62,7 @@ SMALL_BUDGET = 64 * 1024 * 1024  # per worker
 HITS_FLUSH_SECONDS = 2.0
 CHANGES_POLL_SECONDS = 0.1
 READ_AHEAD = 2
+PRESSURE = 0.97  # the store counts as full from here: admission applies
 
 
 class View:
@@ -182,6 +184,11 @@ class Appliance:
             on_bytes=metrics.origin_bytes,
         )
         self.revalidations: dict[str, asyncio.Future[ObjectMeta | None]] = {}
+        # Admission: sized to about the objects the store holds (a window much
+        # smaller than that costs hit ratio; see bench/policy_trace.py).
+        capacity = sum(cap for _, cap in cfg.root_capacities())
+        self.admission = make_admission(cfg.admission, max(10_000, capacity // cfg.slice_size))
+        self.store_full = False
         self.background: set[asyncio.Future[Any]] = set()
         self.change_seq = 0
         self.date_line = b""
@@ -250,6 +257,12 @@ class Appliance:
         self.metrics.flush()
         if self.access_log is not None:
             self.access_log.flush()
+        self.spawn(self._check_pressure())
+
+    async def _check_pressure(self) -> None:
+        usage = [u for u in await self.run(self.store.usage) if not u.failed]
+        used, capacity = sum(u.used for u in usage), sum(u.capacity for u in usage)
+        self.store_full = capacity > 0 and used >= PRESSURE * capacity
 
     def _flush_hits(self) -> None:
         if not self.hits:
@@ -545,6 +558,7 @@ class Appliance:
         if not fetch:
             return None
         slices = sum(1 for p in pieces if type(p) is not bytes)
+        admit = self._admit(view.key)  # once per request: the doorkeeper counts asks
         return Response(
             status,
             head,
@@ -552,7 +566,7 @@ class Appliance:
             cache="miss" if len(missing) == slices else "partial",
             key=view.key,
             range_=range_value,
-            stream=MissStream(self._stream(view, pieces, missing), missing[0]),
+            stream=MissStream(self._stream(view, pieces, missing, admit), missing[0], admit),
         )
 
     def _on_disk_error(self, view: View) -> Callable[[OSError], None]:
@@ -575,12 +589,12 @@ class Appliance:
         self.max_open_files = max(64, OpenFile.count // 2)
 
     async def _stream(
-        self, view: View, pieces: list[Any], missing: list[int]
+        self, view: View, pieces: list[Any], missing: list[int], admit: bool
     ) -> AsyncIterator[Part]:
         ahead: list[int] = list(dict.fromkeys(missing))
         for idx in ahead[1:READ_AHEAD]:
             if self._stored(view, idx) is None:
-                self._start_fetch(view, idx)
+                self._start_fetch(view, idx, admit)
         for p in pieces:
             if type(p) is bytes:
                 yield p
@@ -601,9 +615,9 @@ class Appliance:
             if pos >= 0 and pos + READ_AHEAD < len(ahead):
                 nxt = ahead[pos + READ_AHEAD]
                 if self._stored(view, nxt) is None:
-                    self._start_fetch(view, nxt)
+                    self._start_fetch(view, nxt, admit)
             try:
-                async for part in self._start_fetch(view, idx).read(offset, count):
+                async for part in self._start_fetch(view, idx, admit).read(offset, count):
                     yield part
             except OriginChanged:
                 await self._invalidate(view)
@@ -651,7 +665,9 @@ class Appliance:
                     # The first missing slice decides the status: wait for its
                     # first byte (not the whole slice) before answering.
                     try:
-                        await self._start_fetch(view, resp.stream.first).started()
+                        await self._start_fetch(
+                            view, resp.stream.first, resp.stream.admit
+                        ).started()
                     except OriginChanged:
                         await self._invalidate(view)
                         raise
@@ -753,7 +769,12 @@ class Appliance:
             return current
         return None
 
-    def _start_fetch(self, view: View, idx: int) -> SliceFetch:
+    def _admit(self, key: str) -> bool:
+        """Store what this miss fetches? Always, unless the store is full and
+        the admission filter says the object has not earned a place yet."""
+        return not self.store_full or self.admission.admit(key)
+
+    def _start_fetch(self, view: View, idx: int, admit: bool = True) -> SliceFetch:
         obj = view.obj
 
         async def store(data: bytes) -> None:
@@ -765,7 +786,7 @@ class Appliance:
             idx,
             obj.meta,
             obj.slice_size,
-            store if obj.meta.storable else None,
+            store if obj.meta.storable and admit else None,
         )
 
     async def _store_slice(self, obj: StoredObject, idx: int, data: bytes) -> None:
@@ -791,11 +812,13 @@ class Appliance:
 
 
 class MissStream:
-    """The body of a response with missing slices, and the first of them."""
+    """The body of a response with missing slices, the first of them, and
+    whether what it fetches is to be stored."""
 
-    def __init__(self, gen: AsyncIterator[Part], first: int) -> None:
+    def __init__(self, gen: AsyncIterator[Part], first: int, admit: bool) -> None:
         self.gen = gen
         self.first = first
+        self.admit = admit
 
     def __aiter__(self) -> AsyncIterator[Part]:
         return self.gen

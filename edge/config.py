@@ -103,7 +103,7 @@ class ServeConfig:
     negative_ttl: float = 10.0
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
-    admission: str = "off"
+    admission: str = "doorkeeper"
 
     def origin_settings(self) -> OriginSettings:
         return OriginSettings(

@@ -341,3 +341,35 @@ def test_age_is_sent_for_content_with_a_lifetime(tmp_path: Path, origin: OriginS
         assert headers["cache-control"] == "max-age=60"
     finally:
         assert app.stop() == 0
+
+
+def inventory(app: Appliance) -> set[str]:
+    return {json.loads(x)["key"] for x in app.get("/_edge/inventory")[2].splitlines()}
+
+
+@pytest.mark.parametrize("admission", ["doorkeeper", "off"])
+def test_admission_under_capacity_pressure(
+    tmp_path: Path, origin: OriginServer, admission: str
+) -> None:
+    for i in range(8):
+        origin.put(f"old{i}.m4s", random.randbytes(SLICE))
+    new = random.randbytes(SLICE)
+    origin.put("new.m4s", new)
+    app = start(
+        tmp_path, origin.url, extra=("--capacity", str(8 * SLICE), "--admission", admission)
+    )
+    try:
+        for i in range(8):
+            assert app.get(f"/old{i}.m4s")[0] == 200
+        wait_for(lambda: used(app) == 8 * SLICE)
+        time.sleep(1.2)  # the appliance looks at its fill once a second
+        assert app.get("/new.m4s")[2] == new
+        time.sleep(0.3)
+        if admission == "doorkeeper":
+            # a one-hit wonder evicts nothing
+            assert "new.m4s" not in inventory(app) and len(inventory(app)) == 8
+            assert app.get("/new.m4s")[2] == new  # asked again: now it earns a place
+        wait_for(lambda: "new.m4s" in inventory(app))
+        assert used(app) <= 8 * SLICE
+    finally:
+        assert app.stop() == 0
