@@ -142,9 +142,14 @@ def _store_roots(value: Any) -> list[StoreRootConfig]:
     out = []
     for item in items:
         if isinstance(item, dict):
-            unknown = set(item) - {"path", "capacity"}
-            if unknown or "path" not in item:
-                raise ValueError("each [[store]] needs path and may have capacity")
+            unknown = sorted(set(item) - {"path", "capacity"})
+            if unknown:
+                raise ValueError(
+                    f"[[store]] has {unknown[0]!r}: a [[store]] takes path and capacity only "
+                    "(top-level options go before the first [[store]])"
+                )
+            if "path" not in item:
+                raise ValueError("each [[store]] needs a path")
             cap = parse_size(item["capacity"]) if "capacity" in item else None
             out.append(StoreRootConfig(str(item["path"]), cap))
         else:

@@ -126,3 +126,17 @@ def test_cli_reports_a_busy_port(tmp_path: Path) -> None:
         )  # fmt: skip
     assert out.returncode != 0
     assert "--listen" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_example_configuration_loads() -> None:
+    example = Path(__file__).resolve().parent.parent / "deploy" / "edge.toml"
+    cfg = load("--config", str(example))
+    assert cfg.workers == 4 and len(cfg.store) == 2 and cfg.origin
+    assert all(cap > 0 for _, cap in cfg.root_capacities())
+
+
+def test_a_key_after_a_store_table_is_explained(tmp_path: Path) -> None:
+    conf = tmp_path / "edge.toml"
+    conf.write_text(f'[[store]]\npath = "{tmp_path}"\ncapacity = "1GiB"\nworkers = 2\n')
+    with pytest.raises(ConfigError, match="before the first"):
+        load("--config", str(conf))
