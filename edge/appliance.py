@@ -184,11 +184,16 @@ class Appliance:
             on_bytes=metrics.origin_bytes,
         )
         self.revalidations: dict[str, asyncio.Future[ObjectMeta | None]] = {}
+        self.learning: dict[str, asyncio.Future[StoredObject | ObjectMeta | None]] = {}
         # Admission: sized to about the objects the store holds (a window much
         # smaller than that costs hit ratio; see bench/policy_trace.py).
         capacity = sum(cap for _, cap in cfg.root_capacities())
         self.admission = make_admission(cfg.admission, max(10_000, capacity // cfg.slice_size))
         self.store_full = False
+        # slices this process stored lately: key -> (gen, slice indexes); a
+        # stream whose view was dropped meanwhile must not fetch them again.
+        # A deletion (the change table) forgets the key here too.
+        self.landed: dict[str, tuple[str, set[int]]] = {}
         self.background: set[asyncio.Future[Any]] = set()
         self.change_seq = 0
         self.date_line = b""
@@ -281,10 +286,12 @@ class Appliance:
             return
         if "" in keys:
             self.views.clear()
+            self.landed.clear()
             await self.run(self.store.refresh_roots)
         else:
             for k in keys:
                 self.views.pop(k, None)
+                self.landed.pop(k, None)
 
     # -- responses -----------------------------------------------------------
 
@@ -602,15 +609,22 @@ class Appliance:
             idx, offset, count = p
             stored = self._stored(view, idx)
             if stored is not None:
-                view = stored
-                path = view.paths[idx]
+                path = stored.paths[idx]
                 assert path is not None
                 try:
-                    f: OpenFile | None = view.file(idx)
+                    f: OpenFile | None = stored.file(idx)
+                except FileNotFoundError:
+                    # dropped since (scrub, eviction) and not yet in the change
+                    # table's news: fetch it like any missing slice
+                    self._forget_slice(stored, idx)
+                    f = None
                 except OSError:
                     f = None  # the connection opens it, and reports what went wrong
-                yield FileSpan(path, offset, count, f, self._on_disk_error(view))
-                continue
+                else:
+                    view = stored
+                if stored.paths[idx] is not None:
+                    yield FileSpan(path, offset, count, f, self._on_disk_error(stored))
+                    continue
             pos = ahead.index(idx) if idx in ahead else -1
             if pos >= 0 and pos + READ_AHEAD < len(ahead):
                 nxt = ahead[pos + READ_AHEAD]
@@ -637,13 +651,13 @@ class Appliance:
                         return self.error(req, 404, "not in the store, and no origin", key=key)
                     if self.puller.known_missing(key):
                         return self.error(req, 404, "not found at the origin", key=key)
-                    meta = await self.puller.head(key)
+                    learnt = await self._learn(key)
                     asked_origin = True
-                    if meta is None:
+                    if learnt is None:
                         return self.error(req, 404, "not found at the origin", key=key)
-                    if not meta.storable:
-                        return self._answer_unstored(req, key, meta)
-                    obj = await self.run(self.store.ensure_object, key, meta)
+                    if isinstance(learnt, ObjectMeta):
+                        return self._answer_unstored(req, key, learnt)
+                    obj = learnt
                 view = await self._load(obj)
             if not is_fresh(view.fresh_until, time.time()):
                 fresh = await self._revalidated(view)
@@ -652,8 +666,9 @@ class Appliance:
                 view = fresh
             resp = self._answer(req, view, fetch=False, check_fresh=False)
             if resp is None:
-                # Slices may have arrived from another process: look again.
-                obj = await self.run(self.store.lookup, key)
+                # Slices may have arrived from another process: look again
+                # (not for an object this request has just learnt of).
+                obj = None if asked_origin else await self.run(self.store.lookup, key)
                 if obj is not None and obj.gen == view.obj.gen and self.views.get(key) is view:
                     view.add_slices(obj)
                 elif obj is not None:
@@ -684,6 +699,23 @@ class Appliance:
             if isinstance(exc, OriginError):
                 return self.error(req, 502, f"origin failed: {exc}", key=key)
             raise
+
+    async def _learn(self, key: str) -> StoredObject | ObjectMeta | None:
+        """Ask the origins what ``key`` is and index it (``ObjectMeta`` alone for
+        what may not be stored; ``None``: no origin has it). Concurrent misses
+        share one: until the index has the object, a second HEAD would be waste."""
+        fut = self.learning.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._learn_now(key))
+            self.learning[key] = fut
+            fut.add_done_callback(lambda _f: self.learning.pop(key, None))
+        return await asyncio.shield(fut)
+
+    async def _learn_now(self, key: str) -> StoredObject | ObjectMeta | None:
+        meta = await self.puller.head(key)
+        if meta is None or not meta.storable:
+            return meta
+        return await self.run(self.store.ensure_object, key, meta)
 
     def _answer_unstored(self, req: Request, key: str, meta: ObjectMeta) -> Response:
         """``no-store``/``private`` content: fetched for this request only."""
@@ -737,8 +769,9 @@ class Appliance:
 
     async def _load(self, obj: StoredObject) -> View:
         view = View(obj, self.cors)
-        with contextlib.suppress(OSError):  # a file gone meanwhile: found again when sent
-            await self.run(view.load)
+        if obj.slices:  # nothing to open for an object just learnt from the origin
+            with contextlib.suppress(OSError):  # a file gone meanwhile: found again when sent
+                await self.run(view.load)
         self._remember(view)
         return view
 
@@ -767,6 +800,11 @@ class Appliance:
         current = self.views.get(view.key)
         if current is not None and current.obj.gen == view.obj.gen and current.paths[idx]:
             return current
+        gen, landed = self.landed.get(view.key, ("", ()))
+        if gen == view.obj.gen and idx in landed:
+            # stored by this process while the view was out of ``views``
+            view.paths[idx] = view.obj.slice_path(idx)
+            return view
         return None
 
     def _admit(self, key: str) -> bool:
@@ -774,11 +812,17 @@ class Appliance:
         the admission filter says the object has not earned a place yet."""
         return not self.store_full or self.admission.admit(key)
 
+    def _forget_slice(self, view: View, idx: int) -> None:
+        view.paths[idx] = None
+        gen, landed = self.landed.get(view.key, ("", set()))
+        if gen == view.obj.gen:
+            landed.discard(idx)
+
     def _start_fetch(self, view: View, idx: int, admit: bool = True) -> SliceFetch:
         obj = view.obj
 
-        async def store(data: bytes) -> None:
-            await self._store_slice(obj, idx, data)
+        async def store(chunks: list[bytes]) -> None:
+            await self._store_slice(obj, idx, chunks)
 
         return self.puller.fetch(
             obj.key,
@@ -789,19 +833,27 @@ class Appliance:
             store if obj.meta.storable and admit else None,
         )
 
-    async def _store_slice(self, obj: StoredObject, idx: int, data: bytes) -> None:
+    async def _store_slice(self, obj: StoredObject, idx: int, chunks: list[bytes]) -> None:
         try:
-            stored = await self.run(self.store.put_slice, obj, idx, data)
+            stored = await self.run(self.store.put_slice, obj, idx, chunks)
         except Exception as exc:
             log.error("storing slice %d of %r failed: %s", idx, obj.key, exc)
             stored = False
         if not stored:
             self.metrics.store_write_failed()
             return
+        gen, landed = self.landed.get(obj.key, ("", set()))
+        if gen != obj.gen:
+            landed = set()
+        landed.add(idx)
+        if len(self.landed) > 10_000:
+            self.landed.clear()
+        self.landed[obj.key] = (obj.gen, landed)
         current = self.views.get(obj.key)
         if current is not None and current.obj.gen == obj.gen:
             current.paths[idx] = obj.slice_path(idx)
-            current.keep_small(data)
+            if obj.slice_count == 1 and obj.meta.size <= SMALL_OBJECT_MAX:
+                current.keep_small(b"".join(chunks))
 
     async def _invalidate(self, view: View) -> None:
         """The origin changed the object: forget this version everywhere."""

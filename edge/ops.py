@@ -210,6 +210,9 @@ in {doc["store"]["objects"]} objects</p>
 
     async def scrub(self, req: Request, params: dict[str, str]) -> Response:
         report = await self.app.run(self.app.store.scrub)
+        for key in set(report.failed_keys):  # the other workers learn it from the index
+            self.app.views.pop(key, None)
+            self.app.landed.pop(key, None)
         body = (
             json.dumps(
                 {

@@ -221,6 +221,11 @@ class Puller:
         meta = await self._ask("revalidate", lambda o: o.head(key, current))
         if meta is None:
             self._remember_missing(key)
+            self.on_origin("revalidate", "not_found")
+        elif meta.etag == current.etag and meta.size == current.size:
+            self.on_origin("revalidate", "not_modified")
+        else:
+            self.on_origin("revalidate", "modified")
         return meta
 
     # -- slices ----------------------------------------------------------------
@@ -232,7 +237,7 @@ class Puller:
         idx: int,
         meta: ObjectMeta,
         slice_size: int,
-        store: Callable[[bytes], Awaitable[None]] | None = None,
+        store: Callable[[list[bytes]], Awaitable[None]] | None = None,
     ) -> SliceFetch:
         """The fetch of slice ``idx`` of this version of ``key``, started if need be.
         ``store`` receives the complete slice (and the fetch stays findable until
@@ -257,7 +262,7 @@ class Puller:
         meta: ObjectMeta,
         start: int,
         length: int,
-        store: Callable[[bytes], Awaitable[None]] | None,
+        store: Callable[[list[bytes]], Awaitable[None]] | None,
     ) -> None:
         async def attempt(origin: Origin) -> None:
             # resume where the previous attempt stopped
@@ -281,7 +286,7 @@ class Puller:
         f.finish()
         try:
             if store is not None:
-                await store(b"".join(f.chunks))
+                await store(f.chunks)  # written chunk by chunk: no joined copy
         finally:
             self.fetches.pop(k, None)
 

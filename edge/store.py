@@ -783,20 +783,23 @@ class Store:
         self,
         obj: StoredObject,
         idx: int,
-        data: bytes | memoryview,
+        data: bytes | memoryview | list[bytes],
         *,
         expected_checksum: str | None = None,
     ) -> bool:
-        """Store slice ``idx`` of ``obj``. False when it was not stored (no room,
-        or the object was replaced or evicted meanwhile); raises on bad data."""
+        """Store slice ``idx`` of ``obj`` (its bytes, or the chunks they came in).
+        False when it was not stored (no room, or the object was replaced or
+        evicted meanwhile); raises on bad data."""
+        chunks = data if isinstance(data, list) else [data]
+        size = sum(len(c) for c in chunks)
         _, length = slice_bounds(idx, obj.meta.size, obj.slice_size)
-        if not 0 <= idx < obj.slice_count or len(data) != length:
-            raise StoreError(f"slice {idx} of {obj.key!r} must be {length} bytes, got {len(data)}")
+        if not 0 <= idx < obj.slice_count or size != length:
+            raise StoreError(f"slice {idx} of {obj.key!r} must be {length} bytes, got {size}")
         root = obj.root
         if root.failed:
             return False
         try:
-            tmp, n, digest = self._write_temp(root, [data])
+            tmp, n, digest = self._write_temp(root, chunks)
         except OSError as exc:
             self._count_write_error(exc, root)
             return False

@@ -26,7 +26,6 @@ from edge.meta import ObjectMeta
 from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
 from edge.response import SERVER
 
-CHUNK = 256 * 1024
 SYNTHETIC_ETAG = '"ef-'  # our own validator, for origins that send no strong ETag
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -213,7 +212,9 @@ class HTTPOrigin:
                 else:
                     raise OriginError(f"{self.url}: GET {key!r} answered {resp.status}")
                 left = length
-                async for chunk in resp.content.iter_chunked(CHUNK):
+                # whatever has arrived: a player waiting for its first byte
+                # should not wait for a fixed-size buffer to fill
+                async for chunk in resp.content.iter_any():
                     if skip:
                         if len(chunk) <= skip:
                             skip -= len(chunk)
