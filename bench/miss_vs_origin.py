@@ -1,0 +1,1615 @@
+#!/usr/bin/env python3
+"""Cold misses through ``edgefleet serve`` against the same objects straight from the origin.
+
+An nginx origin serves a generated set of objects (8 MiB video segments by
+default). The same asyncio client downloads the whole set, ``--concurrency``
+objects at a time, once straight from nginx and once through an appliance whose
+store is empty (``--origin http://127.0.0.1:NGINX``), so every request through
+the appliance is a cold miss: a HEAD to the origin for the metadata, then one
+ranged GET per slice, streamed to the client as it arrives and stored. Each
+round starts a new appliance on a fresh store directory, and the two paths take
+turns (origin, appliance, then appliance, origin, ...) so drift on the box
+affects both alike.
+
+It reports, per path, the median of the rounds' throughput (body bytes / wall
+time, MB = 10^6 bytes) and the ratio appliance/origin against its target
+(>= 0.9), then, one object at a time, the time from sending a request to
+receiving the first body byte, straight from nginx and through a cold appliance
+(median and 90th percentile, ratio of medians against its target, <= 1.2x).
+Every body is checked against the file's SHA-256, and the appliance's
+``/_edge/metrics`` must count every request as a miss.
+
+By default nothing is pinned (the appliance and nginx both need CPU); ``--pin``
+puts the appliance on one core and nginx with the client on the other. Run
+``python bench/miss_vs_origin.py --help`` for the options; ``bench/README.md``
+explains the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+HOST = "127.0.0.1"  # loopback only, by design
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+THROUGHPUT_TARGET = 0.9  # appliance MB/s at least this share of the origin's
+TTFB_TARGET = 1.2  # appliance median time to first byte at most this many times the origin's
+BUSY_PCT = 90.0  # a core this busy is what limits a run
+NOISE_PCT = 10.0  # CPU spent by processes outside the benchmark above this: a noisy run
+HEAD_MAX = 64 * KIB  # the largest response head the client accepts
+REQUEST_TIMEOUT = 60.0  # seconds for one whole object
+WARMUP_KEY = "warmup/seg_00000.m4s"  # fetched, unmeasured, by every new appliance
+
+DEFAULT_EDGEFLEET = str(Path(sys.executable).with_name("edgefleet"))
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- the objects ----------------------------------------------------------------
+
+
+@dataclass
+class Corpus:
+    origin: Path
+    keys: list[str]  # measured objects, as keys (URL paths without the leading /)
+    size: int  # bytes per object
+    digests: dict[str, bytes]  # SHA-256 of every file, warm-up object included
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write and fsync: nginx then serves clean page-cache pages (dirty pages, waiting
+    for writeback, read markedly slower), and the appliance's store fsyncs its slices
+    too."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_corpus(
+    work: Path, objects: int, size: int, per_title: int, seed: int, age: float
+) -> Corpus:
+    """Random objects, written and fsynced, their modification time ``age`` seconds
+    in the past (nginx's Last-Modified, which sets the appliance's heuristic
+    freshness lifetime: 10% of the age, at most a day)."""
+    origin = work / "origin"
+    rng = random.Random(seed)
+    keys = [f"titles/{i // per_title}/seg_{i % per_title:05d}.m4s" for i in range(objects)]
+    digests: dict[str, bytes] = {}
+    mtime = time.time() - age
+    for key in [WARMUP_KEY, *keys]:
+        path = origin / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = rng.randbytes(size)
+        write_synced(path, data)
+        if age:
+            os.utime(path, (mtime, mtime))
+        digests[key] = hashlib.sha256(data).digest()
+    return Corpus(origin, keys, size, digests)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB|)\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 8MiB, 512KiB, 1048576)")
+    unit = {"": 1, "b": 1, "kib": KIB, "mib": MIB, "gib": GIB}[m.group(2).lower()]
+    return int(m.group(1)) * unit
+
+
+def format_age(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:g} days"
+    return f"{seconds:g} s"
+
+
+def format_size(n: int) -> str:
+    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
+
+
+# -- processes --------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_us() -> None:
+    """In the child, before exec: killed if this script dies without cleaning up."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of the whole process (all its threads), in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def machine_ticks() -> tuple[int, int, int, int]:
+    """(user + system, irq + softirq, steal, total) clock ticks of all CPUs so far,
+    from /proc/stat. Loopback TCP does much of its receiving in softirqs, which the
+    kernel counts apart from the processes that caused them."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return user + nice + system, irq + softirq, steal, sum(v)
+
+
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """(busy, total) clock ticks of each CPU so far, irq and softirq time counted busy."""
+    out: dict[int, tuple[int, int]] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            m = re.match(r"cpu(\d+) ", line)
+            if m:
+                v = [int(x) for x in line.split()[1:9]]
+                user, nice, system, _idle, _iowait, irq, softirq, _steal = v
+                out[int(m.group(1))] = (user + nice + system + irq + softirq, sum(v))
+    return out
+
+
+def idle_check(seconds: float = 1.0) -> float:
+    """How busy the machine is with nothing of ours running, in % of one core."""
+    m0 = machine_ticks()
+    time.sleep(seconds)
+    m1 = machine_ticks()
+    return 100.0 * ((m1[0] - m0[0]) + (m1[1] - m0[1])) / os.sysconf("SC_CLK_TCK") / seconds
+
+
+def wait_quiet(limit: float) -> None:
+    """Up to ``limit`` seconds for other processes to leave the machine (less than
+    ``NOISE_PCT`` of a core busy over half a second)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        busy = idle_check(0.5)
+        if busy < NOISE_PCT:
+            return
+        log(f"  waiting for a quiet machine: other processes keep {busy:.0f}% of a core busy")
+
+
+def self_cpu() -> float:
+    """User + system CPU seconds of this process (the client), all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def allowed_cpus(pid: int) -> set[str]:
+    """The CPU lists every thread of ``pid`` may run on."""
+    lists: set[str] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    lists.add(line.split(":", 1)[1].strip())
+    return lists
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_listening(
+    port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log_path)}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server not listening on {HOST}:{port} after {timeout:.0f} s")
+
+
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    store: Path | None = None  # the appliance's store directory
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+master_process off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+
+events {{
+    worker_connections 4096;
+    use epoll;
+}}
+
+http {{
+    types {{
+        video/iso.segment m4s;
+    }}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush off;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    access_log off;
+    etag on;
+    client_body_temp_path {work}/nginx-tmp/body;
+    proxy_temp_path {work}/nginx-tmp/proxy;
+    fastcgi_temp_path {work}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {work}/nginx-tmp/uwsgi;
+    scgi_temp_path {work}/nginx-tmp/scgi;
+
+    server {{
+        listen {host}:{port};
+        root {work}/origin;
+        location / {{
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(work: Path, exe: str, cpu: int | None) -> Server:
+    port = free_port()
+    (work / "nginx-tmp").mkdir()
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=work, host=HOST, port=port))
+    log_path = work / "nginx.log"
+    cmd = pinned([exe, "-p", str(work), "-c", str(conf), "-e", str(work / "nginx-error.log")], cpu)
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=_die_with_us,
+        )
+    server = Server("nginx", proc, port, log_path)
+    try:
+        wait_listening(port, proc, log_path, 30)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
+
+
+def start_appliance(
+    work: Path, name: str, args: argparse.Namespace, origin_port: int, cpu: int | None
+) -> Server:
+    store = work / f"store-{name}"
+    log_path = work / f"{name}.log"
+    cmd = pinned(
+        [
+            args.edgefleet,
+            "serve",
+            "--listen",
+            f"{HOST}:0",
+            "--store",
+            str(store),
+            "--capacity",
+            args.capacity,
+            "--origin",
+            f"http://{HOST}:{origin_port}",
+            "--workers",
+            "1",
+            "--slice-size",
+            args.slice_size,
+            "--grace",
+            "2s",  # in-flight responses at the end: only after an interrupt
+            "--log-level",
+            "warning",
+        ],
+        cpu,
+    )
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=_die_with_us,
+        )
+    server = Server(name, proc, 0, log_path, store)
+    ready = re.compile(r"edgefleet serve: listening on http://127\.0\.0\.1:(\d+)")
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            m = ready.search(log_path.read_text(errors="replace"))
+            if m:
+                server.port = int(m.group(1))
+                wait_listening(server.port, proc, log_path, 30)
+                return server
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log_path)}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} did not report listening within 60 s:\n{tail(log_path)}")
+    except BaseException:
+        server.stop()
+        raise
+
+
+def check_pinning(server: Server, cpu: int | None) -> str:
+    cpus = allowed_cpus(server.pid)
+    if cpu is not None and cpus != {str(cpu)}:
+        raise RuntimeError(f"{server.name} is not pinned to CPU {cpu}: {sorted(cpus)}")
+    return ", ".join(sorted(cpus))
+
+
+# -- the appliance's own view ----------------------------------------------------
+
+
+def admin_get(port: int, path: str) -> bytes:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"GET {path} answered {resp.status}")
+    return body
+
+
+def metric_counts(port: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(content requests by cache result and status, origin requests by kind and result),
+    from /_edge/metrics."""
+    requests: dict[str, float] = {}
+    origin: dict[str, float] = {}
+    pat = re.compile(
+        r"^(edgefleet_requests_total|edgefleet_origin_requests_total)\{([^}]*)\} (\S+)$"
+    )
+    for line in admin_get(port, "/_edge/metrics").decode().splitlines():
+        m = pat.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        if m.group(1) == "edgefleet_requests_total":
+            k = f"{labels.get('cache', '?')} {labels.get('status', '?')}"
+            requests[k] = requests.get(k, 0.0) + float(m.group(3))
+        else:
+            k = f"{labels.get('kind', '?')} {labels.get('result', '?')}"
+            origin[k] = origin.get(k, 0.0) + float(m.group(3))
+    return requests, origin
+
+
+def stored_keys(port: int, prefix: str = "") -> set[str]:
+    path = "/_edge/inventory" + (f"?prefix={prefix}" if prefix else "")
+    keys: set[str] = set()
+    for line in admin_get(port, path).splitlines():
+        if line.strip():
+            keys.add(str(json.loads(line)["key"]))
+    return keys
+
+
+def wait_stored(port: int, keys: list[str], timeout: float, prefix: str = "") -> float | None:
+    """Seconds until the inventory lists every one of ``keys``; ``None``: not within
+    ``timeout``."""
+    t0 = time.monotonic()
+    want = set(keys)
+    while True:
+        if want <= stored_keys(port, prefix):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            return None
+        time.sleep(0.01)
+
+
+def check_misses(
+    port: int, expected: int, slices_per_object: int
+) -> tuple[dict[str, Any], list[str]]:
+    """Waits for the request metrics (flushed once a second) to count ``expected``
+    content requests, then checks that every one was a miss answered 200, with one
+    HEAD per object and one origin read per slice."""
+    deadline = time.monotonic() + 5
+    while True:
+        requests, origin = metric_counts(port)
+        content = sum(v for k, v in requests.items() if not k.startswith("none "))
+        if content >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    problems: list[str] = []
+    misses = requests.get("miss 200", 0.0)
+    others = {k: v for k, v in requests.items() if k != "miss 200" and not k.startswith("none ")}
+    if misses != expected:
+        problems.append(f"{misses:.0f} requests counted as misses, expected {expected}")
+    if others:
+        problems.append(
+            "requests counted otherwise: " + ", ".join(f"{k} {v:.0f}" for k, v in others.items())
+        )
+    heads = origin.get("head ok", 0.0)
+    reads = origin.get("read ok", 0.0)
+    if heads != expected:
+        problems.append(f"{heads:.0f} origin HEADs, expected one per object ({expected})")
+    if reads != expected * slices_per_object:
+        problems.append(
+            f"{reads:.0f} origin reads, expected one per slice ({expected * slices_per_object})"
+        )
+    failed = {k: v for k, v in origin.items() if not k.endswith(" ok")}
+    if failed:
+        problems.append(
+            "origin requests that failed: " + ", ".join(f"{k} {v:.0f}" for k, v in failed.items())
+        )
+    return {"requests": requests, "origin_requests": origin}, problems
+
+
+# -- the client ------------------------------------------------------------------
+
+
+@dataclass
+class Fetch:
+    """One GET and what became of it; times from ``time.perf_counter``."""
+
+    key: str
+    status: int = 0
+    length: int = 0
+    got: int = 0
+    sent_at: float = 0.0
+    head_at: float = 0.0
+    first_byte_at: float = 0.0
+    done_at: float = 0.0
+    error: str = ""
+
+
+class Connection(asyncio.BufferedProtocol):
+    """A keep-alive HTTP/1.1 connection that reads each response body straight into a
+    buffer given by the caller (``recv_into``, no copy but the kernel's), so the
+    client costs little and the same for both paths. Bodies need Content-Length."""
+
+    def __init__(self, host_header: bytes) -> None:
+        self.host_header = host_header
+        self.transport: asyncio.Transport | None = None
+        self.head = bytearray(HEAD_MAX)
+        self.head_view = memoryview(self.head)
+        self.head_len = 0
+        self.target = memoryview(bytearray(0))
+        self.fetch: Fetch | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.in_body = False
+        self.closing = False
+        self.closed = False
+
+    # protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        f = self.fetch
+        if f is not None and not f.done_at:
+            where = f"after {f.got} of {f.length} body bytes" if self.in_body else "before the head"
+            self._fail(f"connection closed {where}" + (f": {exc}" if exc else ""))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.in_body and self.fetch is not None:
+            return self.target[self.fetch.got : self.fetch.length]
+        if self.head_len >= HEAD_MAX:  # cannot happen: a full head buffer fails the fetch
+            return memoryview(bytearray(KIB))
+        return self.head_view[self.head_len :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        now = time.perf_counter()
+        f = self.fetch
+        if f is None or f.done_at:
+            self._close()  # bytes nobody asked for
+            return
+        if self.in_body:
+            if not f.got:
+                f.first_byte_at = now
+            f.got += nbytes
+            if f.got == f.length:
+                self._finish(now)
+            return
+        self.head_len += nbytes
+        end = self.head.find(b"\r\n\r\n", 0, self.head_len)
+        if end < 0:
+            if self.head_len >= HEAD_MAX:
+                self._fail("response head over 64 KiB")
+            return
+        f.head_at = now
+        lines = bytes(self.head_view[:end]).decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            self._fail(f"bad status line {lines[0]!r}")
+            return
+        f.status = int(parts[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "close" in headers.get("connection", "").lower():
+            self.closing = True
+        if "transfer-encoding" in headers:
+            self._fail(f"Transfer-Encoding {headers['transfer-encoding']!r}: not supported")
+            return
+        length = headers.get("content-length", "")
+        if not length.isdigit():
+            self._fail(f"status {f.status} without a usable Content-Length")
+            return
+        f.length = int(length)
+        if f.status != 200:
+            self._fail(f"status {f.status}")
+            return
+        if f.length > len(self.target):
+            self._fail(f"Content-Length {f.length} over the expected {len(self.target)}")
+            return
+        extra = self.head_len - (end + 4)
+        self.head_len = 0
+        if extra > f.length:
+            self._fail("more bytes than Content-Length")
+            return
+        if extra:
+            self.target[:extra] = self.head_view[end + 4 : end + 4 + extra]
+            f.first_byte_at = now
+        f.got = extra
+        if f.got == f.length:
+            self._finish(now)
+        else:
+            self.in_body = True
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost reports a cut response
+
+    # for the caller
+
+    async def get(self, key: str, target: memoryview, timeout: float) -> Fetch:
+        """GET /key into ``target`` (which must hold the body)."""
+        f = Fetch(key)
+        if self.closed or self.transport is None:
+            f.error = "connection closed"
+            return f
+        self.fetch = f
+        self.target = target
+        self.in_body = False
+        self.head_len = 0
+        self.waiter = asyncio.get_running_loop().create_future()
+        req = b"GET /%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: miss_vs_origin\r\n\r\n" % (
+            key.encode(),
+            self.host_header,
+        )
+        f.sent_at = time.perf_counter()
+        self.transport.write(req)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.waiter
+        except TimeoutError:
+            self._fail(f"no complete response within {timeout:.0f} s ({f.got} of {f.length} bytes)")
+        return f
+
+    def close(self) -> None:
+        self._close()
+
+    # internals
+
+    def _finish(self, now: float) -> None:
+        f = self.fetch
+        assert f is not None
+        f.done_at = now
+        self.in_body = False
+        if self.closing:
+            self._close()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _fail(self, error: str) -> None:
+        f = self.fetch
+        if f is not None and not f.error and not f.done_at:
+            f.error = error
+        self.in_body = False
+        self._close()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _close(self) -> None:
+        self.closed = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+async def connect(port: int) -> Connection:
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_connection(
+        lambda: Connection(f"{HOST}:{port}".encode()), HOST, port
+    )
+    return proto
+
+
+class Meter:
+    """CPU of the appliance, nginx, this process (the client) and the whole machine
+    over a measured interval."""
+
+    def __init__(self, appliance: Server | None, nginx: Server) -> None:
+        self.appliance = appliance
+        self.nginx = nginx
+        self.start: tuple[int, int, float, tuple[int, int, int, int]] = (0, 0, 0.0, (0, 0, 0, 0))
+        self.cores0: dict[int, tuple[int, int]] = {}
+        self.cpu: dict[str, float] = {}
+        self.cores: dict[str, float] = {}  # how busy each CPU was, in %
+
+    def begin(self) -> None:
+        self.start = (
+            cpu_ticks(self.appliance.pid) if self.appliance else 0,
+            cpu_ticks(self.nginx.pid),
+            self_cpu(),
+            machine_ticks(),
+        )
+        self.cores0 = core_ticks()
+
+    def end(self, wall: float) -> None:
+        tck = os.sysconf("SC_CLK_TCK")
+        a0, n0, c0, m0 = self.start
+        a = (cpu_ticks(self.appliance.pid) - a0) / tck if self.appliance else 0.0
+        n = (cpu_ticks(self.nginx.pid) - n0) / tck
+        c = self_cpu() - c0
+        m1 = machine_ticks()
+        cores1 = core_ticks()
+        self.cores = {
+            str(cpu): 100.0 * (b - self.cores0[cpu][0]) / max(1, t - self.cores0[cpu][1])
+            for cpu, (b, t) in sorted(cores1.items())
+            if cpu in self.cores0
+        }
+        busy = (m1[0] - m0[0]) / tck
+        total = max(1, m1[3] - m0[3])
+        wall = max(wall, 1e-9)
+        self.cpu = {
+            "appliance_pct": 100.0 * a / wall,
+            "nginx_pct": 100.0 * n / wall,
+            "client_pct": 100.0 * c / wall,
+            "softirq_pct": 100.0 * (m1[1] - m0[1]) / tck / wall,
+            # user + system time of all cores not spent by the three: other processes
+            "other_pct": 100.0 * max(0.0, busy - a - n - c) / wall,
+            "steal_pct": 100.0 * (m1[2] - m0[2]) / total * (os.cpu_count() or 1),
+            "appliance_cpu_s": a,
+        }
+
+
+async def download(
+    port: int,
+    keys: list[str],
+    buffers: dict[str, memoryview],
+    concurrency: int,
+    meter: Meter,
+) -> tuple[list[Fetch], float]:
+    """Every object of ``keys`` once, ``concurrency`` at a time, each worker on its own
+    keep-alive connection (reopened if the server closes it). Returns the fetches and
+    the wall time from the first request to the last byte."""
+    conns = [await connect(port) for _ in range(min(concurrency, len(keys)))]
+    jobs = iter(keys)
+    fetches: list[Fetch] = []
+
+    async def worker(conn: Connection) -> None:
+        for key in jobs:  # one iterator shared by all the workers
+            if conn.closed:
+                try:
+                    conn = await connect(port)
+                except OSError as exc:
+                    fetches.append(Fetch(key, error=f"connect: {exc}"))
+                    continue
+            fetches.append(await conn.get(key, buffers[key], REQUEST_TIMEOUT))
+        conn.close()
+
+    meter.begin()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    wall = time.perf_counter() - t0
+    meter.end(wall)
+    return fetches, wall
+
+
+def verify(fetches: list[Fetch], buffers: dict[str, memoryview], corpus: Corpus) -> list[str]:
+    """SHA-256 of every complete body against its file's (in threads: hashlib lets go
+    of the GIL)."""
+
+    def one(f: Fetch) -> str:
+        if f.error or not f.done_at:
+            return ""
+        if f.length != corpus.size:
+            return f"{f.key}: {f.length} bytes, the file has {corpus.size}"
+        if hashlib.sha256(buffers[f.key][: f.length]).digest() != corpus.digests[f.key]:
+            return f"{f.key}: the body differs from the file (SHA-256)"
+        return ""
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return [p for p in pool.map(one, fetches) if p]
+
+
+# -- throughput ------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    round: int
+    path: str  # "origin" or "appliance"
+    objects: int
+    complete: int
+    body_bytes: int
+    seconds: float
+    mb_per_s: float
+    object_ms_median: float
+    object_ms_max: float
+    appliance_cpu_pct: float
+    nginx_cpu_pct: float
+    client_cpu_pct: float
+    softirq_pct: float
+    other_cpu_pct: float
+    steal_pct: float
+    appliance_cpu_ms_per_mb: float
+    core_busy_pct: dict[str, float] = field(default_factory=dict)
+    stored_s: float | None = None  # appliance: from the last byte to every object stored
+    metrics: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def measure(
+    path: str,
+    round_: int,
+    server: Server,
+    nginx: Server,
+    appliance: Server | None,
+    corpus: Corpus,
+    buffers: dict[str, memoryview],
+    concurrency: int,
+) -> Run:
+    meter = Meter(appliance, nginx)
+    fetches, wall = asyncio.run(download(server.port, corpus.keys, buffers, concurrency, meter))
+    done = [f for f in fetches if f.done_at and not f.error]
+    body = sum(f.got for f in done)
+    times = [1e3 * (f.done_at - f.sent_at) for f in done] or [float("nan")]
+    problems = [f"{f.key}: {f.error}" for f in fetches if f.error]
+    if len(fetches) != len(corpus.keys):
+        problems.append(f"{len(fetches)} of {len(corpus.keys)} objects requested")
+    problems += verify(fetches, buffers, corpus)
+    for s in (server, nginx):
+        if not s.alive():
+            problems.append(f"{s.name} died (exit {s.proc.returncode})")
+    c = meter.cpu
+    return Run(
+        round=round_,
+        path=path,
+        objects=len(corpus.keys),
+        complete=len(done),
+        body_bytes=body,
+        seconds=wall,
+        mb_per_s=body / wall / 1e6,
+        object_ms_median=float(statistics.median(times)),
+        object_ms_max=max(times),
+        appliance_cpu_pct=c["appliance_pct"],
+        nginx_cpu_pct=c["nginx_pct"],
+        client_cpu_pct=c["client_pct"],
+        softirq_pct=c["softirq_pct"],
+        other_cpu_pct=c["other_pct"],
+        steal_pct=c["steal_pct"],
+        core_busy_pct=meter.cores,
+        appliance_cpu_ms_per_mb=1e3 * c["appliance_cpu_s"] / (body / 1e6) if body else float("nan"),
+        problems=problems,
+    )
+
+
+def warm_appliance(server: Server, corpus: Corpus) -> None:
+    """One unmeasured miss (an object outside the measured set), so the measured
+    requests find the process, its origin connection and its store warmed up."""
+
+    async def go() -> Fetch:
+        conn = await connect(server.port)
+        try:
+            return await conn.get(WARMUP_KEY, memoryview(bytearray(corpus.size)), REQUEST_TIMEOUT)
+        finally:
+            conn.close()
+
+    f = asyncio.run(go())
+    if f.error:
+        raise RuntimeError(
+            f"{server.name}: warm-up GET /{WARMUP_KEY}: {f.error}\n{tail(server.log)}"
+        )
+    if wait_stored(server.port, [WARMUP_KEY], 30, "warmup/") is None:
+        raise RuntimeError(f"{server.name}: the warm-up object was not stored within 30 s")
+
+
+class Profiler:
+    """``py-spy record --nonblocking --format raw`` on a process, for one run."""
+
+    def __init__(self, py_spy: str, pid: int, out: Path, cpu: int | None) -> None:
+        self.out = out
+        self.log = out.with_suffix(".log")
+        record = ["record", "--nonblocking", "--threads", "--format", "raw", "-o", str(out)]
+        cmd = pinned([py_spy, *record, "--pid", str(pid)], cpu)
+        with open(self.log, "wb") as f:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f, preexec_fn=_die_with_us
+            )
+        deadline = time.monotonic() + 20
+        while "Sampling process" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"py-spy did not start:\n{tail(self.log)}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def appliance_round(
+    args: argparse.Namespace,
+    work: Path,
+    round_: int,
+    nginx: Server,
+    corpus: Corpus,
+    buffers: dict[str, memoryview],
+    live: list[Server],
+) -> Run:
+    appliance = start_appliance(work, f"appliance-{round_}", args, nginx.port, args.appliance_cpu)
+    live.append(appliance)
+    profiler: Profiler | None = None
+    try:
+        cpus = check_pinning(appliance, args.appliance_cpu)
+        log(f"  round {round_} appliance: pid {appliance.pid}, port {appliance.port}, cpus {cpus}")
+        warm_appliance(appliance, corpus)
+        if args.wait_idle:
+            wait_quiet(args.wait_idle)
+        if args.py_spy_dir:
+            out = Path(args.py_spy_dir) / f"appliance-round-{round_}.txt"
+            profiler = Profiler(args.py_spy, appliance.pid, out, args.client_cpu)
+        run = measure(
+            "appliance", round_, appliance, nginx, appliance, corpus, buffers, args.concurrency
+        )
+        if profiler is not None:
+            profiler.stop()
+            log(f"  profile written to {profiler.out}")
+            profiler = None
+        run.stored_s = wait_stored(appliance.port, corpus.keys, 120, "titles/")
+        if run.stored_s is None:
+            run.problems.append("not every object was stored within 120 s")
+        slices = -(-corpus.size // parse_size(args.slice_size))
+        run.metrics, problems = check_misses(appliance.port, len(corpus.keys) + 1, slices)
+        run.problems += problems
+        log_text = tail(appliance.log, 5)
+        if log_text.strip():
+            run.metrics["log_tail"] = log_text
+        return run
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        appliance.stop()
+        live.remove(appliance)
+        if not args.keep and appliance.store is not None:
+            shutil.rmtree(appliance.store, ignore_errors=True)
+
+
+def run_line(run: Run) -> str:
+    return (
+        f"  round {run.round} {run.path:<9} {run.mb_per_s:>8.1f} MB/s in {run.seconds:>6.2f} s, "
+        f"object median {run.object_ms_median:>6.1f} ms max {run.object_ms_max:>6.1f} ms; CPU "
+        f"appliance {run.appliance_cpu_pct:>3.0f}% nginx {run.nginx_cpu_pct:>3.0f}% "
+        f"client {run.client_cpu_pct:>3.0f}% softirq {run.softirq_pct:>3.0f}% "
+        f"other {run.other_cpu_pct:>3.0f}%; cores busy "
+        + " ".join(f"{k}:{v:.0f}%" for k, v in run.core_busy_pct.items())
+        + (f"; stored {run.stored_s:.2f} s later" if run.stored_s is not None else "")
+        + (f"  PROBLEM {'; '.join(run.problems[:5])}" if run.problems else "")
+    )
+
+
+# -- time to first byte ------------------------------------------------------------
+
+
+@dataclass
+class TtfbSample:
+    key: str
+    path: str
+    ttfb_ms: float
+    head_ms: float
+    total_ms: float
+    stored_s: float | None
+    error: str
+
+
+def ttfb_phase(
+    args: argparse.Namespace,
+    work: Path,
+    nginx: Server,
+    corpus: Corpus,
+    buffers: dict[str, memoryview],
+    live: list[Server],
+) -> tuple[list[TtfbSample], dict[str, Any], list[str]]:
+    """Objects one at a time, each from nginx and as a cold miss through a fresh
+    appliance (alternating which goes first), each once the appliance has stored
+    the previous one (and after ``--ttfb-gap`` seconds of quiet, if given)."""
+    keys = corpus.keys[: args.ttfb_objects]
+    appliance = start_appliance(work, "appliance-ttfb", args, nginx.port, args.appliance_cpu)
+    live.append(appliance)
+    profiler: Profiler | None = None
+    try:
+        cpus = check_pinning(appliance, args.appliance_cpu)
+        log(
+            f"time to first byte: {len(keys)} objects, one at a time "
+            f"(appliance pid {appliance.pid}, port {appliance.port}, cpus {cpus})"
+        )
+        warm_appliance(appliance, corpus)
+        if args.py_spy_dir:
+            out = Path(args.py_spy_dir) / "appliance-ttfb.txt"
+            profiler = Profiler(args.py_spy, appliance.pid, out, args.client_cpu)
+        if args.wait_idle:
+            wait_quiet(args.wait_idle)
+
+        async def go() -> list[TtfbSample]:
+            conns = {
+                "origin": await connect(nginx.port),
+                "appliance": await connect(appliance.port),
+            }
+            ports = {"origin": nginx.port, "appliance": appliance.port}
+            samples: list[TtfbSample] = []
+            # the warm-up object once more from nginx: its connection has served a request
+            await conns["origin"].get(WARMUP_KEY, buffers[keys[0]], REQUEST_TIMEOUT)
+            for i, key in enumerate(keys):
+                order = ("origin", "appliance") if i % 2 == 0 else ("appliance", "origin")
+                for path in order:
+                    if args.ttfb_gap:
+                        await asyncio.sleep(args.ttfb_gap)
+                    if conns[path].closed:
+                        conns[path] = await connect(ports[path])
+                    f = await conns[path].get(key, buffers[key], REQUEST_TIMEOUT)
+                    error = f.error
+                    if not error:
+                        error = "; ".join(verify([f], buffers, corpus))
+                    stored: float | None = None
+                    if path == "appliance" and not f.error:
+                        stored = await asyncio.to_thread(
+                            wait_stored, appliance.port, [key], 30, key
+                        )
+                        if stored is None:
+                            error = error or "not stored within 30 s"
+                    samples.append(
+                        TtfbSample(
+                            key=key,
+                            path=path,
+                            ttfb_ms=1e3 * (f.first_byte_at - f.sent_at) if f.first_byte_at else 0,
+                            head_ms=1e3 * (f.head_at - f.sent_at) if f.head_at else 0,
+                            total_ms=1e3 * (f.done_at - f.sent_at) if f.done_at else 0,
+                            stored_s=stored,
+                            error=error,
+                        )
+                    )
+            for c in conns.values():
+                c.close()
+            return samples
+
+        samples = asyncio.run(go())
+        if profiler is not None:
+            profiler.stop()
+            log(f"  profile written to {profiler.out}")
+            profiler = None
+        slices = -(-corpus.size // parse_size(args.slice_size))
+        metrics, problems = check_misses(appliance.port, len(keys) + 1, slices)
+        problems = [f"{s.path} {s.key}: {s.error}" for s in samples if s.error] + problems
+        if not appliance.alive():
+            problems.append(f"appliance died (exit {appliance.proc.returncode})")
+        return samples, metrics, problems
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        appliance.stop()
+        live.remove(appliance)
+        if not args.keep and appliance.store is not None:
+            shutil.rmtree(appliance.store, ignore_errors=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), linear between the closest ranks."""
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+# -- summary ----------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    path: str
+    runs: int
+    mb_per_s: float
+    seconds: float
+    object_ms_max: float
+    appliance_cpu_pct: float
+    nginx_cpu_pct: float
+    client_cpu_pct: float
+    softirq_pct: float
+    other_cpu_pct: float
+    core_busy_pct: dict[str, float]
+    limit: str
+    problems: list[str]
+
+
+def limit(s: Run | Summary, appliance_cpu: int | None, client_cpu: int | None) -> str:
+    """What held a run back, from CPU. Pinned: the appliance's core or the client's
+    (nginx and the client), at least 90% busy. Not pinned: the processes that kept at
+    least 90% of a core busy, and "all cores" when every core was."""
+    cores = s.core_busy_pct
+    if appliance_cpu is not None and client_cpu is not None:
+        busy = [
+            name
+            for name, cpu in (("appliance core", appliance_cpu), ("client core", client_cpu))
+            if cores.get(str(cpu), 0.0) >= BUSY_PCT
+        ]
+    else:
+        busy = [
+            name
+            for name, pct in (
+                ("appliance", s.appliance_cpu_pct),
+                ("nginx", s.nginx_cpu_pct),
+                ("client", s.client_cpu_pct),
+            )
+            if pct >= BUSY_PCT
+        ]
+        if cores and all(v >= BUSY_PCT for v in cores.values()):
+            busy.append("all cores")
+    return "+".join(busy) or "-"
+
+
+def summarize(runs: list[Run], appliance_cpu: int | None, client_cpu: int | None) -> Summary:
+    def med(f: Callable[[Run], float]) -> float:
+        return float(statistics.median(f(r) for r in runs))
+
+    s = Summary(
+        path=runs[0].path,
+        runs=len(runs),
+        mb_per_s=med(lambda r: r.mb_per_s),
+        seconds=med(lambda r: r.seconds),
+        object_ms_max=max(r.object_ms_max for r in runs),
+        appliance_cpu_pct=med(lambda r: r.appliance_cpu_pct),
+        nginx_cpu_pct=med(lambda r: r.nginx_cpu_pct),
+        client_cpu_pct=med(lambda r: r.client_cpu_pct),
+        softirq_pct=med(lambda r: r.softirq_pct),
+        other_cpu_pct=med(lambda r: r.other_cpu_pct),
+        core_busy_pct={
+            k: float(statistics.median(r.core_busy_pct.get(k, 0.0) for r in runs))
+            for k in runs[0].core_busy_pct
+        },
+        limit="",
+        problems=[f"round {r.round}: {p}" for r in runs for p in r.problems],
+    )
+    s.limit = limit(s, appliance_cpu, client_cpu)
+    return s
+
+
+@dataclass
+class TtfbSummary:
+    path: str
+    samples: int
+    median_ms: float
+    p90_ms: float
+    max_ms: float
+    total_median_ms: float
+    errors: int
+
+
+def summarize_ttfb(samples: list[TtfbSample], path: str) -> TtfbSummary:
+    ok = [s for s in samples if s.path == path and not s.error]
+    ttfb = [s.ttfb_ms for s in ok]
+    return TtfbSummary(
+        path=path,
+        samples=len(ok),
+        median_ms=float(statistics.median(ttfb)) if ttfb else float("nan"),
+        p90_ms=percentile(ttfb, 90),
+        max_ms=max(ttfb) if ttfb else float("nan"),
+        total_median_ms=float(statistics.median(s.total_ms for s in ok)) if ok else float("nan"),
+        errors=sum(1 for s in samples if s.path == path and s.error),
+    )
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def print_tables(
+    args: argparse.Namespace,
+    placement: str,
+    summaries: dict[str, Summary],
+    ttfb: dict[str, TtfbSummary],
+    corpus: Corpus,
+) -> tuple[float, float]:
+    labels = {"origin": "origin (nginx)", "appliance": "appliance (miss)"}
+    print(
+        f"cold misses through edgefleet vs straight from the origin: {len(corpus.keys)} x "
+        f"{format_size(corpus.size)} objects (Last-Modified {format_age(args.origin_age)} ago), "
+        f"slice {args.slice_size}, {placement}"
+    )
+    print()
+    ratio = float("nan")
+    if summaries:
+        print(
+            f"throughput: every object once, {args.concurrency} at a time "
+            f"(median of {args.rounds} rounds)"
+        )
+        head = (
+            f"{'path':<18} {'MB/s':>8} {'wall s':>7} {'slowest ms':>10} {'appl CPU':>9} "
+            f"{'nginx CPU':>9} {'client CPU':>10} {'softirq':>7} {'other':>6} "
+            f"{'cores busy':>10}  {'limit':<20} "
+            "problems"
+        )
+        print(head)
+        print("-" * len(head))
+        for path in ("origin", "appliance"):
+            s = summaries[path]
+            print(
+                f"{labels[path]:<18} {s.mb_per_s:>8.1f} {s.seconds:>7.2f} {s.object_ms_max:>10.1f} "
+                f"{s.appliance_cpu_pct:>8.0f}% {s.nginx_cpu_pct:>8.0f}% {s.client_cpu_pct:>9.0f}% "
+                f"{s.softirq_pct:>6.0f}% {s.other_cpu_pct:>5.0f}% "
+                f"{'/'.join(f'{v:.0f}' for v in s.core_busy_pct.values()) + '%':>10}  "
+                f"{s.limit:<20} " + (f"{len(s.problems)}: {s.problems[0]}" if s.problems else "-")
+            )
+        o, a = summaries["origin"], summaries["appliance"]
+        ratio = a.mb_per_s / o.mb_per_s if o.mb_per_s else float("nan")
+        print(
+            f"{'ratio':<18} {ratio:>7.2f}x (appliance/origin, target >= "
+            f"{THROUGHPUT_TARGET:.1f}x: {met(ratio >= THROUGHPUT_TARGET)})"
+        )
+        print()
+    t_ratio = float("nan")
+    if ttfb:
+        print(
+            f"time to first body byte: {ttfb['origin'].samples + ttfb['origin'].errors} objects "
+            "one at a time, each a cold miss through the appliance"
+        )
+        head = (
+            f"{'path':<18} {'median ms':>9} {'p90 ms':>8} {'max ms':>8} "
+            f"{'whole object ms':>15}  errors"
+        )
+        print(head)
+        print("-" * len(head))
+        for path in ("origin", "appliance"):
+            t = ttfb[path]
+            print(
+                f"{labels[path]:<18} {t.median_ms:>9.2f} {t.p90_ms:>8.2f} {t.max_ms:>8.2f} "
+                f"{t.total_median_ms:>15.2f}  {t.errors}"
+            )
+        o_t, a_t = ttfb["origin"], ttfb["appliance"]
+        t_ratio = a_t.median_ms / o_t.median_ms if o_t.median_ms else float("nan")
+        print(
+            f"{'ratio':<18} {t_ratio:>8.2f}x (median, appliance/origin, target <= "
+            f"{TTFB_TARGET:.1f}x: {met(t_ratio <= TTFB_TARGET)}); "
+            f"+{a_t.median_ms - o_t.median_ms:.2f} ms"
+        )
+        print(
+            f"{'':<18} a miss asks the origin twice before its first byte: HEAD (metadata), "
+            "then GET of the first slice"
+        )
+        print()
+    return ratio, t_ratio
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Compare cold misses through edgefleet serve with downloads straight "
+        "from its nginx origin (loopback only).",
+    )
+    p.add_argument("--objects", type=int, default=None, help="objects (default 48, --quick 24)")
+    p.add_argument(
+        "--object-size", type=parse_size, default=8 * MIB, help="bytes per object (default 8MiB)"
+    )
+    p.add_argument("--per-title", type=int, default=8, help="objects per title directory")
+    p.add_argument(
+        "--concurrency", type=int, default=8, help="objects downloaded at a time (default 8)"
+    )
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
+    p.add_argument(
+        "--ttfb-objects",
+        type=int,
+        default=None,
+        help="objects timed one at a time for the first byte "
+        "(default 48, or --objects if fewer; 0: skip)",
+    )
+    p.add_argument(
+        "--ttfb-gap",
+        type=float,
+        default=0.0,
+        help="seconds of quiet before each timed first byte (default 0: back to back)",
+    )
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each measured run, wait up to SECONDS for other processes to go quiet "
+        "(default 0: do not wait)",
+    )
+    p.add_argument("--quick", action="store_true", help="about 15 s: 24 objects")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the appliance to --appliance-cpu, nginx and the client to --client-cpu",
+    )
+    p.add_argument("--appliance-cpu", type=int, default=0, help="with --pin (default 0)")
+    p.add_argument("--client-cpu", type=int, default=1, help="with --pin (default 1)")
+    p.add_argument("--slice-size", default="2MiB", help="the appliance's slice size (default 2MiB)")
+    p.add_argument("--capacity", default="8GiB", help="the appliance's store capacity (8GiB)")
+    p.add_argument(
+        "--origin-age",
+        type=float,
+        default=30 * 86400.0,
+        metavar="SECONDS",
+        help="how old the origin's files look (their mtime, nginx's Last-Modified; default "
+        "30 days: fresh for a day in the appliance; 0: as written, stale within seconds)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed for the objects (default 1)")
+    p.add_argument(
+        "--edgefleet",
+        default=DEFAULT_EDGEFLEET,
+        help="the edgefleet executable (default: beside this Python)",
+    )
+    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="nginx")
+    p.add_argument(
+        "--py-spy-dir",
+        metavar="DIR",
+        help="record the appliance with py-spy (raw format) into DIR during each "
+        "throughput run and during the time-to-first-byte phase",
+    )
+    p.add_argument(
+        "--py-spy",
+        default=shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+        help="py-spy (default: on PATH or beside this Python)",
+    )
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (for debugging)")
+    args = p.parse_args(argv)
+    given = {k for k in ("objects", "rounds", "ttfb_objects") if getattr(args, k) is not None}
+    quick = {"objects": 24, "rounds": 3, "ttfb_objects": 24}
+    full = {"objects": 48, "rounds": 3, "ttfb_objects": 48}
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.ttfb_objects > args.objects and "ttfb_objects" not in given:
+        args.ttfb_objects = args.objects
+    if args.objects < 1 or args.rounds < 1 or args.concurrency < 1:
+        p.error("--objects, --rounds and --concurrency must be at least 1")
+    if not 0 <= args.ttfb_objects <= args.objects:
+        p.error("--ttfb-objects must be between 0 and --objects")
+    if args.object_size < 1 or args.per_title < 1:
+        p.error("--object-size and --per-title must be at least 1")
+    try:
+        parse_size(args.slice_size)
+    except argparse.ArgumentTypeError as exc:
+        p.error(f"--slice-size: {exc}")
+    if args.pin:
+        if args.appliance_cpu == args.client_cpu:
+            p.error("--appliance-cpu and --client-cpu must differ")
+        cpus = os.sched_getaffinity(0)
+        for opt, cpu in (
+            ("--appliance-cpu", args.appliance_cpu),
+            ("--client-cpu", args.client_cpu),
+        ):
+            if cpu not in cpus:
+                p.error(f"{opt} {cpu}: not one of this process's CPUs {sorted(cpus)}")
+        if shutil.which("taskset") is None:
+            p.error("--pin needs taskset (util-linux)")
+    else:
+        args.appliance_cpu = args.client_cpu = None
+    exes = [("--edgefleet", args.edgefleet), ("--nginx", args.nginx)]
+    if args.py_spy_dir:
+        exes.append(("--py-spy", args.py_spy))
+    for opt, exe in exes:
+        if not (shutil.which(exe) or os.access(exe, os.X_OK)):
+            p.error(f"{opt}: {exe} is not an executable")
+    need = (args.objects + 1) * args.object_size
+    avail = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * KIB
+    if avail and need * 3 > avail:
+        p.error(
+            f"{args.objects} x {format_size(args.object_size)}: the client holds every body in "
+            "memory, and the origin's files and the appliance's store want the page cache too; "
+            f"only {avail // MIB} MiB available"
+        )
+    return args
+
+
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def workdir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="edgefleet-miss-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            log(f"work directory kept: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    return info
+
+
+def version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return "?"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+def bench(args: argparse.Namespace, work: Path, live: list[Server]) -> int:
+    t_start = time.monotonic()
+    log(f"work directory {work}")
+    if args.py_spy_dir:
+        Path(args.py_spy_dir).mkdir(parents=True, exist_ok=True)
+    if args.pin:
+        os.sched_setaffinity(0, {args.client_cpu})
+        placement = (
+            f"appliance pinned to CPU {args.appliance_cpu}, "
+            f"nginx and the client to CPU {args.client_cpu}"
+        )
+    else:
+        placement = (
+            "nothing pinned (appliance, nginx and client share CPUs "
+            f"{','.join(str(c) for c in sorted(os.sched_getaffinity(0)))})"
+        )
+    log(f"placement: {placement}")
+    busy_before = idle_check()
+    log(f"  before starting, other processes kept {busy_before:.0f}% of a core busy")
+    log(
+        f"generating {args.objects} + 1 objects of {format_size(args.object_size)} "
+        f"(random bytes, fsynced)"
+    )
+    corpus = make_corpus(
+        work, args.objects, args.object_size, args.per_title, args.seed, args.origin_age
+    )
+    buffers = {k: memoryview(bytearray(corpus.size)) for k in corpus.keys}
+
+    nginx = start_nginx(work, args.nginx, args.client_cpu)
+    live.append(nginx)
+    log(
+        f"  nginx: pid {nginx.pid}, port {nginx.port}, cpus {check_pinning(nginx, args.client_cpu)}"
+    )
+    head = http.client.HTTPConnection(HOST, nginx.port, timeout=10)
+    try:
+        head.request("HEAD", "/" + corpus.keys[0])
+        resp = head.getresponse()
+        resp.read()
+        etag = resp.getheader("ETag") or ""
+    finally:
+        head.close()
+    if resp.status != 200 or not etag.startswith('"'):
+        raise RuntimeError(f"nginx: HEAD answered {resp.status} with ETag {etag!r}")
+    log(f"  origin answers HEAD with a strong ETag ({etag})")
+
+    # unmeasured: the client's buffers get their pages, nginx its first requests
+    warm = measure("origin", 0, nginx, nginx, None, corpus, buffers, args.concurrency)
+    if warm.problems:
+        raise RuntimeError("warm-up download from nginx failed: " + "; ".join(warm.problems[:5]))
+    log(f"  warm-up from nginx: {warm.mb_per_s:.1f} MB/s, bodies match the files")
+
+    log(
+        f"throughput: {args.objects} objects, {args.concurrency} at a time, {args.rounds} rounds, "
+        "a new appliance with an empty store each round"
+    )
+    runs: list[Run] = []
+    for r in range(1, args.rounds + 1):
+        order = ("origin", "appliance") if r % 2 else ("appliance", "origin")
+        for path in order:
+            if path == "origin":
+                if args.wait_idle:
+                    wait_quiet(args.wait_idle)
+                run = measure("origin", r, nginx, nginx, None, corpus, buffers, args.concurrency)
+            else:
+                run = appliance_round(args, work, r, nginx, corpus, buffers, live)
+            runs.append(run)
+            log(run_line(run))
+
+    samples: list[TtfbSample] = []
+    ttfb_metrics: dict[str, Any] = {}
+    ttfb_problems: list[str] = []
+    if args.ttfb_objects:
+        samples, ttfb_metrics, ttfb_problems = ttfb_phase(args, work, nginx, corpus, buffers, live)
+        for p in ttfb_problems:
+            log(f"  PROBLEM {p}")
+
+    summaries = {
+        path: summarize([r for r in runs if r.path == path], args.appliance_cpu, args.client_cpu)
+        for path in ("origin", "appliance")
+    }
+    ttfb = (
+        {path: summarize_ttfb(samples, path) for path in ("origin", "appliance")} if samples else {}
+    )
+    ratio, t_ratio = print_tables(args, placement, summaries, ttfb, corpus)
+
+    notes: list[str] = []
+    if ttfb_problems:
+        notes.append(
+            f"time to first byte: {len(ttfb_problems)} problems, first: {ttfb_problems[0]}"
+        )
+    if not nginx.alive():
+        notes.append(f"nginx exited during the run:\n{tail(nginx.log)}")
+    if args.py_spy_dir:
+        notes.append("the appliance was profiled with py-spy: its figures paid for it")
+    warnings = [
+        f"round {r.round} {r.path}: a noisy run, other processes took {r.other_cpu_pct:.0f}% "
+        f"of a core and the hypervisor {r.steal_pct:.0f}% (steal)"
+        for r in runs
+        if r.other_cpu_pct > NOISE_PCT or r.steal_pct > NOISE_PCT
+    ]
+    if busy_before > NOISE_PCT:
+        warnings.insert(
+            0,
+            f"the machine was busy before the benchmark started: {busy_before:.0f}% of a core "
+            "in use by other processes; the figures carry their load",
+        )
+    for note in notes:
+        print(f"note: {note}")
+    for w in warnings:
+        print(f"warning: {w}")
+    failed = any(s.problems for s in summaries.values()) or bool(ttfb_problems) or not nginx.alive()
+    targets = [ratio >= THROUGHPUT_TARGET] + ([t_ratio <= TTFB_TARGET] if ttfb else [])
+    print(
+        f"targets: {sum(targets)} of {len(targets)} met"
+        + ("; problems are flagged above" if failed else "")
+    )
+    log(f"done in {time.monotonic() - t_start:.0f} s")
+
+    if args.json:
+        doc = {
+            "settings": {
+                "objects": args.objects,
+                "object_size": args.object_size,
+                "concurrency": args.concurrency,
+                "rounds": args.rounds,
+                "ttfb_objects": args.ttfb_objects,
+                "ttfb_gap_s": args.ttfb_gap,
+                "wait_idle_s": args.wait_idle,
+                "slice_size": args.slice_size,
+                "capacity": args.capacity,
+                "pin": args.pin,
+                "appliance_cpu": args.appliance_cpu,
+                "client_cpu": args.client_cpu,
+                "placement": placement,
+                "seed": args.seed,
+                "origin_age_s": args.origin_age,
+            },
+            "machine": machine(),
+            "busy_before_pct": busy_before,
+            "versions": {
+                "edgefleet": version([args.edgefleet, "--version"]),
+                "nginx": version([args.nginx, "-v"]),
+            },
+            "warmup_origin_mb_per_s": warm.mb_per_s,
+            "runs": [asdict(r) for r in runs],
+            "summaries": [asdict(s) for s in summaries.values()],
+            "throughput_ratio": ratio,
+            "throughput_target": THROUGHPUT_TARGET,
+            "ttfb_samples": [asdict(s) for s in samples],
+            "ttfb_summaries": [asdict(t) for t in ttfb.values()],
+            "ttfb_ratio": t_ratio,
+            "ttfb_target": TTFB_TARGET,
+            "ttfb_metrics": ttfb_metrics,
+            "notes": notes,
+            "warnings": warnings,
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        log(f"results written to {args.json}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    live: list[Server] = []
+    try:
+        with workdir(args.keep) as work:
+            try:
+                return bench(args, work, live)
+            finally:
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(signum, signal.SIG_IGN)  # let the cleanup finish
+                for s in reversed(live):
+                    s.stop()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"miss_vs_origin: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
