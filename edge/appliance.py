@@ -573,7 +573,7 @@ class Appliance:
             cache="miss" if len(missing) == slices else "partial",
             key=view.key,
             range_=range_value,
-            stream=MissStream(self._stream(view, pieces, missing, admit), missing[0], admit),
+            stream=MissStream(view, pieces, missing, admit, self),
         )
 
     def _on_disk_error(self, view: View) -> Callable[[OSError], None]:
@@ -596,12 +596,27 @@ class Appliance:
         self.max_open_files = max(64, OpenFile.count // 2)
 
     async def _stream(
-        self, view: View, pieces: list[Any], missing: list[int], admit: bool
+        self,
+        view: View,
+        pieces: list[Any],
+        missing: list[int],
+        admit: bool,
+        fetches: dict[int, SliceFetch],
     ) -> AsyncIterator[Part]:
+        """The body, slice by slice. ``fetches`` keeps this response's fetches:
+        one that is not stored (admission, no-store) is in no registry once
+        done, and must not be asked for again."""
+
+        def fetch(idx: int) -> SliceFetch:
+            f = fetches.get(idx)
+            if f is None:
+                f = fetches[idx] = self._start_fetch(view, idx, admit)
+            return f
+
         ahead: list[int] = list(dict.fromkeys(missing))
         for idx in ahead[1:READ_AHEAD]:
             if self._stored(view, idx) is None:
-                self._start_fetch(view, idx, admit)
+                fetch(idx)
         for p in pieces:
             if type(p) is bytes:
                 yield p
@@ -629,9 +644,9 @@ class Appliance:
             if pos >= 0 and pos + READ_AHEAD < len(ahead):
                 nxt = ahead[pos + READ_AHEAD]
                 if self._stored(view, nxt) is None:
-                    self._start_fetch(view, nxt, admit)
+                    fetch(nxt)
             try:
-                async for part in self._start_fetch(view, idx, admit).read(offset, count):
+                async for part in fetch(idx).read(offset, count):
                     yield part
             except OriginChanged:
                 await self._invalidate(view)
@@ -680,9 +695,7 @@ class Appliance:
                     # The first missing slice decides the status: wait for its
                     # first byte (not the whole slice) before answering.
                     try:
-                        await self._start_fetch(
-                            view, resp.stream.first, resp.stream.admit
-                        ).started()
+                        await resp.stream.first_fetch().started()
                     except OriginChanged:
                         await self._invalidate(view)
                         raise
@@ -864,13 +877,26 @@ class Appliance:
 
 
 class MissStream:
-    """The body of a response with missing slices, the first of them, and
-    whether what it fetches is to be stored."""
+    """The body of a response with missing slices: whether what it fetches is
+    to be stored, and the fetches it has started."""
 
-    def __init__(self, gen: AsyncIterator[Part], first: int, admit: bool) -> None:
-        self.gen = gen
-        self.first = first
+    def __init__(
+        self, view: View, pieces: list[Any], missing: list[int], admit: bool, app: Appliance
+    ) -> None:
+        self.view = view
+        self.first = missing[0]
         self.admit = admit
+        self.app = app
+        self.fetches: dict[int, SliceFetch] = {}
+        self.gen = app._stream(view, pieces, missing, admit, self.fetches)
+
+    def first_fetch(self) -> SliceFetch:
+        """The fetch of the first missing slice, started now: its first byte
+        (or its error) decides the status line."""
+        f = self.fetches.get(self.first)
+        if f is None:
+            f = self.fetches[self.first] = self.app._start_fetch(self.view, self.first, self.admit)
+        return f
 
     def __aiter__(self) -> AsyncIterator[Part]:
         return self.gen

@@ -129,6 +129,7 @@ class Puller:
         self.on_origin = on_origin or (lambda kind, result: None)
         self.on_bytes = on_bytes or (lambda n: None)
         self.negative: dict[str, float] = {}
+        self.sources: dict[str, Origin] = {}  # key -> the origin its metadata came from
         self.heads: dict[str, asyncio.Future[ObjectMeta | None]] = {}
         self.fetches: dict[tuple[str, str, int], SliceFetch] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -153,14 +154,26 @@ class Puller:
 
     # -- retries and breakers --------------------------------------------------
 
+    def _order(self, key: str) -> list[Origin]:
+        """The origin that told us what ``key`` is first, then the others."""
+        source = self.sources.get(key)
+        if source is None:
+            return self.origins
+        return [source, *(o for o in self.origins if o is not source)]
+
     async def _ask(
         self,
         kind: str,
         attempt: Callable[[Origin], Awaitable[T]],
         origins: list[Origin] | None = None,
+        source: Origin | None = None,
     ) -> T:
-        """``attempt`` on each origin in turn, with retries; the first answer wins."""
+        """``attempt`` on each origin in turn, with retries; the first answer wins.
+        ``OriginChanged`` from ``source`` (the origin the object was learnt
+        from) ends it; from another origin (which may hold another version, or
+        none) it passes the question on, and is raised only if nobody answers."""
         last: OriginError | None = None
+        changed: OriginChanged | None = None
         for origin in self.origins if origins is None else origins:
             breaker = self.breakers[id(origin)]
             for n in range(self.retries + 1):
@@ -170,9 +183,12 @@ class Puller:
                     break
                 try:
                     result = await attempt(origin)
-                except OriginChanged:
+                except OriginChanged as exc:
                     breaker.success()  # it answered
-                    raise
+                    if origin is source:
+                        raise
+                    changed = changed or exc
+                    break
                 except OriginError as exc:
                     breaker.failure(time.monotonic())
                     self.on_origin(kind, "timeout" if isinstance(exc, OriginTimeout) else "error")
@@ -183,7 +199,7 @@ class Puller:
                     continue
                 breaker.success()
                 return result
-        raise last or OriginError("no origin configured")
+        raise changed or last or OriginError("no origin configured")
 
     # -- metadata --------------------------------------------------------------
 
@@ -209,6 +225,9 @@ class Puller:
                 continue
             self.on_origin("head", "ok" if meta is not None else "not_found")
             if meta is not None:
+                if len(self.sources) >= NEGATIVE_MAX:
+                    self.sources.clear()
+                self.sources[key] = origin
                 return meta
         if error is not None:
             raise error
@@ -218,7 +237,21 @@ class Puller:
     async def revalidate(self, key: str, current: ObjectMeta) -> ObjectMeta | None:
         """``current`` renewed (304), or what replaced it, or ``None`` (gone)."""
 
-        meta = await self._ask("revalidate", lambda o: o.head(key, current))
+        # The origin it came from decides; one that does not have it (None)
+        # passes the question on, as a HEAD does.
+        meta: ObjectMeta | None = None
+        error: OriginError | None = None
+        for origin in self._order(key):
+            try:
+                meta = await self._ask("revalidate", lambda o: o.head(key, current), [origin])
+            except OriginError as exc:
+                error = exc
+                continue
+            if meta is not None:
+                self.sources[key] = origin
+                break
+        if meta is None and error is not None:
+            raise error
         if meta is None:
             self._remember_missing(key)
             self.on_origin("revalidate", "not_found")
@@ -275,7 +308,7 @@ class Puller:
                 raise OriginError(f"{origin.url}: {key!r}: {f.got} of {length} bytes")
 
         try:
-            await self._ask("read", attempt)
+            await self._ask("read", attempt, self._order(key), self.sources.get(key))
         except BaseException as exc:
             f.fail(exc)
             self.fetches.pop(k, None)

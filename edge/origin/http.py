@@ -117,10 +117,12 @@ class HTTPOrigin:
         request_time: float,
         response_time: float,
     ) -> ObjectMeta:
-        lm = parse_http_date(h.get("Last-Modified")) or int(response_time)
+        origin_lm = parse_http_date(h.get("Last-Modified"))
+        lm = origin_lm if origin_lm is not None else int(response_time)
         etag = h.get("ETag")
         if not etag or etag.startswith("W/") or not (etag.startswith('"') and etag.endswith('"')):
-            etag = f'{SYNTHETIC_ETAG}{lm:x}-{size:x}"'
+            # our own validator: stable for as long as the origin's Last-Modified is
+            etag = f'{SYNTHETIC_ETAG}{origin_lm or 0:x}-{size:x}"'
         ctype = h.get("Content-Type") or guess_type(key)
         f = self._freshness(h, request_time, response_time)
         return ObjectMeta(
@@ -173,6 +175,17 @@ class HTTPOrigin:
 
     # -- bytes -----------------------------------------------------------------
 
+    def _same_version(self, key: str, meta: ObjectMeta, h: Mapping[str, str]) -> None:
+        """Not every origin honours If-Match: check the answer's validators too,
+        so two versions never meet in one stored object."""
+        etag = h.get("ETag")
+        if meta.etag.startswith(SYNTHETIC_ETAG):
+            lm = parse_http_date(h.get("Last-Modified"))
+            if lm is not None and lm != meta.last_modified:
+                raise OriginChanged(f"{self.url}: {key!r} changed at the origin (Last-Modified)")
+        elif etag is not None and etag != meta.etag:
+            raise OriginChanged(f"{self.url}: {key!r} changed at the origin (ETag {etag})")
+
     async def read(
         self, key: str, meta: ObjectMeta, start: int, length: int
     ) -> AsyncIterator[bytes]:
@@ -189,6 +202,8 @@ class HTTPOrigin:
                 skip = 0
                 if resp.status == 412:
                     raise OriginChanged(f"{self.url}: {key!r} changed at the origin")
+                if resp.status in (200, 206):
+                    self._same_version(key, meta, resp.headers)
                 if resp.status == 206:
                     m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
                     if (
