@@ -116,6 +116,18 @@ class Appliance:
         self.proc.wait(10)
 
 
+def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    """Poll until ``predicate()`` is truthy; its value. The appliance does some
+    work after answering (storing slices, folding metrics): tests wait for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
 def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send bytes as they are; return everything the server sends until it closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from conftest import SLICE, Appliance, make_catalog, small_window_socket
+from conftest import SLICE, Appliance, make_catalog, small_window_socket, wait_for
 
 TOKEN = "0123456789abcdef-token"
 
@@ -27,16 +27,6 @@ def serve_args(tmp: Path, origin: Path, *extra: str) -> list[str]:
         "--admin-token", TOKEN,
         *extra,
     ]  # fmt: skip
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def files_under(path: Path) -> dict[str, int]:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import SLICE, Appliance
+from conftest import SLICE, Appliance, wait_for
 from origin_server import OriginServer
 
 TOKEN = "0123456789abcdef-token"
@@ -31,16 +31,6 @@ def start(tmp: Path, *origins: str, extra: tuple[str, ...] = ()) -> Appliance:
     for url in origins:
         args += ["--origin", url]
     return Appliance(args).start()
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def used(app: Appliance) -> int:

@@ -7,21 +7,11 @@ import re
 import time
 from pathlib import Path
 
-from conftest import SLICE
+from conftest import SLICE, wait_for
 
 TOKEN = "0123456789abcdef-token"
 KEY = "titles/81234/movie.mp4"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def wait_for(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def test_health(appliance, catalog) -> None:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import pytest
-from conftest import SLICE, Appliance
+from conftest import SLICE, Appliance, wait_for
 from s3server import CREDENTIALS, free_port, put_objects, s3_client, s3_endpoint  # noqa: F401
 
 from edge.meta import ObjectMeta
@@ -511,16 +511,6 @@ def served(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     app.access_log = tmp / "access.log"  # type: ignore[attr-defined]
     yield app
     app.stop()
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def log_lines(app: Appliance, key: str, count: int) -> list[dict[str, Any]]:
