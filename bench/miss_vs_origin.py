@@ -30,34 +30,54 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import http.client
 import json
 import os
-import platform
 import random
 import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, cast
 
-HOST = "127.0.0.1"  # loopback only, by design
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
+from benchlib import (
+    GIB,
+    HOST,
+    KIB,
+    MIB,
+    Server,
+    add_executable_args,
+    add_output_args,
+    allowed_cpus,
+    check_cpus,
+    check_executables,
+    cpu_ticks,
+    die_with_us,
+    log,
+    machine,
+    metric_samples,
+    pinned,
+    print_header,
+    proc_stat,
+    run_in_workdir,
+    rusage_seconds,
+    spawn_edgefleet,
+    start_nginx,
+    tail,
+    version,
+    write_json,
+    write_synced,
+)
+
 THROUGHPUT_TARGET = 0.9  # appliance MB/s at least this share of the origin's
 TTFB_TARGET = 1.2  # appliance median time to first byte at most this many times the origin's
 BUSY_PCT = 90.0  # a core this busy is what limits a run
@@ -65,12 +85,6 @@ NOISE_PCT = 10.0  # CPU spent by processes outside the benchmark above this: a n
 HEAD_MAX = 64 * KIB  # the largest response head the client accepts
 REQUEST_TIMEOUT = 60.0  # seconds for one whole object
 WARMUP_KEY = "warmup/seg_00000.m4s"  # fetched, unmeasured, by every new appliance
-
-DEFAULT_EDGEFLEET = str(Path(sys.executable).with_name("edgefleet"))
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- the objects ----------------------------------------------------------------
@@ -82,20 +96,6 @@ class Corpus:
     keys: list[str]  # measured objects, as keys (URL paths without the leading /)
     size: int  # bytes per object
     digests: dict[str, bytes]  # SHA-256 of every file, warm-up object included
-
-
-def write_synced(path: Path, data: bytes) -> None:
-    """Write and fsync: nginx then serves clean page-cache pages (dirty pages, waiting
-    for writeback, read markedly slower), and the appliance's store fsyncs its slices
-    too."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_corpus(
@@ -143,47 +143,18 @@ def format_size(n: int) -> str:
 
 # -- processes --------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_us() -> None:
-    """In the child, before exec: killed if this script dies without cleaning up."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of the whole process (all its threads), in clock ticks."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return 0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-
 
 def machine_ticks() -> tuple[int, int, int, int]:
     """(user + system, irq + softirq, steal, total) clock ticks of all CPUs so far,
     from /proc/stat. Loopback TCP does much of its receiving in softirqs, which the
     kernel counts apart from the processes that caused them."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = v
-    return user + nice + system, irq + softirq, steal, sum(v)
+    t = proc_stat()["cpu"]
+    return t.user + t.nice + t.system, t.irq + t.softirq, t.steal, t.total
 
 
 def core_ticks() -> dict[int, tuple[int, int]]:
     """(busy, total) clock ticks of each CPU so far, irq and softirq time counted busy."""
-    out: dict[int, tuple[int, int]] = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            m = re.match(r"cpu(\d+) ", line)
-            if m:
-                v = [int(x) for x in line.split()[1:9]]
-                user, nice, system, _idle, _iowait, irq, softirq, _steal = v
-                out[int(m.group(1))] = (user + nice + system + irq + softirq, sum(v))
-    return out
+    return {int(name[3:]): (t.busy, t.total) for name, t in proc_stat().items() if name != "cpu"}
 
 
 def idle_check(seconds: float = 1.0) -> float:
@@ -207,139 +178,11 @@ def wait_quiet(limit: float) -> None:
 
 def self_cpu() -> float:
     """User + system CPU seconds of this process (the client), all threads."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return rusage_seconds(resource.RUSAGE_SELF)
 
 
-def allowed_cpus(pid: int) -> set[str]:
-    """The CPU lists every thread of ``pid`` may run on."""
-    lists: set[str] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            for line in (task / "status").read_text().splitlines():
-                if line.startswith("Cpus_allowed_list:"):
-                    lists.add(line.split(":", 1)[1].strip())
-    return lists
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def wait_listening(
-    port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log_path)}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"server not listening on {HOST}:{port} after {timeout:.0f} s")
-
-
-def pinned(cmd: list[str], cpu: int | None) -> list[str]:
-    return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
-
-
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    store: Path | None = None  # the appliance's store directory
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-master_process off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-
-events {{
-    worker_connections 4096;
-    use epoll;
-}}
-
-http {{
-    types {{
-        video/iso.segment m4s;
-    }}
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush off;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    access_log off;
-    etag on;
-    client_body_temp_path {work}/nginx-tmp/body;
-    proxy_temp_path {work}/nginx-tmp/proxy;
-    fastcgi_temp_path {work}/nginx-tmp/fastcgi;
-    uwsgi_temp_path {work}/nginx-tmp/uwsgi;
-    scgi_temp_path {work}/nginx-tmp/scgi;
-
-    server {{
-        listen {host}:{port};
-        root {work}/origin;
-        location / {{
-        }}
-    }}
-}}
-"""
-
-
-def start_nginx(work: Path, exe: str, cpu: int | None) -> Server:
-    port = free_port()
-    (work / "nginx-tmp").mkdir()
-    conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(work=work, host=HOST, port=port))
-    log_path = work / "nginx.log"
-    cmd = pinned([exe, "-p", str(work), "-c", str(conf), "-e", str(work / "nginx-error.log")], cpu)
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            preexec_fn=_die_with_us,
-        )
-    server = Server("nginx", proc, port, log_path)
-    try:
-        wait_listening(port, proc, log_path, 30)
-    except RuntimeError:
-        server.stop()
-        raise
-    return server
+# the origin: strong ETags (nginx's default, stated), no access log
+NGINX_DIRECTIVES = "access_log off;\n    etag on;"
 
 
 def start_appliance(
@@ -370,32 +213,7 @@ def start_appliance(
         ],
         cpu,
     )
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            preexec_fn=_die_with_us,
-        )
-    server = Server(name, proc, 0, log_path, store)
-    ready = re.compile(r"edgefleet serve: listening on http://127\.0\.0\.1:(\d+)")
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            m = ready.search(log_path.read_text(errors="replace"))
-            if m:
-                server.port = int(m.group(1))
-                wait_listening(server.port, proc, log_path, 30)
-                return server
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log_path)}")
-            time.sleep(0.05)
-        raise RuntimeError(f"{name} did not report listening within 60 s:\n{tail(log_path)}")
-    except BaseException:
-        server.stop()
-        raise
+    return spawn_edgefleet(name, cmd, log_path, store=store, timeout=60, listen_timeout=30)
 
 
 def check_pinning(server: Server, cpu: int | None) -> str:
@@ -426,20 +244,15 @@ def metric_counts(port: int) -> tuple[dict[str, float], dict[str, float]]:
     from /_edge/metrics."""
     requests: dict[str, float] = {}
     origin: dict[str, float] = {}
-    pat = re.compile(
-        r"^(edgefleet_requests_total|edgefleet_origin_requests_total)\{([^}]*)\} (\S+)$"
-    )
-    for line in admin_get(port, "/_edge/metrics").decode().splitlines():
-        m = pat.match(line)
-        if not m:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-        if m.group(1) == "edgefleet_requests_total":
+    text = admin_get(port, "/_edge/metrics").decode()
+    names = ("edgefleet_requests_total", "edgefleet_origin_requests_total")
+    for name, labels, value in metric_samples(text, names):
+        if name == "edgefleet_requests_total":
             k = f"{labels.get('cache', '?')} {labels.get('status', '?')}"
-            requests[k] = requests.get(k, 0.0) + float(m.group(3))
+            requests[k] = requests.get(k, 0.0) + value
         else:
             k = f"{labels.get('kind', '?')} {labels.get('result', '?')}"
-            origin[k] = origin.get(k, 0.0) + float(m.group(3))
+            origin[k] = origin.get(k, 0.0) + value
     return requests, origin
 
 
@@ -699,8 +512,8 @@ class Meter:
 
     def begin(self) -> None:
         self.start = (
-            cpu_ticks(self.appliance.pid) if self.appliance else 0,
-            cpu_ticks(self.nginx.pid),
+            cpu_ticks(self.appliance.pid, gone=0) if self.appliance else 0,
+            cpu_ticks(self.nginx.pid, gone=0),
             self_cpu(),
             machine_ticks(),
         )
@@ -709,8 +522,8 @@ class Meter:
     def end(self, wall: float) -> None:
         tck = os.sysconf("SC_CLK_TCK")
         a0, n0, c0, m0 = self.start
-        a = (cpu_ticks(self.appliance.pid) - a0) / tck if self.appliance else 0.0
-        n = (cpu_ticks(self.nginx.pid) - n0) / tck
+        a = (cpu_ticks(self.appliance.pid, gone=0) - a0) / tck if self.appliance else 0.0
+        n = (cpu_ticks(self.nginx.pid, gone=0) - n0) / tck
         c = self_cpu() - c0
         m1 = machine_ticks()
         cores1 = core_ticks()
@@ -886,7 +699,7 @@ class Profiler:
         cmd = pinned([py_spy, *record, "--pid", str(pid)], cpu)
         with open(self.log, "wb") as f:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f, preexec_fn=_die_with_us
+                cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f, preexec_fn=die_with_us
             )
         deadline = time.monotonic() + 20
         while "Sampling process" not in self.log.read_text(errors="replace"):
@@ -1206,8 +1019,7 @@ def print_tables(
             f"{'cores busy':>10}  {'limit':<20} "
             "problems"
         )
-        print(head)
-        print("-" * len(head))
+        print_header(head)
         for path in ("origin", "appliance"):
             s = summaries[path]
             print(
@@ -1234,8 +1046,7 @@ def print_tables(
             f"{'path':<18} {'median ms':>9} {'p90 ms':>8} {'max ms':>8} "
             f"{'whole object ms':>15}  errors"
         )
-        print(head)
-        print("-" * len(head))
+        print_header(head)
         for path in ("origin", "appliance"):
             t = ttfb[path]
             print(
@@ -1314,12 +1125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "30 days: fresh for a day in the appliance; 0: as written, stale within seconds)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed for the objects (default 1)")
-    p.add_argument(
-        "--edgefleet",
-        default=DEFAULT_EDGEFLEET,
-        help="the edgefleet executable (default: beside this Python)",
-    )
-    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="nginx")
+    add_executable_args(p)
     p.add_argument(
         "--py-spy-dir",
         metavar="DIR",
@@ -1331,8 +1137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
         help="py-spy (default: on PATH or beside this Python)",
     )
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (for debugging)")
+    add_output_args(p)
     args = p.parse_args(argv)
     given = {k for k in ("objects", "rounds", "ttfb_objects") if getattr(args, k) is not None}
     quick = {"objects": 24, "rounds": 3, "ttfb_objects": 24}
@@ -1355,13 +1160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.pin:
         if args.appliance_cpu == args.client_cpu:
             p.error("--appliance-cpu and --client-cpu must differ")
-        cpus = os.sched_getaffinity(0)
-        for opt, cpu in (
-            ("--appliance-cpu", args.appliance_cpu),
-            ("--client-cpu", args.client_cpu),
-        ):
-            if cpu not in cpus:
-                p.error(f"{opt} {cpu}: not one of this process's CPUs {sorted(cpus)}")
+        check_cpus(p, [("--appliance-cpu", args.appliance_cpu), ("--client-cpu", args.client_cpu)])
         if shutil.which("taskset") is None:
             p.error("--pin needs taskset (util-linux)")
     else:
@@ -1369,9 +1168,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     exes = [("--edgefleet", args.edgefleet), ("--nginx", args.nginx)]
     if args.py_spy_dir:
         exes.append(("--py-spy", args.py_spy))
-    for opt, exe in exes:
-        if not (shutil.which(exe) or os.access(exe, os.X_OK)):
-            p.error(f"{opt}: {exe} is not an executable")
+    check_executables(p, exes)
     need = (args.objects + 1) * args.object_size
     avail = 0
     with contextlib.suppress(OSError, ValueError, IndexError):
@@ -1385,47 +1182,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"only {avail // MIB} MiB available"
         )
     return args
-
-
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="edgefleet-miss-"))
-    try:
-        yield path
-    finally:
-        if keep:
-            log(f"work directory kept: {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-    }
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError):
-        info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
-    return info
-
-
-def version(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except OSError:
-        return "?"
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return text[0] if text else "?"
 
 
 def bench(args: argparse.Namespace, work: Path, live: list[Server]) -> int:
@@ -1456,7 +1212,7 @@ def bench(args: argparse.Namespace, work: Path, live: list[Server]) -> int:
     )
     buffers = {k: memoryview(bytearray(corpus.size)) for k in corpus.keys}
 
-    nginx = start_nginx(work, args.nginx, args.client_cpu)
+    nginx = start_nginx(work, "nginx", args.nginx, args.client_cpu, NGINX_DIRECTIVES)
     live.append(nginx)
     log(
         f"  nginx: pid {nginx.pid}, port {nginx.port}, cpus {check_pinning(nginx, args.client_cpu)}"
@@ -1584,31 +1340,19 @@ def bench(args: argparse.Namespace, work: Path, live: list[Server]) -> int:
             "notes": notes,
             "warnings": warnings,
         }
-        Path(args.json).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        write_json(args.json, doc)
         log(f"results written to {args.json}")
     return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    live: list[Server] = []
-    try:
-        with workdir(args.keep) as work:
-            try:
-                return bench(args, work, live)
-            finally:
-                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(signum, signal.SIG_IGN)  # let the cleanup finish
-                for s in reversed(live):
-                    s.stop()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (RuntimeError, ValueError, OSError) as exc:
-        print(f"miss_vs_origin: {exc}", file=sys.stderr)
-        return 2
+    return run_in_workdir(
+        "miss_vs_origin",
+        "edgefleet-miss-",
+        args.keep,
+        lambda work, live: bench(args, work, live),
+    )
 
 
 if __name__ == "__main__":

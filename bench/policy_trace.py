@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import itertools
-import json
 import math
 import os
 import platform
@@ -41,6 +40,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchlib import GIB, KIB, MIB, print_header, write_json
+
 from edge.admission import ADMISSIONS, Admission, make_admission
 from edge.policy import (
     DEFAULT_HALF_LIFE,
@@ -52,9 +53,6 @@ from edge.policy import (
     make_policy,
 )
 
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
 DAY = 86400.0
 EVICT_BATCH_FRACTION = 0.01  # Store(evict_batch_fraction=...)
 EVICT_BATCH_MAX = 256 * MIB  # Store(evict_batch_max=...)
@@ -541,9 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "seconds": elapsed,
         }
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+        write_json(args.json, doc)
     return 0
 
 
@@ -578,8 +574,7 @@ def print_table(results: list[Result]) -> None:
         f"{'byte/Belady':>12} {'obj/Belady':>11} {'Δbyte vs off':>13} {'Δobj vs off':>12} "
         f"{'written GiB':>12}"
     )
-    print(head)
-    print("-" * len(head))
+    print_header(head)
     last = None
     for r in results:
         if last is not None and r.trace != last:

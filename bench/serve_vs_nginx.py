@@ -27,31 +27,47 @@ targets. Run ``python bench/serve_vs_nginx.py --help`` for the options;
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import http.client
-import json
 import os
-import platform
 import random
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-HOST = "127.0.0.1"  # loopback only, by design
-MIB = 1024 * 1024
+from benchlib import (
+    HOST,
+    MIB,
+    Server,
+    add_executable_args,
+    add_output_args,
+    allowed_cpus,
+    check_cpus,
+    check_executables,
+    cpu_ticks,
+    log,
+    machine,
+    metric_samples,
+    pinned,
+    print_header,
+    proc_stat,
+    run_in_workdir,
+    rusage_seconds,
+    spawn_edgefleet,
+    start_nginx,
+    tail,
+    version,
+    write_json,
+    write_synced,
+)
+
 SEGMENT_SIZE = 2 * MIB
 RANGE_SIZE = 64 * 1024
 SMALL_SIZE = 1024
@@ -59,8 +75,6 @@ P99_TARGET = 2.0  # edgefleet p99 at most this many times nginx's
 BUSY_PCT = 90.0  # a core this busy is what limits a run
 NOISE_PCT = 10.0  # other work or steal on the server core above this: a noisy run
 RANGE_REQUESTS = 20_000  # distinct range requests wrk picks from
-
-DEFAULT_EDGEFLEET = str(Path(sys.executable).with_name("edgefleet"))
 
 
 # -- scenarios ----------------------------------------------------------------
@@ -154,21 +168,6 @@ class Corpus:
         return self.segments + self.small
 
 
-def write_synced(path: Path, data: bytes) -> None:
-    """Write and fsync: nginx then serves clean page-cache pages, as edgefleet does
-    (its store fsyncs every slice). Pages still dirty, waiting for writeback, are
-    read markedly slower (2-3x for 2 MiB files here), which would handicap nginx
-    until the kernel's writeback happened to reach them."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def make_corpus(work: Path, titles: int, per_title: int, small: int, seed: int) -> Corpus:
     origin = work / "origin"
     rng = random.Random(seed)
@@ -199,103 +198,20 @@ def make_corpus(work: Path, titles: int, per_title: int, small: int, seed: int) 
 
 # -- processes ----------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_us() -> None:
-    """In the child, before exec: killed if this script dies without cleaning up."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of the whole process (all its threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-
 
 def core_ticks(cpu: int) -> tuple[int, int, int]:
     """(busy, steal, total) clock ticks of one CPU so far, from /proc/stat."""
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith(f"cpu{cpu} "):
-                v = [int(x) for x in line.split()[1:9]]
-                user, nice, system, _idle, _iowait, irq, softirq, steal = v
-                return user + nice + system + irq + softirq, steal, sum(v)
-    raise RuntimeError(f"cpu{cpu} not in /proc/stat")
-
-
-def allowed_cpus(pid: int) -> set[str]:
-    """The CPU lists every thread of ``pid`` may run on."""
-    lists: set[str] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            for line in (task / "status").read_text().splitlines():
-                if line.startswith("Cpus_allowed_list:"):
-                    lists.add(line.split(":", 1)[1].strip())
-    return lists
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log)}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"server not listening on {HOST}:{port} after {timeout:.0f} s")
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-@dataclass
-class Server:
-    name: str  # "edgefleet", "nginx", "edgefleet+log", "nginx+log"
-    kind: str  # "edgefleet" or "nginx"
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    t = proc_stat().get(f"cpu{cpu}")
+    if t is None:
+        raise RuntimeError(f"cpu{cpu} not in /proc/stat")
+    return t.busy, t.steal, t.total
 
 
 def start_edgefleet(
     work: Path, name: str, exe: str, cpu: int, access_log: bool, timeout: float
 ) -> Server:
     store = work / f"store-{name}"
-    log = work / f"{name}.log"
     cmd = [
-        "taskset",
-        "-c",
-        str(cpu),
         exe,
         "serve",
         "--listen",
@@ -313,105 +229,23 @@ def start_edgefleet(
     ]
     if access_log:
         cmd += ["--access-log", str(work / f"{name}-access.log")]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            preexec_fn=_die_with_us,
-        )
-    ready = re.compile(r"edgefleet serve: listening on http://127\.0\.0\.1:(\d+)")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = ready.search(log.read_text(errors="replace"))
-        if m:
-            port = int(m.group(1))
-            wait_listening(port, proc, log, timeout)
-            return Server(name, "edgefleet", proc, port, log)
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"{name} did not report listening within {timeout:.0f} s:\n{tail(log)}")
+    return spawn_edgefleet(
+        name,
+        pinned(cmd, cpu),
+        work / f"{name}.log",
+        store=store,
+        timeout=timeout,
+        listen_timeout=timeout,
+    )
 
 
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-master_process off;
-pid {work}/{name}.pid;
-error_log {work}/{name}-error.log warn;
-
-events {{
-    worker_connections 4096;
-    use epoll;
-}}
-
-http {{
-    types {{
-        video/iso.segment m4s;
-    }}
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush off;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    {access_log}
-    client_body_temp_path {work}/{name}-tmp/body;
-    proxy_temp_path {work}/{name}-tmp/proxy;
-    fastcgi_temp_path {work}/{name}-tmp/fastcgi;
-    uwsgi_temp_path {work}/{name}-tmp/uwsgi;
-    scgi_temp_path {work}/{name}-tmp/scgi;
-
-    server {{
-        listen {host}:{port};
-        root {work}/origin;
-        location / {{
-        }}
-    }}
-}}
-"""
-
-
-def start_nginx(work: Path, name: str, exe: str, cpu: int, access_log: bool) -> Server:
-    port = free_port()
-    (work / f"{name}-tmp").mkdir()
+def start_nginx_server(work: Path, name: str, exe: str, cpu: int, access_log: bool) -> Server:
     log_line = (
         f"access_log {work}/{name}-access.log combined buffer=64k flush=1s;"
         if access_log
         else "access_log off;"
     )
-    conf = work / f"{name}.conf"
-    conf.write_text(
-        NGINX_CONF.format(work=work, name=name, host=HOST, port=port, access_log=log_line)
-    )
-    log = work / f"{name}.log"
-    cmd = [
-        "taskset",
-        "-c",
-        str(cpu),
-        exe,
-        "-p",
-        str(work),
-        "-c",
-        str(conf),
-        "-e",
-        str(work / f"{name}-error.log"),
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            preexec_fn=_die_with_us,
-        )
-    wait_listening(port, proc, log, 30)
-    return Server(name, "nginx", proc, port, log)
+    return start_nginx(work, name, exe, cpu, log_line)
 
 
 # -- HTTP checks and warming ----------------------------------------------------
@@ -465,13 +299,9 @@ def edgefleet_counts(server: Server) -> dict[str, float]:
     if status != 200:
         raise RuntimeError(f"{server.name}: /_edge/metrics answered {status}")
     counts: dict[str, float] = {}
-    pat = re.compile(r"^edgefleet_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
-    for line in body.decode().splitlines():
-        m = pat.match(line)
-        if m:
-            cache = re.search(r'cache="([^"]*)"', m.group("labels"))
-            key = cache.group(1) if cache else "?"
-            counts[key] = counts.get(key, 0.0) + float(m.group("value"))
+    for _, labels, value in metric_samples(body.decode(), ["edgefleet_requests_total"]):
+        key = labels.get("cache", "?")
+        counts[key] = counts.get(key, 0.0) + value
     return counts
 
 
@@ -526,7 +356,7 @@ def page_cache_check(work: Path, corpus: Corpus, servers: list[Server]) -> dict[
     return rates
 
 
-def warm(server: Server, corpus: Corpus, log: Callable[[str], None]) -> None:
+def warm(server: Server, corpus: Corpus) -> None:
     """Fetch everything, let the stores settle, fetch everything again."""
     paths = corpus.all_paths()
     t0 = time.monotonic()
@@ -706,23 +536,23 @@ def run_wrk(
     seed: int,
     round_: int,
 ) -> Run:
-    cmd = [
-        "taskset",
-        "-c",
-        str(client_cpu),
-        wrk,
-        "-t1",
-        f"-c{connections}",
-        f"-d{max(1, round(duration))}s",
-        "--latency",
-        "-s",
-        str(work / scenario.lua),
-        f"http://{HOST}:{server.port}/",
-        "--",
-        *lua_args(scenario, corpus, seed),
-    ]
+    cmd = pinned(
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(work / scenario.lua),
+            f"http://{HOST}:{server.port}/",
+            "--",
+            *lua_args(scenario, corpus, seed),
+        ],
+        client_cpu,
+    )
     tck = os.sysconf("SC_CLK_TCK")
-    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before_children = rusage_seconds(resource.RUSAGE_CHILDREN)
     core0 = core_ticks(server_cpu)
     ticks0 = cpu_ticks(server.pid)
     t0 = time.monotonic()
@@ -730,7 +560,7 @@ def run_wrk(
     wall = time.monotonic() - t0
     ticks1 = cpu_ticks(server.pid)
     core1 = core_ticks(server_cpu)
-    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after_children = rusage_seconds(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()}")
     w = parse_wrk(out.stdout)
@@ -738,9 +568,7 @@ def run_wrk(
     core_total = max(1, core1[2] - core0[2])
     other_pct = 100.0 * ((core1[0] - core0[0]) - (ticks1 - ticks0)) / core_total
     steal_pct = 100.0 * (core1[1] - core0[1]) / core_total
-    client_cpu = (after_children.ru_utime - before_children.ru_utime) + (
-        after_children.ru_stime - before_children.ru_stime
-    )
+    client_cpu = after_children - before_children
     problems: list[str] = []
     if w.non_2xx:
         problems.append(f"{w.non_2xx} non-2xx/3xx responses")
@@ -881,8 +709,7 @@ def print_table(
     )
     print()
     print(f"results ({how} of each server's runs)")
-    print(head)
-    print("-" * len(head))
+    print_header(head)
     for sc in scenarios:
         first = True
         for e_name, n_name in pairs:
@@ -964,15 +791,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--seed", type=int, default=1, help="seed for the files and the requests (default 1)"
     )
-    p.add_argument(
-        "--edgefleet",
-        default=DEFAULT_EDGEFLEET,
-        help="the edgefleet executable (default: beside this Python)",
-    )
-    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="nginx")
+    add_executable_args(p)
     p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="wrk")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (for debugging)")
+    add_output_args(p)
     args = p.parse_args(argv)
     quick = (3.0, 1, 1.0)
     full = (10.0, 2, 2.0)
@@ -990,63 +811,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--rounds and --duration must be at least 1")
     if args.server_cpu == args.client_cpu:
         p.error("--server-cpu and --client-cpu must differ")
-    cpus = os.sched_getaffinity(0)
-    for opt, cpu in (("--server-cpu", args.server_cpu), ("--client-cpu", args.client_cpu)):
-        if cpu not in cpus:
-            p.error(f"{opt} {cpu}: not one of this process's CPUs {sorted(cpus)}")
-    for opt, exe in (("--edgefleet", args.edgefleet), ("--nginx", args.nginx), ("--wrk", args.wrk)):
-        if not (shutil.which(exe) or os.access(exe, os.X_OK)):
-            p.error(f"{opt}: {exe} is not an executable")
+    check_cpus(p, [("--server-cpu", args.server_cpu), ("--client-cpu", args.client_cpu)])
+    check_executables(
+        p, [("--edgefleet", args.edgefleet), ("--nginx", args.nginx), ("--wrk", args.wrk)]
+    )
     if shutil.which("taskset") is None:
         p.error("taskset (util-linux) is needed")
     return args
 
 
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
-    try:
-        yield path
-    finally:
-        if keep:
-            print(f"work directory kept: {path}", file=sys.stderr)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-    }
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError):
-        info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
-    return info
-
-
-def version(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except OSError:
-        return "?"
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return text[0] if text else "?"
-
-
 def bench(args: argparse.Namespace, work: Path, servers: list[Server]) -> int:
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     scenarios: list[Scenario] = args.scenario_list
     log(f"work directory {work}")
     log(
@@ -1062,7 +836,7 @@ def bench(args: argparse.Namespace, work: Path, servers: list[Server]) -> int:
             work, f"edgefleet{suffix}", args.edgefleet, args.server_cpu, access_log, 60
         )
         servers.append(e)
-        n = start_nginx(work, f"nginx{suffix}", args.nginx, args.server_cpu, access_log)
+        n = start_nginx_server(work, f"nginx{suffix}", args.nginx, args.server_cpu, access_log)
         servers.append(n)
         pairs.append((e.name, n.name))
     for s in servers:
@@ -1074,7 +848,7 @@ def bench(args: argparse.Namespace, work: Path, servers: list[Server]) -> int:
 
     log("warming (every object fetched twice from each server)")
     for s in servers:
-        warm(s, corpus, log)
+        warm(s, corpus)
     cache_rates = page_cache_check(work, corpus, servers)
     log(
         "  page cache read speed of the 2 MiB files: "
@@ -1210,31 +984,19 @@ def bench(args: argparse.Namespace, work: Path, servers: list[Server]) -> int:
             "notes": notes,
             "warnings": warnings,
         }
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(args.json, doc)
         log(f"results written to {args.json}")
     return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    servers: list[Server] = []
-    try:
-        with workdir(args.keep) as work:
-            try:
-                return bench(args, work, servers)
-            finally:
-                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(signum, signal.SIG_IGN)  # let the cleanup finish
-                for s in servers:
-                    s.stop()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (RuntimeError, ValueError, OSError) as exc:
-        print(f"serve_vs_nginx: {exc}", file=sys.stderr)
-        return 2
+    return run_in_workdir(
+        "serve_vs_nginx",
+        "edgefleet-bench-",
+        args.keep,
+        lambda work, servers: bench(args, work, servers),
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,436 @@
+"""Pieces the benchmark scripts share: server processes, CPU accounting, output.
+
+The scripts in ``bench/`` run ``edgefleet serve`` and nginx as child processes
+on loopback, read CPU time from ``/proc``, print fixed-width tables and write
+their results as JSON. What they do alike lives here; what each measures stays
+in the script. Import it as ``from benchlib import ...``: a script run as
+``python bench/X.py`` has ``bench/`` first on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, NamedTuple
+
+HOST = "127.0.0.1"  # loopback only, by design
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+DEFAULT_EDGEFLEET = str(Path(sys.executable).with_name("edgefleet"))
+
+
+def log(msg: str) -> None:
+    """Progress on stderr, so stdout holds only the results."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write and fsync: nginx then serves clean page-cache pages, as edgefleet does
+    (its store fsyncs every slice). Pages still dirty, waiting for writeback, are
+    read markedly slower (2-3x for 2 MiB files here), which would handicap nginx
+    until the kernel's writeback happened to reach them."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- CPU accounting -----------------------------------------------------------------
+
+
+def cpu_ticks(pid: int, *, gone: int | None = None) -> int:
+    """utime + stime of the whole process (all its threads), in clock ticks.
+
+    A process that is gone raises ``OSError``, or counts as ``gone`` if given."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        if gone is None:
+            raise
+        return gone
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+class CpuTimes(NamedTuple):
+    """The first eight counters of a ``cpu`` line of /proc/stat, in clock ticks."""
+
+    user: int
+    nice: int
+    system: int
+    idle: int
+    iowait: int
+    irq: int
+    softirq: int
+    steal: int
+
+    @property
+    def busy(self) -> int:
+        """Time spent on work: user, nice, system, irq and softirq."""
+        return self.user + self.nice + self.system + self.irq + self.softirq
+
+    @property
+    def total(self) -> int:
+        return sum(self)
+
+
+def proc_stat() -> dict[str, CpuTimes]:
+    """The CPU counters of /proc/stat so far: ``"cpu"`` for all CPUs together,
+    ``"cpu0"``, ``"cpu1"``, ... for each one."""
+    out: dict[str, CpuTimes] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu"):
+                words = line.split()
+                out[words[0]] = CpuTimes(*(int(x) for x in words[1:9]))
+    return out
+
+
+def rusage_seconds(who: int) -> float:
+    """User + system CPU seconds of ``resource.RUSAGE_SELF`` or ``RUSAGE_CHILDREN``."""
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def allowed_cpus(pid: int) -> set[str]:
+    """The CPU lists every thread of ``pid`` may run on."""
+    lists: set[str] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    lists.add(line.split(":", 1)[1].strip())
+    return lists
+
+
+# -- processes ----------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_us() -> None:
+    """In the child, before exec: killed if this script dies without cleaning up."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    """``cmd`` under ``taskset -c cpu``, or as it is for ``None``."""
+    return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
+
+
+def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server in its own session, stdout and stderr into ``log_path``."""
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=die_with_us,
+        )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_listening(
+    port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log_path)}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server not listening on {HOST}:{port} after {timeout:.0f} s")
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    kind: str = ""  # "edgefleet" or "nginx"
+    store: Path | None = None  # edgefleet's store directory
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+LISTENING = re.compile(r"edgefleet serve: listening on http://127\.0\.0\.1:(\d+)")
+
+
+def spawn_edgefleet(
+    name: str,
+    cmd: list[str],
+    log_path: Path,
+    *,
+    store: Path | None = None,
+    timeout: float = 60.0,
+    listen_timeout: float = 30.0,
+) -> Server:
+    """Run an ``edgefleet serve --listen 127.0.0.1:0`` command line; its port is the
+    one it reports in its log. A process that does not come up is stopped."""
+    proc = spawn(cmd, log_path)
+    server = Server(name, proc, 0, log_path, "edgefleet", store)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            m = LISTENING.search(log_path.read_text(errors="replace"))
+            if m:
+                server.port = int(m.group(1))
+                wait_listening(server.port, proc, log_path, listen_timeout)
+                return server
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log_path)}")
+            time.sleep(0.05)
+        proc.kill()
+        raise RuntimeError(
+            f"{name} did not report listening within {timeout:.0f} s:\n{tail(log_path)}"
+        )
+    except BaseException:
+        server.stop()
+        raise
+
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+master_process off;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log warn;
+
+events {{
+    worker_connections 4096;
+    use epoll;
+}}
+
+http {{
+    types {{
+        video/iso.segment m4s;
+    }}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush off;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    {directives}
+    client_body_temp_path {work}/{name}-tmp/body;
+    proxy_temp_path {work}/{name}-tmp/proxy;
+    fastcgi_temp_path {work}/{name}-tmp/fastcgi;
+    uwsgi_temp_path {work}/{name}-tmp/uwsgi;
+    scgi_temp_path {work}/{name}-tmp/scgi;
+
+    server {{
+        listen {host}:{port};
+        root {work}/origin;
+        location / {{
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(
+    work: Path, name: str, exe: str, cpu: int | None, directives: str, timeout: float = 30.0
+) -> Server:
+    """nginx, one worker without a master, serving ``work/origin`` on a free port.
+    ``directives`` go into its ``http`` block (the access log, at least)."""
+    port = free_port()
+    (work / f"{name}-tmp").mkdir()
+    conf = work / f"{name}.conf"
+    conf.write_text(
+        NGINX_CONF.format(work=work, name=name, host=HOST, port=port, directives=directives)
+    )
+    log_path = work / f"{name}.log"
+    cmd = pinned(
+        [exe, "-p", str(work), "-c", str(conf), "-e", str(work / f"{name}-error.log")], cpu
+    )
+    server = Server(name, spawn(cmd, log_path), port, log_path, "nginx")
+    try:
+        wait_listening(port, server.proc, log_path, timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def metric_samples(text: str, names: Iterable[str]) -> Iterator[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample of the metrics ``names`` in a Prometheus
+    text exposition (``/_edge/metrics``)."""
+    wanted = set(names)
+    pat = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$")
+    for line in text.splitlines():
+        m = pat.match(line)
+        if m and m.group(1) in wanted:
+            yield m.group(1), dict(re.findall(r'(\w+)="([^"]*)"', m.group(2))), float(m.group(3))
+
+
+# -- command line, work directory, cleanup --------------------------------------------
+
+
+def add_executable_args(p: argparse.ArgumentParser) -> None:
+    """``--edgefleet`` and ``--nginx``."""
+    p.add_argument(
+        "--edgefleet",
+        default=DEFAULT_EDGEFLEET,
+        help="the edgefleet executable (default: beside this Python)",
+    )
+    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="nginx")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--keep``."""
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (for debugging)")
+
+
+def check_cpus(p: argparse.ArgumentParser, options: Iterable[tuple[str, int]]) -> None:
+    """Every (option, CPU) must name a CPU this process may run on."""
+    cpus = os.sched_getaffinity(0)
+    for opt, cpu in options:
+        if cpu not in cpus:
+            p.error(f"{opt} {cpu}: not one of this process's CPUs {sorted(cpus)}")
+
+
+def check_executables(p: argparse.ArgumentParser, options: Iterable[tuple[str, str]]) -> None:
+    """Every (option, executable) must be on ``PATH`` or an executable file."""
+    for opt, exe in options:
+        if not (shutil.which(exe) or os.access(exe, os.X_OK)):
+            p.error(f"{opt}: {exe} is not an executable")
+
+
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def workdir(keep: bool, prefix: str) -> Iterator[Path]:
+    """A new temporary directory, removed afterwards unless ``keep``."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if keep:
+            log(f"work directory kept: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_in_workdir(
+    prog: str, prefix: str, keep: bool, bench: Callable[[Path, list[Server]], int]
+) -> int:
+    """``bench(work, servers)`` in a temporary work directory, SIGTERM and SIGHUP
+    taken as Ctrl-C. Whatever happens, the servers ``bench`` added to ``servers``
+    are stopped (last started first) and the directory removed. Returns ``bench``'s
+    exit status, 130 when interrupted, 2 on an error (printed after ``prog``)."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    servers: list[Server] = []
+    try:
+        with workdir(keep, prefix) as work:
+            try:
+                return bench(work, servers)
+            finally:
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(signum, signal.SIG_IGN)  # let the cleanup finish
+                for s in reversed(servers):
+                    s.stop()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+
+
+# -- output ---------------------------------------------------------------------------
+
+
+def print_header(head: str) -> None:
+    """A table's column heads, underlined."""
+    print(head)
+    print("-" * len(head))
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    return info
+
+
+def version(cmd: list[str]) -> str:
+    """The first line ``cmd`` prints (``--version`` and the like), or ``?``."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return "?"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+def write_json(path: str | Path, doc: dict[str, Any]) -> None:
+    """``doc`` as indented JSON (what JSON cannot hold, as strings), with a final newline."""
+    Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
