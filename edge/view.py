@@ -1,0 +1,108 @@
+"""What the hot path knows of a stored object: a ``View``.
+
+Header lines are built once per object version, slice files are kept open
+(``OpenFile``; closed when the last response using them is done), and a small
+complete object is kept in memory so its hit is one ``sendmsg``. A view never
+mixes versions: it belongs to one generation of the object, and the appliance
+drops it when the index says that generation changed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from edge.connection import OpenFile
+from edge.httpdate import format_http_date
+from edge.response import cors_lines
+from edge.store import StoredObject
+
+SMALL_OBJECT_MAX = 32 * 1024  # objects this small are answered from memory
+SMALL_BUDGET = 64 * 1024 * 1024  # per worker
+
+
+class View:
+    """A stored object as the hot path needs it: header lines built once, slice
+    files kept open, and the bytes themselves when the object is small."""
+
+    __slots__ = (
+        "born",
+        "common",
+        "ctype",
+        "etag",
+        "files",
+        "fresh_until",
+        "full",
+        "key",
+        "last_modified",
+        "obj",
+        "paths",
+        "size",
+        "slice_size",
+        "small",
+        "typed",
+    )
+    small_bytes = 0  # bytes held in ``small`` by all views of this process
+
+    def __init__(self, obj: StoredObject, cors: str) -> None:
+        meta = obj.meta
+        self.obj = obj
+        self.key = obj.key
+        self.size = meta.size
+        self.etag = meta.etag
+        self.last_modified = meta.last_modified
+        self.slice_size = obj.slice_size
+        self.ctype = meta.content_type
+        self.fresh_until = meta.fresh_until
+        self.born = meta.born
+        self.paths: list[str | None] = [
+            obj.slice_path(i) if i in obj.slices else None for i in range(obj.slice_count)
+        ]
+        self.files: list[OpenFile | None] = [None] * len(self.paths)
+        self.small: bytes | None = None
+        lines = [
+            "Accept-Ranges: bytes",
+            f"ETag: {meta.etag}",
+            f"Last-Modified: {format_http_date(meta.last_modified)}",
+        ]
+        if meta.cache_control:
+            lines.append(f"Cache-Control: {meta.cache_control}")
+        self.common = ("\r\n".join(lines) + "\r\n").encode("latin-1") + cors_lines(cors)
+        self.typed = self.common + f"Content-Type: {meta.content_type}\r\n".encode("latin-1")
+        self.full = self.typed + f"Content-Length: {meta.size}\r\n".encode()
+
+    def file(self, idx: int) -> OpenFile:
+        f = self.files[idx]
+        if f is None:
+            path = self.paths[idx]
+            assert path is not None
+            f = self.files[idx] = OpenFile(path)
+        return f
+
+    def add_slices(self, obj: StoredObject) -> None:
+        """Slices of the same version stored since the view was made."""
+        for idx in obj.slices:
+            if self.paths[idx] is None:
+                self.paths[idx] = obj.slice_path(idx)
+
+    def keep_small(self, data: bytes) -> None:
+        """Hold the bytes of a small single-slice object just stored."""
+        if (
+            self.small is None
+            and len(self.paths) == 1
+            and len(data) == self.size <= SMALL_OBJECT_MAX
+            and View.small_bytes + self.size <= SMALL_BUDGET
+        ):
+            self.small = data
+            View.small_bytes += self.size
+
+    def load(self) -> None:
+        """Open the first slice file, and read a small complete object (in a thread)."""
+        if not self.paths or self.paths[0] is None:
+            return
+        f = self.file(0)
+        if len(self.paths) == 1 and self.size <= SMALL_OBJECT_MAX:
+            self.keep_small(os.pread(f.fd, self.size, 0))
+
+    def __del__(self) -> None:
+        if self.small is not None:
+            View.small_bytes -= len(self.small)
