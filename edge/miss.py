@@ -111,7 +111,10 @@ class MissPath:
                     if learnt is None:
                         return self.error(req, 404, "not found at the origin", key=key)
                     if isinstance(learnt, ObjectMeta):
-                        return self._answer_unstored(req, key, learnt)
+                        resp = self._answer_unstored(req, key, learnt)
+                        if isinstance(resp.stream, MissStream):
+                            await resp.stream.first_fetch().started()
+                        return resp
                     obj = learnt
                 view = await self._load(obj)
             if not is_fresh(view.fresh_until, time.time()):

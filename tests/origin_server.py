@@ -42,6 +42,7 @@ class Asked:
 @dataclass
 class Faults:
     fail: int = 0  # answer this many requests with 500
+    fail_gets: int = 0  # answer this many GETs (not HEADs) with 500
     hang: bool = False  # accept, never answer
     drop_after: int | None = None  # send this many body bytes, then cut the connection
     hold: threading.Event | None = None  # send 1 KiB of a body, wait for this
@@ -87,6 +88,10 @@ class OriginServer:
         faults = self.faults
         if faults.hang:
             await asyncio.sleep(3600)
+        if faults.fail_gets and request.method == "GET":
+            faults.fail_gets -= 1
+            asked.status = 500
+            return web.Response(status=500, text="origin trouble\n")
         if faults.fail:
             faults.fail -= 1
             asked.status = 500

@@ -420,3 +420,15 @@ def test_an_origin_that_ignores_if_match_never_makes_a_torn_object(
         assert app.get("/movie.mp4")[2] == v2  # and that is what was stored
     finally:
         assert app.stop() == 0
+
+
+def test_an_origin_error_on_unstored_content_is_a_502(tmp_path: Path, origin: OriginServer) -> None:
+    origin.put("mine.m3u8", b"#EXTM3U\n", cache_control="no-store")
+    app = start(tmp_path, origin.url)
+    try:
+        assert app.get("/mine.m3u8")[2] == b"#EXTM3U\n"
+        origin.faults.fail_gets = 1  # the HEAD answers, the GET of the bytes fails
+        status, _, body = app.get("/mine.m3u8")
+        assert status == 502 and b"origin" in body
+    finally:
+        assert app.stop() == 0
