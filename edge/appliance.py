@@ -500,8 +500,7 @@ class Appliance(MissPath):
     def shed_files(self) -> None:
         """Out of file descriptors: forget half the views (their files close)."""
         log.error("out of file descriptors: forgetting half of %d views", len(self.views))
-        for key in list(itertools.islice(self.views, len(self.views) // 2 + 1)):
-            del self.views[key]
+        self._forget_oldest(len(self.views) // 2 + 1)
         self.max_open_files = max(64, OpenFile.count // 2)
 
     async def _load(self, obj: StoredObject) -> View:
@@ -523,8 +522,11 @@ class Appliance(MissPath):
             if old.small is not None:
                 view.keep_small(old.small)
         if len(views) >= MAX_VIEWS or OpenFile.count > self.max_open_files:
-            # forget the oldest tenth (insertion order): their files close
-            # once no response sends from them any more
-            for key in list(itertools.islice(views, len(views) // 10 + 1)):
-                del views[key]
+            self._forget_oldest(len(views) // 10 + 1)
         views[view.key] = view
+
+    def _forget_oldest(self, count: int) -> None:
+        """Drop the ``count`` oldest views (insertion order); their files close
+        once no response sends from them any more."""
+        for key in list(itertools.islice(self.views, count)):
+            del self.views[key]

@@ -22,7 +22,7 @@ from edge.connection import FileSpan, OpenFile, Part, Request, Response
 from edge.freshness import is_fresh, may_serve_stale_on_error
 from edge.meta import ObjectMeta
 from edge.origin import OriginChanged, OriginError, OriginTimeout
-from edge.pull import SliceFetch
+from edge.pull import SliceFetch, shared
 from edge.store import StoredObject
 from edge.view import SMALL_OBJECT_MAX, View
 
@@ -160,12 +160,7 @@ class MissPath:
         """Ask the origins what ``key`` is and index it (``ObjectMeta`` alone for
         what may not be stored; ``None``: no origin has it). Concurrent misses
         share one: until the index has the object, a second HEAD would be waste."""
-        fut = self.learning.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(self._learn_now(key))
-            self.learning[key] = fut
-            fut.add_done_callback(lambda _f: self.learning.pop(key, None))
-        return await asyncio.shield(fut)
+        return await shared(self.learning, key, lambda: self._learn_now(key))
 
     async def _learn_now(self, key: str) -> StoredObject | ObjectMeta | None:
         meta = await self.puller.head(key)
@@ -185,13 +180,8 @@ class MissPath:
         """A stale view made fresh (304), replaced (200), or ``None`` (gone);
         on an origin error, the stale view when RFC 9111 allows it."""
         key, meta = view.key, view.obj.meta
-        fut = self.revalidations.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(self.puller.revalidate(key, meta))
-            self.revalidations[key] = fut
-            fut.add_done_callback(lambda _f: self.revalidations.pop(key, None))
         try:
-            new = await asyncio.shield(fut)
+            new = await shared(self.revalidations, key, lambda: self.puller.revalidate(key, meta))
         except OriginError:
             if may_serve_stale_on_error(
                 meta.fresh_until, meta.stale_if_error, meta.must_revalidate, time.time()

@@ -37,6 +37,19 @@ BACKOFF_BASE = 0.1
 NEGATIVE_MAX = 100_000
 
 
+async def shared(
+    table: dict[str, asyncio.Future[T]], key: str, start: Callable[[], Awaitable[T]]
+) -> T:
+    """``start()``'s result, one run for all concurrent callers with this key.
+    It runs as its own task: a caller that goes away cancels nothing shared."""
+    fut = table.get(key)
+    if fut is None:
+        fut = asyncio.ensure_future(start())
+        table[key] = fut
+        fut.add_done_callback(lambda _f: table.pop(key, None))
+    return await asyncio.shield(fut)
+
+
 class SliceFetch:
     """The bytes of one slice as they arrive from an origin."""
 
@@ -206,12 +219,7 @@ class Puller:
     async def head(self, key: str) -> ObjectMeta | None:
         """What ``key`` is at the first origin that has it; ``None``: no origin has it.
         Concurrent calls for one key share one request."""
-        fut = self.heads.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(self._head(key))
-            self.heads[key] = fut
-            fut.add_done_callback(lambda _f: self.heads.pop(key, None))
-        return await asyncio.shield(fut)
+        return await shared(self.heads, key, lambda: self._head(key))
 
     async def _head(self, key: str) -> ObjectMeta | None:
         # Each origin in turn: one that does not have it, or fails, passes the
