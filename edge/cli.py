@@ -1,8 +1,11 @@
 """The ``edgefleet`` command: ``serve`` an appliance, ``scrub`` its store.
 
-Later parts of the fleet add their own subcommands here (``steer``, ``fill``,
-``demo``). A configuration problem exits with status 2 and one line naming the
-option.
+The other parts of the fleet add their own subcommands (``fill``, ``steer``,
+``demo``) through the ``edgefleet.commands`` entry point group, so edge never
+imports them: each entry point is a function ``register(subparsers)`` that adds
+its parser and sets ``run`` (a function of the parsed arguments returning the
+exit status) as a default. A configuration problem exits with status 2 and one
+line naming the option.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib.metadata import entry_points
 
 from edge import __version__
 from edge.config import ConfigError, add_serve_flags, load_serve_config
@@ -27,12 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
         "scrub", help="reread every stored slice; drop and count those whose checksum fails"
     )
     add_serve_flags(scrub)
+    for ep in sorted(entry_points(group="edgefleet.commands"), key=lambda ep: ep.name):
+        ep.load()(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    run = getattr(args, "run", None)
+    if run is not None:
+        return int(run(args))
     try:
         cfg = load_serve_config(args)
     except ConfigError as exc:
