@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS objects (
     born REAL,
     stale_if_error REAL NOT NULL DEFAULT 0,
     must_revalidate INTEGER NOT NULL DEFAULT 0,
+    digest TEXT,
     slice_size INTEGER NOT NULL,
     stored INTEGER NOT NULL DEFAULT 0,
     pinned INTEGER NOT NULL DEFAULT 0,
@@ -164,6 +165,33 @@ class StoredObject:
 
     def slice_path(self, idx: int) -> str:
         return slice_path(self.root.path, self.key, self.gen, idx)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What the store holds of one object, in brief (for the fill's plan)."""
+
+    key: str
+    size: int
+    etag: str
+    stored: int
+    pinned: bool
+    digest: str | None  # xxh3-64 of the whole object, once a fill verified it
+    root: int
+
+    @property
+    def complete(self) -> bool:
+        return self.stored == self.size
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A slice written and fsynced to a temp file, not yet in the store."""
+
+    idx: int
+    path: str
+    size: int
+    checksum: str
 
 
 @dataclass(frozen=True)
@@ -297,6 +325,7 @@ class Store:
                 ("born", "REAL"),
                 ("stale_if_error", "REAL NOT NULL DEFAULT 0"),
                 ("must_revalidate", "INTEGER NOT NULL DEFAULT 0"),
+                ("digest", "TEXT"),
             ):
                 if column not in have:  # an index made by an earlier version
                     conn.execute(f"ALTER TABLE objects ADD COLUMN {column} {decl}")
@@ -441,7 +470,7 @@ class Store:
             )
 
     @staticmethod
-    def _clean_temp(root: Root, now: float) -> int:
+    def _clean_temp(root: Root, now: float, mine: bool = True) -> int:
         removed = 0
         try:
             names = os.listdir(root.tmp_dir)
@@ -457,7 +486,7 @@ class Store:
                 old = now - os.stat(path).st_mtime > TEMP_MAX_AGE_SECONDS
             except OSError:
                 continue
-            if pid == os.getpid() or pid <= 0 or old or not _pid_alive(pid):
+            if (mine and pid == os.getpid()) or pid <= 0 or old or not _pid_alive(pid):
                 with contextlib.suppress(OSError):
                     os.unlink(path)
                     removed += 1
@@ -888,6 +917,118 @@ class Store:
             if not self.put_slice(obj, idx, view[start : start + length]):
                 raise StoreError(f"{key!r}: no room for slice {idx} on {obj.root.path}")
         return obj
+
+    # -- whole objects, verified before they appear (the fill) -------------------
+
+    def stage(self, obj: StoredObject, idx: int, chunks: list[bytes]) -> Staged:
+        """Write slice ``idx`` of ``obj`` to a fsynced temp file, outside the
+        index: nothing serves it until ``commit_object``."""
+        size = sum(len(c) for c in chunks)
+        _, length = slice_bounds(idx, obj.meta.size, obj.slice_size)
+        if not 0 <= idx < obj.slice_count or size != length:
+            raise StoreError(f"slice {idx} of {obj.key!r} must be {length} bytes, got {size}")
+        try:
+            tmp, n, digest = self._write_temp(obj.root, chunks)
+        except OSError as exc:
+            self._count_write_error(exc, obj.root)
+            raise
+        return Staged(idx, tmp, n, digest)
+
+    @staticmethod
+    def discard(staged: Iterable[Staged]) -> None:
+        for st in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(st.path)
+
+    def commit_object(
+        self, obj: StoredObject, staged: list[Staged], digest: str, *, pinned: bool = True
+    ) -> bool:
+        """Make ``staged`` slices part of ``obj`` in one transaction (all of them
+        or none), record the whole object's ``digest`` and pin it. False (and the
+        staged files removed) when the object was replaced meanwhile or the
+        room cannot be made; the caller decides what room to free first."""
+        now = self.clock()
+        renamed: list[tuple[str, str]] = []
+        doomed: list[str] | None = []
+        try:
+            with self._write() as c:
+                row = c.execute("SELECT gen FROM objects WHERE key=?", (obj.key,)).fetchone()
+                if row is None or row[0] != obj.gen or obj.root.failed:
+                    return False
+                have = {
+                    idx for (idx,) in c.execute("SELECT idx FROM slices WHERE key=?", (obj.key,))
+                }
+                fresh = [st for st in staged if st.idx not in have]
+                total = sum(st.size for st in fresh)
+                doomed = self._make_room(c, obj.root, total, obj.key, now)
+                if doomed is None:
+                    return False
+                for st in fresh:
+                    final = obj.slice_path(st.idx)
+                    os.makedirs(os.path.dirname(final), exist_ok=True)
+                    os.rename(st.path, final)
+                    renamed.append((st.path, final))
+                c.executemany(
+                    "INSERT INTO slices(key, idx, size, checksum) VALUES (?, ?, ?, ?)",
+                    [(obj.key, st.idx, st.size, st.checksum) for st in fresh],
+                )
+                c.execute(
+                    "UPDATE objects SET stored = stored + ?, digest = ?, pinned = ? WHERE key=?",
+                    (total, digest, int(pinned), obj.key),
+                )
+                c.execute("UPDATE roots SET used = used + ? WHERE id=?", (total, obj.root.id))
+                c.execute("INSERT INTO changes(key, at) VALUES (?, ?)", (obj.key, now))
+            renamed = []
+        except OSError as exc:
+            self._count_write_error(exc, obj.root)
+            return False
+        finally:
+            if renamed:  # rolled back: the renamed files belong to no row
+                self._unlink_all(final for _, final in renamed)
+            self.discard(st for st in staged if os.path.exists(st.path))
+        for st in staged:
+            obj.slices.setdefault(st.idx, st.size)
+        obj.pinned = pinned
+        self._unlink_all(doomed or [])
+        return True
+
+    def set_digest(self, key: str, gen: str, digest: str) -> bool:
+        """Record that version ``gen`` of ``key`` was read whole and hashes to ``digest``."""
+        with self._write() as c:
+            cur = c.execute("UPDATE objects SET digest=? WHERE key=? AND gen=?", (digest, key, gen))
+            return cur.rowcount > 0
+
+    def holdings(self) -> list[Holding]:
+        """Every object on a usable root, in brief."""
+        usable = [r.id for r in self.usable_roots()]
+        if not usable:
+            return []
+        marks = ",".join("?" * len(usable))
+        rows = self._conn().execute(
+            "SELECT key, size, etag, stored, pinned, digest, root FROM objects "
+            f"WHERE root IN ({marks})",
+            usable,
+        )
+        return [Holding(k, sz, et, st, bool(p), d, r) for k, sz, et, st, p, d, r in rows]
+
+    def tidy(self) -> tuple[int, int]:
+        """Remove temp files of writers that died, and slice files no row names
+        (a rename whose transaction never committed). Safe while others write:
+        their temp files carry live pids, and renames happen under the write
+        lock this holds. Returns (temp files, orphans) removed."""
+        now = self.clock()
+        temps = sum(self._clean_temp(r, now, mine=False) for r in self.usable_roots())
+        orphans = 0
+        with self._write() as c:
+            names: dict[int, set[str]] = {r.id: set() for r in self.usable_roots()}
+            for key, idx, gen, rid in c.execute(
+                "SELECT s.key, s.idx, o.gen, o.root FROM slices s JOIN objects o USING (key)"
+            ):
+                if rid in names:
+                    names[rid].add(f"{key_hash(key)}.{gen}.{idx}")
+            for root in self.usable_roots():
+                orphans += self._remove_orphans(root, names[root.id])
+        return temps, orphans
 
     def pin(self, keys: Iterable[str], pinned: bool = True) -> int:
         with self._write() as c:
