@@ -1,0 +1,55 @@
+"""Popularity from access logs: the manifest an operator gets without a planner.
+
+Rules it keeps: pure (lines and ``now`` in, scores out); each ``GET`` of a
+content key answered 200 or 206 counts once, weighted ``0.5 ** (age /
+half_life)``; lines that are not edgefleet access-log JSON, operational
+endpoints (``_edge/``) and errors are skipped and counted, never fatal, since
+logs are rotated and cut mid-line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from edge.keys import KeyError400, check_key, is_reserved
+
+
+@dataclass
+class Popularity:
+    scores: dict[str, float] = field(default_factory=dict)
+    lines: int = 0
+    counted: int = 0
+    skipped: int = 0
+
+
+def _when(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def count(
+    lines: Iterable[str], now: float, half_life: float, into: Popularity | None = None
+) -> Popularity:
+    """Decayed request counts per key from JSON access-log lines."""
+    pop = into or Popularity()
+    for line in lines:
+        pop.lines += 1
+        try:
+            rec = json.loads(line)
+            if rec.get("method") != "GET" or rec.get("status") not in (200, 206):
+                pop.skipped += 1
+                continue
+            key = rec["key"]
+            check_key(key)
+            if is_reserved(key):
+                pop.skipped += 1
+                continue
+            age = max(0.0, now - _when(rec["time"]))
+        except (ValueError, KeyError, TypeError, AttributeError, KeyError400):
+            pop.skipped += 1
+            continue
+        pop.scores[key] = pop.scores.get(key, 0.0) + 0.5 ** (age / half_life)
+        pop.counted += 1
+    return pop
