@@ -10,7 +10,9 @@ per-process: they are read from the index at scrape time (``StoreCollector``).
 from __future__ import annotations
 
 import bisect
+import json
 import os
+import re
 from collections.abc import Iterator
 
 from prometheus_client import (
@@ -158,9 +160,25 @@ class StoreCollector(Collector):
         draining = GaugeMetricFamily("edgefleet_draining", "1 while the appliance is drained")
         draining.add_metric([], int(self.store.get_state("draining") == "1"))
         yield draining
+        yield from _fill_figures(self.store.get_state("fill"))
         info = GaugeMetricFamily("edgefleet_info", "Version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
+
+
+def _fill_figures(text: str) -> Iterator[GaugeMetricFamily]:
+    """The last fill's figures, as ``edgefleet fill`` left them in the index."""
+    try:
+        figures = json.loads(text) if text else {}
+    except ValueError:
+        return
+    if not isinstance(figures, dict):
+        return
+    for name, value in sorted(figures.items()):
+        if isinstance(value, int | float) and re.fullmatch(r"[a-z_]+", str(name)):
+            g = GaugeMetricFamily(f"edgefleet_fill_{name}", f"Fill: {name.replace('_', ' ')}")
+            g.add_metric([], float(value))
+            yield g
 
 
 def registry_for(store: Store) -> CollectorRegistry:

@@ -1,0 +1,132 @@
+"""The fill's own options: flags, or a ``[fill]`` table in the appliance's file.
+
+Rules it keeps: the store, index and origins come from the appliance's
+configuration (``edge.config``: the same file and flags), so a fill can never
+fill a store the appliance does not read; the fill's options are validated at
+start with an error naming the option both ways (``--rate`` / ``rate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.config import ConfigError, parse_duration, parse_size
+from fill.budget import Window, parse_rate
+
+
+@dataclass
+class FillConfig:
+    manifest: str | None = None
+    from_logs: list[str] = field(default_factory=list)
+    write_manifest: str | None = None
+    headroom: tuple[str, float] = ("fraction", 0.10)  # ("fraction", f) or ("bytes", n)
+    bytes_per_night: int | None = None
+    window: Window | None = None
+    rate: float | None = None  # bytes per second
+    concurrency: int = 8
+    peers: list[str] = field(default_factory=list)
+    log_half_life: float = 86400.0
+    report: str | None = None
+    metrics_file: str | None = None
+
+    def budget(self, capacity: int) -> int:
+        kind, value = self.headroom
+        room = capacity * value if kind == "fraction" else value
+        return max(0, int(capacity - room))
+
+
+def _headroom(value: Any) -> tuple[str, float]:
+    text = str(value).strip()
+    if text.endswith("%"):
+        pct = float(text[:-1])
+        if not 0 <= pct < 100:
+            raise ValueError("a percentage from 0 up to (not including) 100")
+        return ("fraction", pct / 100)
+    return ("bytes", float(parse_size(value)))
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or int(value) < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return int(value)
+
+
+def _urls(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        url = str(item).rstrip("/")
+        if not re.match(r"^https?://[^/]+$", url):
+            raise ValueError(f"{item!r} is not a peer appliance address like http://10.0.0.2:8080")
+        out.append(url)
+    return out
+
+
+def _paths(value: Any) -> list[str]:
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
+
+
+FILL_OPTIONS: dict[str, tuple[str, Any, str]] = {
+    "manifest": ("--manifest", str, "the manifest: a path, an http(s) URL or s3://bucket/key"),
+    "from_logs": ("--from-logs", _paths, "build the manifest from these access logs (repeat)"),
+    "write_manifest": ("--write-manifest", str, "save the manifest used (JSON lines) here"),
+    "headroom": ("--headroom", _headroom, "capacity kept for pull-through: 10%% or a size"),
+    "bytes_per_night": ("--bytes-per-night", parse_size, "most bytes to download in one run"),
+    "window": ("--window", Window.parse, "fill window, local time, e.g. 02:00-06:00"),
+    "rate": ("--rate", parse_rate, "bandwidth cap for all downloads, e.g. 500Mbit"),
+    "concurrency": ("--concurrency", _count, "objects downloaded at once (default 8)"),
+    "peers": ("--peer", _urls, "a peer appliance to fill from first (repeat)"),
+    "log_half_life": ("--log-half-life", parse_duration, "age that halves a logged request"),
+    "report": ("--report", str, "also write the final JSON report to this file"),
+    "metrics_file": ("--metrics-file", str, "write progress in Prometheus text format here"),
+}
+_REPEATABLE = {"from_logs", "peers"}
+
+
+def add_fill_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("fill")
+    for name, (flag, _, help_text) in FILL_OPTIONS.items():
+        if name in _REPEATABLE:
+            group.add_argument(flag, dest=f"fill_{name}", action="append", help=help_text)
+        else:
+            group.add_argument(flag, dest=f"fill_{name}", help=help_text)
+    group.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    group.add_argument("--now", action="store_true", help="run now, whatever the window says")
+
+
+def load_fill_config(args: argparse.Namespace) -> FillConfig:
+    raw: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        try:
+            with open(args.config, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            doc = {}  # the appliance's loader has already reported it
+        section = doc.get("fill", {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{args.config}: [fill] must be a table")
+        unknown = sorted(set(section) - set(FILL_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"{args.config}: unknown option {unknown[0]!r} in [fill] "
+                f"(known: {', '.join(sorted(FILL_OPTIONS))})"
+            )
+        raw.update(section)
+    for name in FILL_OPTIONS:
+        value = getattr(args, f"fill_{name}", None)
+        if value is not None:
+            raw[name] = value
+    cfg = FillConfig()
+    for name, value in raw.items():
+        flag, parser, _ = FILL_OPTIONS[name]
+        try:
+            setattr(cfg, name, parser(value))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"invalid {flag} / {name} = {value!r}: {exc}") from None
+    if cfg.manifest and cfg.from_logs:
+        raise ConfigError("give --manifest / manifest or --from-logs / from_logs, not both")
+    return cfg

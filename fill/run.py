@@ -1,0 +1,473 @@
+"""One fill run: plan, then download, verify, commit and evict inside the budgets.
+
+Theory of operation: the run opens the appliance's store (no recovery: the
+appliance may be serving from it), tidies what a killed run left, reads the
+manifest, plans (``fill.plan``, pure) and works through the plan with
+``concurrency`` workers: objects to verify first (local reads), then adds in
+plan order. A verified object is committed whole, pinned; room for it is made
+by removing objects of the plan's evict list on its root, least demand first,
+just before the commit that needs it. A watchdog ends the run when the fill
+window closes (or on SIGTERM/SIGINT): downloads in flight are cancelled and
+their staged slices removed; what was committed stays. Figures go to the index
+(the appliance's ``/_edge/metrics``), to ``--metrics-file``, to a progress bar
+on a terminal and to the final JSON report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TextIO
+
+from edge.config import ConfigError, ServeConfig
+from edge.origin import OriginChanged, OriginError
+from edge.serve import make_store
+from edge.store import Holding, StoredObject, StoreError
+from fill import manifest as manifests
+from fill.config import FillConfig
+from fill.download import Fetched, Sources, Throttle, fetch_object
+from fill.logs import Popularity, count
+from fill.plan import ADD, KEEP, Decision, Entry, Held, Plan, density, human_size, make_plan
+
+log = logging.getLogger("edgefleet.fill")
+
+PUBLISH_EVERY = 2.0
+
+
+@dataclass
+class Tally:
+    added: int = 0
+    added_bytes: int = 0
+    downloaded: dict[str, int] = field(default_factory=dict)
+    kept: int = 0
+    verified: int = 0
+    evicted: int = 0
+    evicted_bytes: int = 0
+    unpinned: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    mismatches: list[dict[str, str]] = field(default_factory=list)
+    done_bytes: int = 0  # bytes received, for the rate and the bar
+
+
+class FillRun:
+    def __init__(
+        self,
+        serve: ServeConfig,
+        fill: FillConfig,
+        *,
+        ignore_window: bool = False,
+        dry_run: bool = False,
+        out: TextIO = sys.stdout,
+        err: TextIO = sys.stderr,
+    ) -> None:
+        self.serve, self.cfg = serve, fill
+        self.ignore_window, self.dry_run = ignore_window, dry_run
+        self.out, self.err = out, err
+        self.tally = Tally()
+        self.status = "running"
+        self.retries = serve.origin_retries
+        self.room = asyncio.Lock()
+        self.started = time.time()
+        self.plan: Plan | None = None
+        self.holdings: dict[str, Holding] = {}
+        self.evict_queue: list[Held] = []
+        self.ended: set[str] = set()  # keys whose add succeeded or failed
+
+    # -- the whole run -----------------------------------------------------------
+
+    async def run(self) -> tuple[dict[str, Any], int]:
+        if not self.serve.origin and not self.cfg.peers:
+            raise ConfigError("a fill needs an origin: give --origin / origin")
+        self.store = make_store(self.serve)
+        try:
+            self.store.open(recover=False)
+        except StoreError as exc:
+            raise ConfigError(f"store: {exc}") from None
+        settings = self.serve.origin_settings()
+        self.sources = Sources.open(self.serve.origin, self.cfg.peers, settings)
+        try:
+            return await self._run(settings)
+        finally:
+            await self.sources.close()
+            self.store.close()
+
+    async def _run(self, settings: Any) -> tuple[dict[str, Any], int]:
+        report: dict[str, Any] = {"started": _iso(self.started)}
+        if not self.dry_run:
+            temps, orphans = await asyncio.to_thread(self.store.tidy)
+            report["tidied"] = {"temp_files": temps, "orphans": orphans}
+        entries = await self._manifest(settings)
+        left: float | None = None
+        window = self.cfg.window
+        if window is not None and not self.ignore_window:
+            left = window.left(datetime.now())
+            if left <= 0:
+                opens = window.opens_in(datetime.now())
+                self.status = "outside-window"
+                report.update(
+                    status=self.status,
+                    message=f"outside the fill window {window}: it opens in {_hm(opens)}; "
+                    "--now runs anyway",
+                )
+                return self._finish(report), 0
+        nightly = self.cfg.bytes_per_night
+        if self.cfg.rate and left is not None:
+            by_rate = int(self.cfg.rate * left)
+            nightly = by_rate if nightly is None else min(nightly, by_rate)
+        capacity = sum(u.capacity for u in self.store.usage() if not u.failed)
+        holdings = await asyncio.to_thread(self.store.holdings)
+        self.holdings = {h.key: h for h in holdings}
+        held = [
+            Held(h.key, h.size, h.etag, h.stored, h.complete, h.pinned, h.digest) for h in holdings
+        ]
+        plan = make_plan(entries, held, self.cfg.budget(capacity), nightly)
+        self.plan = plan
+        report["plan"] = plan.summary()
+        report["plan"]["capacity_bytes"] = capacity
+        if self.dry_run:
+            self.status = "dry-run"
+            report["status"] = self.status
+            self._print_plan(plan)
+            return report, 0
+        if self.cfg.peers:
+            report["peers_left_out"] = await self.sources.learn_peers(settings)
+        await self._execute(plan, left)
+        report["status"] = self.status
+        return self._finish(report), 1 if self.tally.failed or self.status == "interrupted" else 0
+
+    async def _manifest(self, settings: Any) -> list[Entry]:
+        if self.cfg.manifest:
+            entries = await manifests.load(self.cfg.manifest, settings)
+        elif self.cfg.from_logs:
+            entries = await self._from_logs()
+        else:
+            raise ConfigError("no manifest: give --manifest / manifest, or --from-logs PATH")
+        if self.cfg.write_manifest:
+            with open(self.cfg.write_manifest, "w", encoding="utf-8") as f:
+                f.write(manifests.dump(entries))
+        return entries
+
+    async def _from_logs(self) -> list[Entry]:
+        pop = Popularity()
+        now = time.time()
+        for path in self.cfg.from_logs:
+            opener = gzip.open if path.endswith(".gz") else open
+            try:
+                with opener(path, "rt", encoding="utf-8", errors="replace") as f:  # type: ignore[operator]
+                    count(f, now, self.cfg.log_half_life, pop)
+            except OSError as exc:
+                raise ConfigError(
+                    f"--from-logs: cannot read {path}: {exc.strerror or exc}"
+                ) from None
+        held = {h.key: h for h in await asyncio.to_thread(self.store.holdings)}
+        sem = asyncio.Semaphore(32)
+
+        async def entry(key: str, score: float) -> Entry | None:
+            h = held.get(key)
+            if h is not None and h.complete:
+                return Entry(key, h.size, score, h.etag)
+            async with sem:
+                try:
+                    meta = await self.sources.head(key, self.retries)
+                except OriginError as exc:
+                    log.warning("fill: --from-logs: %r left out: %s", key, exc)
+                    return None
+            return None if meta is None else Entry(key, meta.size, score, meta.etag)
+
+        found = await asyncio.gather(*(entry(k, s) for k, s in pop.scores.items()))
+        log.info(
+            "fill: %d log lines, %d requests counted, %d skipped, %d objects",
+            pop.lines, pop.counted, pop.skipped, len(pop.scores),
+        )  # fmt: skip
+        return [e for e in found if e is not None]
+
+    # -- working through the plan ------------------------------------------------
+
+    async def _execute(self, plan: Plan, left: float | None) -> None:
+        keep = [d.entry.key for d in plan.of(KEEP) if not d.verify]
+        if keep:
+            await asyncio.to_thread(self.store.pin, keep)
+        self.tally.kept = len(keep)
+        demand = {d.entry.key: density(d.entry) for d in plan.decisions}
+        self.evict_queue = sorted(plan.evict, key=lambda h: (demand.get(h.key, -1.0), h.key))
+        work: asyncio.Queue[Decision] = asyncio.Queue()
+        for d in [d for d in plan.decisions if d.verify] + plan.of(ADD):
+            work.put_nowait(d)
+        self.throttle = Throttle(self.cfg.rate)
+        self.bar = _bar(sum(d.need for d in plan.of(ADD)), self.err)
+        workers = [asyncio.ensure_future(self._worker(work)) for _ in range(self.cfg.concurrency)]
+        publisher = asyncio.ensure_future(self._publish_loop())
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, lambda: (self._set("interrupted"), stop.set()))
+        waiters = [
+            asyncio.ensure_future(asyncio.gather(*workers)),
+            asyncio.ensure_future(stop.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                self._set("window-closed")
+            if self.status != "running":
+                for w in workers:
+                    w.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+            else:
+                self.status = "complete"
+                await self._release_rest()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            for w in waiters:
+                w.cancel()
+            publisher.cancel()
+            self.bar.close()
+            await asyncio.to_thread(self._publish)
+
+    def _set(self, status: str) -> None:
+        if self.status == "running":
+            self.status = status
+            log.warning("fill: stopping: %s", status)
+
+    async def _worker(self, work: asyncio.Queue[Decision]) -> None:
+        while not work.empty():
+            d = work.get_nowait()
+            try:
+                if d.verify:
+                    await self._verify(d)
+                else:
+                    await self._add(d)
+            except (OriginError, OSError, StoreError) as exc:
+                self._fail(d.entry.key, str(exc) or type(exc).__name__)
+            self.ended.add(d.entry.key)
+
+    def _fail(self, key: str, why: str) -> None:
+        log.error("fill: %s: %s", key, why)
+        self.tally.failed.append({"key": key, "error": why})
+
+    async def _verify(self, d: Decision) -> None:
+        """A held object the manifest gives a checksum for: reread it from disk."""
+        e = d.entry
+        obj = await asyncio.to_thread(self.store.lookup, e.key)
+        if obj is not None and obj.complete and obj.meta.size == e.size:
+            fetched = await fetch_object(self.store, obj, [], 0, self.throttle, lambda n: None)
+            if fetched.digest == e.xxh3:
+                await asyncio.to_thread(self.store.set_digest, e.key, obj.gen, fetched.digest)
+                await asyncio.to_thread(self.store.pin, [e.key])
+                self.tally.verified += 1
+                self.tally.kept += 1
+                return
+            self._mismatch(e, fetched.digest, "held")
+        await self._add(d, fresh=True)
+
+    def _mismatch(self, e: Entry, digest: str, where: str) -> None:
+        log.error("fill: %s: xxh3 %s (%s), the manifest says %s", e.key, digest, where, e.xxh3)
+        self.tally.mismatches.append(
+            {"key": e.key, "xxh3": digest, "expected": e.xxh3 or "", "from": where}
+        )
+
+    async def _add(self, d: Decision, fresh: bool = False) -> None:
+        e = d.entry
+        for attempt in (1, 2):
+            meta = await self.sources.head(e.key, self.retries)
+            if meta is None:
+                return self._fail(e.key, "not found at the origin")
+            if meta.size != e.size or (e.etag is not None and meta.etag != e.etag):
+                return self._fail(
+                    e.key,
+                    f"the origin holds another version ({meta.size} bytes, ETag {meta.etag}) "
+                    f"than the manifest ({e.size} bytes, ETag {e.etag})",
+                )
+            obj = await asyncio.to_thread(self.store.ensure_object, e.key, meta)
+            if fresh or attempt == 2:  # start from nothing: held bytes may be the bad ones
+                await asyncio.to_thread(self.store.remove, e.key, obj.gen)
+                obj = await asyncio.to_thread(self.store.ensure_object, e.key, meta)
+            try:
+                fetched = await fetch_object(
+                    self.store,
+                    obj,
+                    self.sources.for_object(e.key, meta),
+                    self.retries,
+                    self.throttle,
+                    self._progress,
+                )
+            except OriginChanged as exc:
+                if attempt == 2:
+                    raise
+                log.warning("fill: %s changed while filling (%s); once more", e.key, exc)
+                continue
+            if e.xxh3 is not None and fetched.digest != e.xxh3:
+                self.store.discard(fetched.staged)
+                self._mismatch(e, fetched.digest, ", ".join(fetched.downloaded) or "held")
+                if attempt == 1:
+                    continue
+                return self._fail(
+                    e.key, f"checksum mismatch twice: xxh3 {fetched.digest}, manifest {e.xxh3}"
+                )
+            if not await self._commit(obj, fetched):
+                return self._fail(e.key, "not committed: no room on its store root, or replaced")
+            self.tally.added += 1
+            self.tally.added_bytes += e.size
+            for name, n in fetched.downloaded.items():
+                self.tally.downloaded[name] = self.tally.downloaded.get(name, 0) + n
+            return None
+
+    async def _commit(self, obj: StoredObject, fetched: Fetched) -> bool:
+        async with self.room:
+            need = sum(st.size for st in fetched.staged)
+            usage = {u.id: u for u in await asyncio.to_thread(self.store.usage)}
+            u = usage.get(obj.root.id)
+            free = (u.capacity - u.used) if u is not None else 0
+            for h in list(self.evict_queue):
+                if free >= need:
+                    break
+                holding = self.holdings.get(h.key)
+                if holding is None or holding.root != obj.root.id:
+                    continue
+                self.evict_queue.remove(h)
+                if await asyncio.to_thread(self.store.remove, h.key):
+                    free += h.stored
+                    self.tally.evicted += 1
+                    self.tally.evicted_bytes += h.stored
+            return await asyncio.to_thread(
+                self.store.commit_object, obj, fetched.staged, fetched.digest
+            )
+
+    async def _release_rest(self) -> None:
+        """The evict list no add needed room from: unpinned, left to the store's policy."""
+        keys = [h.key for h in self.evict_queue]
+        if keys:
+            self.tally.unpinned = await asyncio.to_thread(self.store.pin, keys, False)
+        self.evict_queue = []
+
+    def _progress(self, n: int) -> None:
+        self.tally.done_bytes += n
+        self.bar.update(n)
+
+    # -- figures -------------------------------------------------------------------
+
+    def figures(self) -> dict[str, float]:
+        t = self.tally
+        plan = self.plan
+        adds = plan.of(ADD) if plan is not None else []
+        elapsed = max(time.time() - self.started, 1e-6)
+        return {
+            "running": float(self.status == "running"),
+            "objects_planned": float(len(adds)),
+            "bytes_planned": float(sum(d.need for d in adds)),
+            "objects_added": float(t.added),
+            "bytes_downloaded": float(t.done_bytes),
+            "bytes_per_second": t.done_bytes / elapsed,
+            "objects_verified": float(t.verified),
+            "objects_evicted": float(t.evicted),
+            "errors": float(len(t.failed)),
+            "checksum_mismatches": float(len(t.mismatches)),
+            "last_update_timestamp_seconds": time.time(),
+        }
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PUBLISH_EVERY)
+            await asyncio.to_thread(self._publish)
+
+    def _publish(self) -> None:
+        figures = self.figures()
+        if self.status != "running":
+            figures["last_run_success"] = float(self.status == "complete" and not self.tally.failed)
+        try:
+            self.store.set_state("fill", json.dumps(figures))
+        except Exception as exc:  # figures must never stop a fill
+            log.warning("fill: cannot publish figures to the index: %s", exc)
+        if self.cfg.metrics_file:
+            _write_textfile(self.cfg.metrics_file, figures)
+
+    def _finish(self, report: dict[str, Any]) -> dict[str, Any]:
+        t = self.tally
+        finished = time.time()
+        plan = self.plan
+        remaining = [
+            d for d in (plan.of(ADD) if plan is not None else []) if d.entry.key not in self.ended
+        ]
+        report.update(
+            finished=_iso(finished),
+            duration_seconds=round(finished - self.started, 3),
+            added={"objects": t.added, "bytes": t.added_bytes, "from": t.downloaded},
+            kept={"objects": t.kept, "verified_from_disk": t.verified},
+            evicted={"objects": t.evicted, "bytes": t.evicted_bytes, "unpinned": t.unpinned},
+            failed=t.failed,
+            checksum_mismatches=t.mismatches,
+            not_done={"objects": len(remaining), "bytes": sum(d.need for d in remaining)},
+            rate_bytes_per_second=round(t.done_bytes / max(finished - self.started, 1e-6)),
+        )
+        return report
+
+    def _print_plan(self, plan: Plan) -> None:
+        s = plan.summary()
+        w = self.out.write
+        w(f"budget {_size(plan.budget)}")
+        w(f", tonight's downloads at most {_size(plan.nightly)}\n" if plan.nightly else "\n")
+        for name in ("keep", "add", "defer", "skip", "evict"):
+            part = s[name]
+            assert isinstance(part, dict)
+            w(f"{name:6} {part['objects']:>8} objects {_size(part['bytes']):>12}\n")
+        w(
+            f"covers {float(s['demand_covered']):.1%} of tomorrow's predicted demand "
+            f"(byte-weighted); {float(s['demand_covered_when_complete']):.1%} once deferred "
+            "adds are in\n"
+        )
+        for d in plan.of(ADD):
+            w(f"add    {d.entry.key} {d.need}\n")
+        for h in plan.evict:
+            w(f"evict  {h.key} {h.stored}\n")
+
+
+def _bar(total: int, err: TextIO) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="fill",
+        file=err,
+        disable=not err.isatty(),
+    )
+
+
+def _write_textfile(path: str, figures: dict[str, float]) -> None:
+    """The figures in Prometheus' text format, replaced atomically (node_exporter's
+    textfile collector must never read half a file)."""
+    lines = [f"edgefleet_fill_{name} {value!r}\n" for name, value in sorted(figures.items())]
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("fill: cannot write %s: %s", path, exc)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def _hm(seconds: float) -> str:
+    m = int(seconds // 60)
+    return f"{m // 60}h{m % 60:02d}m"
+
+
+def _size(n: float | None) -> str:
+    return human_size(n or 0)
