@@ -1,11 +1,11 @@
 """The fill's budgets in time and bandwidth: the fill window and the rate cap.
 
 Rules it keeps: pure (times and clocks are passed in); a window is local
-wall-clock ``HH:MM-HH:MM`` (seconds allowed: ``HH:MM:SS``) and may wrap midnight (``22:00-04:00``); a window
-whose start equals its end is the whole day; the rate is one token bucket for
-all downloads together, so ``--rate`` bounds their sum, and its burst is a
-tenth of a second of rate (at least 64 KiB) so the average holds over any
-second.
+wall-clock ``HH:MM-HH:MM`` (``HH:MM:SS`` allowed) and may wrap midnight
+(``22:00-04:00``); a window whose start equals its end is the whole day; the
+rate is one token bucket for all downloads together, so ``--rate`` bounds
+their sum, and its burst is a tenth of a second of rate (at least 64 KiB) so
+the average holds over any second.
 """
 
 from __future__ import annotations

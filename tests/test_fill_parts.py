@@ -36,7 +36,7 @@ def test_json_lines_json_lists_and_documents_read_the_same() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('{"key": "a", "size": 1, "score": 1}\n{"key": "b", "size": 1', "m.jsonl:2: not valid JSON"),
+        ('{"key": "a", "size": 1, "score": 1}\n{"key": "b"', "m.jsonl:2: not valid JSON"),
         ('{"size": 1, "score": 1}', "m.jsonl:1: missing key"),
         ('{"key": "../etc/passwd", "size": 1, "score": 1}', "'..' path segment"),
         ('{"key": "_edge/health", "size": 1, "score": 1}', "cannot be stored"),
