@@ -18,6 +18,7 @@ object is verified before any of it is committed. Rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -197,7 +198,14 @@ async def fetch_object(
             for c in chunks:
                 hasher.update(c)
             out.downloaded[name] = out.downloaded.get(name, 0) + length
-            out.staged.append(await asyncio.to_thread(store.stage, obj, idx, chunks))
+            writing = asyncio.ensure_future(asyncio.to_thread(store.stage, obj, idx, chunks))
+            try:
+                out.staged.append(await asyncio.shield(writing))
+            except asyncio.CancelledError:
+                # the thread writes on: wait for its file, so it is removed too
+                with contextlib.suppress(Exception):
+                    out.staged.append(await writing)
+                raise
     except BaseException:
         store.discard(out.staged)
         raise

@@ -316,13 +316,24 @@ class FillRun:
                 return self._fail(
                     e.key, f"checksum mismatch twice: xxh3 {fetched.digest}, manifest {e.xxh3}"
                 )
-            if not await self._commit(obj, fetched):
+            committing = asyncio.ensure_future(self._commit(obj, fetched))
+            try:
+                ok = await asyncio.shield(committing)
+            except asyncio.CancelledError:
+                # a commit under way finishes (it is one transaction): count it
+                if await committing:
+                    self._added(e, fetched)
+                raise
+            if not ok:
                 return self._fail(e.key, "not committed: no room on its store root, or replaced")
-            self.tally.added += 1
-            self.tally.added_bytes += e.size
-            for name, n in fetched.downloaded.items():
-                self.tally.downloaded[name] = self.tally.downloaded.get(name, 0) + n
+            self._added(e, fetched)
             return None
+
+    def _added(self, e: Entry, fetched: Fetched) -> None:
+        self.tally.added += 1
+        self.tally.added_bytes += e.size
+        for name, n in fetched.downloaded.items():
+            self.tally.downloaded[name] = self.tally.downloaded.get(name, 0) + n
 
     async def _commit(self, obj: StoredObject, fetched: Fetched) -> bool:
         async with self.room:
@@ -427,10 +438,14 @@ class FillRun:
             f"(byte-weighted); {float(s['demand_covered_when_complete']):.1%} once deferred "
             "adds are in\n"
         )
+        if plan.of(ADD):
+            w("\nto download (+ key bytes), in plan order:\n")
         for d in plan.of(ADD):
-            w(f"add    {d.entry.key} {d.need}\n")
+            w(f"+ {d.entry.key} {d.need}\n")
+        if plan.evict:
+            w("\nto evict as room is needed (- key bytes):\n")
         for h in plan.evict:
-            w(f"evict  {h.key} {h.stored}\n")
+            w(f"- {h.key} {h.stored}\n")
 
 
 def _bar(total: int, err: TextIO) -> Any:

@@ -131,3 +131,50 @@ def test_log_counts_decay_and_skip_what_is_not_a_content_request() -> None:
     pop = count(lines, now, half_life=86400)
     assert pop.scores == pytest.approx({"a": 1.5, "b": 2**-0.5})
     assert (pop.lines, pop.counted, pop.skipped) == (9, 3, 6)
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+def _fill_args(*argv: str):  # type: ignore[no-untyped-def]
+    import argparse
+
+    from edge.config import add_serve_flags
+    from fill.config import add_fill_flags
+
+    parser = argparse.ArgumentParser()
+    add_serve_flags(parser)
+    add_fill_flags(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_the_example_configuration_has_a_fill_table() -> None:
+    from pathlib import Path
+
+    from fill.config import load_fill_config
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / "edge.toml"
+    cfg = load_fill_config(_fill_args("--config", str(example), "--rate", "100Mbit"))
+    assert cfg.window == Window.parse("02:00-06:00") and cfg.concurrency == 8
+    assert cfg.rate == 100e6 / 8  # the flag wins over the file
+    assert cfg.budget(1000) == 900
+
+
+def test_fill_options_are_checked_and_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edge.config import ConfigError
+    from fill.config import load_fill_config
+
+    conf = tmp_path / "edge.toml"
+    conf.write_text('[fill]\nwindow = "02:00-06:00"\nspeed = "fast"\n')
+    with pytest.raises(ConfigError, match="unknown option 'speed' in \\[fill\\]"):
+        load_fill_config(_fill_args("--config", str(conf)))
+    for argv, named in (
+        (("--window", "2am"), "--window / window"),
+        (("--headroom", "120%"), "--headroom / headroom"),
+        (("--peer", "ftp://x"), "--peer / peers"),
+        (("--concurrency", "0"), "--concurrency / concurrency"),
+        (("--manifest", "m", "--from-logs", "l"), "not both"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            load_fill_config(_fill_args(*argv))
+    assert load_fill_config(_fill_args("--headroom", "50GiB")).budget(100 * 2**30) == 50 * 2**30

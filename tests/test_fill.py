@@ -1,0 +1,333 @@
+"""``edgefleet fill`` as operators run it: a real process, moto's S3 server as
+origin, real appliances as peers and as the store's reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+from conftest import ROOT, Appliance, wait_for
+from s3server import CREDENTIALS, REGION, put_objects, s3_endpoint  # noqa: F401
+
+from edge.store import RootSpec, Store, key_hash
+
+BUCKET = "fill-origin"
+RNG = random.Random(11)
+OBJECTS = {
+    f"titles/{i:03d}/seg.m4s": RNG.randbytes(RNG.randint(5_000, 150_000)) for i in range(200)
+}
+SCORES = {k: 1000.0 / (i + 1) for i, k in enumerate(OBJECTS)}  # Zipf
+CAPACITY = 8_000_000
+BUDGET = int(CAPACITY * 0.9)  # the default headroom keeps 10% for pull-through
+
+
+@pytest.fixture(scope="module")
+def origin(s3_endpoint: str) -> dict[str, Any]:  # noqa: F811
+    etags = put_objects(s3_endpoint, BUCKET, OBJECTS)
+    return {"endpoint": s3_endpoint, "etags": etags}
+
+
+def manifest(path: Path, keys: list[str] | None = None, **wrong: str) -> Path:
+    with path.open("w") as f:
+        for key in keys or list(OBJECTS):
+            data = OBJECTS[key]
+            digest = wrong.get(key, xxhash.xxh3_64_hexdigest(data))
+            f.write(json.dumps({"key": key, "size": len(data), "score": SCORES[key],
+                                "xxh3": digest}) + "\n")  # fmt: skip
+    return path
+
+
+def s3_flags(endpoint: str) -> list[str]:
+    return [
+        "--origin", f"s3://{BUCKET}", "--s3-endpoint", endpoint, "--s3-region", REGION,
+        "--s3-access-key-id", CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "--s3-secret-access-key", CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    ]  # fmt: skip
+
+
+def fill_cmd(store: Path, endpoint: str, *args: str, capacity: int = CAPACITY) -> list[str]:
+    return [
+        sys.executable, "-m", "edge.cli", "fill", "--store", str(store),
+        "--capacity", str(capacity), "--slice-size", "64KiB", *s3_flags(endpoint), *args,
+    ]  # fmt: skip
+
+
+def fill(store: Path, endpoint: str, *args: str, **kw: Any) -> tuple[int, dict[str, Any], str]:
+    proc = subprocess.run(
+        fill_cmd(store, endpoint, *args, **kw), capture_output=True, text=True, cwd=ROOT,
+        timeout=180,
+    )  # fmt: skip
+    try:
+        report = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
+    except ValueError:
+        report = {}
+    return proc.returncode, report, proc.stderr + proc.stdout
+
+
+def expected_top(budget: int = BUDGET, scores: dict[str, float] = SCORES) -> set[str]:
+    """The plan's rule, written out independently: score per byte, highest
+    first, each object that still fits is taken."""
+    order = sorted(scores, key=lambda k: (-scores[k] / len(OBJECTS[k]), -scores[k], k))
+    taken, used = set(), 0
+    for k in order:
+        if used + len(OBJECTS[k]) <= budget:
+            taken.add(k)
+            used += len(OBJECTS[k])
+    return taken
+
+
+def open_store(path: Path, capacity: int = CAPACITY) -> Store:
+    store = Store([RootSpec(str(path), capacity)], slice_size=64 * 1024)
+    store.open(recover=False)
+    return store
+
+
+def state(path: Path) -> dict[str, tuple[int, str | None, bool]]:
+    store = open_store(path)
+    try:
+        return {h.key: (h.stored, h.digest, h.pinned) for h in store.holdings() if h.stored}
+    finally:
+        store.close()
+
+
+def check_consistent(path: Path) -> None:
+    """Every byte in the store is what the origin holds, no temp file is left,
+    and every slice file belongs to a row."""
+    store = open_store(path)
+    try:
+        for h in store.holdings():
+            if h.complete:
+                assert store.read(h.key) == OBJECTS[h.key], h.key
+        rows = store._conn().execute(
+            "SELECT s.key, s.idx, o.gen FROM slices s JOIN objects o USING (key)"
+        )
+        names = {f"{key_hash(k)}.{g}.{i}" for k, i, g in rows}
+    finally:
+        store.close()
+    files = {f for _, _, fs in os.walk(path / "slices") for f in fs}
+    assert files == names
+    assert os.listdir(path / "tmp") == []
+
+
+def test_fill_holds_exactly_the_top_of_the_plan_and_a_second_run_is_a_no_op(
+    tmp_path: Path, origin: dict[str, Any]
+) -> None:
+    m = manifest(tmp_path / "m.jsonl")
+    assert sum(len(v) for v in OBJECTS.values()) > 2 * CAPACITY
+    code, report, out = fill(tmp_path / "store", origin["endpoint"], "--manifest", str(m), "--now")
+    assert code == 0, out
+    assert report["status"] == "complete" and report["failed"] == []
+    held = state(tmp_path / "store")
+    assert set(held) == expected_top()
+    for key, (stored, digest, pinned) in held.items():
+        assert stored == len(OBJECTS[key]) and pinned
+        assert digest == xxhash.xxh3_64_hexdigest(OBJECTS[key])
+    assert report["added"]["objects"] == len(held)
+    assert report["added"]["from"] == {f"origin s3://{BUCKET}": sum(s for s, _, _ in held.values())}
+    check_consistent(tmp_path / "store")
+
+    code, again, out = fill(tmp_path / "store", origin["endpoint"], "--manifest", str(m), "--now")
+    assert code == 0, out
+    assert again["added"] == {"objects": 0, "bytes": 0, "from": {}}
+    assert again["kept"]["objects"] == len(held) and again["plan"]["add"]["objects"] == 0
+    assert state(tmp_path / "store") == held
+
+
+def test_a_fill_killed_midway_and_rerun_ends_with_the_same_store(
+    tmp_path: Path, origin: dict[str, Any]
+) -> None:
+    m = manifest(tmp_path / "m.jsonl")
+    store = tmp_path / "store"
+    # slow enough (a rate cap) to be caught in the middle
+    proc = subprocess.Popen(
+        fill_cmd(store, origin["endpoint"], "--manifest", str(m), "--now", "--rate", "2MB"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (store / "index.sqlite").exists() and len(state(store)) >= 5, 60)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    partial = state(store)
+    assert 5 <= len(partial) < len(expected_top())
+    code, report, out = fill(store, origin["endpoint"], "--manifest", str(m), "--now")
+    assert code == 0, out
+    assert report["added"]["objects"] == len(expected_top()) - len(partial)
+    assert set(state(store)) == expected_top()
+    check_consistent(store)
+
+
+def test_an_object_that_does_not_match_its_checksum_is_rejected_and_reported(
+    tmp_path: Path, origin: dict[str, Any]
+) -> None:
+    keys = list(OBJECTS)[:5]
+    bad = keys[2]
+    m = manifest(tmp_path / "m.jsonl", keys, **{bad: "0123456789abcdef"})
+    code, report, out = fill(tmp_path / "store", origin["endpoint"], "--manifest", str(m), "--now")
+    assert code == 1, out
+    assert [f["key"] for f in report["failed"]] == [bad]
+    assert "checksum mismatch" in report["failed"][0]["error"]
+    assert len(report["checksum_mismatches"]) == 2  # reported, retried once
+    assert set(state(tmp_path / "store")) == set(keys) - {bad}
+    check_consistent(tmp_path / "store")
+
+
+def test_outside_the_window_nothing_happens(tmp_path: Path, origin: dict[str, Any]) -> None:
+    m = manifest(tmp_path / "m.jsonl", list(OBJECTS)[:3])
+    now = datetime.now()
+    closed = f"{(now + timedelta(hours=2)):%H:%M}-{(now + timedelta(hours=3)):%H:%M}"
+    code, report, out = fill(tmp_path / "store", origin["endpoint"], "--manifest", str(m),
+                             "--window", closed)  # fmt: skip
+    assert code == 0, out
+    assert report["status"] == "outside-window" and "opens in 1h" in report["message"]
+    assert state(tmp_path / "store") == {}
+
+
+def test_the_window_closing_stops_the_run_cleanly(tmp_path: Path, origin: dict[str, Any]) -> None:
+    m = manifest(tmp_path / "m.jsonl")
+    now = datetime.now()
+    window = f"{(now - timedelta(seconds=5)):%H:%M:%S}-{(now + timedelta(seconds=4)):%H:%M:%S}"
+    code, report, out = fill(tmp_path / "store", origin["endpoint"], "--manifest", str(m),
+                             "--window", window, "--rate", "1MB")  # fmt: skip
+    assert code == 0, out
+    assert report["status"] == "window-closed"
+    # the plan already counted the window: no more than rate x time left was planned
+    assert report["plan"]["nightly_bytes"] <= 4 * 1_000_000
+    assert report["not_done"]["objects"] > 0
+    held = state(tmp_path / "store")
+    assert len(held) == report["added"]["objects"]
+    check_consistent(tmp_path / "store")
+
+
+def test_the_rate_cap_holds(tmp_path: Path, origin: dict[str, Any]) -> None:
+    keys = list(OBJECTS)[:40]
+    m = manifest(tmp_path / "m.jsonl", keys)
+    rate = 2_000_000
+    started = time.monotonic()
+    code, report, out = fill(tmp_path / "store", origin["endpoint"], "--manifest", str(m),
+                             "--now", "--rate", str(rate))  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert code == 0, out
+    sent = sum(report["added"]["from"].values())
+    assert sent == sum(len(OBJECTS[k]) for k in keys)
+    burst = rate / 10
+    # a cap can only slow a run down: it never went faster than rate (+ one burst)
+    assert sent <= rate * elapsed + burst
+
+
+def test_dry_run_and_explain_change_nothing(tmp_path: Path, origin: dict[str, Any]) -> None:
+    m = manifest(tmp_path / "m.jsonl")
+    proc = subprocess.run(
+        fill_cmd(tmp_path / "store", origin["endpoint"], "--manifest", str(m), "--dry-run"),
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    adds = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    assert set(adds) == expected_top()
+    assert "of tomorrow's predicted demand" in proc.stdout
+    skipped = sorted(set(OBJECTS) - expected_top())[0]
+    proc = subprocess.run(
+        fill_cmd(tmp_path / "store", origin["endpoint"], "--manifest", str(m),
+                 "explain", skipped),
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        proc.stdout.startswith(f"{skipped}: not planned:") and "left in the budget" in proc.stdout
+    )
+    assert state(tmp_path / "store") == {}
+
+
+def test_a_bad_manifest_stops_before_anything_is_downloaded(
+    tmp_path: Path, origin: dict[str, Any]
+) -> None:
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"key": "titles/000/seg.m4s", "size": 5, "score": 1}\n{"key": "../x"}\n')
+    code, _, out = fill(tmp_path / "store", origin["endpoint"], "--manifest", str(m), "--now")
+    assert code == 2 and "m.jsonl:2:" in out and "'..'" in out
+    code, _, out = fill(tmp_path / "store", origin["endpoint"], "--manifest", str(m), "--rate", "x")
+    assert code == 2 and "--rate / rate" in out
+
+
+def test_the_appliance_serves_what_a_fill_adds_without_a_restart(
+    tmp_path: Path, origin: dict[str, Any]
+) -> None:
+    keys = list(OBJECTS)[:10]
+    m = manifest(tmp_path / "m.jsonl", keys)
+    store = tmp_path / "store"
+    # the appliance has no origin: it can serve only what the fill stores
+    app = Appliance(["--store", str(store), "--capacity", str(CAPACITY), "--slice-size", "64KiB"])
+    app.start()
+    try:
+        assert app.get("/" + keys[0])[0] == 404
+        code, _report, out = fill(store, origin["endpoint"], "--manifest", str(m), "--now")
+        assert code == 0, out
+        for key in keys:
+            status, _headers, body = app.get("/" + key)
+            assert status == 200 and body == OBJECTS[key], key
+        status, _, body = app.get("/" + keys[1], Range="bytes=100-199")
+        assert status == 206 and body == OBJECTS[keys[1]][100:200]
+        metrics = app.get("/_edge/metrics")[2].decode()
+        assert "edgefleet_fill_objects_added 10.0" in metrics
+        assert "edgefleet_fill_last_run_success 1.0" in metrics
+    finally:
+        app.stop()
+
+
+def test_peers_first_then_the_origin(tmp_path: Path, origin: dict[str, Any]) -> None:
+    keys = list(OBJECTS)[:12]
+    peer_store = tmp_path / "peer"
+    code, _, out = fill(peer_store, origin["endpoint"], "--manifest",
+                        str(manifest(tmp_path / "p.jsonl", keys[:8])), "--now")  # fmt: skip
+    assert code == 0, out
+    peer = Appliance(["--store", str(peer_store), "--capacity", str(CAPACITY),
+                      "--slice-size", "64KiB"]).start()  # fmt: skip
+    try:
+        code, report, out = fill(
+            tmp_path / "store", origin["endpoint"], "--manifest",
+            str(manifest(tmp_path / "m.jsonl", keys)), "--now", "--peer", peer.url(""),
+        )  # fmt: skip
+    finally:
+        peer.stop()
+    assert code == 0, out
+    assert report["added"]["from"] == {
+        f"peer {peer.url('')}": sum(len(OBJECTS[k]) for k in keys[:8]),
+        f"origin s3://{BUCKET}": sum(len(OBJECTS[k]) for k in keys[8:]),
+    }
+    assert set(state(tmp_path / "store")) == set(keys)
+    check_consistent(tmp_path / "store")
+
+
+def test_a_manifest_from_the_appliances_access_logs(tmp_path: Path, origin: dict[str, Any]) -> None:
+    keys = list(OBJECTS)[:4]
+    log = tmp_path / "access.log"
+    app = Appliance(["--store", str(tmp_path / "edge"), "--capacity", str(CAPACITY),
+                     "--slice-size", "64KiB", "--access-log", str(log),
+                     *s3_flags(origin["endpoint"])],
+                    env=dict(CREDENTIALS)).start()  # fmt: skip
+    try:
+        for key, times in zip(keys, (6, 3, 1, 0), strict=True):
+            for _ in range(times):
+                assert app.get("/" + key)[0] == 200
+    finally:
+        app.stop()
+    asked = dict(zip(keys[:3], (6.0, 3.0, 1.0), strict=True))
+    room = len(OBJECTS[keys[0]]) + len(OBJECTS[keys[1]])
+    code, _report, out = fill(tmp_path / "store", origin["endpoint"], "--from-logs", str(log),
+                             "--headroom", "0", "--now", "--write-manifest",
+                             str(tmp_path / "built.jsonl"), capacity=room)  # fmt: skip
+    assert code == 0, out
+    built = [json.loads(line) for line in (tmp_path / "built.jsonl").read_text().splitlines()]
+    assert {b["key"] for b in built} == set(keys[:3])  # never asked for: not in it
+    assert all(b["size"] == len(OBJECTS[b["key"]]) for b in built)
+    assert set(state(tmp_path / "store")) == expected_top(room, asked)
