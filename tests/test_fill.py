@@ -331,3 +331,60 @@ def test_a_manifest_from_the_appliances_access_logs(tmp_path: Path, origin: dict
     assert {b["key"] for b in built} == set(keys[:3])  # never asked for: not in it
     assert all(b["size"] == len(OBJECTS[b["key"]]) for b in built)
     assert set(state(tmp_path / "store")) == expected_top(room, asked)
+
+
+def test_a_new_plan_evicts_the_old_one_only_as_its_adds_need_room(
+    tmp_path: Path, origin: dict[str, Any]
+) -> None:
+    store = tmp_path / "store"
+    old, new = list(OBJECTS)[:20], list(OBJECTS)[20:30]
+    capacity = sum(len(OBJECTS[k]) for k in old)  # the old plan fills the store
+    code, _, out = fill(store, origin["endpoint"], "--manifest",
+                        str(manifest(tmp_path / "old.jsonl", old)), "--now", "--headroom", "0",
+                        capacity=capacity)  # fmt: skip
+    assert code == 0, out
+    assert set(state(store)) == set(old)
+    code, report, out = fill(store, origin["endpoint"], "--manifest",
+                             str(manifest(tmp_path / "new.jsonl", new)), "--now",
+                             "--headroom", "0", capacity=capacity)  # fmt: skip
+    assert code == 0, out
+    held = state(store)
+    assert set(new) <= set(held) and all(held[k][2] for k in new)  # added, pinned
+    evicted = set(old) - set(held)
+    # removed only as room was needed: the room left over is less than the last
+    # object removed, so one object fewer would not have made room
+    left = capacity - sum(stored for stored, _, _ in held.values())
+    assert evicted and 0 <= left < max(len(OBJECTS[k]) for k in evicted)
+    assert report["evicted"]["objects"] == len(evicted)
+    # what no add needed stays, unpinned: ordinary cached content now
+    assert report["evicted"]["unpinned"] == len(set(old) & set(held))
+    assert not any(held[k][2] for k in set(old) & set(held))
+    check_consistent(store)
+
+
+def test_manifests_from_s3_and_http(tmp_path: Path, origin: dict[str, Any]) -> None:
+    import functools
+    import http.server
+    import threading
+
+    keys = list(OBJECTS)[:3]
+    text = manifest(tmp_path / "m.jsonl", keys).read_bytes()
+    put_objects(origin["endpoint"], BUCKET, {"plans/m.jsonl": text})
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for where in (f"s3://{BUCKET}/plans/m.jsonl",
+                      f"http://127.0.0.1:{server.server_port}/m.jsonl"):  # fmt: skip
+            proc = subprocess.run(
+                fill_cmd(tmp_path / "store", origin["endpoint"], "--manifest", where, "--dry-run"),
+                capture_output=True, text=True, cwd=ROOT,
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            adds = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("+ ")}
+            assert adds == set(keys), where
+        missing = f"http://127.0.0.1:{server.server_port}/nope.jsonl"
+        code, _, out = fill(tmp_path / "store", origin["endpoint"], "--manifest", missing, "--now")
+        assert code == 2 and "HTTP 404" in out
+    finally:
+        server.shutdown()
