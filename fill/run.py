@@ -251,6 +251,9 @@ class FillRun:
                     await self._add(d)
             except (OriginError, OSError, StoreError) as exc:
                 self._fail(d.entry.key, str(exc) or type(exc).__name__)
+            except Exception as exc:  # one object's surprise must not end the night
+                log.exception("fill: %s: unexpected error", d.entry.key)
+                self._fail(d.entry.key, f"unexpected error: {exc!r}")
             self.ended.add(d.entry.key)
 
     def _fail(self, key: str, why: str) -> None:
