@@ -194,6 +194,58 @@ class Staged:
     checksum: str
 
 
+class StageFile:
+    """One slice being staged: written to the page cache as it arrives (short
+    writes, fine on an event loop) and checksummed; ``close`` checks its length.
+    ``Store.sync_staged`` makes it durable before ``commit_object``."""
+
+    def __init__(self, store: Store, obj: StoredObject, idx: int) -> None:
+        self.store, self.obj, self.idx = store, obj, idx
+        _, self.length = slice_bounds(idx, obj.meta.size, obj.slice_size)
+        root = obj.root
+        self.path = os.path.join(root.tmp_dir, f"{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        self.hash = xxhash.xxh3_64()
+        self.n = 0
+        try:
+            os.makedirs(root.tmp_dir, exist_ok=True)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            store._count_write_error(exc, root)
+            raise
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        view = memoryview(chunk)
+        if self.n + len(view) > self.length:
+            raise StoreError(f"slice {self.idx} of {self.obj.key!r} is {self.length} bytes")
+        self.hash.update(view)
+        self.n += len(view)
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            self.abort()
+            self.store._count_write_error(exc, self.obj.root)
+            raise
+
+    def close(self) -> Staged:
+        os.close(self.fd)
+        self.fd = -1
+        if self.n != self.length:
+            self.abort()
+            raise StoreError(
+                f"slice {self.idx} of {self.obj.key!r} must be {self.length} bytes, got {self.n}"
+            )
+        return Staged(self.idx, self.path, self.n, self.hash.hexdigest())
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
 @dataclass(frozen=True)
 class RootUsage:
     id: int
@@ -920,19 +972,22 @@ class Store:
 
     # -- whole objects, verified before they appear (the fill) -------------------
 
-    def stage(self, obj: StoredObject, idx: int, chunks: list[bytes]) -> Staged:
-        """Write slice ``idx`` of ``obj`` to a fsynced temp file, outside the
-        index: nothing serves it until ``commit_object``."""
-        size = sum(len(c) for c in chunks)
-        _, length = slice_bounds(idx, obj.meta.size, obj.slice_size)
-        if not 0 <= idx < obj.slice_count or size != length:
-            raise StoreError(f"slice {idx} of {obj.key!r} must be {length} bytes, got {size}")
-        try:
-            tmp, n, digest = self._write_temp(obj.root, chunks)
-        except OSError as exc:
-            self._count_write_error(exc, obj.root)
-            raise
-        return Staged(idx, tmp, n, digest)
+    def open_stage(self, obj: StoredObject, idx: int) -> StageFile:
+        """A temp file for slice ``idx`` of ``obj``, written as its bytes arrive,
+        outside the index: nothing serves it until ``commit_object``."""
+        if not 0 <= idx < obj.slice_count:
+            raise StoreError(f"{obj.key!r} has no slice {idx}")
+        return StageFile(self, obj, idx)
+
+    @staticmethod
+    def sync_staged(staged: Iterable[Staged]) -> None:
+        """fsync staged slices (together, once the whole object is there)."""
+        for st in staged:
+            fd = os.open(st.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     @staticmethod
     def discard(staged: Iterable[Staged]) -> None:

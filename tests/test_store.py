@@ -292,3 +292,56 @@ def test_a_failed_root_stays_failed_for_other_processes(tmp_path: Path) -> None:
     assert not any(r.failed for r in c.roots.values())
     a.refresh_roots()
     assert not r1.failed
+
+
+def _stage_all(store: Store, obj, data: bytes) -> list:  # type: ignore[no-untyped-def]
+    staged = []
+    for idx in range(obj.slice_count):
+        sink = store.open_stage(obj, idx)
+        sink.write(data[idx * SLICE : (idx + 1) * SLICE])
+        staged.append(sink.close())
+    store.sync_staged(staged)
+    return staged
+
+
+def test_a_staged_object_appears_whole_in_one_commit(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    data = random.randbytes(SLICE * 2 + 100)
+    meta = ObjectMeta(len(data), '"v1"', 0, "video/mp4")
+    obj = store.ensure_object("t/a.mp4", meta)
+    staged = _stage_all(store, obj, data)
+    assert store.lookup("t/a.mp4").slices == {}  # type: ignore[union-attr]  # staged: invisible
+    assert store.commit_object(obj, staged, "00000000000000aa")
+    assert store.read("t/a.mp4") == data
+    held = {h.key: h for h in store.holdings()}["t/a.mp4"]
+    assert held.complete and held.pinned and held.digest == "00000000000000aa"
+    assert os.listdir(os.path.join(obj.root.path, "tmp")) == []
+    # a sink that gets the wrong number of bytes never becomes a staged slice
+    other = store.ensure_object("t/b.mp4", ObjectMeta(10, '"b"', 0, "video/mp4"))
+    sink = store.open_stage(other, 0)
+    sink.write(b"12345")
+    with pytest.raises(Exception, match="must be 10 bytes"):
+        sink.close()
+    assert os.listdir(os.path.join(obj.root.path, "tmp")) == []
+    store.close()
+
+
+def test_a_replaced_object_is_not_committed_and_tidy_clears_what_dead_writers_left(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path)
+    data = random.randbytes(SLICE + 1)
+    obj = store.ensure_object("t/a.mp4", ObjectMeta(len(data), '"v1"', 0, "video/mp4"))
+    staged = _stage_all(store, obj, data)
+    store.ensure_object("t/a.mp4", ObjectMeta(len(data), '"v2"', 0, "video/mp4"))  # replaced
+    assert not store.commit_object(obj, staged, "00000000000000aa")
+    tmp = os.path.join(obj.root.path, "tmp")
+    assert os.listdir(tmp) == []  # the staged files went with it
+    # a killed writer's temp file (a pid that is not alive) and an orphan slice
+    open(os.path.join(tmp, "999999999.abc.tmp"), "wb").close()
+    orphan = os.path.join(obj.root.path, "slices", "ab", "cd", "deadbeef.0.0")
+    os.makedirs(os.path.dirname(orphan))
+    open(orphan, "wb").close()
+    assert store.tidy() == (1, 1)
+    assert not os.path.exists(orphan) and os.listdir(tmp) == []
+    store.close()
