@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import xxhash
@@ -132,42 +133,53 @@ class Fetched:
 
 
 async def fetch_slice(
+    store: Store,
+    obj: StoredObject,
+    idx: int,
     sources: list[Source],
-    key: str,
-    meta: ObjectMeta,
-    start: int,
-    length: int,
     retries: int,
     throttle: Throttle,
     progress: Callable[[int], None],
-) -> tuple[list[bytes], str]:
+    hasher: Any,
+) -> tuple[Staged, str, Any]:
+    """Slice ``idx`` staged as it arrives, the source that sent it, and the whole
+    object's hash carried on from ``hasher`` by the attempt that succeeded."""
+    key, meta = obj.key, obj.meta
+    start, length = slice_bounds(idx, meta.size, obj.slice_size)
     last: OriginError | None = None
     for src in sources:
         for n in range(retries + 1):
-            chunks: list[bytes] = []
-            got = 0
+            h = hasher.copy()
+            sink = store.open_stage(obj, idx)
             try:
                 async for chunk in src.origin.read(key, meta, start, length):
-                    got += len(chunk)
-                    if got > length:
+                    if sink.n + len(chunk) > length:
                         raise OriginError(f"{src.name}: {key!r}: more bytes than asked for")
                     await throttle.take(len(chunk))
-                    chunks.append(chunk)
+                    sink.write(chunk)
+                    h.update(chunk)
                     progress(len(chunk))
-                if got != length:
-                    raise OriginError(f"{src.name}: {key!r}: {got} of {length} bytes")
-                return chunks, src.name
+                if sink.n != length:
+                    raise OriginError(f"{src.name}: {key!r}: {sink.n} of {length} bytes")
+                staged = sink.close()
             except OriginChanged as exc:
+                sink.abort()
                 if src.holds is None:  # the origin itself: this version is gone
                     raise
                 last = exc
                 break  # a peer with another version: next source
             except OriginError as exc:
+                sink.abort()
                 last = exc
                 log.warning("fill: %s: %r bytes %d+%d (try %d): %s", src.name, key, start,
                             length, n + 1, exc)  # fmt: skip
                 if n < retries:
                     await asyncio.sleep(BACKOFF_BASE * 2**n * (0.5 + random.random()))
+                continue
+            except BaseException:
+                sink.abort()
+                raise
+            return staged, src.name, h
     raise last or OriginError(f"{key!r}: no source to fill from")
 
 
@@ -179,32 +191,31 @@ async def fetch_object(
     throttle: Throttle,
     progress: Callable[[int], None],
 ) -> Fetched:
-    """Every slice of ``obj`` staged or reread, and the digest of the whole."""
+    """Every slice of ``obj`` staged (durably) or reread, and the digest of the whole."""
     meta = obj.meta
     hasher = xxhash.xxh3_64()
     out = Fetched([], "", {})
     try:
         for idx in range(obj.slice_count):
-            start, length = slice_bounds(idx, meta.size, obj.slice_size)
+            _, length = slice_bounds(idx, meta.size, obj.slice_size)
             if idx in obj.slices:
                 data = await asyncio.to_thread(_read, obj.slice_path(idx))
                 if len(data) != length:
                     raise OriginError(f"{obj.key!r}: stored slice {idx} has the wrong size")
                 hasher.update(data)
                 continue
-            chunks, name = await fetch_slice(
-                sources, obj.key, meta, start, length, retries, throttle, progress
+            staged, name, hasher = await fetch_slice(
+                store, obj, idx, sources, retries, throttle, progress, hasher
             )
-            for c in chunks:
-                hasher.update(c)
             out.downloaded[name] = out.downloaded.get(name, 0) + length
-            writing = asyncio.ensure_future(asyncio.to_thread(store.stage, obj, idx, chunks))
+            out.staged.append(staged)
+        if out.staged:
+            syncing = asyncio.ensure_future(asyncio.to_thread(store.sync_staged, out.staged))
             try:
-                out.staged.append(await asyncio.shield(writing))
+                await asyncio.shield(syncing)
             except asyncio.CancelledError:
-                # the thread writes on: wait for its file, so it is removed too
                 with contextlib.suppress(Exception):
-                    out.staged.append(await writing)
+                    await syncing  # let the thread finish before its files are removed
                 raise
     except BaseException:
         store.discard(out.staged)

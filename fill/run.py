@@ -339,6 +339,10 @@ class FillRun:
             self.tally.downloaded[name] = self.tally.downloaded.get(name, 0) + n
 
     async def _commit(self, obj: StoredObject, fetched: Fetched) -> bool:
+        if not self.evict_queue:  # nothing of the old plan to remove first
+            return await asyncio.to_thread(
+                self.store.commit_object, obj, fetched.staged, fetched.digest
+            )
         async with self.room:
             need = sum(st.size for st in fetched.staged)
             usage = {u.id: u for u in await asyncio.to_thread(self.store.usage)}
