@@ -7,9 +7,10 @@ keeps:
 - no false negatives: a key that went in is always reported held; a key that
   did not is reported held with probability about ``FP_RATE``;
 - the wire format is fixed and documented (docs/steering.md): a 24-byte header
-  (magic, positions per key, bits, keys) and the bits; positions come from
-  xxh3-128 as in the admission doorkeeper (``edge.admission``), independent
-  even in a small filter;
+  (magic, positions per key, bits, keys) and the bits; a key's positions come
+  from one xxh3-128 of it by double hashing, so steering hashes a key once for
+  every appliance's filter (the filter holds at least ``MIN_KEYS`` keys' worth
+  of bits, where double hashing's correlations do not matter);
 - ``etag`` is a digest of the bytes: the same content gives the same ETag on
   every worker and every rebuild, so an unchanged inventory polls as a 304;
 - pure: no sockets, files or clocks.
@@ -24,7 +25,7 @@ import xxhash
 
 from edge.admission import bloom_size
 
-__all__ = ["FP_RATE", "MAGIC", "KeyFilter", "build"]
+__all__ = ["FP_RATE", "MAGIC", "KeyFilter", "build", "etag", "key_hash"]
 
 MAGIC = b"EFB1"
 FP_RATE = 0.01
@@ -32,14 +33,13 @@ MIN_KEYS = 1024
 CONTENT_TYPE = "application/vnd.edgefleet.bloom"
 _HEADER = struct.Struct(">4sB3xQQ")
 _MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
 MAX_BITS = 1 << 34  # 2 GiB of filter: far beyond any store, a guard against garbage
 
 
 class KeyFilter:
     """A Bloom filter of object keys, in the inventory wire format."""
 
-    __slots__ = ("_need", "_width", "bits", "count", "data", "hashes")
+    __slots__ = ("bits", "count", "data", "hashes")
 
     def __init__(self, bits: int, hashes: int, data: bytearray | bytes, count: int = 0) -> None:
         if not 8 <= bits <= MAX_BITS or not 1 <= hashes <= 32:
@@ -50,8 +50,6 @@ class KeyFilter:
         self.hashes = hashes
         self.data = data
         self.count = count
-        self._width = bits.bit_length() + 16
-        self._need = self._width * hashes
 
     @classmethod
     def empty(cls, expected_keys: int) -> KeyFilter:
@@ -59,16 +57,9 @@ class KeyFilter:
         return cls(bits, hashes, bytearray((bits + 7) // 8))
 
     def positions(self, key: str) -> list[int]:
-        data = key.encode("utf-8", "surrogatepass")
-        width = self._width
-        acc = have = seed = 0
-        while have < self._need:
-            acc |= xxhash.xxh3_128_intdigest(data, seed) << have
-            have += 128
-            seed = (seed + _GOLDEN) & _MASK64
-        chunk = (1 << width) - 1
+        h1, h2 = key_hash(key)
         m = self.bits
-        return [((acc >> (i * width)) & chunk) % m for i in range(self.hashes)]
+        return [(h1 + i * h2) % m for i in range(self.hashes)]
 
     def add(self, key: str) -> None:
         d = self.data
@@ -78,8 +69,18 @@ class KeyFilter:
         self.count += 1
 
     def __contains__(self, key: str) -> bool:
+        return self.holds(*key_hash(key))
+
+    def holds(self, h1: int, h2: int) -> bool:
+        """Membership by the key's ``key_hash``: one hash of the key serves every
+        appliance's filter, whatever their sizes."""
         d = self.data
-        return all(d[p >> 3] & (1 << (p & 7)) for p in self.positions(key))
+        m = self.bits
+        for i in range(self.hashes):
+            p = (h1 + i * h2) % m
+            if not d[p >> 3] & (1 << (p & 7)):
+                return False
+        return True
 
     def to_bytes(self) -> bytes:
         return _HEADER.pack(MAGIC, self.hashes, self.bits, self.count) + bytes(self.data)
@@ -93,6 +94,13 @@ class KeyFilter:
         if magic != MAGIC:
             raise ValueError("not an edgefleet inventory filter")
         return cls(bits, hashes, body[_HEADER.size :], count)
+
+
+def key_hash(key: str) -> tuple[int, int]:
+    """The two 64-bit hashes a key's positions derive from (Kirsch-Mitzenmacher:
+    position ``i`` is ``(h1 + i*h2) mod m``; ``h2`` is odd)."""
+    h = xxhash.xxh3_128_intdigest(key.encode("utf-8", "surrogatepass"))
+    return h & _MASK64, (h >> 64) | 1
 
 
 def build(keys: Iterable[str], expected: int) -> KeyFilter:
