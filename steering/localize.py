@@ -128,7 +128,10 @@ def geoip_reader(path: str) -> tuple[GeoLookup, Callable[[], None]]:
     """(lookup, close) over a MaxMind database; City-style records give a position."""
     import maxminddb
 
-    reader = maxminddb.open_database(path)
+    try:
+        reader = maxminddb.open_database(path)
+    except maxminddb.InvalidDatabaseError as exc:
+        raise ValueError(str(exc)) from None
 
     def lookup(text: str) -> tuple[float, float] | None:
         try:
