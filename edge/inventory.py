@@ -25,7 +25,7 @@ import xxhash
 
 from edge.admission import bloom_size
 
-__all__ = ["FP_RATE", "MAGIC", "KeyFilter", "build", "etag", "key_hash"]
+__all__ = ["FP_RATE", "MAGIC", "KeyFilter", "build", "etag", "key_hash", "key_hash_bytes"]
 
 MAGIC = b"EFB1"
 FP_RATE = 0.01
@@ -99,7 +99,12 @@ class KeyFilter:
 def key_hash(key: str) -> tuple[int, int]:
     """The two 64-bit hashes a key's positions derive from (Kirsch-Mitzenmacher:
     position ``i`` is ``(h1 + i*h2) mod m``; ``h2`` is odd)."""
-    h = xxhash.xxh3_128_intdigest(key.encode("utf-8", "surrogatepass"))
+    return key_hash_bytes(key.encode("utf-8", "surrogatepass"))
+
+
+def key_hash_bytes(data: bytes) -> tuple[int, int]:
+    """``key_hash`` of a key already encoded as UTF-8."""
+    h = xxhash.xxh3_128_intdigest(data)
     return h & _MASK64, (h >> 64) | 1
 
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import xxhash
+from xxhash import xxh3_64_intdigest
 
-from edge.inventory import key_hash
+from edge.inventory import key_hash_bytes
 from steering.fleet import Fleet
 from steering.health import FleetState
 from steering.localize import PREFIX, Location
@@ -54,81 +54,92 @@ class Decision:
 
 
 def _rank_group(
-    members: list[int],
+    members: tuple[int, ...] | list[int],
+    uniform: bool,
     kb: bytes,
-    hashes: tuple[int, int],
+    h1: int,
+    h2: int,
     fleet: Fleet,
     state: FleetState,
-    out: list[tuple[int, bool]],
-) -> None:
-    """Append the candidates among ``members``: holders first, then rendezvous."""
+) -> list[tuple[bool, float, int]]:
+    """The candidates among ``members`` as (holds, score, index), best first:
+    holders, then weighted rendezvous (equal weights rank by the raw hash, the
+    same order without a logarithm)."""
     candidate = state.candidate
     filters = state.filters
     seeds = fleet.seeds
-    weights = fleet.weights
-    scored = []
+    scored: list[tuple[bool, float, int]] = []
     for i in members:
         if not candidate[i]:
             continue
         f = filters[i]
-        holds = f is not None and f.holds(*hashes)
-        u = (xxhash.xxh3_64_intdigest(kb, seeds[i]) + 0.5) / _TWO64
-        scored.append((holds, weights[i] / -math.log(u), i))
+        h = xxh3_64_intdigest(kb, seeds[i])
+        score = h if uniform else fleet.weights[i] / -math.log((h + 0.5) / _TWO64)
+        scored.append((f is not None and f.holds(h1, h2), score, i))
     if len(scored) > 1:
         scored.sort(reverse=True)
-    out.extend((i, holds) for holds, _, i in scored)
+    return scored
 
 
 def decide(fleet: Fleet, state: FleetState, key: str, location: Location, answers: int) -> Decision:
     kb = key.encode("utf-8", "surrogatepass")
-    hashes = key_hash(key)
+    h1, h2 = key_hash_bytes(kb)
     site_of = fleet.site_of
-    ranked: list[tuple[int, bool]] = []
-    own = location.own
     order = fleet.site_order(location.latitude, location.longitude)
-    if own:
-        if len(own) == 1 or all(site_of[i] == site_of[own[0]] for i in own):
-            _rank_group(list(own), kb, hashes, fleet, state, ranked)
-        else:  # an ISP announcing one prefix to several sites: nearest site first
-            rank_of = {s: n for n, s in enumerate(order)}
-            by_site: dict[int, list[int]] = {}
-            for i in own:
-                by_site.setdefault(site_of[i], []).append(i)
-            for s in sorted(by_site, key=rank_of.__getitem__):
-                _rank_group(by_site[s], kb, hashes, fleet, state, ranked)
+    groups = location.own_groups
+    if len(groups) > 1:  # an ISP announcing one prefix to several sites: nearest first
+        rank_of = {s: n for n, s in enumerate(order)}
+        groups = tuple(sorted(groups, key=lambda g: rank_of[g[0]]))
+    ranked: list[tuple[bool, float, int]] = []
+    first_site = -1
+    mixed = False  # does ranked hold a second site yet?
+    for site, members, uniform in groups:
+        got = _rank_group(members, uniform, kb, h1, h2, fleet, state)
+        if got:
+            if first_site < 0:
+                first_site = site
+            elif site != first_site:
+                mixed = True
+            ranked += got
     own_count = len(ranked)
-    own_set = set(own)
-    members = fleet.members
-    for s in order:
-        if (
-            len(ranked) >= answers
-            and ranked
-            and (answers == 1 or any(site_of[i] != site_of[ranked[0][0]] for i, _ in ranked))
-        ):
-            break
-        group = [i for i in members[s] if i not in own_set] if own_set else members[s]
-        _rank_group(group, kb, hashes, fleet, state, ranked)
+    if own_count < answers or not (mixed or answers == 1):
+        own_sites = location.own_sites
+        own = location.own
+        all_members = fleet.members
+        uniform_sites = fleet.uniform
+        for site in order:
+            if site in own_sites:
+                continue
+            members = all_members[site]
+            if own:
+                members = [i for i in members if i not in own]
+            got = _rank_group(members, uniform_sites[site], kb, h1, h2, fleet, state)
+            if not got:
+                continue
+            if first_site < 0:
+                first_site = site
+            elif site != first_site:
+                mixed = True
+            ranked += got
+            if len(ranked) >= answers and (mixed or answers == 1):
+                break
 
     chosen = ranked[:answers]
-    if len(chosen) > 1:
-        first_site = site_of[chosen[0][0]]
-        if all(site_of[i] == first_site for i, _ in chosen):
-            other = next((r for r in ranked if site_of[r[0]] != first_site), None)
-            if other is not None:
-                chosen[-1] = other
+    if mixed and len(chosen) > 1 and all(site_of[c[2]] == first_site for c in chosen):
+        chosen[-1] = next(r for r in ranked if site_of[r[2]] != first_site)
 
     if location.source == PREFIX:
-        site = location.site or "none"
+        label = location.site or "none"
     else:
-        site = fleet.sites[site_of[chosen[0][0]]] if chosen else "none"
+        label = fleet.sites[site_of[chosen[0][2]]] if chosen else "none"
     if not chosen:
         klass = NO_APPLIANCE
     elif location.source != PREFIX:
         klass = LOCATION_MISS
     elif own_count == 0:
         klass = HEALTH_MISS
-    elif not chosen[0][1]:
+    elif not chosen[0][0]:
         klass = CONTENT_MISS
     else:
         klass = HIT
-    return Decision(key, location, [i for i, _ in chosen], [h for _, h in chosen], klass, site)
+    return Decision(key, location, [c[2] for c in chosen], [c[0] for c in chosen], klass, label)

@@ -29,6 +29,7 @@ from steering.prefixes import Network, PrefixTable
 from steering.rendezvous import seed_for
 
 EARTH_KM = 6371.0
+OwnGroups = tuple[tuple[int, tuple[int, ...], bool], ...]
 MAX_ORDERS = 100_000
 
 
@@ -94,12 +95,41 @@ class Fleet:
         for i, a in enumerate(self.specs):
             for net in a.prefixes:
                 announced.setdefault(net, []).append(i)
+        # a site whose boxes weigh the same ranks by the raw hash (no logarithm)
+        self.uniform = [len({self.weights[i] for i in m}) == 1 for m in self.members]
+        groups_of: dict[
+            tuple[int, ...], tuple[tuple[tuple[int, tuple[int, ...], bool], ...], frozenset[int]]
+        ] = {}
         prefix_items = []
         for net, own in announced.items():
+            key = tuple(own)
+            if key not in groups_of:  # an ISP's prefixes share their announcers
+                by_site: dict[int, list[int]] = {}
+                for i in own:
+                    by_site.setdefault(self.site_of[i], []).append(i)
+                groups = tuple(
+                    (s, tuple(m), len({self.weights[i] for i in m}) == 1)
+                    for s, m in by_site.items()
+                )
+                full = frozenset(s for s, m in by_site.items() if len(m) == len(self.members[s]))
+                groups_of[key] = (groups, full)
+            groups, full = groups_of[key]
             site = self.site_of[own[0]]
             lat, lon = self.site_pos[site]
             prefix_items.append(
-                (net, Location(PREFIX, lat, lon, str(net), self.sites[site], tuple(own)))
+                (
+                    net,
+                    Location(
+                        PREFIX,
+                        lat,
+                        lon,
+                        str(net),
+                        self.sites[site],
+                        key,
+                        own_groups=groups,
+                        own_sites=full,
+                    ),
+                )
             )
         default = cfg.default_location or centroid(self.site_pos)
         self.localizer = Localizer(

@@ -37,6 +37,10 @@ class Location:
     site: str | None = None  # the client's own site (prefix) or the zone's site
     own: tuple[int, ...] = ()  # appliance indexes announcing the prefix
     zone: str | None = None
+    # made once by the fleet, for the decision: the own appliances by site
+    # (site, members, equal weights?), and the sites they cover entirely
+    own_groups: tuple[tuple[int, tuple[int, ...], bool], ...] = ()
+    own_sites: frozenset[int] = frozenset()
 
     def as_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"source": self.source}
