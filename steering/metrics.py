@@ -38,11 +38,13 @@ class SteerMetrics:
         k = (klass, site)
         self.answers[k] = self.answers.get(k, 0) + 1
 
-    def request(self, endpoint: str, status: int, seconds: float) -> None:
+    def request(self, endpoint: str, status: int, seconds: float | None) -> None:
+        """One response; ``seconds`` from request to last byte, for the answers."""
         k = (endpoint, status)
         self.requests[k] = self.requests.get(k, 0) + 1
-        self.hist[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
+        if seconds is not None:
+            self.hist[bisect.bisect_left(BUCKETS, seconds)] += 1
+            self.latency_sum += seconds
 
     def transition(self, appliance: str, to: str) -> None:
         k = (appliance, to)
@@ -86,7 +88,7 @@ class _Collector(Collector):
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
         yield HistogramMetricFamily(
             "edgefleet_steer_request_duration_seconds",
-            "Time to answer /steer and /r/ (handler, not network)",
+            "Time from request to the answer's last byte handed to the kernel (/steer, /r/)",
             buckets=buckets,
             sum_value=m.latency_sum,
         )
