@@ -281,8 +281,11 @@ class Responder:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.server.daemon_threads = True
+        class Listener(ThreadingHTTPServer):
+            request_queue_size = 4096  # a thousand polls arrive at once at start
+            daemon_threads = True
+
+        self.server = Listener((HOST, 0), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
