@@ -45,6 +45,8 @@ from edge.response import (
     status_line,
     text_body,
 )
+from edge.signing import MESSAGES as TOKEN_MESSAGES
+from edge.signing import Verifier
 from edge.store import Store, StoredObject, is_device_error
 from edge.view import View
 
@@ -112,6 +114,8 @@ class Appliance(MissPath):
         self.sent_window: list[tuple[float, int]] = []
         self.egress_rate = 0.0
         self.ops: Any = None  # set by serve (edge.ops.Ops)
+        # signed URLs: checked only when keys are configured
+        self.verifier = Verifier(cfg.url_signing_keys) if cfg.url_signing_keys else None
         self._timers: list[asyncio.TimerHandle] = []
         self._update_date()
 
@@ -274,6 +278,11 @@ class Appliance(MissPath):
             return self.error(req, 405, f"method {method} not allowed", f"Allow: {ALLOW}\r\n")
         if not key:
             return self.error(req, 404, "no object named; ask for /<key>")
+        if self.verifier is not None:
+            reason = self.verifier.check(key, query.decode("latin-1"), req.client, time.time())
+            if reason is not None:
+                self.metrics.token_rejected(reason)
+                return self.error(req, 403, TOKEN_MESSAGES[reason], key=key)
         hit = self.hits.get(key)
         if hit is None:
             self.hits[key] = [1.0, time.time()]

@@ -16,6 +16,7 @@ from typing import Any
 
 from edge.origin import OriginSettings
 from edge.policy import POLICIES
+from edge.signing import parse_keys
 from edge.store import DEFAULT_SLICE_SIZE
 
 _UNITS = {
@@ -104,6 +105,8 @@ class ServeConfig:
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
     admission: str = "doorkeeper"
+    # key id -> secret; with any, content requests need a valid signed URL
+    url_signing_keys: dict[str, bytes] = field(default_factory=dict)
 
     def origin_settings(self) -> OriginSettings:
         return OriginSettings(
@@ -259,8 +262,14 @@ SERVE_OPTIONS: dict[str, tuple[str, Any, str]] = {
         _choice("off", "doorkeeper"),
         "store an object seen once under capacity pressure? (doorkeeper: only from its 2nd ask)",
     ),
+    "url_signing_keys": (
+        "--url-signing-key",
+        parse_keys,
+        "KID=SECRET a signed URL may use (repeat for rotation; with none, URLs are not checked)",
+    ),
 }
-_REPEATABLE = {"store", "origin"}
+_REPEATABLE = {"store", "origin", "url_signing_keys"}
+_SECRET = {"url_signing_keys"}
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -301,7 +310,8 @@ def load_serve_config(args: argparse.Namespace) -> ServeConfig:
         try:
             setattr(cfg, name, parser(value))
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"invalid {flag} / {name} = {value!r}: {exc}") from None
+            shown = "(secrets not shown)" if name in _SECRET else repr(value)
+            raise ConfigError(f"invalid {flag} / {name} = {shown}: {exc}") from None
     if not cfg.store:
         raise ConfigError("no store: give --store DIR (repeat per disk) or [[store]] in the file")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:

@@ -51,6 +51,11 @@ ORIGIN_BYTES = Counter("edgefleet_origin_bytes", "Bytes read from origins")
 STORE_WRITE_FAILURES = Counter(
     "edgefleet_store_write_failures", "Slices fetched but not stored (no room or a disk error)"
 )
+TOKEN_REJECTIONS = Counter(
+    "edgefleet_token_rejections",
+    "Content requests refused with 403 for their signed-URL token, by reason",
+    ["reason"],
+)
 CONNECTIONS = Gauge(
     "edgefleet_open_connections", "Open client connections", multiprocess_mode="livesum"
 )
@@ -72,6 +77,7 @@ class RequestMetrics:
         self._sent = dict.fromkeys(_CACHE_RESULTS, 0)
         self._hist = {c: [0] * (len(_BUCKETS) + 1) for c in _CACHE_RESULTS}
         self._sum = dict.fromkeys(_CACHE_RESULTS, 0.0)
+        self._rejected: dict[str, int] = {}
 
     def observe(self, status: int, cache: str, sent: int, seconds: float) -> None:
         key = (status, cache)
@@ -83,7 +89,13 @@ class RequestMetrics:
         self._hist[cache][bisect.bisect_left(_BUCKETS, seconds)] += 1
         self._sum[cache] += seconds
 
+    def token_rejected(self, reason: str) -> None:
+        self._rejected[reason] = self._rejected.get(reason, 0) + 1
+
     def flush(self) -> None:
+        rejected, self._rejected = self._rejected, {}
+        for reason, n in rejected.items():
+            TOKEN_REJECTIONS.labels(reason).inc(n)
         counts, self._counts = self._counts, {}
         for (status, cache), n in counts.items():
             REQUESTS.labels(str(status), cache).inc(n)

@@ -5,6 +5,8 @@
 - ``GET /_edge/metrics``: Prometheus text, summed over workers;
 - ``GET /_edge/status``: an HTML page for the operator at 3 a.m.;
 - ``GET /_edge/inventory[?prefix=P]``: complete objects, one JSON object a line;
+  ``?format=bloom``: the same keys as a Bloom filter (``edge.inventory``) with an
+  ETag, rebuilt at most once a second, 304 for a matching ``If-None-Match``;
 - ``POST /_edge/admin/{drain,undrain,purge,scrub}``: need
   ``Authorization: Bearer <admin_token>``; disabled (403) without a token.
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from edge import __version__
+from edge import inventory as inv
 from edge import metrics as m
 from edge.connection import Request, Response
 from edge.keys import KeyError400, check_key
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
 JSON = "application/json"
 PURGE_SETTLE_SECONDS = 0.3
+BLOOM_MAX_AGE = 1.0  # seconds an inventory filter is reused before it is rebuilt
 _STARTED = time.time()
 
 
@@ -37,6 +41,8 @@ class Ops:
     def __init__(self, app: Appliance, workers: int) -> None:
         self.app = app
         self.workers = workers
+        self._bloom: tuple[float, bytes, str] | None = None  # (built at, body, ETag)
+        self._bloom_building: asyncio.Future[tuple[float, bytes, str]] | None = None
 
     def handle(self, req: Request, key: str, query: bytes) -> Response | Awaitable[Response]:
         app = self.app
@@ -161,6 +167,8 @@ in {doc["store"]["objects"]} objects</p>
         return self._reply(req, 200, page.encode(), "text/html; charset=utf-8", "_edge/status")
 
     async def inventory(self, req: Request, params: dict[str, str]) -> Response:
+        if params.get("format") == "bloom":
+            return await self.inventory_bloom(req)
         prefix = params.get("prefix", "")
 
         def listing() -> bytes:
@@ -175,6 +183,33 @@ in {doc["store"]["objects"]} objects</p>
 
         body = await self.app.run(listing)
         return self._reply(req, 200, body, "application/x-ndjson", "_edge/inventory")
+
+    async def inventory_bloom(self, req: Request) -> Response:
+        cached = self._bloom
+        if cached is None or time.monotonic() - cached[0] > BLOOM_MAX_AGE:
+            if self._bloom_building is None:  # one build, however many pollers ask
+
+                def build() -> tuple[float, bytes, str]:
+                    keys = [o.key for o in self.app.store.list_objects(complete_only=True)]
+                    body = inv.build(keys, len(keys)).to_bytes()
+                    return time.monotonic(), body, inv.etag(body)
+
+                self._bloom_building = self.app.run(build)
+            building = self._bloom_building
+            try:
+                cached = self._bloom = await building
+            finally:
+                if self._bloom_building is building:
+                    self._bloom_building = None
+        _, body, tag = cached
+        lines = f"ETag: {tag}\r\nCache-Control: no-cache\r\n"
+        given = req.headers.get(b"if-none-match", b"").decode("latin-1")
+        if tag in (t.strip() for t in given.split(",")):
+            head = self.app.head(req, 304, lines.encode())
+            return Response(304, head, key="_edge/inventory")
+        lines = f"Content-Type: {inv.CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n" + lines
+        head = self.app.head(req, 200, lines.encode())
+        return Response(200, head, [body], body_length=len(body), key="_edge/inventory")
 
     # -- admin ---------------------------------------------------------------
 

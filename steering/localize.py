@@ -1,0 +1,155 @@
+"""Where a client is: the first step of every decision.
+
+What it decides: the ``Location`` of a client address. Rules it keeps, in
+this order (the first that answers wins):
+1. longest-prefix match on the prefixes appliances serve (what an ISP
+   announces to its embedded appliances): the appliances announcing the
+   longest matching prefix are the client's own, and its position is their
+   site's;
+2. longest-prefix match on the coverage zone file: the zone's position;
+3. the GeoIP database: the record's ``location.latitude/longitude``;
+4. unknown: the fleet's default position.
+Locations for prefixes and zones are made once, when the fleet is compiled;
+a lookup allocates only for GeoIP answers. Nothing here opens files; the
+GeoIP reader is passed in as a function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from steering.prefixes import Network, PrefixTable, parse_network
+
+PREFIX, ZONE, GEOIP, UNKNOWN = "prefix", "zone", "geoip", "unknown"
+
+GeoLookup = Callable[[str], tuple[float, float] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    source: str  # prefix | zone | geoip | unknown
+    latitude: float
+    longitude: float
+    prefix: str | None = None  # the matching prefix (prefix and zone sources)
+    site: str | None = None  # the client's own site (prefix) or the zone's site
+    own: tuple[int, ...] = ()  # appliance indexes announcing the prefix
+    zone: str | None = None
+    # made once by the fleet, for the decision: the own appliances by site
+    # (site, members, equal weights?), and the sites they cover entirely
+    own_groups: tuple[tuple[int, tuple[int, ...], bool], ...] = ()
+    own_sites: frozenset[int] = frozenset()
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"source": self.source}
+        if self.prefix is not None:
+            doc["prefix"] = self.prefix
+        if self.zone is not None:
+            doc["zone"] = self.zone
+        if self.site is not None:
+            doc["site"] = self.site
+        doc["latitude"] = self.latitude
+        doc["longitude"] = self.longitude
+        return doc
+
+
+class Localizer:
+    def __init__(
+        self,
+        prefixes: PrefixTable[Location],
+        zones: PrefixTable[Location],
+        geoip: GeoLookup | None,
+        unknown: Location,
+    ) -> None:
+        self.prefixes = prefixes
+        self.zones = zones
+        self.geoip = geoip
+        self.unknown = unknown
+
+    def locate(self, version: int, addr: int, text: str) -> Location:
+        """``text`` is the address as given (for GeoIP); ``version``/``addr`` its parse."""
+        hit = self.prefixes.lookup(version, addr)
+        if hit is not None:
+            return hit[1]
+        hit = self.zones.lookup(version, addr)
+        if hit is not None:
+            return hit[1]
+        if self.geoip is not None:
+            pos = self.geoip(text)
+            if pos is not None:
+                return Location(GEOIP, pos[0], pos[1])
+        return self.unknown
+
+
+def parse_coverage_zones(
+    doc: Any, site_positions: Mapping[str, tuple[float, float]]
+) -> list[tuple[Network, Location]]:
+    """Apache Traffic Control's coverage zone JSON (``{"coverageZones": {NAME:
+    {"coordinates": {"latitude", "longitude"}, "network": [...], "network6":
+    [...]}}}``). A zone without coordinates takes the position of the site of
+    its name. ``ValueError`` names the zone at fault."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("coverageZones"), dict):
+        raise ValueError('expected an object with "coverageZones"')
+    out: list[tuple[Network, Location]] = []
+    for name, zone in doc["coverageZones"].items():
+        if not isinstance(zone, dict):
+            raise ValueError(f"zone {name!r}: expected an object")
+        coords = zone.get("coordinates")
+        site = name if name in site_positions else None
+        if isinstance(coords, dict) and "latitude" in coords and "longitude" in coords:
+            lat, lon = float(coords["latitude"]), float(coords["longitude"])
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+                raise ValueError(f"zone {name!r}: coordinates out of range")
+        elif site is not None:
+            lat, lon = site_positions[site]
+        else:
+            raise ValueError(f"zone {name!r}: no coordinates and no site of that name")
+        for field in ("network", "network6"):
+            nets = zone.get(field, [])
+            if not isinstance(nets, list):
+                raise ValueError(f"zone {name!r}: {field} must be a list")
+            for text in nets:
+                try:
+                    net = parse_network(str(text))
+                except ValueError as exc:
+                    raise ValueError(f"zone {name!r}: {exc}") from None
+                out.append(
+                    (net, Location(ZONE, lat, lon, prefix=str(net), site=site, zone=str(name)))
+                )
+    return out
+
+
+def load_coverage_zones(
+    path: str, site_positions: Mapping[str, tuple[float, float]]
+) -> list[tuple[Network, Location]]:
+    with open(path, "rb") as f:
+        return parse_coverage_zones(json.load(f), site_positions)
+
+
+def geoip_reader(path: str) -> tuple[GeoLookup, Callable[[], None]]:
+    """(lookup, close) over a MaxMind database; City-style records give a position."""
+    import maxminddb
+
+    try:
+        reader = maxminddb.open_database(path)
+    except maxminddb.InvalidDatabaseError as exc:
+        raise ValueError(str(exc)) from None
+
+    def lookup(text: str) -> tuple[float, float] | None:
+        try:
+            record = reader.get(text)
+        except ValueError:
+            return None
+        if not isinstance(record, dict):
+            return None
+        loc = record.get("location")
+        if not isinstance(loc, dict):
+            return None
+        lat, lon = loc.get("latitude"), loc.get("longitude")
+        if not isinstance(lat, int | float) or not isinstance(lon, int | float):
+            return None
+        return float(lat), float(lon)
+
+    return lookup, reader.close
