@@ -74,8 +74,12 @@ def main(args: argparse.Namespace) -> int:
         return 0
     text = json.dumps(report, indent=1)
     if cfg.report:
-        with open(cfg.report, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        try:
+            with open(cfg.report, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        except OSError as exc:
+            print(f"edgefleet fill: --report: cannot write {cfg.report}: {exc}", file=sys.stderr)
+            code = code or 1
     if not args.dry_run:
         print(text)
     return code

@@ -152,8 +152,14 @@ class FillRun:
         else:
             raise ConfigError("no manifest: give --manifest / manifest, or --from-logs PATH")
         if self.cfg.write_manifest:
-            with open(self.cfg.write_manifest, "w", encoding="utf-8") as f:
-                f.write(manifests.dump(entries))
+            try:
+                with open(self.cfg.write_manifest, "w", encoding="utf-8") as f:
+                    f.write(manifests.dump(entries))
+            except OSError as exc:
+                raise ConfigError(
+                    f"--write-manifest: cannot write {self.cfg.write_manifest}: "
+                    f"{exc.strerror or exc}"
+                ) from None
         return entries
 
     async def _from_logs(self) -> list[Entry]:
