@@ -176,7 +176,7 @@ def _origins(value: Any) -> list[str]:
     return out
 
 
-def _positive_int(value: Any) -> int:
+def positive_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a whole number")
     n = int(value)
@@ -208,7 +208,7 @@ def _slice_size(value: Any) -> int:
     return n
 
 
-def _choice(*names: str):
+def choice(*names: str):  # type: ignore[no-untyped-def]
     def parse(value: Any) -> str:
         if str(value) not in names:
             raise ValueError(f"{value!r}: choose from {', '.join(names)}")
@@ -217,28 +217,28 @@ def _choice(*names: str):
     return parse
 
 
-SERVE_OPTIONS: dict[str, tuple[str, Any, str]] = {
+SERVE_OPTIONS: Options = {
     "listen": ("--listen", parse_listen, "HOST:PORT to serve content and /_edge/ on"),
     "store": ("--store", _store_roots, "store root DIR or DIR=SIZE (repeat: one per disk)"),
     "capacity": ("--capacity", parse_size, "total capacity, split over roots naming none"),
     "index": ("--index", str, "the SQLite index (default FIRST_ROOT/index.sqlite)"),
     "origin": ("--origin", _origins, "origin URL (repeat for fallbacks), e.g. file:///srv/videos"),
     "slice_size": ("--slice-size", _slice_size, "slice size for new objects (default 2MiB)"),
-    "workers": ("--workers", _positive_int, "worker processes sharing the port"),
+    "workers": ("--workers", positive_int, "worker processes sharing the port"),
     "access_log": ("--access-log", str, "JSON-lines access log path, '-' for stdout"),
     "admin_token": ("--admin-token", str, "bearer token for /_edge/admin/* (none: disabled)"),
     "grace": ("--grace", parse_duration, "how long in-flight responses may finish on SIGTERM"),
-    "eviction": ("--eviction", _choice(*POLICIES), "eviction policy"),
+    "eviction": ("--eviction", choice(*POLICIES), "eviction policy"),
     "half_life": ("--half-life", parse_duration, "popularity half-life (default 1d)"),
     "cors_origin": ("--cors-origin", str, "Access-Control-Allow-Origin value (default *)"),
-    "max_ranges": ("--max-ranges", _positive_int, "ranges per request before Range is ignored"),
+    "max_ranges": ("--max-ranges", positive_int, "ranges per request before Range is ignored"),
     "keepalive_timeout": ("--keepalive-timeout", parse_duration, "idle keep-alive timeout"),
-    "log_level": ("--log-level", _choice("debug", "info", "warning", "error"), "log level"),
+    "log_level": ("--log-level", choice("debug", "info", "warning", "error"), "log level"),
     "s3_endpoint": ("--s3-endpoint", _http_url, "S3 endpoint URL (default: AWS)"),
     "s3_region": ("--s3-region", str, "S3 region (default: from the AWS configuration)"),
     "s3_addressing_style": (
         "--s3-addressing-style",
-        _choice("auto", "path", "virtual"),
+        choice("auto", "path", "virtual"),
         "S3 addressing style",
     ),
     "s3_access_key_id": ("--s3-access-key-id", str, "S3 key id (default: AWS env/files)"),
@@ -253,13 +253,13 @@ SERVE_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "negative_ttl": ("--negative-ttl", parse_duration, "how long a 404 from the origin is kept"),
     "breaker_failures": (
         "--breaker-failures",
-        _positive_int,
+        positive_int,
         "consecutive origin failures that open its circuit breaker",
     ),
     "breaker_cooldown": ("--breaker-cooldown", parse_duration, "how long a breaker stays open"),
     "admission": (
         "--admission",
-        _choice("off", "doorkeeper"),
+        choice("off", "doorkeeper"),
         "store an object seen once under capacity pressure? (doorkeeper: only from its 2nd ask)",
     ),
     "url_signing_keys": (
@@ -272,13 +272,46 @@ _REPEATABLE = {"store", "origin", "url_signing_keys"}
 _SECRET = {"url_signing_keys"}
 
 
+Options = dict[str, tuple[str, Any, str]]  # name -> (flag, parser, help)
+
+
+def add_option_flags(
+    target: Any, options: Options, repeatable: set[str], dest_prefix: str = ""
+) -> None:
+    """A flag per option on ``target`` (a parser or an argument group)."""
+    for name, (flag, _, help_text) in options.items():
+        action = "append" if name in repeatable else None
+        target.add_argument(flag, dest=dest_prefix + name, action=action, help=help_text)
+
+
+def apply_options(
+    cfg: Any,
+    options: Options,
+    raw: dict[str, Any],
+    args: argparse.Namespace,
+    *,
+    dest_prefix: str = "",
+    secret: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Set ``cfg`` from the file's ``raw`` values with the flags on top, each
+    through its parser; a bad value is a ``ConfigError`` naming the option both
+    ways (never showing a ``secret`` one)."""
+    for name in options:
+        value = getattr(args, dest_prefix + name, None)
+        if value is not None:
+            raw[name] = value
+    for name, value in raw.items():
+        flag, parse, _ = options[name]
+        try:
+            setattr(cfg, name, parse(value))
+        except (ValueError, TypeError) as exc:
+            shown = "(secrets not shown)" if name in secret else repr(value)
+            raise ConfigError(f"invalid {flag} / {name} = {shown}: {exc}") from None
+
+
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    for name, (flag, _, help_text) in SERVE_OPTIONS.items():
-        if name in _REPEATABLE:
-            parser.add_argument(flag, dest=name, action="append", help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, help=help_text)
+    add_option_flags(parser, SERVE_OPTIONS, _REPEATABLE)
 
 
 def load_serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -300,18 +333,8 @@ def load_serve_config(args: argparse.Namespace) -> ServeConfig:
                 f"{args.config}: unknown option {unknown[0]!r} "
                 f"(known: {', '.join(sorted(SERVE_OPTIONS))})"
             )
-    for name in SERVE_OPTIONS:
-        value = getattr(args, name, None)
-        if value is not None:
-            raw[name] = value
     cfg = ServeConfig()
-    for name, value in raw.items():
-        flag, parser, _ = SERVE_OPTIONS[name]
-        try:
-            setattr(cfg, name, parser(value))
-        except (ValueError, TypeError) as exc:
-            shown = "(secrets not shown)" if name in _SECRET else repr(value)
-            raise ConfigError(f"invalid {flag} / {name} = {shown}: {exc}") from None
+    apply_options(cfg, SERVE_OPTIONS, raw, args, secret=_SECRET)
     if not cfg.store:
         raise ConfigError("no store: give --store DIR (repeat per disk) or [[store]] in the file")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:

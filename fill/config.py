@@ -14,7 +14,15 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.config import ConfigError, parse_duration, parse_size
+from edge.config import (
+    ConfigError,
+    Options,
+    add_option_flags,
+    apply_options,
+    parse_duration,
+    parse_size,
+    positive_int,
+)
 from fill.budget import Window, parse_rate
 
 
@@ -49,12 +57,6 @@ def _headroom(value: Any) -> tuple[str, float]:
     return ("bytes", float(parse_size(value)))
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or int(value) < 1:
-        raise ValueError("must be a whole number of at least 1")
-    return int(value)
-
-
 def _urls(value: Any) -> list[str]:
     items = value if isinstance(value, list) else [value]
     out = []
@@ -70,7 +72,7 @@ def _paths(value: Any) -> list[str]:
     return [str(v) for v in (value if isinstance(value, list) else [value])]
 
 
-FILL_OPTIONS: dict[str, tuple[str, Any, str]] = {
+FILL_OPTIONS: Options = {
     "manifest": ("--manifest", str, "the manifest: a path, an http(s) URL or s3://bucket/key"),
     "from_logs": ("--from-logs", _paths, "build the manifest from these access logs (repeat)"),
     "write_manifest": ("--write-manifest", str, "save the manifest used (JSON lines) here"),
@@ -78,7 +80,7 @@ FILL_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "bytes_per_night": ("--bytes-per-night", parse_size, "most bytes to download in one run"),
     "window": ("--window", Window.parse, "fill window, local time, e.g. 02:00-06:00"),
     "rate": ("--rate", parse_rate, "bandwidth cap for all downloads, e.g. 500Mbit"),
-    "concurrency": ("--concurrency", _count, "objects downloaded at once (default 8)"),
+    "concurrency": ("--concurrency", positive_int, "objects downloaded at once (default 8)"),
     "peers": ("--peer", _urls, "a peer appliance to fill from first (repeat)"),
     "log_half_life": ("--log-half-life", parse_duration, "age that halves a logged request"),
     "report": ("--report", str, "also write the final JSON report to this file"),
@@ -89,11 +91,7 @@ _REPEATABLE = {"from_logs", "peers"}
 
 def add_fill_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fill")
-    for name, (flag, _, help_text) in FILL_OPTIONS.items():
-        if name in _REPEATABLE:
-            group.add_argument(flag, dest=f"fill_{name}", action="append", help=help_text)
-        else:
-            group.add_argument(flag, dest=f"fill_{name}", help=help_text)
+    add_option_flags(group, FILL_OPTIONS, _REPEATABLE, dest_prefix="fill_")
     group.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     group.add_argument("--now", action="store_true", help="run now, whatever the window says")
 
@@ -116,17 +114,8 @@ def load_fill_config(args: argparse.Namespace) -> FillConfig:
                 f"(known: {', '.join(sorted(FILL_OPTIONS))})"
             )
         raw.update(section)
-    for name in FILL_OPTIONS:
-        value = getattr(args, f"fill_{name}", None)
-        if value is not None:
-            raw[name] = value
     cfg = FillConfig()
-    for name, value in raw.items():
-        flag, parser, _ = FILL_OPTIONS[name]
-        try:
-            setattr(cfg, name, parser(value))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"invalid {flag} / {name} = {value!r}: {exc}") from None
+    apply_options(cfg, FILL_OPTIONS, raw, args, dest_prefix="fill_")
     if cfg.manifest and cfg.from_logs:
         raise ConfigError("give --manifest / manifest or --from-logs / from_logs, not both")
     return cfg

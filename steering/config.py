@@ -18,7 +18,16 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.config import ConfigError, parse_duration, parse_listen
+from edge.config import (
+    ConfigError,
+    Options,
+    add_option_flags,
+    apply_options,
+    choice,
+    parse_duration,
+    parse_listen,
+    positive_int,
+)
 from edge.signing import parse_keys
 from steering.prefixes import Network, parse_network
 
@@ -85,15 +94,6 @@ class SteerConfig:
         return kid, self.url_signing_keys[kid]
 
 
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a whole number")
-    n = int(value)
-    if n < 1:
-        raise ValueError("must be at least 1")
-    return n
-
-
 def _prefix_len(bits: int):  # type: ignore[no-untyped-def]
     def parse(value: Any) -> int:
         if isinstance(value, bool):
@@ -156,16 +156,7 @@ def _http_base(value: Any) -> str:
     return url
 
 
-def _choice(*names: str):  # type: ignore[no-untyped-def]
-    def parse(value: Any) -> str:
-        if str(value) not in names:
-            raise ValueError(f"{value!r}: choose from {', '.join(names)}")
-        return str(value)
-
-    return parse
-
-
-STEER_OPTIONS: dict[str, tuple[str, Any, str]] = {
+STEER_OPTIONS: Options = {
     "listen": ("--listen", parse_listen, "HOST:PORT to serve /steer, /r/ and /_steer/ on"),
     "coverage_zones": ("--coverage-zones", str, "coverage zone JSON file (Traffic Control format)"),
     "geoip": ("--geoip", str, "MaxMind .mmdb database, the last resort to localize a client"),
@@ -191,11 +182,11 @@ STEER_OPTIONS: dict[str, tuple[str, Any, str]] = {
         _prefix_len(128),
         "bind URLs to the client's IPv6 /N (0: not bound)",
     ),
-    "answers": ("--answers", _positive_int, "URLs per answer (3)"),
+    "answers": ("--answers", positive_int, "URLs per answer (3)"),
     "health_interval": ("--health-interval", _positive_duration, "health poll interval (2s)"),
     "health_timeout": ("--health-timeout", _positive_duration, "health poll timeout (1s)"),
-    "fall": ("--fall", _positive_int, "consecutive failed polls that take an appliance down (3)"),
-    "rise": ("--rise", _positive_int, "consecutive good polls that bring it back (2)"),
+    "fall": ("--fall", positive_int, "consecutive failed polls that take an appliance down (3)"),
+    "rise": ("--rise", positive_int, "consecutive good polls that bring it back (2)"),
     "max_utilization": (
         "--max-utilization",
         _share,
@@ -216,7 +207,7 @@ STEER_OPTIONS: dict[str, tuple[str, Any, str]] = {
         _http_base,
         "origin base URL answered when no appliance can serve",
     ),
-    "log_level": ("--log-level", _choice("debug", "info", "warning", "error"), "log level"),
+    "log_level": ("--log-level", choice("debug", "info", "warning", "error"), "log level"),
 }
 _REPEATABLE = {"url_signing_keys", "trusted_proxies"}
 _SECRET = {"url_signing_keys"}
@@ -234,11 +225,7 @@ _APPLIANCE_KEYS = {
 
 def add_steer_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    for name, (flag, _, help_text) in STEER_OPTIONS.items():
-        if name in _REPEATABLE:
-            parser.add_argument(flag, dest=name, action="append", help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, help=help_text)
+    add_option_flags(parser, STEER_OPTIONS, _REPEATABLE)
 
 
 def _appliance(i: int, item: Any) -> ApplianceSpec:
@@ -309,18 +296,8 @@ def load_steer_config(args: argparse.Namespace) -> SteerConfig:
             )
     else:
         appliances = []
-    for name in STEER_OPTIONS:
-        value = getattr(args, name, None)
-        if value is not None:
-            raw[name] = value
     cfg = SteerConfig()
-    for name, value in raw.items():
-        flag, parse, _ = STEER_OPTIONS[name]
-        try:
-            setattr(cfg, name, parse(value))
-        except (ValueError, TypeError) as exc:
-            shown = "(secrets not shown)" if name in _SECRET else repr(value)
-            raise ConfigError(f"invalid {flag} / {name} = {shown}: {exc}") from None
+    apply_options(cfg, STEER_OPTIONS, raw, args, secret=_SECRET)
     if not isinstance(appliances, list):
         raise ConfigError("appliance: expected an array of tables ([[appliance]])")
     cfg.appliances = [_appliance(i, item) for i, item in enumerate(appliances)]
