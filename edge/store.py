@@ -195,9 +195,11 @@ class Staged:
 
 
 class StageFile:
-    """One slice being staged: written to the page cache as it arrives (short
-    writes, fine on an event loop) and checksummed; ``close`` checks its length.
-    ``Store.sync_staged`` makes it durable before ``commit_object``."""
+    """One slice's temp file: written as its bytes arrive (short writes to the
+    page cache, fine on an event loop) and checksummed; ``close`` checks its
+    length. Write errors are counted (and a device error fails the root) here.
+    ``put_slice`` closes it fsynced; the fill fsyncs an object's slices together
+    (``Store.sync_staged``) before ``commit_object``."""
 
     def __init__(self, store: Store, obj: StoredObject, idx: int) -> None:
         self.store, self.obj, self.idx = store, obj, idx
@@ -227,7 +229,15 @@ class StageFile:
             self.store._count_write_error(exc, self.obj.root)
             raise
 
-    def close(self) -> Staged:
+    def close(self, *, sync: bool = False) -> Staged:
+        """The staged slice; with ``sync``, fsynced first (else see ``sync_staged``)."""
+        if sync:
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                self.abort()
+                self.store._count_write_error(exc, self.obj.root)
+                raise
         os.close(self.fd)
         self.fd = -1
         if self.n != self.length:
@@ -837,29 +847,6 @@ class Store:
         self._bump(c, "evicted_bytes", freed)
         return files
 
-    def _write_temp(self, root: Root, chunks: Iterable[bytes | memoryview]) -> tuple[str, int, str]:
-        os.makedirs(root.tmp_dir, exist_ok=True)
-        tmp = os.path.join(root.tmp_dir, f"{os.getpid()}.{secrets.token_hex(8)}.tmp")
-        h = xxhash.xxh3_64()
-        n = 0
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                h.update(view)
-                n += len(view)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        os.close(fd)
-        return tmp, n, h.hexdigest()
-
     def put_slice(
         self,
         obj: StoredObject,
@@ -876,14 +863,22 @@ class Store:
         _, length = slice_bounds(idx, obj.meta.size, obj.slice_size)
         if not 0 <= idx < obj.slice_count or size != length:
             raise StoreError(f"slice {idx} of {obj.key!r} must be {length} bytes, got {size}")
-        root = obj.root
-        if root.failed:
+        if obj.root.failed:
             return False
         try:
-            tmp, n, digest = self._write_temp(root, chunks)
-        except OSError as exc:
-            self._count_write_error(exc, root)
-            return False
+            sink = StageFile(self, obj, idx)
+        except OSError:
+            return False  # counted by the stage file
+        try:
+            for chunk in chunks:
+                sink.write(chunk)
+            staged = sink.close(sync=True)
+        except OSError:
+            return False  # counted, and the temp file removed
+        except BaseException:
+            sink.abort()
+            raise
+        tmp, n, digest = staged.path, staged.size, staged.checksum
         if expected_checksum is not None and digest != expected_checksum:
             os.unlink(tmp)
             with self._write() as c:
