@@ -34,6 +34,13 @@ log = logging.getLogger("edgefleet.pull")
 T = TypeVar("T")
 
 BACKOFF_BASE = 0.1
+
+
+def backoff(n: int, base: float = BACKOFF_BASE) -> float:
+    """Seconds to wait before retry ``n + 1``: doubling, jittered by ±50%."""
+    return base * 2**n * (0.5 + random.random())
+
+
 NEGATIVE_MAX = 100_000
 
 
@@ -208,7 +215,7 @@ class Puller:
                     log.warning("origin %s (%s, try %d): %s", origin.url, kind, n + 1, exc)
                     last = exc
                     if n < self.retries:
-                        await asyncio.sleep(BACKOFF_BASE * 2**n * (0.5 + random.random()))
+                        await asyncio.sleep(backoff(n))
                     continue
                 breaker.success()
                 return result

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import xxhash
 
 from edge.meta import ObjectMeta, slice_bounds
 from edge.origin import Origin, OriginChanged, OriginError, OriginSettings, open_origin
+from edge.pull import backoff
 from edge.store import Staged, Store, StoredObject
 from fill.budget import TokenBucket
 
@@ -101,7 +101,7 @@ class Sources:
                 except OriginError as exc:
                     error = exc
                     if n < retries:
-                        await asyncio.sleep(BACKOFF_BASE * 2**n * (0.5 + random.random()))
+                        await asyncio.sleep(backoff(n, BACKOFF_BASE))
             # this origin failed: the next one may answer
         if error is not None:
             raise error
@@ -174,7 +174,7 @@ async def fetch_slice(
                 log.warning("fill: %s: %r bytes %d+%d (try %d): %s", src.name, key, start,
                             length, n + 1, exc)  # fmt: skip
                 if n < retries:
-                    await asyncio.sleep(BACKOFF_BASE * 2**n * (0.5 + random.random()))
+                    await asyncio.sleep(backoff(n, BACKOFF_BASE))
                 continue
             except BaseException:
                 sink.abort()

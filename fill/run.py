@@ -203,8 +203,9 @@ class FillRun:
         if keep:
             await asyncio.to_thread(self.store.pin, keep)
         self.tally.kept = len(keep)
-        demand = {d.entry.key: density(d.entry) for d in plan.decisions}
-        self.evict_queue = sorted(plan.evict, key=lambda h: (demand.get(h.key, -1.0), h.key))
+        # least demand first: not in the manifest at all, then by score per byte
+        per_byte = {d.entry.key: density(d.entry) for d in plan.decisions}
+        self.evict_queue = sorted(plan.evict, key=lambda h: (per_byte.get(h.key, -1.0), h.key))
         work: asyncio.Queue[Decision] = asyncio.Queue()
         for d in [d for d in plan.decisions if d.verify] + plan.of(ADD):
             work.put_nowait(d)
@@ -440,12 +441,12 @@ class FillRun:
     def _print_plan(self, plan: Plan) -> None:
         s = plan.summary()
         w = self.out.write
-        w(f"budget {_size(plan.budget)}")
-        w(f", tonight's downloads at most {_size(plan.nightly)}\n" if plan.nightly else "\n")
+        w(f"budget {human_size(plan.budget)}")
+        w(f", tonight's downloads at most {human_size(plan.nightly)}\n" if plan.nightly else "\n")
         for name in ("keep", "add", "defer", "skip", "evict"):
             part = s[name]
             assert isinstance(part, dict)
-            w(f"{name:6} {part['objects']:>8} objects {_size(part['bytes']):>12}\n")
+            w(f"{name:6} {part['objects']:>8} objects {human_size(part['bytes']):>12}\n")
         w(
             f"covers {float(s['demand_covered']):.1%} of tomorrow's predicted demand "
             f"(byte-weighted); {float(s['demand_covered_when_complete']):.1%} once deferred "
@@ -495,7 +496,3 @@ def _iso(t: float) -> str:
 def _hm(seconds: float) -> str:
     m = int(seconds // 60)
     return f"{m // 60}h{m % 60:02d}m"
-
-
-def _size(n: float | None) -> str:
-    return human_size(n or 0)

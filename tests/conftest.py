@@ -13,14 +13,18 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Appliance:
-    """An ``edgefleet serve`` process on an ephemeral loopback port."""
+class Service:
+    """An ``edgefleet COMMAND`` process on an ephemeral loopback port, found by
+    the ``listening on`` line it prints; its stderr is kept in ``stderr``."""
+
+    command = ""
 
     def __init__(
         self, args: list[str], env: dict[str, str] | None = None, max_files: int | None = None
@@ -32,12 +36,12 @@ class Appliance:
         self.port = 0
         self.stderr: list[str] = []
 
-    def start(self, timeout: float = 20.0) -> Appliance:
+    def start(self, timeout: float = 30.0) -> Self:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
         self.stderr = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "serve", "--listen", "127.0.0.1:0", *self.args],
-            stdout=subprocess.PIPE,
+            [sys.executable, "-m", "edge.cli", self.command, "--listen", "127.0.0.1:0", *self.args],
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
@@ -47,17 +51,18 @@ class Appliance:
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stderr is not None
+        banner = re.compile(rf"edgefleet {self.command}: listening on http://127\.0\.0\.1:(\d+)")
         while time.monotonic() < deadline:
             line = self.proc.stderr.readline()
             if not line:
-                raise RuntimeError("edgefleet serve exited: " + "".join(self.stderr))
+                raise RuntimeError(f"edgefleet {self.command} exited: " + "".join(self.stderr))
             self.stderr.append(line)
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            m = banner.search(line)
             if m:
                 self.port = int(m.group(1))
                 break
         else:
-            raise RuntimeError("edgefleet serve did not start: " + "".join(self.stderr))
+            raise RuntimeError(f"edgefleet {self.command} did not start: " + "".join(self.stderr))
         threading.Thread(target=self._drain, daemon=True).start()
         return self
 
@@ -70,6 +75,32 @@ class Appliance:
         assert self.proc is not None and self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr.append(line)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            raise AssertionError(
+                f"edgefleet {self.command} ignored signal {sig} for {timeout}s; it said:\n"
+                + "".join(self.stderr[-30:])
+            ) from None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+class Appliance(Service):
+    """An ``edgefleet serve`` process on an ephemeral loopback port."""
+
+    command = "serve"
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -92,28 +123,11 @@ class Appliance:
     def health(self) -> dict:
         return json.loads(self.request("GET", "/_edge/health")[2])
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-            raise AssertionError(
-                f"edgefleet serve ignored signal {sig} for {timeout}s; it said:\n"
-                + "".join(self.stderr[-30:])
-            ) from None
-        finally:
-            if self.proc.stdout:
-                self.proc.stdout.close()
 
-    def kill(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]

@@ -14,8 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import make_catalog, wait_for
-from steer_fleet import Steering, appliance_toml, free_port, start_appliance
+from conftest import free_port, make_catalog, wait_for
+from steer_fleet import Steering, appliance_toml, start_appliance
 
 KEY = "titles/81234/movie.mp4"
 NORTH, SOUTH, NOWHERE, PROXY = "127.1.0.5", "127.2.0.5", "127.3.0.5", "127.0.0.77"
