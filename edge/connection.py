@@ -699,3 +699,25 @@ class ContentServer:
             c.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+
+def stop_signal(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT.
+
+    Once it is set the server is already stopping within its grace period, so a
+    second SIGTERM (a supervisor repeating itself) is ignored: it must not kill
+    the process with the default action while it finishes or tears down.
+    """
+    import signal
+
+    stop = asyncio.Event()
+
+    def on_stop() -> None:
+        if not stop.is_set():
+            stop.set()
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_stop)
+    return stop

@@ -192,7 +192,7 @@ def worker_main(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
 async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     from edge.accesslog import AccessLog
     from edge.appliance import Appliance
-    from edge.connection import ContentServer
+    from edge.connection import ContentServer, stop_signal
     from edge.metrics import RequestMetrics
     from edge.ops import Ops
     from edge.origin import open_origin
@@ -220,9 +220,7 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     server.on_fd_pressure = app.shed_files
     app.start()
     server.start()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    stop = stop_signal(loop)
     # SIGHUP (systemctl reload, logrotate) reopens the log; without one it is harmless
     loop.add_signal_handler(
         signal.SIGHUP, access_log.reopen if access_log is not None else (lambda: None)

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from edge import __version__
-from edge.connection import ContentServer, Request, Response
+from edge.connection import ContentServer, Request, Response, stop_signal
 from edge.httpdate import format_http_date
 from edge.keys import KeyError400, check_key, parse_key, split_target
 from edge.response import build_head, text_body
@@ -294,9 +294,7 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace, fleet: Fleet, sock: socket.socket) -> int:
     loop = asyncio.get_running_loop()
     service = Steering(args, fleet)
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    stop = stop_signal(loop)
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hup() -> None:
