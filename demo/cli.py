@@ -1,0 +1,331 @@
+"""``edgefleet demo``: a whole fleet on loopback, until Ctrl-C (docs/demo.md).
+
+Registered through the ``edgefleet.commands`` entry point group. Exit status:
+0 after a clean stop, 1 when a part of the fleet could not start, 2 for a bad
+option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge.config import parse_listen
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "demo",
+        help="run a whole fleet on loopback: origin, three appliances in two ISPs, "
+        "steering, a fill",
+        description="Generate a small HLS catalog, start three appliances in two ISPs and a "
+        "steering service on loopback, fill the appliances from a manifest, print the URLs "
+        "to play, and run until Ctrl-C.",
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="steering's address; the appliances take the next three ports "
+        "(port 0: any free ports) (default 127.0.0.1:8080)",
+    )
+    p.add_argument("--workdir", metavar="DIR", help="keep catalog and stores here (default: temp)")
+    p.add_argument("--titles", type=_count, default=4, help="titles in the catalog (default 4)")
+    p.add_argument("--duration", type=_seconds, default=30.0, help="seconds per title (default 30)")
+    p.add_argument("--segment", type=_seconds, default=2.0, help="seconds per segment (default 2)")
+    p.add_argument(
+        "--synthetic", action="store_true", help="synthetic segments even when ffmpeg is installed"
+    )
+    p.add_argument(
+        "--origin",
+        metavar="URL",
+        help="s3://bucket/prefix: use (and upload the catalog to) an S3-compatible store",
+    )
+    p.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint (default: AWS)")
+    p.add_argument("--s3-region", metavar="REGION")
+    p.add_argument("--s3-addressing-style", choices=("auto", "path", "virtual"))
+    p.add_argument("--no-fill", action="store_true", help="start with empty stores")
+    p.add_argument("--state-file", metavar="PATH", help="write what runs where as JSON here")
+    p.set_defaults(run=main)
+
+
+def _count(value: str) -> int:
+    n = int(value)
+    if not 1 <= n <= 1000:
+        raise argparse.ArgumentTypeError("must be between 1 and 1000")
+    return n
+
+
+def _seconds(value: str) -> float:
+    s = float(value)
+    if not 0.5 <= s <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.5 and 3600 seconds")
+    return s
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.requested = True
+
+    def wanted(self) -> bool:
+        return self.requested
+
+
+def main(args: argparse.Namespace) -> int:
+    from demo.fleet import DemoError
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"edgefleet demo: --listen: {exc}", file=sys.stderr)
+        return 2
+    if args.origin is not None and urlsplit(args.origin).scheme != "s3":
+        print("edgefleet demo: --origin: give s3://bucket/prefix", file=sys.stderr)
+        return 2
+    if args.segment > args.duration:
+        print("edgefleet demo: --segment: longer than --duration", file=sys.stderr)
+        return 2
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    temp = None if args.workdir else tempfile.mkdtemp(prefix="edgefleet-demo-")
+    workdir = Path(args.workdir or temp or ".").resolve()
+    try:
+        return _run(args, workdir, host, port, stop)
+    except DemoError as exc:
+        print(f"edgefleet demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _Stop) -> int:
+    from demo.catalog import generate
+    from demo.fleet import (
+        Child,
+        DemoError,
+        appliance_toml,
+        layout,
+        spawn,
+        steer_toml,
+        stop_all,
+        tail,
+        wait_listening,
+    )
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    origin_dir = workdir / "origin"
+    t0 = time.monotonic()
+    _say(f"edgefleet demo: generating {args.titles} titles in {origin_dir} ...")
+    try:
+        objects, kind = generate(
+            origin_dir, args.titles, args.duration, args.segment, args.synthetic
+        )
+    except (OSError, RuntimeError) as exc:
+        raise DemoError(f"catalog: {exc}") from None
+    total = sum(o.size for o in objects)
+    _say(
+        f"edgefleet demo: catalog: {len(objects)} objects, {total / 1e6:.1f} MB "
+        f"({kind} segments, {time.monotonic() - t0:.1f}s)"
+    )
+    s3: dict[str, str] = {}
+    for name in ("s3_endpoint", "s3_region", "s3_addressing_style"):
+        if getattr(args, name):
+            s3[name] = getattr(args, name)
+    origin = args.origin or origin_dir.as_uri()
+    if args.origin:
+        _say(f"edgefleet demo: uploading the catalog to {args.origin} ...")
+        try:
+            sent = asyncio.run(_upload(args.origin, origin_dir, objects, s3))
+        except Exception as exc:  # botocore's errors are many; each names the problem
+            raise DemoError(f"--origin {args.origin}: {exc}") from None
+        _say(f"edgefleet demo: {sent} objects uploaded, {len(objects) - sent} already there")
+    lay = layout(workdir, host, port, origin, total)
+    children: list[Child] = []
+    steer: Child | None = None
+    try:
+        urls: dict[str, str] = {}
+        for a in lay.appliances:
+            d = lay.dir(a.name)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "edge.toml").write_text(appliance_toml(lay, a, s3))
+            child = spawn(a.name, ["serve", "--config", str(d / "edge.toml")], d / "serve.log")
+            child.details = {"isp": a.isp, "site": a.site, "capacity": a.capacity}
+            children.append(child)
+        for child in children:
+            urls[child.name] = wait_listening(child, stop.wanted)
+        (workdir / "steer.toml").write_text(steer_toml(lay, urls))
+        steer = spawn(
+            "steer", ["steer", "--config", str(workdir / "steer.toml")], workdir / "steer.log"
+        )
+        wait_listening(steer, stop.wanted)
+        fills = {} if args.no_fill else _fill(lay, objects, urls, stop)
+        if stop.wanted():
+            return 0
+        state = _state(lay, children, steer, fills, objects, kind)
+        if args.state_file:
+            Path(args.state_file).write_text(json.dumps(state, indent=2) + "\n")
+        _print_table(state)
+        while not stop.wanted():
+            for c in [*children, steer]:
+                if c.exited is None and c.proc.poll() is not None:
+                    c.exited = c.proc.returncode
+                    _say(f"edgefleet demo: {c.name} exited with {c.exited}; {tail(c.log, 2)}")
+            time.sleep(0.2)
+        _say("edgefleet demo: stopping ...")
+        return 0
+    finally:
+        # steering first, so no player is sent to an appliance that is going away
+        stop_all(([steer] if steer else []) + children)
+        if steer is not None or children:
+            _say("edgefleet demo: stopped")
+    raise DemoError("unreachable")  # pragma: no cover
+
+
+def _fill(lay: Any, objects: Any, urls: dict[str, str], stop: _Stop) -> dict[str, Any]:
+    import subprocess
+
+    from demo.fleet import DemoError, edgefleet, manifest_lines, tail
+
+    manifest = lay.workdir / "manifest.jsonl"
+    manifest.write_text(manifest_lines(objects))
+    out: dict[str, Any] = {}
+    for a in lay.appliances:
+        if stop.wanted():
+            break
+        d = lay.dir(a.name)
+        cmd = ["fill", "--config", str(d / "edge.toml"), "--manifest", str(manifest), "--now"]
+        cmd += ["--report", str(d / "fill-report.json")]
+        if a.peer:
+            cmd += ["--peer", urls[a.peer]]
+        with open(d / "fill.log", "ab") as log:
+            done = subprocess.run(edgefleet(*cmd), stdout=subprocess.DEVNULL, stderr=log)
+        if done.returncode != 0:
+            raise DemoError(
+                f"the fill of {a.name} failed ({done.returncode}): {tail(d / 'fill.log')}"
+            )
+        report = json.loads((d / "fill-report.json").read_text())
+        out[a.name] = report
+        _say(f"edgefleet demo: filled {a.name}: {_fill_summary(report)}")
+    return out
+
+
+def _fill_summary(report: dict[str, Any]) -> str:
+    added = report.get("added", {})
+    sources = ", ".join(
+        f"{n / 1e6:.1f} MB from {src}" for src, n in sorted(added.get("from", {}).items())
+    )
+    plan = report.get("plan", {})
+    covered = plan.get("demand_covered")
+    text = f"{added.get('objects', 0)} objects"
+    if sources:
+        text += f", {sources}"
+    if covered is not None:
+        text += f"; covers {float(covered):.0%} of the predicted demand"
+    return text
+
+
+def _state(
+    lay: Any, children: list[Any], steer: Any, fills: dict[str, Any], objects: Any, kind: str
+) -> dict[str, Any]:
+    titles = sorted({o.key.rsplit("/", 1)[0] for o in objects if o.key.endswith("master.m3u8")})
+    return {
+        "workdir": str(lay.workdir),
+        "origin": lay.origin,
+        "catalog": {"objects": len(objects), "bytes": sum(o.size for o in objects), "kind": kind},
+        "steer": {
+            "url": steer.url,
+            "pid": steer.proc.pid,
+            "log": str(steer.log),
+            "config": str(lay.workdir / "steer.toml"),
+        },
+        "appliances": [
+            {
+                "name": c.name,
+                "url": c.url,
+                "pid": c.proc.pid,
+                **c.details,
+                "config": str(lay.dir(c.name) / "edge.toml"),
+                "log": str(c.log),
+                "access_log": str(lay.dir(c.name) / "access.log"),
+                "filled": fills.get(c.name, {}).get("added", {}).get("objects", 0),
+            }
+            for c in children
+        ],
+        "play": [f"{steer.url}/r/{t}/master.m3u8" for t in titles],
+    }
+
+
+def _print_table(state: dict[str, Any]) -> None:
+    rows = [("steer", "steering", state["steer"]["url"], state["steer"]["pid"], "")]
+    for a in state["appliances"]:
+        held = f"{a['capacity'] / 2**20:.0f} MiB store, {a['filled']} filled"
+        rows.append((a["name"], f"{a['isp']} site {a['site']}", a["url"], a["pid"], held))
+    out = ["", "edgefleet demo: the fleet is up", ""]
+    out.append(f"  {'name':10} {'role':18} {'url':26} {'pid':>7}  store")
+    for name, role, url, pid, held in rows:
+        out.append(f"  {name:10} {role:18} {url:26} {pid:>7}  {held}")
+    out += [
+        "",
+        f"  origin   {state['origin']}",
+        f"  workdir  {state['workdir']} (configs, stores, logs)",
+        "",
+        "Play a title (steering redirects to the nearest appliance that holds it):",
+        f"  ffplay {state['play'][0]}",
+        f"  curl -sL {state['play'][0]}",
+        f"Ask steering:   curl '{state['steer']['url']}/steer?object="
+        f"{state['play'][0].split('/r/', 1)[1]}'",
+        f"Fleet state:    curl {state['steer']['url']}/_steer/fleet",
+        f"Players:        locust -f bench/locustfile.py --host {state['steer']['url']}",
+        "",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    print("\n".join(out), flush=True)
+
+
+async def _upload(url: str, origin_dir: Path, objects: Any, s3: dict[str, str]) -> int:
+    """Put the catalog into the bucket, skipping objects already there with the same size."""
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+    from botocore.exceptions import ClientError
+
+    parts = urlsplit(url)
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    kwargs: dict[str, Any] = {
+        "endpoint_url": s3.get("s3_endpoint"),
+        "region_name": s3.get("s3_region") or ("us-east-1" if s3.get("s3_endpoint") else None),
+        "config": AioConfig(s3={"addressing_style": s3.get("s3_addressing_style", "auto")}),
+    }
+    sent = 0
+    async with get_session().create_client("s3", **kwargs) as client:
+        for o in objects:
+            key = f"{prefix}/{o.key}" if prefix else o.key
+            try:
+                head = await client.head_object(Bucket=bucket, Key=key)
+                if head["ContentLength"] == o.size:
+                    continue
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
+                    raise
+            body = (origin_dir / o.key).read_bytes()
+            await client.put_object(Bucket=bucket, Key=key, Body=body)
+            sent += 1
+    return sent

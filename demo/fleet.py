@@ -1,0 +1,228 @@
+"""A whole fleet on loopback: what runs where (pure), and the processes that run it.
+
+Rules it keeps:
+- ``layout`` is pure: the three appliances of two ISPs, their prefixes, ports
+  and capacities, and the steering service, from the work directory, the host,
+  the base port and the catalog's size; the configuration files are rendered
+  from it as text;
+- every part runs as its own ``edgefleet`` process started the way an operator
+  starts it (``serve``, ``steer``, ``fill`` with a TOML file), in its own
+  session with a parent-death signal, so a killed demo leaves nothing behind;
+- a child that dies is reported, not restarted; stopping sends SIGTERM to
+  steering first, then to the appliances, and waits for each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from demo.catalog import CatalogObject
+
+MIB = 1 << 20
+SLICE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ApplianceSite:
+    name: str
+    isp: str
+    site: str
+    latitude: float
+    longitude: float
+    prefixes: tuple[str, ...]
+    capacity: int  # bytes
+    port: int  # 0: any free port
+    peer: str | None = None  # another appliance's name to fill from first
+
+
+@dataclass(frozen=True)
+class Layout:
+    workdir: Path
+    host: str
+    steer_port: int
+    origin: str
+    appliances: tuple[ApplianceSite, ...]
+
+    def dir(self, name: str) -> Path:
+        return self.workdir / name
+
+
+def layout(workdir: Path, host: str, port: int, origin: str, catalog_bytes: int) -> Layout:
+    """ISP A: two appliances with room for everything; ISP B: one with room for half."""
+    whole = round(catalog_bytes * 1.5) + 4 * MIB
+    half = max(MIB, catalog_bytes // 2)
+
+    def at(i: int) -> int:
+        return 0 if port == 0 else port + i
+
+    a = ("127.0.0.0/24", "::1/128")
+    b = ("127.0.1.0/24",)
+    return Layout(
+        workdir,
+        host,
+        at(0),
+        origin,
+        (
+            ApplianceSite("isp-a-1", "isp-a", "a", 52.37, 4.90, a, whole, at(1)),
+            ApplianceSite("isp-a-2", "isp-a", "a", 52.37, 4.90, a, whole, at(2), "isp-a-1"),
+            ApplianceSite("isp-b-1", "isp-b", "b", 50.11, 8.68, b, half, at(3), "isp-a-1"),
+        ),
+    )
+
+
+def _toml(value: Any) -> str:
+    return json.dumps(value)  # strings, numbers and lists of them are the same in TOML
+
+
+def appliance_toml(lay: Layout, a: ApplianceSite, s3: dict[str, str]) -> str:
+    d = lay.dir(a.name)
+    lines = [
+        f"# {a.name}: an appliance of {a.isp} (site {a.site}), written by edgefleet demo",
+        f"listen = {_toml(f'{lay.host}:{a.port}')}",
+        f"origin = {_toml([lay.origin])}",
+        f"index = {_toml(str(d / 'index.sqlite'))}",
+        f"access_log = {_toml(str(d / 'access.log'))}",
+        f'slice_size = "{SLICE // 1024}KiB"',
+        "workers = 1",
+        'grace = "5s"',
+        'cors_origin = "*"',
+        *(f"{k} = {_toml(v)}" for k, v in sorted(s3.items())),
+        "",
+        "[fill]",
+        'headroom = "5%"',
+        "concurrency = 4",
+        "",
+        "[[store]]",
+        f"path = {_toml(str(d / 'store'))}",
+        f"capacity = {a.capacity}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def steer_toml(lay: Layout, urls: dict[str, str]) -> str:
+    lines = [
+        "# the demo fleet's steering, written by edgefleet demo",
+        f"listen = {_toml(f'{lay.host}:{lay.steer_port}')}",
+        "answers = 3",
+        'health_interval = "1s"',
+        'health_timeout = "1s"',
+        "fall = 2",
+        "rise = 2",
+        'inventory_interval = "2s"',
+    ]
+    for a in lay.appliances:
+        lines += [
+            "",
+            "[[appliance]]",
+            f"id = {_toml(a.name)}",
+            f"url = {_toml(urls[a.name])}",
+            f"site = {_toml(a.site)}",
+            f"latitude = {a.latitude}",
+            f"longitude = {a.longitude}",
+            f"prefixes = {_toml(list(a.prefixes))}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def manifest_lines(objects: Sequence[CatalogObject]) -> str:
+    """Zipf popularity over titles: title n scores 1/n; its objects share the score."""
+    out = [
+        json.dumps({"key": o.key, "size": o.size, "score": round(1.0 / o.title, 6)})
+        for o in objects
+    ]
+    return "\n".join(out) + "\n"
+
+
+# --- processes ---------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    command: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+    url: str = ""
+    exited: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class DemoError(RuntimeError):
+    """A part of the fleet could not start; the message names it and its log."""
+
+
+def edgefleet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edge.cli", *args]
+
+
+def spawn(name: str, args: list[str], log: Path) -> Child:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out: IO[bytes] = open(log, "ab")  # noqa: SIM115 (the child keeps it)
+    try:
+        proc = subprocess.Popen(
+            edgefleet(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    finally:
+        out.close()
+    return Child(name, args[0], log, proc)
+
+
+def wait_listening(child: Child, stopping: Callable[[], bool], timeout: float = 60.0) -> str:
+    """The URL from the child's ``listening on`` line, or a DemoError naming its log."""
+    banner = re.compile(rf"edgefleet {child.command}: listening on (http://\S+)")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping():
+        m = banner.search(child.log.read_text(errors="replace"))
+        if m:
+            child.url = m.group(1)
+            return child.url
+        if child.proc.poll() is not None:
+            raise DemoError(f"{child.name} exited with {child.proc.returncode}: {tail(child.log)}")
+        time.sleep(0.05)
+    raise DemoError(f"{child.name} did not start within {timeout:.0f}s: {tail(child.log)}")
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return f"(no log at {path})"
+    return f"see {path}: " + " | ".join(text)
+
+
+def stop_all(children: Sequence[Child], timeout: float = 15.0) -> None:
+    for c in children:
+        if c.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(c.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for c in children:
+        try:
+            c.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(c.proc.pid, signal.SIGKILL)
+            c.proc.wait(5)
