@@ -62,6 +62,7 @@ class CatalogObject:
     key: str
     size: int
     title: int
+    requests: int = 1  # requests one viewing makes for it: a byte-range file, one per segment
 
 
 def title_prefix(n: int) -> str:
@@ -100,13 +101,10 @@ def media_playlist(segments: Sequence[Segment]) -> str:
 
 
 def segment_durations(duration: float, segment: float) -> list[float]:
-    """Whole segments of ``segment`` seconds, the last one shorter if need be."""
-    out: list[float] = []
-    left = duration
-    while left > 1e-9:
-        out.append(round(min(segment, left), 6))
-        left -= segment
-    return out
+    """Whole segments of ``segment`` seconds, the last one shorter if need be
+    (a remainder under a microsecond is no segment)."""
+    n = max(1, math.ceil(duration / segment - 1e-6))
+    return [segment] * (n - 1) + [duration - segment * (n - 1)]
 
 
 def synthetic_size(rendition: Rendition, seconds: float) -> int:
@@ -149,7 +147,13 @@ def list_catalog(origin: Path, titles: int) -> list[CatalogObject]:
         for path in sorted(root.rglob("*")):
             if path.is_file() and not path.name.startswith("."):
                 key = path.relative_to(origin).as_posix()
-                objects.append(CatalogObject(key, path.stat().st_size, n))
+                requests = 1
+                playlist = path.parent / "index.m3u8"
+                if path.suffix == ".ts" and playlist.exists():
+                    text = playlist.read_text()
+                    if "#EXT-X-BYTERANGE" in text:
+                        requests = max(1, text.count(f"\n{path.name}"))
+                objects.append(CatalogObject(key, path.stat().st_size, n, requests))
     return objects
 
 

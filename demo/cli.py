@@ -177,6 +177,7 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
         )
         wait_listening(steer, stop.wanted)
         fills = {} if args.no_fill else _fill(lay, objects, urls, stop)
+        _wait_for_steering(steer.url, urls, stop)
         if stop.wanted():
             return 0
         state = _state(lay, children, steer, fills, objects, kind)
@@ -225,6 +226,30 @@ def _fill(lay: Any, objects: Any, urls: dict[str, str], stop: _Stop) -> dict[str
         out[a.name] = report
         _say(f"edgefleet demo: filled {a.name}: {_fill_summary(report)}")
     return out
+
+
+def _wait_for_steering(
+    steer: str, urls: dict[str, str], stop: _Stop, timeout: float = 15.0
+) -> None:
+    """Until steering sees every appliance up and knows all it holds (its next polls)."""
+    import urllib.request
+
+    def get(url: str) -> bytes:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return bytes(r.read())
+
+    held = {
+        name: sum(1 for line in get(f"{url}/_edge/inventory").splitlines() if line.strip())
+        for name, url in urls.items()
+    }
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.wanted():
+        fleet = json.loads(get(f"{steer}/_steer/fleet"))["appliances"]
+        seen = {a["id"]: (a["state"], (a.get("inventory") or {}).get("keys")) for a in fleet}
+        if all(seen.get(name) == ("up", n) for name, n in held.items()):
+            return
+        time.sleep(0.2)
+    _say("edgefleet demo: steering has not seen every appliance's content yet; going on")
 
 
 def _fill_summary(report: dict[str, Any]) -> str:

@@ -137,9 +137,11 @@ def steer_toml(lay: Layout, urls: dict[str, str]) -> str:
 
 
 def manifest_lines(objects: Sequence[CatalogObject]) -> str:
-    """Zipf popularity over titles: title n scores 1/n; its objects share the score."""
+    """Predicted requests: title n is watched in proportion to 1/n (Zipf), and one
+    viewing asks for each object ``requests`` times (a byte-range file once per
+    segment), so the plan's score per byte keeps whole renditions in popularity order."""
     out = [
-        json.dumps({"key": o.key, "size": o.size, "score": round(1.0 / o.title, 6)})
+        json.dumps({"key": o.key, "size": o.size, "score": round(o.requests / o.title, 6)})
         for o in objects
     ]
     return "\n".join(out) + "\n"
