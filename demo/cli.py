@@ -252,6 +252,10 @@ def _wait_for_steering(
     _say("edgefleet demo: steering has not seen every appliance's content yet; going on")
 
 
+def _added(report: dict[str, Any]) -> int:
+    return int(report.get("added", {}).get("objects", 0))
+
+
 def _fill_summary(report: dict[str, Any]) -> str:
     added = report.get("added", {})
     sources = ", ".join(
@@ -290,7 +294,9 @@ def _state(
                 "config": str(lay.dir(c.name) / "edge.toml"),
                 "log": str(c.log),
                 "access_log": str(lay.dir(c.name) / "access.log"),
-                "filled": fills.get(c.name, {}).get("added", {}).get("objects", 0),
+                "filled": _added(fills.get(c.name, {})),
+                "held": _added(fills.get(c.name, {}))
+                + fills.get(c.name, {}).get("plan", {}).get("keep", {}).get("objects", 0),
             }
             for c in children
         ],
@@ -301,7 +307,7 @@ def _state(
 def _print_table(state: dict[str, Any]) -> None:
     rows = [("steer", "steering", state["steer"]["url"], state["steer"]["pid"], "")]
     for a in state["appliances"]:
-        held = f"{a['capacity'] / 2**20:.0f} MiB store, {a['filled']} filled"
+        held = f"{a['capacity'] / 2**20:.1f} MiB, holds {a['held']} objects"
         rows.append((a["name"], f"{a['isp']} site {a['site']}", a["url"], a["pid"], held))
     out = ["", "edgefleet demo: the fleet is up", ""]
     out.append(f"  {'name':10} {'role':18} {'url':26} {'pid':>7}  store")

@@ -161,6 +161,7 @@ class Child:
     command: str
     log: Path
     proc: subprocess.Popen[bytes]
+    log_from: int = 0  # where this run's lines start in an appended log
     url: str = ""
     exited: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -177,6 +178,7 @@ def edgefleet(*args: str) -> list[str]:
 def spawn(name: str, args: list[str], log: Path) -> Child:
     log.parent.mkdir(parents=True, exist_ok=True)
     out: IO[bytes] = open(log, "ab")  # noqa: SIM115 (the child keeps it)
+    start = out.tell()
     try:
         proc = subprocess.Popen(
             edgefleet(*args),
@@ -189,7 +191,7 @@ def spawn(name: str, args: list[str], log: Path) -> Child:
         )
     finally:
         out.close()
-    return Child(name, args[0], log, proc)
+    return Child(name, args[0], log, proc, log_from=start)
 
 
 def wait_listening(child: Child, stopping: Callable[[], bool], timeout: float = 60.0) -> str:
@@ -197,7 +199,9 @@ def wait_listening(child: Child, stopping: Callable[[], bool], timeout: float = 
     banner = re.compile(rf"edgefleet {child.command}: listening on (http://\S+)")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stopping():
-        m = banner.search(child.log.read_text(errors="replace"))
+        with open(child.log, "rb") as f:
+            f.seek(child.log_from)
+            m = banner.search(f.read().decode(errors="replace"))
         if m:
             child.url = m.group(1)
             return child.url
