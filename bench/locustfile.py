@@ -189,6 +189,8 @@ class VideoPlayer(HttpUser):
                     return r.content
                 else:
                     r.failure(f"{target}: {r.status_code or 'no answer'}")
+                    if 400 <= r.status_code < 500:  # every appliance would say the same
+                        raise _AllFailed(url)
             if player.fail() is None:
                 raise _AllFailed(url)
             _fire("failover", 0)
