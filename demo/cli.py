@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
@@ -105,7 +106,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         return _run(args, workdir, host, port, stop)
     except DemoError as exc:
-        print(f"edgefleet demo: {exc}", file=sys.stderr)
+        hint = " (--workdir DIR keeps every part's log)" if temp is not None else ""
+        print(f"edgefleet demo: {exc}{hint}", file=sys.stderr)
         return 1
     finally:
         if temp is not None:
@@ -126,7 +128,6 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
         spawn,
         steer_toml,
         stop_all,
-        tail,
         wait_listening,
     )
 
@@ -188,7 +189,10 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
             for c in [*children, steer]:
                 if c.exited is None and c.proc.poll() is not None:
                     c.exited = c.proc.returncode
-                    _say(f"edgefleet demo: {c.name} exited with {c.exited}; {tail(c.log, 2)}")
+                    _say(
+                        f"edgefleet demo: {c.name} exited ({_how(c.exited)}); the rest keep "
+                        f"running (its log: {c.log})"
+                    )
             time.sleep(0.2)
         _say("edgefleet demo: stopping ...")
         return 0
@@ -250,6 +254,14 @@ def _wait_for_steering(
             return
         time.sleep(0.2)
     _say("edgefleet demo: steering has not seen every appliance's content yet; going on")
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"status {code}"
 
 
 def _added(report: dict[str, Any]) -> int:

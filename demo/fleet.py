@@ -216,7 +216,7 @@ def tail(path: Path, lines: int = 5) -> str:
         text = path.read_text(errors="replace").strip().splitlines()[-lines:]
     except OSError:
         return f"(no log at {path})"
-    return f"see {path}: " + " | ".join(text)
+    return f"{path.name}: " + " | ".join(text)
 
 
 def stop_all(children: Sequence[Child], timeout: float = 15.0) -> None:
