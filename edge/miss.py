@@ -1,7 +1,9 @@
 """The appliance's slow path: what is not a hit in memory.
 
 Theory of operation: ``_slow`` finds the object in the index, or learns it from
-the origins (``_learn``: one HEAD and one index entry for concurrent misses),
+the origins (``_learn``: one origin request and one index entry for concurrent
+misses; the answer to the GET of the first slice the request needs tells what
+the object is, and its bytes go on to the request),
 revalidates it when stale (``_revalidated``, RFC 9111), and answers: from the
 store when the slices are there, else with a ``MissStream`` that sends stored
 slices from their files and missing ones as their ``SliceFetch`` delivers them
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -106,7 +109,7 @@ class MissPath:
                         return self.error(req, 404, "not in the store, and no origin", key=key)
                     if self.puller.known_missing(key):
                         return self.error(req, 404, "not found at the origin", key=key)
-                    learnt = await self._learn(key)
+                    learnt = await self._learn(key, first_slice(req, self.store.slice_size))
                     asked_origin = True
                     if learnt is None:
                         return self.error(req, 404, "not found at the origin", key=key)
@@ -156,14 +159,19 @@ class MissPath:
                 return self.error(req, 502, f"origin failed: {exc}", key=key)
             raise
 
-    async def _learn(self, key: str) -> StoredObject | ObjectMeta | None:
+    async def _learn(self, key: str, idx: int | None) -> StoredObject | ObjectMeta | None:
         """Ask the origins what ``key`` is and index it (``ObjectMeta`` alone for
         what may not be stored; ``None``: no origin has it). Concurrent misses
-        share one: until the index has the object, a second HEAD would be waste."""
-        return await shared(self.learning, key, lambda: self._learn_now(key))
+        share one: until the index has the object, a second request would be
+        waste. With ``idx`` (the slice the request starts with), the answer to
+        that slice's GET tells, and its bytes keep coming for the request."""
+        return await shared(self.learning, key, lambda: self._learn_now(key, idx))
 
-    async def _learn_now(self, key: str) -> StoredObject | ObjectMeta | None:
-        meta = await self.puller.head(key)
+    async def _learn_now(self, key: str, idx: int | None) -> StoredObject | ObjectMeta | None:
+        if idx is None:
+            meta = await self.puller.head(key)
+        else:
+            meta = await self.puller.learn(key, idx, self.store.slice_size)
         if meta is None or not meta.storable:
             return meta
         return await self.run(self.store.ensure_object, key, meta)
@@ -282,6 +290,21 @@ class MissPath:
             del self.views[view.key]
         if view.obj.meta.storable:
             await self.run(self.store.remove, view.key, view.obj.gen)
+
+
+_FIRST_BYTE = re.compile(rb"\s*bytes\s*=\s*(\d+)\s*-")
+
+
+def first_slice(req: Request, slice_size: int) -> int | None:
+    """The slice a GET starts with, when that is known without the object's
+    size; ``None`` (a HEAD, a suffix range): learn the object by a HEAD."""
+    if req.method != "GET":
+        return None
+    value = req.headers.get(b"range")
+    if value is None:
+        return 0
+    m = _FIRST_BYTE.match(value)
+    return int(m.group(1)) // slice_size if m else None
 
 
 class MissStream:

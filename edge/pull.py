@@ -19,6 +19,7 @@ fetch. Rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -34,6 +35,7 @@ log = logging.getLogger("edgefleet.pull")
 T = TypeVar("T")
 
 BACKOFF_BASE = 0.1
+CLAIM_WAIT = 2.0  # seconds a learnt slice waits for its request to ask for it
 
 
 def backoff(n: int, base: float = BACKOFF_BASE) -> float:
@@ -58,7 +60,8 @@ async def shared(
 
 
 class SliceFetch:
-    """The bytes of one slice as they arrive from an origin."""
+    """The bytes of one slice as they arrive from an origin. ``store`` receives
+    the complete slice; the first request that wants it stored sets it."""
 
     def __init__(self, length: int) -> None:
         self.length = length
@@ -66,7 +69,17 @@ class SliceFetch:
         self.got = 0
         self.error: BaseException | None = None
         self.done = False
+        self.store: Callable[[list[bytes]], Awaitable[None]] | None = None
+        self.claimed = False  # a request has asked for it (always, but for a learnt one)
+        self.k: tuple[str, str, int] | None = None  # where ``Puller.fetches`` has it
+        self.learnt: tuple[str, int, ObjectMeta] | None = None  # started by ``learn``
         self._waiters: list[asyncio.Future[None]] = []
+
+    def claim(self, store: Callable[[list[bytes]], Awaitable[None]] | None) -> None:
+        self.claimed = True
+        if self.store is None:
+            self.store = store
+        self._wake()
 
     def feed(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
@@ -152,6 +165,9 @@ class Puller:
         self.sources: dict[str, Origin] = {}  # key -> the origin its metadata came from
         self.heads: dict[str, asyncio.Future[ObjectMeta | None]] = {}
         self.fetches: dict[tuple[str, str, int], SliceFetch] = {}
+        # (key, slice) -> the fetch ``learn`` started, until a request claims it
+        # for the version it indexed (``fetch``)
+        self.learnt: dict[tuple[str, int], SliceFetch] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # -- 404s -----------------------------------------------------------------
@@ -249,6 +265,69 @@ class Puller:
         self._remember_missing(key)
         return None
 
+    async def learn(self, key: str, idx: int, slice_size: int) -> ObjectMeta | None:
+        """What ``key`` is, learnt from the answer to the GET of slice ``idx``
+        where the origin can (``read_first``), else from a HEAD. That GET's bytes
+        go on arriving as the slice's fetch, which ``fetch`` hands to the first
+        request that asks for the slice of that version: a cold miss costs one
+        origin round trip before its first byte, not two."""
+        error: OriginError | None = None
+        start = idx * slice_size
+        for origin in self.origins:
+            stream: AsyncIterator[Any] | None = None
+            try:
+                opened = None
+                if hasattr(origin, "read_first"):
+                    opened = await self._ask(
+                        "read", lambda o: self._open_first(o, key, start, slice_size), [origin]
+                    )
+                if opened is None:
+                    meta = await self._ask("head", lambda o: o.head(key), [origin])
+                    self.on_origin("head", "ok" if meta is not None else "not_found")
+                else:
+                    meta, stream = opened
+                    if meta is None:
+                        self.on_origin("read", "not_found")
+            except OriginError as exc:
+                error = exc
+                continue
+            if meta is None:
+                continue
+            if len(self.sources) >= NEGATIVE_MAX:
+                self.sources.clear()
+            self.sources[key] = origin
+            if stream is not None:
+                _, length = slice_bounds(idx, meta.size, slice_size)
+                if length:
+                    f = SliceFetch(length)
+                    f.learnt = (key, idx, meta)
+                    self.learnt[(key, idx)] = f
+                    self._start(f, key, meta, start, length, stream)
+                else:
+                    await stream.aclose()  # type: ignore[attr-defined]
+            return meta
+        if error is not None:
+            raise error
+        self._remember_missing(key)
+        return None
+
+    @staticmethod
+    async def _open_first(
+        origin: Origin, key: str, start: int, length: int
+    ) -> tuple[ObjectMeta | None, AsyncIterator[Any] | None] | None:
+        """(metadata, the rest of the answer: the bytes) from ``read_first``;
+        (None, None) when the origin has no such object; None when the GET
+        cannot tell (ask HEAD)."""
+        stream = origin.read_first(key, start, length)  # type: ignore[attr-defined]
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            return None
+        if first is None:
+            await stream.aclose()
+            return None, None
+        return first, stream
+
     async def revalidate(self, key: str, current: ObjectMeta) -> ObjectMeta | None:
         """``current`` renewed (304), or what replaced it, or ``None`` (gone)."""
 
@@ -287,34 +366,78 @@ class Puller:
         slice_size: int,
         store: Callable[[list[bytes]], Awaitable[None]] | None = None,
     ) -> SliceFetch:
-        """The fetch of slice ``idx`` of this version of ``key``, started if need be.
-        ``store`` receives the complete slice (and the fetch stays findable until
-        it has stored it, so nobody fetches it again meanwhile)."""
+        """The fetch of slice ``idx`` of this version of ``key``, started if need be
+        (or the one ``learn`` started for it). ``store`` receives the complete
+        slice (and the fetch stays findable until it has stored it, so nobody
+        fetches it again meanwhile)."""
         k = (key, gen, idx)
         f = self.fetches.get(k)
+        if f is None:
+            learnt = self.learnt.get((key, idx))
+            if learnt is not None and learnt.learnt is not None:
+                m = learnt.learnt[2]
+                if m.etag == meta.etag and m.size == meta.size:
+                    del self.learnt[(key, idx)]
+                    f = self.fetches[k] = learnt
+                    f.k = k
         if f is not None:
+            f.claim(store)
             return f
         start, length = slice_bounds(idx, meta.size, slice_size)
         f = SliceFetch(length)
+        f.k = k
+        f.claim(store)
         self.fetches[k] = f
-        task = asyncio.ensure_future(self._run_fetch(k, f, key, meta, start, length, store))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._start(f, key, meta, start, length)
         return f
 
-    async def _run_fetch(
+    def _start(
         self,
-        k: tuple[str, str, int],
         f: SliceFetch,
         key: str,
         meta: ObjectMeta,
         start: int,
         length: int,
-        store: Callable[[list[bytes]], Awaitable[None]] | None,
+        opened: AsyncIterator[Any] | None = None,
+    ) -> None:
+        task = asyncio.ensure_future(self._run_fetch(f, key, meta, start, length, opened))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _forget(self, f: SliceFetch) -> None:
+        if f.k is not None and self.fetches.get(f.k) is f:
+            del self.fetches[f.k]
+        if f.learnt is not None:
+            lk = (f.learnt[0], f.learnt[1])
+            if self.learnt.get(lk) is f:
+                del self.learnt[lk]
+
+    @staticmethod
+    async def _claimed(f: SliceFetch) -> None:
+        """Until a request has asked for ``f``, for at most ``CLAIM_WAIT`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLAIM_WAIT):
+                while not f.claimed:
+                    await f._wait()
+
+    async def _run_fetch(
+        self,
+        f: SliceFetch,
+        key: str,
+        meta: ObjectMeta,
+        start: int,
+        length: int,
+        opened: AsyncIterator[Any] | None,
     ) -> None:
         async def attempt(origin: Origin) -> None:
-            # resume where the previous attempt stopped
-            async for chunk in origin.read(key, meta, start + f.got, length - f.got):
+            nonlocal opened
+            if opened is not None:
+                # the rest of the answer that told us what the object is
+                chunks, opened = opened, None
+            else:
+                # resume where the previous attempt stopped
+                chunks = origin.read(key, meta, start + f.got, length - f.got)
+            async for chunk in chunks:
                 if f.got + len(chunk) > length:
                     raise OriginError(f"{origin.url}: {key!r}: more bytes than asked")
                 f.feed(chunk)
@@ -323,20 +446,30 @@ class Puller:
                 raise OriginError(f"{origin.url}: {key!r}: {f.got} of {length} bytes")
 
         try:
+            if not f.claimed:
+                # Learnt for a request that is indexing the object: its bytes wait
+                # in the socket meanwhile (read now, they would keep the event
+                # loop busy, and the thread that indexes waiting for the GIL).
+                await self._claimed(f)
+                if not f.claimed:
+                    raise OriginError(f"{key!r}: slice learnt for a request that went away")
             await self._ask("read", attempt, self._order(key), self.sources.get(key))
         except BaseException as exc:
             f.fail(exc)
-            self.fetches.pop(k, None)
+            self._forget(f)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        finally:
+            if opened is not None:  # never read
+                await opened.aclose()  # type: ignore[attr-defined]
         self.on_origin("read", "ok")
         f.finish()
         try:
-            if store is not None:
-                await store(f.chunks)  # written chunk by chunk: no joined copy
+            if f.store is not None:
+                await f.store(f.chunks)  # written chunk by chunk: no joined copy
         finally:
-            self.fetches.pop(k, None)
+            self._forget(f)
 
     async def close(self) -> None:
         for task in list(self.tasks):

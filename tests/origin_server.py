@@ -135,6 +135,9 @@ class OriginServer:
             if m is None:
                 return web.Response(status=416)
             a, b = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
+            if a >= len(data):  # RFC 9110 14.1.1: unsatisfiable
+                asked.status = 416
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
             headers["Content-Range"] = f"bytes {a}-{b}/{len(data)}"
             data = data[a : b + 1]
             status = 206

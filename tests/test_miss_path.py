@@ -61,10 +61,42 @@ def test_cold_reads_fetch_each_slice_once(tmp_path: Path, origin: OriginServer) 
             f"bytes={i * SLICE}-{min((i + 1) * SLICE, len(objects['big.mp4'])) - 1}"
             for i in range(10)
         )
-        assert len(origin.asked("HEAD", "/big.mp4")) == 1
-        assert origin.asked("GET", "/empty.ts") == []
+        # what the object is came with the first slice's answer: no HEAD
+        assert origin.asked("HEAD", "/big.mp4") == []
+        # an empty object has no first slice (416): it is learnt by a HEAD
+        assert [g.status for g in origin.asked("GET", "/empty.ts")] == [416]
+        assert len(origin.asked("HEAD", "/empty.ts")) == 1
         wait_for(lambda: used(app) == sum(len(v) for v in objects.values()))
         assert app.get("/missing.ts")[0] == 404
+    finally:
+        assert app.stop() == 0
+
+
+def test_a_cold_miss_learns_the_object_from_its_first_slice(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    data = random.randbytes(4 * SLICE + 10)
+    origin.put("movie.mp4", data, etag='"m1"')
+    origin.put("other.mp4", data[::-1])
+    app = start(tmp_path, origin.url)
+    try:
+        # a range in the third slice: that slice's GET tells what the object is
+        status, headers, body = app.get("/movie.mp4", Range=f"bytes={2 * SLICE + 1}-")
+        assert status == 206 and body == data[2 * SLICE + 1 :]
+        assert headers["content-range"] == f"bytes {2 * SLICE + 1}-{len(data) - 1}/{len(data)}"
+        assert headers["etag"] == '"m1"'
+        gets = origin.asked("GET", "/movie.mp4")
+        assert gets[0].range == f"bytes={2 * SLICE}-{3 * SLICE - 1}"
+        assert "If-Match" not in gets[0].headers  # nothing to match yet
+        assert all(g.headers.get("If-Match") == '"m1"' for g in gets[1:])
+        assert len(gets) == 3 and origin.asked("HEAD") == []
+        # a HEAD wants no bytes: it is learnt by a HEAD
+        status, headers, _ = app.request("HEAD", "/other.mp4")
+        assert status == 200 and headers["content-length"] == str(len(data))
+        assert len(origin.asked("HEAD", "/other.mp4")) == 1
+        assert origin.asked("GET", "/other.mp4") == []
+        assert app.get("/other.mp4")[2] == data[::-1]
+        assert len(origin.asked("GET", "/other.mp4")) == 5
     finally:
         assert app.stop() == 0
 
@@ -81,7 +113,7 @@ def test_fifty_players_one_cold_object(tmp_path: Path, origin: OriginServer) -> 
         with ThreadPoolExecutor(50) as pool:
             bodies = list(pool.map(play, range(50)))
         assert all(b == data for b in bodies)
-        assert len(origin.asked("HEAD")) == 1
+        assert origin.asked("HEAD") == []
         gets = origin.asked("GET")
         assert len(gets) == 8 and len({g.range for g in gets}) == 8
     finally:
@@ -145,10 +177,10 @@ def test_origin_errors_get_502_and_hits_keep_flowing(tmp_path: Path, origin: Ori
     app = start(tmp_path, origin.url, extra=("--origin-retries", "2"))
     try:
         assert app.get("/hit.ts")[0] == 200
-        origin.faults.fail = 3  # the HEAD and both retries
+        origin.faults.fail = 3  # the first GET and both retries
         status, _, body = app.get("/cold.ts")
         assert status == 502 and b"origin" in body
-        assert len(origin.asked("HEAD", "/cold.ts")) == 3
+        assert len(origin.asked("GET", "/cold.ts")) == 3
         assert app.get("/hit.ts") == app.get("/hit.ts") and app.get("/hit.ts")[0] == 200
         assert app.get("/cold.ts")[2] == b"c" * 1000  # the origin is back
     finally:
@@ -173,18 +205,22 @@ def test_origin_dies_mid_transfer(tmp_path: Path, origin: OriginServer) -> None:
     origin.put("seg2.m4s", data[::-1])
     app = start(tmp_path, origin.url, extra=("--origin-retries", "1"))
     try:
-        # with a retry: resumed where the first attempt broke off
+        # with a retry: resumed where the first attempt broke off (learnt by a
+        # HEAD first, so the GET's bytes are read as they come)
+        assert app.request("HEAD", "/seg.m4s")[0] == 200
         origin.faults.drop_after = 20_000
         status, _, body = app.get("/seg.m4s")
         assert status == 200 and body == data
         gets = origin.asked("GET", "/seg.m4s")
         assert [g.range for g in gets] == [f"bytes=0-{SLICE - 1}", f"bytes=20000-{SLICE - 1}"]
+        assert gets[1].headers.get("If-Match") == origin.objects["seg.m4s"].etag
         wait_for(lambda: used(app) == SLICE)
     finally:
         assert app.stop() == 0
     # without one: the player sees a short body, nothing torn is stored
     app = start(tmp_path, origin.url, extra=("--origin-retries", "0"))
     try:
+        assert app.request("HEAD", "/seg2.m4s")[0] == 200
         origin.faults.drop_after = 20_000
         with socket.create_connection(("127.0.0.1", app.port), timeout=10) as s:
             s.sendall(b"GET /seg2.m4s HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -222,7 +258,7 @@ def test_404_is_remembered_briefly(tmp_path: Path, origin: OriginServer) -> None
     try:
         for _ in range(3):
             assert app.get("/nope.ts")[0] == 404
-        assert len(origin.asked("HEAD", "/nope.ts")) == 1
+        assert len(origin.asked("GET", "/nope.ts")) == 1 and origin.asked("HEAD") == []
         origin.put("nope.ts", b"now it exists")
         time.sleep(1.1)
         assert app.get("/nope.ts")[2] == b"now it exists"
@@ -265,10 +301,10 @@ def test_freshness_and_revalidation(tmp_path: Path, origin: OriginServer) -> Non
     try:
         assert app.get("/live.m3u8")[2] == b"#EXTM3U v1\n"
         assert app.get("/live.m3u8")[2] == b"#EXTM3U v1\n"  # fresh: a hit
-        assert len(origin.log) == 2  # HEAD + GET
+        assert len(origin.log) == 1  # the GET that told what it is
         time.sleep(1.1)
         assert app.get("/live.m3u8")[2] == b"#EXTM3U v1\n"
-        revalidations = origin.asked("HEAD", "/live.m3u8")[1:]
+        revalidations = origin.asked("HEAD", "/live.m3u8")
         assert len(revalidations) == 1 and revalidations[0].status == 304
         assert revalidations[0].headers.get("If-None-Match") == origin.objects["live.m3u8"].etag
         assert len(origin.asked("GET", "/live.m3u8")) == 1  # the stored body was kept
@@ -373,7 +409,8 @@ def test_an_object_only_a_later_origin_has(tmp_path: Path, origin: OriginServer)
         app = start(tmp_path, first.url, origin.url)
         try:
             assert app.get("/only_b.ts")[2] == data
-            assert len(origin.asked("GET")) == 3 and first.asked("GET") == []
+            assert len(origin.asked("GET")) == 3
+            assert [a.status for a in first.log] == [404]  # asked once, did not have it
             time.sleep(1.1)  # stale: revalidated where it came from
             status, _, body = app.get("/only_b.ts")
             assert status == 200 and body == data

@@ -4,7 +4,10 @@ Every origin answers two questions about a key: what is it (``head``: size,
 ETag, Last-Modified, type, Cache-Control, or ``None`` when it does not exist)
 and what are bytes ``start..start+length`` (``read``, an async iterator of
 chunks that must add up to exactly ``length`` bytes). Errors are
-``OriginError`` (a bad answer → 502) and ``OriginTimeout`` (→ 504). Keys reach
+``OriginError`` (a bad answer → 502) and ``OriginTimeout`` (→ 504). An origin
+may also offer ``read_first(key, start, length)``: both at once, the metadata
+learnt from the answer to a GET of the first bytes (the HTTP origin does), so a
+cold miss needs one round trip, not two. Keys reach
 an origin already validated by ``edge.keys``.
 
 ``open_origin`` maps a URL to its class: ``file:///dir`` here; the S3 and HTTP

@@ -1,7 +1,10 @@
 """An HTTP origin (``http(s)://host[:port]/prefix``): a web server or a parent appliance.
 
-Metadata comes from ``HEAD`` (falling back to ``GET`` with ``Range: bytes=0-0``
-for servers that refuse HEAD); a slice from ``GET`` with ``Range`` and a
+A cold miss learns the metadata from the answer to the GET of its first slice
+(``read_first``: Content-Range gives the size, the headers the rest), which
+saves the round trip of a HEAD; otherwise metadata comes from ``HEAD`` (falling
+back to ``GET`` with ``Range: bytes=0-0`` for servers that refuse HEAD). A
+slice comes from ``GET`` with ``Range`` and a
 precondition that pins the version: ``If-Match`` with the origin's strong ETag,
 else ``If-Unmodified-Since`` with its Last-Modified. A 412 means the object
 changed (``OriginChanged``). Freshness is evaluated per RFC 9111
@@ -186,6 +189,89 @@ class HTTPOrigin:
         elif etag is not None and etag != meta.etag:
             raise OriginChanged(f"{self.url}: {key!r} changed at the origin (ETag {etag})")
 
+    async def read_first(
+        self, key: str, start: int, length: int
+    ) -> AsyncIterator[ObjectMeta | bytes | None]:
+        """Learn what ``key`` is from a GET of bytes ``start..start+length-1``
+        instead of a HEAD first: yields the ``ObjectMeta`` (size from
+        Content-Range), then the bytes of that range as they arrive (clipped to
+        the object's end). Yields ``None`` alone when the origin has no such
+        object; yields nothing when it cannot tell from a GET (a range past the
+        end, 416): the caller asks ``head``. No precondition: whatever version
+        answers is the one learnt, and later reads pin it with ``If-Match``."""
+        request_time = time.time()
+        try:
+            async with self._client().get(
+                self._target(key), headers={"Range": f"bytes={start}-{start + length - 1}"}
+            ) as resp:
+                status, h = resp.status, resp.headers
+                if status in (404, 410):
+                    yield None
+                    return
+                if status == 416:
+                    return
+                skip = 0
+                if status == 206:
+                    m = _CONTENT_RANGE.fullmatch(h.get("Content-Range", ""))
+                    if m is None or m.group(3) == "*" or int(m.group(1)) != start:
+                        raise OriginError(
+                            f"{self.url}: {key!r}: no usable Content-Range "
+                            f"({h.get('Content-Range')!r})"
+                        )
+                    size = int(m.group(3))
+                    if int(m.group(2)) != min(start + length, size) - 1:
+                        raise OriginError(
+                            f"{self.url}: {key!r}: Content-Range {h.get('Content-Range')!r} "
+                            f"is not bytes {start}-{min(start + length, size) - 1}/{size}"
+                        )
+                elif status == 200:
+                    if resp.content_length is None:
+                        return  # no size to learn from this answer
+                    size = resp.content_length  # Range ignored: our part of the whole body
+                    skip = start
+                else:
+                    raise OriginError(f"{self.url}: GET {key!r} answered {status}")
+                yield self._meta(key, size, h, request_time, time.time())
+                want = max(0, min(length, size - start))
+                if want:
+                    async for chunk in self._body(resp, key, want, skip, status == 206):
+                        yield chunk
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise OriginTimeout(f"{self.url}: GET {key!r} timed out") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise OriginError(f"{self.url}: {key!r}: the body broke off: {exc}") from None
+        except aiohttp.ClientError as exc:
+            raise OriginError(f"{self.url}: GET {key!r}: {exc}") from None
+
+    async def _body(
+        self, resp: aiohttp.ClientResponse, key: str, length: int, skip: int, exact: bool
+    ) -> AsyncIterator[bytes]:
+        """``length`` bytes of ``resp``'s body after the first ``skip``; ``exact``:
+        the body must not hold more (a 206 of our range)."""
+        left = length
+        # whatever has arrived, as it was read from the socket: a player waiting
+        # for its first byte should not wait for a buffer to fill, and buffered
+        # reads are not joined into one new copy (``iter_any`` would)
+        async for chunk, _ in resp.content.iter_chunks():
+            if not chunk:
+                continue
+            if skip:
+                if len(chunk) <= skip:
+                    skip -= len(chunk)
+                    continue
+                chunk = chunk[skip:]
+                skip = 0
+            if len(chunk) > left:
+                if exact:
+                    raise OriginError(f"{self.url}: {key!r}: more bytes than asked")
+                chunk = chunk[:left]
+            left -= len(chunk)
+            yield chunk
+            if left == 0:
+                break
+        if left:
+            raise OriginError(f"{self.url}: {key!r}: short read, {left} bytes missing")
+
     async def read(
         self, key: str, meta: ObjectMeta, start: int, length: int
     ) -> AsyncIterator[bytes]:
@@ -226,26 +312,8 @@ class HTTPOrigin:
                     raise OriginChanged(f"{self.url}: {key!r} is gone from the origin")
                 else:
                     raise OriginError(f"{self.url}: GET {key!r} answered {resp.status}")
-                left = length
-                # whatever has arrived: a player waiting for its first byte
-                # should not wait for a fixed-size buffer to fill
-                async for chunk in resp.content.iter_any():
-                    if skip:
-                        if len(chunk) <= skip:
-                            skip -= len(chunk)
-                            continue
-                        chunk = chunk[skip:]
-                        skip = 0
-                    if len(chunk) > left:
-                        if resp.status == 206:
-                            raise OriginError(f"{self.url}: {key!r}: more bytes than asked")
-                        chunk = chunk[:left]
-                    left -= len(chunk)
+                async for chunk in self._body(resp, key, length, skip, resp.status == 206):
                     yield chunk
-                    if left == 0:
-                        break
-                if left:
-                    raise OriginError(f"{self.url}: {key!r}: short read, {left} bytes missing")
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise OriginTimeout(f"{self.url}: GET {key!r} timed out") from None
         except aiohttp.ClientPayloadError as exc:
