@@ -2,15 +2,18 @@
 
 Theory of operation: ``Sources`` knows the origins (in order) and, from each
 peer appliance's ``/_edge/inventory``, which peer holds which object in which
-version. ``fetch_object`` walks an object's slices in order: a slice the store
-already holds is reread from disk, a missing one is downloaded (sources in
-order, retries with backoff, every read pinned to the ETag) and staged as a
-fsynced temp file; everything passes through one xxh3-64 hash, so the whole
-object is verified before any of it is committed. Rules it keeps:
+version. ``fetch_object`` walks an object's slices in order: slices the store
+already holds are reread from disk, each run of missing ones is downloaded with
+one GET (sources in order, retries with backoff, every read pinned to the
+ETag) and cut into slice temp files as it arrives (``fill.stage``), fsynced
+before the object is handed back; everything passes through one xxh3-64 hash,
+so the whole object is verified before any of it is committed. Rules it keeps:
 - a peer is asked only for an object it holds complete in the same version;
-  one that fails, or holds another version, passes the slice to the next source;
+  one that fails, or holds another version, passes the rest to the next source;
+- a download that breaks off resumes at its first slice not yet staged;
 - ``OriginChanged`` from the origin ends the object (the manifest's version is
-  gone); any other error is retried ``retries`` times per source;
+  gone); any other error is retried ``retries`` times per source (an attempt
+  that brought whole slices does not count);
 - every byte passes the shared token bucket (``--rate``) before it is counted;
 - staged files of an object that fails or is cancelled are removed.
 """
@@ -24,16 +27,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
-import xxhash
 
 from edge.meta import ObjectMeta, slice_bounds
 from edge.origin import Origin, OriginChanged, OriginError, OriginSettings, open_origin
 from edge.pull import backoff
 from edge.store import Staged, Store, StoredObject
 from fill.budget import TokenBucket
+from fill.stage import ObjectStager, StagePools, runs
 
 log = logging.getLogger("edgefleet.fill")
 
@@ -132,55 +134,72 @@ class Fetched:
     downloaded: dict[str, int]  # source name -> bytes
 
 
-async def fetch_slice(
-    store: Store,
-    obj: StoredObject,
-    idx: int,
+async def fetch_run(
+    stager: ObjectStager,
+    end: int,
     sources: list[Source],
     retries: int,
     throttle: Throttle,
     progress: Callable[[int], None],
-    hasher: Any,
-) -> tuple[Staged, str, Any]:
-    """Slice ``idx`` staged as it arrives, the source that sent it, and the whole
-    object's hash carried on from ``hasher`` by the attempt that succeeded."""
+    downloaded: dict[str, int],
+) -> None:
+    """Slices ``stager.idx`` up to ``end`` (exclusive) staged, with one GET for
+    all of them. A download that breaks off resumes at the first slice not yet
+    staged: from the same source while it keeps bringing whole slices (else
+    after ``retries`` more tries with backoff), then from the next source."""
+    obj = stager.obj
     key, meta = obj.key, obj.meta
-    start, length = slice_bounds(idx, meta.size, obj.slice_size)
-    last: OriginError | None = None
+    last_start, last_length = slice_bounds(end - 1, meta.size, obj.slice_size)
+    stop = last_start + last_length
+    error: OriginError | None = None
     for src in sources:
-        for n in range(retries + 1):
-            h = hasher.copy()
-            sink = store.open_stage(obj, idx)
+        fails = 0
+        while stager.idx < end:
+            start = stager.idx * obj.slice_size
+            length = stop - start
+            before = len(stager.staged)
+            got = 0
             try:
-                async for chunk in src.origin.read(key, meta, start, length):
-                    if sink.n + len(chunk) > length:
-                        raise OriginError(f"{src.name}: {key!r}: more bytes than asked for")
-                    await throttle.take(len(chunk))
-                    sink.write(chunk)
-                    h.update(chunk)
-                    progress(len(chunk))
-                if sink.n != length:
-                    raise OriginError(f"{src.name}: {key!r}: {sink.n} of {length} bytes")
-                staged = sink.close()
+                try:
+                    async with contextlib.aclosing(
+                        src.origin.read(key, meta, start, length)
+                    ) as stream:
+                        async for chunk in stream:
+                            got += len(chunk)
+                            if got > length:
+                                raise OriginError(f"{src.name}: {key!r}: more bytes than asked for")
+                            await throttle.take(len(chunk))
+                            await stager.feed(chunk)
+                            progress(len(chunk))
+                    if got != length:
+                        raise OriginError(f"{src.name}: {key!r}: {got} of {length} bytes")
+                    await stager.flush()
+                except OriginError:
+                    await stager.rewind()  # keeps the whole slices that arrived
+                    raise
+                finally:
+                    n = sum(st.size for st in stager.staged[before:])
+                    if n:
+                        downloaded[src.name] = downloaded.get(src.name, 0) + n
             except OriginChanged as exc:
-                sink.abort()
                 if src.holds is None:  # the origin itself: this version is gone
                     raise
-                last = exc
+                error = exc
                 break  # a peer with another version: next source
             except OriginError as exc:
-                sink.abort()
-                last = exc
+                error = exc
                 log.warning("fill: %s: %r bytes %d+%d (try %d): %s", src.name, key, start,
-                            length, n + 1, exc)  # fmt: skip
-                if n < retries:
-                    await asyncio.sleep(backoff(n, BACKOFF_BASE))
-                continue
-            except BaseException:
-                sink.abort()
-                raise
-            return staged, src.name, h
-    raise last or OriginError(f"{key!r}: no source to fill from")
+                            length, fails + 1, exc)  # fmt: skip
+                if len(stager.staged) > before:
+                    fails = 0  # it brought whole slices: resume at once
+                    continue
+                fails += 1
+                if fails > retries:
+                    break
+                await asyncio.sleep(backoff(fails - 1, BACKOFF_BASE))
+        if stager.idx >= end:
+            return
+    raise error or OriginError(f"{key!r}: no source to fill from")
 
 
 async def fetch_object(
@@ -190,40 +209,24 @@ async def fetch_object(
     retries: int,
     throttle: Throttle,
     progress: Callable[[int], None],
+    pools: StagePools,
 ) -> Fetched:
-    """Every slice of ``obj`` staged (durably) or reread, and the digest of the whole."""
-    meta = obj.meta
-    hasher = xxhash.xxh3_64()
+    """Every slice of ``obj`` staged (durably) or reread, and the digest of the whole:
+    one download per run of missing slices, cut into slices as it arrives."""
+    stager = ObjectStager(store, obj, pools)
     out = Fetched([], "", {})
     try:
-        for idx in range(obj.slice_count):
-            _, length = slice_bounds(idx, meta.size, obj.slice_size)
-            if idx in obj.slices:
-                data = await asyncio.to_thread(_read, obj.slice_path(idx))
-                if len(data) != length:
-                    raise OriginError(f"{obj.key!r}: stored slice {idx} has the wrong size")
-                hasher.update(data)
-                continue
-            staged, name, hasher = await fetch_slice(
-                store, obj, idx, sources, retries, throttle, progress, hasher
-            )
-            out.downloaded[name] = out.downloaded.get(name, 0) + length
-            out.staged.append(staged)
-        if out.staged:
-            syncing = asyncio.ensure_future(asyncio.to_thread(store.sync_staged, out.staged))
-            try:
-                await asyncio.shield(syncing)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await syncing  # let the thread finish before its files are removed
-                raise
+        for held, first, end in runs(obj):
+            stager.seek(first)
+            if held:
+                for idx in range(first, end):
+                    await stager.hash_held(idx, slice_bounds(idx, obj.meta.size, obj.slice_size)[1])
+            else:
+                await fetch_run(stager, end, sources, retries, throttle, progress, out.downloaded)
+        await stager.sync()
     except BaseException:
-        store.discard(out.staged)
+        await stager.discard()
         raise
-    out.digest = hasher.hexdigest()
+    out.staged = stager.staged
+    out.digest = stager.digest()
     return out
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()

@@ -37,6 +37,7 @@ from fill.config import FillConfig
 from fill.download import Fetched, Sources, Throttle, fetch_object
 from fill.logs import Popularity, count
 from fill.plan import ADD, KEEP, Decision, Entry, Held, Plan, density, human_size, make_plan
+from fill.stage import StagePools
 
 log = logging.getLogger("edgefleet.fill")
 
@@ -210,6 +211,7 @@ class FillRun:
         for d in [d for d in plan.decisions if d.verify] + plan.of(ADD):
             work.put_nowait(d)
         self.throttle = Throttle(self.cfg.rate)
+        self.pools = StagePools(self.cfg.concurrency)
         self.bar = _bar(sum(d.need for d in plan.of(ADD)), self.err)
         workers = [asyncio.ensure_future(self._worker(work)) for _ in range(self.cfg.concurrency)]
         publisher = asyncio.ensure_future(self._publish_loop())
@@ -240,6 +242,7 @@ class FillRun:
             for w in waiters:
                 w.cancel()
             publisher.cancel()
+            self.pools.shutdown()
             self.bar.close()
             await asyncio.to_thread(self._publish)
 
@@ -272,7 +275,9 @@ class FillRun:
         e = d.entry
         obj = await asyncio.to_thread(self.store.lookup, e.key)
         if obj is not None and obj.complete and obj.meta.size == e.size:
-            fetched = await fetch_object(self.store, obj, [], 0, self.throttle, lambda n: None)
+            fetched = await fetch_object(
+                self.store, obj, [], 0, self.throttle, lambda n: None, self.pools
+            )
             if fetched.digest == e.xxh3:
                 await asyncio.to_thread(self.store.set_digest, e.key, obj.gen, fetched.digest)
                 await asyncio.to_thread(self.store.pin, [e.key])
@@ -312,6 +317,7 @@ class FillRun:
                     self.retries,
                     self.throttle,
                     self._progress,
+                    self.pools,
                 )
             except OriginChanged as exc:
                 if attempt == 2:

@@ -388,3 +388,47 @@ def test_manifests_from_s3_and_http(tmp_path: Path, origin: dict[str, Any]) -> N
         assert code == 2 and "HTTP 404" in out
     finally:
         server.shutdown()
+
+
+def test_one_get_an_object_and_a_broken_download_resumes_at_its_last_whole_slice(
+    tmp_path: Path,
+) -> None:
+    from origin_server import OriginServer
+
+    objects = {f"cut/{i}.m4s": RNG.randbytes(300_000) for i in range(3)}  # 64 KiB slices: 5
+    server = OriginServer().start()
+    try:
+        for key, data in objects.items():
+            server.put(key, data)
+        m = tmp_path / "m.jsonl"
+        m.write_text("".join(
+            json.dumps({"key": k, "size": len(v), "rank": i + 1,
+                        "xxh3": xxhash.xxh3_64_hexdigest(v)}) + "\n"
+            for i, (k, v) in enumerate(objects.items())
+        ))  # fmt: skip
+        server.faults.drop_after = 150_000  # two whole slices and a part of the third
+        proc = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "fill", "--store", str(tmp_path / "store"),
+             "--capacity", str(CAPACITY), "--slice-size", "64KiB", "--origin", server.url,
+             "--manifest", str(m), "--now", "--concurrency", "1"],
+            capture_output=True, text=True, cwd=ROOT, timeout=180,
+        )  # fmt: skip
+        gets = [(a.path, a.range) for a in server.asked("GET")]
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["added"]["objects"] == 3 and report["checksum_mismatches"] == []
+    assert gets == [
+        ("/cut/0.m4s", "bytes=0-299999"),
+        ("/cut/0.m4s", "bytes=131072-299999"),  # the whole slices that arrived are kept
+        ("/cut/1.m4s", "bytes=0-299999"),
+        ("/cut/2.m4s", "bytes=0-299999"),
+    ]
+    store = open_store(tmp_path / "store")
+    try:
+        for key, data in objects.items():
+            assert store.read(key) == data
+    finally:
+        store.close()
+    assert os.listdir(tmp_path / "store" / "tmp") == []
