@@ -32,7 +32,7 @@ from edge.connection import FileSpan, OpenFile, Part, Request, Response
 from edge.httpdate import format_http_date
 from edge.keys import KeyError400, is_reserved, key_for_path, split_target
 from edge.meta import ObjectMeta
-from edge.miss import MissPath, MissStream, Pending
+from edge.miss import MissPath, MissStream
 from edge.origin import Origin
 from edge.pull import Puller
 from edge.response import (
@@ -95,9 +95,7 @@ class Appliance(MissPath):
             on_bytes=metrics.origin_bytes,
         )
         self.revalidations: dict[str, asyncio.Future[ObjectMeta | None]] = {}
-        self.learning: dict[str, asyncio.Future[StoredObject | ObjectMeta | Pending | None]] = {}
-        # key -> an object learnt and answered while its index entry is committed
-        self.pending: dict[str, Pending] = {}
+        self.learning: dict[str, asyncio.Future[StoredObject | ObjectMeta | None]] = {}
         # Admission: sized to about the objects the store holds (a window much
         # smaller than that costs hit ratio; see bench/policy_trace.py).
         capacity = sum(cap for _, cap in cfg.root_capacities())

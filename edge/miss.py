@@ -19,7 +19,6 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge.connection import FileSpan, OpenFile, Part, Request, Response
@@ -46,14 +45,10 @@ class MissPath:
         missing: list[int],
         admit: bool,
         fetches: dict[int, SliceFetch],
-        pending: asyncio.Future[View] | None = None,
     ) -> AsyncIterator[Part]:
         """The body, slice by slice. ``fetches`` keeps this response's fetches:
         one that is not stored (admission, no-store) is in no registry once
-        done, and must not be asked for again. With ``pending`` (the index
-        entry being committed, see ``Pending``), ``view`` is provisional: only
-        the learnt slice, already in ``fetches``, is sent until the committed
-        view replaces it; every other fetch starts from the committed one."""
+        done, and must not be asked for again."""
 
         def fetch(idx: int) -> SliceFetch:
             f = fetches.get(idx)
@@ -61,35 +56,15 @@ class MissPath:
                 f = fetches[idx] = self._start_fetch(view, idx, admit)
             return f
 
-        def fetch_ahead(upto: int) -> None:
-            for idx in ahead[1:upto]:
-                if idx not in fetches and self._stored(view, idx) is None:
-                    fetch(idx)
-
         ahead: list[int] = list(dict.fromkeys(missing))
-        if pending is None:
-            fetch_ahead(READ_AHEAD)
+        for idx in ahead[1:READ_AHEAD]:
+            if self._stored(view, idx) is None:
+                fetch(idx)
         for p in pieces:
             if type(p) is bytes:
                 yield p
                 continue
             idx, offset, count = p
-            pos = ahead.index(idx) if idx in ahead else -1
-            if pending is not None and (idx not in fetches or pending.done()):
-                view, pending = await pending, None
-                fetch_ahead(pos + READ_AHEAD + 1)
-            if pending is not None:
-                # the learnt slice, before the index entry is committed
-                try:
-                    async for part in fetches[idx].read(offset, count):
-                        yield part
-                        if pending is not None and pending.done():
-                            view, pending = pending.result(), None
-                            fetch_ahead(pos + READ_AHEAD + 1)
-                except OriginChanged:
-                    await self._invalidate(await pending if pending is not None else view)
-                    raise
-                continue
             stored = self._stored(view, idx)
             if stored is not None:
                 path = stored.paths[idx]
@@ -108,6 +83,7 @@ class MissPath:
                 if stored.paths[idx] is not None:
                     yield FileSpan(path, offset, count, f, self._on_disk_error(stored))
                     continue
+            pos = ahead.index(idx) if idx in ahead else -1
             if pos >= 0 and pos + READ_AHEAD < len(ahead):
                 nxt = ahead[pos + READ_AHEAD]
                 if self._stored(view, nxt) is None:
@@ -127,15 +103,8 @@ class MissPath:
         try:
             view = self.views.get(key)
             if view is None:
-                obj: StoredObject | None = None
-                pending = self.pending.get(key)
-                if pending is None:
-                    obj = await self.run(self.store.lookup, key)
-                    if obj is None:
-                        # learnt by another request while this one looked?
-                        view = self.views.get(key)
-                        pending = self.pending.get(key)
-                if view is None and obj is None and pending is None:
+                obj = await self.run(self.store.lookup, key)
+                if obj is None:
                     if not self.origins:
                         return self.error(req, 404, "not in the store, and no origin", key=key)
                     if self.puller.known_missing(key):
@@ -149,23 +118,8 @@ class MissPath:
                         if isinstance(resp.stream, MissStream):
                             await resp.stream.first_fetch().started()
                         return resp
-                    if isinstance(learnt, Pending):
-                        pending = learnt
-                    else:
-                        obj = learnt
-                if pending is not None:
-                    resp = self._answer_pending(req, pending)
-                    if resp is not None:
-                        if isinstance(resp.stream, MissStream):
-                            await resp.stream.first_fetch().started()
-                        if resp.cache == "hit":
-                            resp.cache = "miss"  # a 304 or 412, learnt from the origin
-                        return resp
-                    view = await asyncio.shield(pending.commit)
-                    asked_origin = True
-                if view is None:
-                    assert obj is not None
-                    view = await self._load(obj)
+                    obj = learnt
+                view = await self._load(obj)
             if not is_fresh(view.fresh_until, time.time()):
                 fresh = await self._revalidated(view)
                 if fresh is None:
@@ -205,67 +159,22 @@ class MissPath:
                 return self.error(req, 502, f"origin failed: {exc}", key=key)
             raise
 
-    async def _learn(self, key: str, idx: int | None) -> StoredObject | ObjectMeta | Pending | None:
+    async def _learn(self, key: str, idx: int | None) -> StoredObject | ObjectMeta | None:
         """Ask the origins what ``key`` is and index it (``ObjectMeta`` alone for
         what may not be stored; ``None``: no origin has it). Concurrent misses
         share one: until the index has the object, a second request would be
         waste. With ``idx`` (the slice the request starts with), the answer to
-        that slice's GET tells, and its bytes keep coming for the request: then
-        the answer is ``Pending``, and the index entry is committed meanwhile."""
+        that slice's GET tells, and its bytes keep coming for the request."""
         return await shared(self.learning, key, lambda: self._learn_now(key, idx))
 
-    async def _learn_now(
-        self, key: str, idx: int | None
-    ) -> StoredObject | ObjectMeta | Pending | None:
+    async def _learn_now(self, key: str, idx: int | None) -> StoredObject | ObjectMeta | None:
         if idx is None:
             meta = await self.puller.head(key)
         else:
             meta = await self.puller.learn(key, idx, self.store.slice_size)
         if meta is None or not meta.storable:
             return meta
-        learnt = self.puller.learnt.get((key, idx)) if idx is not None else None
-        if learnt is None or learnt.learnt is None or not is_fresh(meta.fresh_until, time.time()):
-            return await self.run(self.store.ensure_object, key, meta)
-        # The learnt slice can go to the player now; the index entry follows.
-        commit: asyncio.Future[View] = self.spawn(self._commit(key, meta))
-        pending = Pending(key, meta, idx, learnt, commit)
-        self.pending[key] = pending
-
-        def done(fut: asyncio.Future[View]) -> None:
-            if self.pending.get(key) is pending:
-                del self.pending[key]
-            if not fut.cancelled() and fut.exception() is not None:
-                log.error("indexing %r failed: %s", key, fut.exception())
-
-        pending.commit.add_done_callback(done)
-        return pending
-
-    async def _commit(self, key: str, meta: ObjectMeta) -> View:
-        """Index what ``meta`` tells and make its view the current one (before
-        ``pending`` lets go of the key, so no request finds neither)."""
-        obj = await self.run(self.store.ensure_object, key, meta)
-        return await self._load(obj)
-
-    def _answer_pending(self, req: Request, pending: Pending) -> Response | None:
-        """The response for an object whose index entry is being committed, from
-        a provisional view of its metadata; ``None`` when it would need more than
-        the learnt slice before the entry is there (then wait for it)."""
-        if pending.fetch.error is not None:
-            return None  # the next try starts from the committed entry
-        root = self.store.usable_roots()[0]
-        obj = StoredObject(
-            pending.key, "p" + secrets.token_hex(8), root, pending.meta, self.store.slice_size
-        )
-        resp = self._answer(req, View(obj, self.cors), fetch=True, check_fresh=False)
-        if resp is None:
-            return None
-        stream = resp.stream
-        if stream is None:
-            return resp  # 304, 412, or a HEAD: no bytes needed
-        if not isinstance(stream, MissStream) or stream.first != pending.idx:
-            return None
-        stream.follow(pending)
-        return resp
+        return await self.run(self.store.ensure_object, key, meta)
 
     def _answer_unstored(self, req: Request, key: str, meta: ObjectMeta) -> Response:
         """``no-store``/``private`` content: fetched for this request only."""
@@ -398,21 +307,6 @@ def first_slice(req: Request, slice_size: int) -> int | None:
     return int(m.group(1)) // slice_size if m else None
 
 
-@dataclass
-class Pending:
-    """An object learnt from its first slice's GET whose index entry is being
-    committed (``commit``: its view, once committed). Until then a request
-    may be answered from ``meta`` and ``fetch`` (slice ``idx``, still reading
-    the origin's answer); every other slice waits for the entry, and so does
-    storing this one, so nothing is on disk before the index knows the object."""
-
-    key: str
-    meta: ObjectMeta
-    idx: int
-    fetch: SliceFetch
-    commit: asyncio.Future[View]
-
-
 class MissStream:
     """The body of a response with missing slices: whether what it fetches is
     to be stored, and the fetches it has started."""
@@ -421,32 +315,11 @@ class MissStream:
         self, view: View, pieces: list[Any], missing: list[int], admit: bool, app: Appliance
     ) -> None:
         self.view = view
-        self.pieces = pieces
-        self.missing = missing
         self.first = missing[0]
         self.admit = admit
         self.app = app
         self.fetches: dict[int, SliceFetch] = {}
         self.gen = app._stream(view, pieces, missing, admit, self.fetches)
-
-    def follow(self, pending: Pending) -> None:
-        """Send the learnt slice of ``pending`` before its index entry is
-        committed (before the body has started)."""
-        app, idx, commit, meta = self.app, pending.idx, pending.commit, pending.meta
-
-        async def store(chunks: list[bytes]) -> None:
-            try:
-                view = await asyncio.shield(commit)
-            except Exception:
-                return  # not indexed (logged): not stored either
-            if view.etag == meta.etag and view.size == meta.size and view.paths[idx] is None:
-                await app._store_slice(view.obj, idx, chunks)
-
-        pending.fetch.claim(store if self.admit else None)
-        self.fetches[idx] = pending.fetch
-        self.gen = app._stream(
-            self.view, self.pieces, self.missing, self.admit, self.fetches, commit
-        )
 
     def first_fetch(self) -> SliceFetch:
         """The fetch of the first missing slice, started now: its first byte
