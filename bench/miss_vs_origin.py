@@ -20,6 +20,12 @@ receiving the first body byte, straight from nginx and through a cold appliance
 Every body is checked against the file's SHA-256, and the appliance's
 ``/_edge/metrics`` must count every request as a miss.
 
+Two scenarios, each with its own tables: ``loopback`` (nginx itself, unlimited:
+the CPU-bound worst case) and ``wan`` (nginx behind ``shaped_origin.py``, a
+relay adding ``--origin-rtt`` per request and capping each connection at
+``--origin-conn-rate``: what an appliance whose origin is S3 across a WAN
+meets). Both paths of a scenario download through the same origin.
+
 By default nothing is pinned (the appliance and nginx both need CPU); ``--pin``
 puts the appliance on one core and nginx with the client on the other. Run
 ``python bench/miss_vs_origin.py --help`` for the options; ``bench/README.md``
