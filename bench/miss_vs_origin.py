@@ -20,6 +20,12 @@ receiving the first body byte, straight from nginx and through a cold appliance
 Every body is checked against the file's SHA-256, and the appliance's
 ``/_edge/metrics`` must count every request as a miss.
 
+Two scenarios, each with its own tables: ``loopback`` (nginx itself, unlimited:
+the CPU-bound worst case) and ``wan`` (nginx behind ``shaped_origin.py``, a
+relay adding ``--origin-rtt`` per request and capping each connection at
+``--origin-conn-rate``: what an appliance whose origin is S3 across a WAN
+meets). Both paths of a scenario download through the same origin.
+
 By default nothing is pinned (the appliance and nginx both need CPU); ``--pin``
 puts the appliance on one core and nginx with the client on the other. Run
 ``python bench/miss_vs_origin.py --help`` for the options; ``bench/README.md``
@@ -63,6 +69,7 @@ from benchlib import (
     check_executables,
     cpu_ticks,
     die_with_us,
+    free_port,
     log,
     machine,
     metric_samples,
@@ -71,13 +78,17 @@ from benchlib import (
     proc_stat,
     run_in_workdir,
     rusage_seconds,
+    spawn,
     spawn_edgefleet,
     start_nginx,
     tail,
     version,
+    wait_listening,
     write_json,
     write_synced,
 )
+
+from edge.miss import READ_AHEAD
 
 THROUGHPUT_TARGET = 0.9  # appliance MB/s at least this share of the origin's
 TTFB_TARGET = 1.2  # appliance median time to first byte at most this many times the origin's
@@ -127,6 +138,26 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 8MiB, 512KiB, 1048576)")
     unit = {"": 1, "b": 1, "kib": KIB, "mib": MIB, "gib": GIB}[m.group(2).lower()]
     return int(m.group(1)) * unit
+
+
+def parse_scenarios(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in ("loopback", "wan")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"scenarios are loopback and wan, not {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def parse_ms(text: str) -> float:
+    """Milliseconds (``20``, ``20ms``) to seconds."""
+    t = text.strip().lower().removesuffix("ms")
+    try:
+        ms = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time in ms: {text!r}") from None
+    if ms < 0:
+        raise argparse.ArgumentTypeError("a time cannot be negative")
+    return ms / 1e3
 
 
 def format_age(seconds: float) -> str:
@@ -184,6 +215,71 @@ def self_cpu() -> float:
 
 # the origin: strong ETags (nginx's default, stated), no access log
 NGINX_DIRECTIVES = "access_log off;\n    etag on;"
+
+
+@dataclass
+class OriginSide:
+    """The origin of one scenario: nginx itself on loopback, or nginx behind the
+    WAN-shaping relay (``shaped_origin.py``). Both paths of a scenario, straight
+    and through the appliance, download from ``port``."""
+
+    name: str  # "loopback" or "wan"
+    label: str  # what it models, for the output
+    nginx: Server
+    relay: Server | None = None
+
+    @property
+    def port(self) -> int:
+        return self.relay.port if self.relay is not None else self.nginx.port
+
+    @property
+    def servers(self) -> list[Server]:
+        return [self.nginx] + ([self.relay] if self.relay is not None else [])
+
+
+SHAPER = Path(__file__).with_name("shaped_origin.py")
+
+
+def start_relay(work: Path, args: argparse.Namespace, nginx: Server, cpu: int | None) -> Server:
+    """The WAN-shaping relay in front of ``nginx`` (on the client's CPU with --pin)."""
+    port = free_port()
+    log_path = work / "relay.log"
+    cmd = pinned(
+        [
+            sys.executable,
+            str(SHAPER),
+            "--port",
+            str(port),
+            "--upstream-port",
+            str(nginx.port),
+            "--rtt",
+            f"{args.origin_rtt * 1e3:g}ms",
+            "--conn-rate",
+            f"{args.origin_conn_rate:g}",
+            "--link-rate",
+            f"{args.origin_link_rate:g}",
+        ],
+        cpu,
+    )
+    relay = Server("relay", spawn(cmd, log_path), port, log_path, "relay")
+    try:
+        wait_listening(port, relay.proc, log_path, 30)
+    except BaseException:
+        relay.stop()
+        raise
+    return relay
+
+
+def wan_label(args: argparse.Namespace) -> str:
+    link = f", {args.origin_link_rate:g} Mbit/s shared" if args.origin_link_rate else ""
+    return (
+        f"WAN-shaped origin: nginx behind a relay, RTT {args.origin_rtt * 1e3:g} ms "
+        f"(+1 RTT per new connection), {args.origin_conn_rate:g} Mbit/s per connection{link}; "
+        "models S3 across a WAN"
+    )
+
+
+LOOPBACK_LABEL = "loopback origin: nginx on 127.0.0.1, unlimited; the CPU-bound worst case"
 
 
 def start_appliance(
@@ -501,12 +597,14 @@ async def connect(port: int) -> Connection:
 
 
 class Meter:
-    """CPU of the appliance, nginx, this process (the client) and the whole machine
-    over a measured interval."""
+    """CPU of the appliance, nginx, the shaping relay (if any), this process (the
+    client) and the whole machine over a measured interval."""
 
-    def __init__(self, appliance: Server | None, nginx: Server) -> None:
+    def __init__(self, appliance: Server | None, origin: OriginSide) -> None:
         self.appliance = appliance
-        self.nginx = nginx
+        self.nginx = origin.nginx
+        self.relay = origin.relay
+        self.relay0 = 0
         self.start: tuple[int, int, float, tuple[int, int, int, int]] = (0, 0, 0.0, (0, 0, 0, 0))
         self.cores0: dict[int, tuple[int, int]] = {}
         self.cpu: dict[str, float] = {}
@@ -519,6 +617,7 @@ class Meter:
             self_cpu(),
             machine_ticks(),
         )
+        self.relay0 = cpu_ticks(self.relay.pid, gone=0) if self.relay else 0
         self.cores0 = core_ticks()
 
     def end(self, wall: float) -> None:
@@ -526,6 +625,7 @@ class Meter:
         a0, n0, c0, m0 = self.start
         a = (cpu_ticks(self.appliance.pid, gone=0) - a0) / tck if self.appliance else 0.0
         n = (cpu_ticks(self.nginx.pid, gone=0) - n0) / tck
+        r = (cpu_ticks(self.relay.pid, gone=0) - self.relay0) / tck if self.relay else 0.0
         c = self_cpu() - c0
         m1 = machine_ticks()
         cores1 = core_ticks()
@@ -540,10 +640,11 @@ class Meter:
         self.cpu = {
             "appliance_pct": 100.0 * a / wall,
             "nginx_pct": 100.0 * n / wall,
+            "relay_pct": 100.0 * r / wall,
             "client_pct": 100.0 * c / wall,
             "softirq_pct": 100.0 * (m1[1] - m0[1]) / tck / wall,
-            # user + system time of all cores not spent by the three: other processes
-            "other_pct": 100.0 * max(0.0, busy - a - n - c) / wall,
+            # user + system time of all cores not spent by the four: other processes
+            "other_pct": 100.0 * max(0.0, busy - a - n - r - c) / wall,
             "steal_pct": 100.0 * (m1[2] - m0[2]) / total * (os.cpu_count() or 1),
             "appliance_cpu_s": a,
         }
@@ -620,6 +721,7 @@ class Run:
     other_cpu_pct: float
     steal_pct: float
     appliance_cpu_ms_per_mb: float
+    relay_cpu_pct: float = 0.0  # the WAN-shaping relay (both paths go through it)
     core_busy_pct: dict[str, float] = field(default_factory=dict)
     stored_s: float | None = None  # appliance: from the last byte to every object stored
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -629,15 +731,15 @@ class Run:
 def measure(
     path: str,
     round_: int,
-    server: Server,
-    nginx: Server,
+    port: int,
+    origin: OriginSide,
     appliance: Server | None,
     corpus: Corpus,
     buffers: dict[str, memoryview],
     concurrency: int,
 ) -> Run:
-    meter = Meter(appliance, nginx)
-    fetches, wall = asyncio.run(download(server.port, corpus.keys, buffers, concurrency, meter))
+    meter = Meter(appliance, origin)
+    fetches, wall = asyncio.run(download(port, corpus.keys, buffers, concurrency, meter))
     done = [f for f in fetches if f.done_at and not f.error]
     body = sum(f.got for f in done)
     times = [1e3 * (f.done_at - f.sent_at) for f in done] or [float("nan")]
@@ -645,8 +747,8 @@ def measure(
     if len(fetches) != len(corpus.keys):
         problems.append(f"{len(fetches)} of {len(corpus.keys)} objects requested")
     problems += verify(fetches, buffers, corpus)
-    for s in (server, nginx):
-        if not s.alive():
+    for s in (appliance, *origin.servers):
+        if s is not None and not s.alive():
             problems.append(f"{s.name} died (exit {s.proc.returncode})")
     c = meter.cpu
     return Run(
@@ -665,6 +767,7 @@ def measure(
         softirq_pct=c["softirq_pct"],
         other_cpu_pct=c["other_pct"],
         steal_pct=c["steal_pct"],
+        relay_cpu_pct=c["relay_pct"],
         core_busy_pct=meter.cores,
         appliance_cpu_ms_per_mb=1e3 * c["appliance_cpu_s"] / (body / 1e6) if body else float("nan"),
         problems=problems,
@@ -723,12 +826,14 @@ def appliance_round(
     args: argparse.Namespace,
     work: Path,
     round_: int,
-    nginx: Server,
+    origin: OriginSide,
     corpus: Corpus,
     buffers: dict[str, memoryview],
     live: list[Server],
 ) -> Run:
-    appliance = start_appliance(work, f"appliance-{round_}", args, nginx.port, args.appliance_cpu)
+    appliance = start_appliance(
+        work, f"appliance-{origin.name}-{round_}", args, origin.port, args.appliance_cpu
+    )
     live.append(appliance)
     profiler: Profiler | None = None
     try:
@@ -738,10 +843,17 @@ def appliance_round(
         if args.wait_idle:
             wait_quiet(args.wait_idle)
         if args.py_spy_dir:
-            out = Path(args.py_spy_dir) / f"appliance-round-{round_}.txt"
+            out = Path(args.py_spy_dir) / f"appliance-{origin.name}-round-{round_}.txt"
             profiler = Profiler(args.py_spy, appliance.pid, out, args.client_cpu)
         run = measure(
-            "appliance", round_, appliance, nginx, appliance, corpus, buffers, args.concurrency
+            "appliance",
+            round_,
+            appliance.port,
+            origin,
+            appliance,
+            corpus,
+            buffers,
+            args.concurrency,
         )
         if profiler is not None:
             profiler.stop()
@@ -771,7 +883,8 @@ def run_line(run: Run) -> str:
         f"  round {run.round} {run.path:<9} {run.mb_per_s:>8.1f} MB/s in {run.seconds:>6.2f} s, "
         f"object median {run.object_ms_median:>6.1f} ms max {run.object_ms_max:>6.1f} ms; CPU "
         f"appliance {run.appliance_cpu_pct:>3.0f}% nginx {run.nginx_cpu_pct:>3.0f}% "
-        f"client {run.client_cpu_pct:>3.0f}% softirq {run.softirq_pct:>3.0f}% "
+        + (f"relay {run.relay_cpu_pct:>3.0f}% " if run.relay_cpu_pct else "")
+        + f"client {run.client_cpu_pct:>3.0f}% softirq {run.softirq_pct:>3.0f}% "
         f"other {run.other_cpu_pct:>3.0f}%; cores busy "
         + " ".join(f"{k}:{v:.0f}%" for k, v in run.core_busy_pct.items())
         + (f"; stored {run.stored_s:.2f} s later" if run.stored_s is not None else "")
@@ -796,7 +909,7 @@ class TtfbSample:
 def ttfb_phase(
     args: argparse.Namespace,
     work: Path,
-    nginx: Server,
+    origin: OriginSide,
     corpus: Corpus,
     buffers: dict[str, memoryview],
     live: list[Server],
@@ -805,7 +918,9 @@ def ttfb_phase(
     appliance (alternating which goes first), each once the appliance has stored
     the previous one (and after ``--ttfb-gap`` seconds of quiet, if given)."""
     keys = corpus.keys[: args.ttfb_objects]
-    appliance = start_appliance(work, "appliance-ttfb", args, nginx.port, args.appliance_cpu)
+    appliance = start_appliance(
+        work, f"appliance-{origin.name}-ttfb", args, origin.port, args.appliance_cpu
+    )
     live.append(appliance)
     profiler: Profiler | None = None
     try:
@@ -816,17 +931,17 @@ def ttfb_phase(
         )
         warm_appliance(appliance, corpus)
         if args.py_spy_dir:
-            out = Path(args.py_spy_dir) / "appliance-ttfb.txt"
+            out = Path(args.py_spy_dir) / f"appliance-{origin.name}-ttfb.txt"
             profiler = Profiler(args.py_spy, appliance.pid, out, args.client_cpu)
         if args.wait_idle:
             wait_quiet(args.wait_idle)
 
         async def go() -> list[TtfbSample]:
             conns = {
-                "origin": await connect(nginx.port),
+                "origin": await connect(origin.port),
                 "appliance": await connect(appliance.port),
             }
-            ports = {"origin": nginx.port, "appliance": appliance.port}
+            ports = {"origin": origin.port, "appliance": appliance.port}
             samples: list[TtfbSample] = []
             # the warm-up object once more from nginx: its connection has served a request
             await conns["origin"].get(WARMUP_KEY, buffers[keys[0]], REQUEST_TIMEOUT)
@@ -909,6 +1024,7 @@ class Summary:
     client_cpu_pct: float
     softirq_pct: float
     other_cpu_pct: float
+    relay_cpu_pct: float
     core_busy_pct: dict[str, float]
     limit: str
     problems: list[str]
@@ -931,6 +1047,7 @@ def limit(s: Run | Summary, appliance_cpu: int | None, client_cpu: int | None) -
             for name, pct in (
                 ("appliance", s.appliance_cpu_pct),
                 ("nginx", s.nginx_cpu_pct),
+                ("relay", s.relay_cpu_pct),
                 ("client", s.client_cpu_pct),
             )
             if pct >= BUSY_PCT
@@ -955,6 +1072,7 @@ def summarize(runs: list[Run], appliance_cpu: int | None, client_cpu: int | None
         client_cpu_pct=med(lambda r: r.client_cpu_pct),
         softirq_pct=med(lambda r: r.softirq_pct),
         other_cpu_pct=med(lambda r: r.other_cpu_pct),
+        relay_cpu_pct=med(lambda r: r.relay_cpu_pct),
         core_busy_pct={
             k: float(statistics.median(r.core_busy_pct.get(k, 0.0) for r in runs))
             for k in runs[0].core_busy_pct
@@ -997,17 +1115,13 @@ def met(ok: bool) -> str:
 
 def print_tables(
     args: argparse.Namespace,
-    placement: str,
+    origin: OriginSide,
     summaries: dict[str, Summary],
     ttfb: dict[str, TtfbSummary],
-    corpus: Corpus,
 ) -> tuple[float, float]:
-    labels = {"origin": "origin (nginx)", "appliance": "appliance (miss)"}
-    print(
-        f"cold misses through edgefleet vs straight from the origin: {len(corpus.keys)} x "
-        f"{format_size(corpus.size)} objects (Last-Modified {format_age(args.origin_age)} ago), "
-        f"slice {args.slice_size}, {placement}"
-    )
+    labels = {"origin": "origin (direct)", "appliance": "appliance (miss)"}
+    title = f"== {origin.name}: {origin.label} =="
+    print(title)
     print()
     ratio = float("nan")
     if summaries:
@@ -1015,9 +1129,12 @@ def print_tables(
             f"throughput: every object once, {args.concurrency} at a time "
             f"(median of {args.rounds} rounds)"
         )
+        relay = origin.relay is not None
         head = (
             f"{'path':<18} {'MB/s':>8} {'wall s':>7} {'slowest ms':>10} {'appl CPU':>9} "
-            f"{'nginx CPU':>9} {'client CPU':>10} {'softirq':>7} {'other':>6} "
+            f"{'nginx CPU':>9} "
+            + (f"{'relay CPU':>9} " if relay else "")
+            + f"{'client CPU':>10} {'softirq':>7} {'other':>6} "
             f"{'cores busy':>10}  {'limit':<20} "
             "problems"
         )
@@ -1026,7 +1143,9 @@ def print_tables(
             s = summaries[path]
             print(
                 f"{labels[path]:<18} {s.mb_per_s:>8.1f} {s.seconds:>7.2f} {s.object_ms_max:>10.1f} "
-                f"{s.appliance_cpu_pct:>8.0f}% {s.nginx_cpu_pct:>8.0f}% {s.client_cpu_pct:>9.0f}% "
+                f"{s.appliance_cpu_pct:>8.0f}% {s.nginx_cpu_pct:>8.0f}% "
+                + (f"{s.relay_cpu_pct:>8.0f}% " if relay else "")
+                + f"{s.client_cpu_pct:>9.0f}% "
                 f"{s.softirq_pct:>6.0f}% {s.other_cpu_pct:>5.0f}% "
                 f"{'/'.join(f'{v:.0f}' for v in s.core_busy_pct.values()) + '%':>10}  "
                 f"{s.limit:<20} " + (f"{len(s.problems)}: {s.problems[0]}" if s.problems else "-")
@@ -1037,6 +1156,12 @@ def print_tables(
             f"{'ratio':<18} {ratio:>7.2f}x (appliance/origin, target >= "
             f"{THROUGHPUT_TARGET:.1f}x: {met(ratio >= THROUGHPUT_TARGET)})"
         )
+        if relay:
+            print(
+                f"{'':<18} direct: one connection per object, like a player; the appliance "
+                f"fetches each object's slices over up to {1 + READ_AHEAD} connections at once "
+                "(read-ahead), each under the same per-connection cap"
+            )
         print()
     t_ratio = float("nan")
     if ttfb:
@@ -1057,10 +1182,12 @@ def print_tables(
             )
         o_t, a_t = ttfb["origin"], ttfb["appliance"]
         t_ratio = a_t.median_ms / o_t.median_ms if o_t.median_ms else float("nan")
+        p90_ratio = a_t.p90_ms / o_t.p90_ms if o_t.p90_ms else float("nan")
         print(
             f"{'ratio':<18} {t_ratio:>8.2f}x (median, appliance/origin, target <= "
             f"{TTFB_TARGET:.1f}x: {met(t_ratio <= TTFB_TARGET)}); "
-            f"+{a_t.median_ms - o_t.median_ms:.2f} ms"
+            f"+{a_t.median_ms - o_t.median_ms:.2f} ms; p90 {p90_ratio:.2f}x "
+            f"(+{a_t.p90_ms - o_t.p90_ms:.2f} ms)"
         )
         print(
             f"{'':<18} a miss asks the origin once before its first byte: the GET of the "
@@ -1076,7 +1203,7 @@ def print_tables(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Compare cold misses through edgefleet serve with downloads straight "
-        "from its nginx origin (loopback only).",
+        "from its nginx origin: on loopback, and behind a WAN-shaping relay.",
     )
     p.add_argument("--objects", type=int, default=None, help="objects (default 48, --quick 24)")
     p.add_argument(
@@ -1127,6 +1254,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "30 days: fresh for a day in the appliance; 0: as written, stale within seconds)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed for the objects (default 1)")
+    p.add_argument(
+        "--scenarios",
+        type=parse_scenarios,
+        default=["loopback", "wan"],
+        help="which origins, comma-separated: loopback (nginx on loopback, unlimited: the "
+        "CPU-bound worst case) and wan (nginx behind a relay that adds --origin-rtt and caps "
+        "each connection at --origin-conn-rate); default loopback,wan",
+    )
+    p.add_argument(
+        "--origin-rtt",
+        type=parse_ms,
+        default=0.020,
+        metavar="MS",
+        help="wan: round trip to the origin in ms (default 20); a new connection pays one more",
+    )
+    p.add_argument(
+        "--origin-conn-rate",
+        type=float,
+        default=200.0,
+        metavar="MBIT",
+        help="wan: Mbit/s per origin connection (default 200; 0: no cap)",
+    )
+    p.add_argument(
+        "--origin-link-rate",
+        type=float,
+        default=0.0,
+        metavar="MBIT",
+        help="wan: Mbit/s shared by all origin connections (default 0: no shared cap)",
+    )
     add_executable_args(p)
     p.add_argument(
         "--py-spy-dir",
@@ -1232,60 +1388,48 @@ def bench(args: argparse.Namespace, work: Path, live: list[Server]) -> int:
     log(f"  origin answers HEAD with a strong ETag ({etag})")
 
     # unmeasured: the client's buffers get their pages, nginx its first requests
-    warm = measure("origin", 0, nginx, nginx, None, corpus, buffers, args.concurrency)
+    loopback = OriginSide("loopback", LOOPBACK_LABEL, nginx)
+    warm = measure("origin", 0, nginx.port, loopback, None, corpus, buffers, args.concurrency)
     if warm.problems:
         raise RuntimeError("warm-up download from nginx failed: " + "; ".join(warm.problems[:5]))
     log(f"  warm-up from nginx: {warm.mb_per_s:.1f} MB/s, bodies match the files")
 
-    log(
-        f"throughput: {args.objects} objects, {args.concurrency} at a time, {args.rounds} rounds, "
-        "a new appliance with an empty store each round"
+    print(
+        f"cold misses through edgefleet vs straight from the origin: {len(corpus.keys)} x "
+        f"{format_size(corpus.size)} objects (Last-Modified {format_age(args.origin_age)} ago), "
+        f"slice {args.slice_size}, {placement}"
     )
-    runs: list[Run] = []
-    for r in range(1, args.rounds + 1):
-        order = ("origin", "appliance") if r % 2 else ("appliance", "origin")
-        for path in order:
-            if path == "origin":
-                if args.wait_idle:
-                    wait_quiet(args.wait_idle)
-                run = measure("origin", r, nginx, nginx, None, corpus, buffers, args.concurrency)
-            else:
-                run = appliance_round(args, work, r, nginx, corpus, buffers, live)
-            runs.append(run)
-            log(run_line(run))
-
-    samples: list[TtfbSample] = []
-    ttfb_metrics: dict[str, Any] = {}
-    ttfb_problems: list[str] = []
-    if args.ttfb_objects:
-        samples, ttfb_metrics, ttfb_problems = ttfb_phase(args, work, nginx, corpus, buffers, live)
-        for p in ttfb_problems:
-            log(f"  PROBLEM {p}")
-
-    summaries = {
-        path: summarize([r for r in runs if r.path == path], args.appliance_cpu, args.client_cpu)
-        for path in ("origin", "appliance")
-    }
-    ttfb = (
-        {path: summarize_ttfb(samples, path) for path in ("origin", "appliance")} if samples else {}
-    )
-    ratio, t_ratio = print_tables(args, placement, summaries, ttfb, corpus)
+    print()
+    results: dict[str, ScenarioResult] = {}
+    for name in args.scenarios:
+        if name == "loopback":
+            origin = loopback
+        else:
+            relay = start_relay(work, args, nginx, args.client_cpu)
+            live.append(relay)
+            log(f"  relay: pid {relay.pid}, port {relay.port}, in front of nginx")
+            origin = OriginSide("wan", wan_label(args), nginx, relay)
+        try:
+            results[name] = scenario(args, work, origin, corpus, buffers, live)
+        finally:
+            if origin.relay is not None:
+                origin.relay.stop()
+                live.remove(origin.relay)
 
     notes: list[str] = []
-    if ttfb_problems:
-        notes.append(
-            f"time to first byte: {len(ttfb_problems)} problems, first: {ttfb_problems[0]}"
-        )
+    warnings: list[str] = []
+    failed = False
+    targets: list[bool] = []
+    for res in results.values():
+        failed = failed or res.failed
+        targets += res.targets
+        notes += [f"{res.name}: {n}" for n in res.notes]
+        warnings += [f"{res.name}: {w}" for w in res.warnings]
     if not nginx.alive():
         notes.append(f"nginx exited during the run:\n{tail(nginx.log)}")
+        failed = True
     if args.py_spy_dir:
         notes.append("the appliance was profiled with py-spy: its figures paid for it")
-    warnings = [
-        f"round {r.round} {r.path}: a noisy run, other processes took {r.other_cpu_pct:.0f}% "
-        f"of a core and the hypervisor {r.steal_pct:.0f}% (steal)"
-        for r in runs
-        if r.other_cpu_pct > NOISE_PCT or r.steal_pct > NOISE_PCT
-    ]
     if busy_before > NOISE_PCT:
         warnings.insert(
             0,
@@ -1296,10 +1440,10 @@ def bench(args: argparse.Namespace, work: Path, live: list[Server]) -> int:
         print(f"note: {note}")
     for w in warnings:
         print(f"warning: {w}")
-    failed = any(s.problems for s in summaries.values()) or bool(ttfb_problems) or not nginx.alive()
-    targets = [ratio >= THROUGHPUT_TARGET] + ([t_ratio <= TTFB_TARGET] if ttfb else [])
+    each = ", ".join(f"{r.name} {sum(r.targets)} of {len(r.targets)}" for r in results.values())
     print(
         f"targets: {sum(targets)} of {len(targets)} met"
+        + (f" ({each})" if len(results) > 1 else "")
         + ("; problems are flagged above" if failed else "")
     )
     log(f"done in {time.monotonic() - t_start:.0f} s")
@@ -1322,6 +1466,10 @@ def bench(args: argparse.Namespace, work: Path, live: list[Server]) -> int:
                 "placement": placement,
                 "seed": args.seed,
                 "origin_age_s": args.origin_age,
+                "scenarios": args.scenarios,
+                "origin_rtt_s": args.origin_rtt,
+                "origin_conn_rate_mbit": args.origin_conn_rate,
+                "origin_link_rate_mbit": args.origin_link_rate,
             },
             "machine": machine(),
             "busy_before_pct": busy_before,
@@ -1330,21 +1478,113 @@ def bench(args: argparse.Namespace, work: Path, live: list[Server]) -> int:
                 "nginx": version([args.nginx, "-v"]),
             },
             "warmup_origin_mb_per_s": warm.mb_per_s,
-            "runs": [asdict(r) for r in runs],
-            "summaries": [asdict(s) for s in summaries.values()],
-            "throughput_ratio": ratio,
+            "scenarios": {name: res.doc for name, res in results.items()},
             "throughput_target": THROUGHPUT_TARGET,
-            "ttfb_samples": [asdict(s) for s in samples],
-            "ttfb_summaries": [asdict(t) for t in ttfb.values()],
-            "ttfb_ratio": t_ratio,
             "ttfb_target": TTFB_TARGET,
-            "ttfb_metrics": ttfb_metrics,
             "notes": notes,
             "warnings": warnings,
         }
         write_json(args.json, doc)
         log(f"results written to {args.json}")
     return 1 if failed else 0
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    failed: bool
+    targets: list[bool]
+    notes: list[str]
+    warnings: list[str]
+    doc: dict[str, Any]
+
+
+def scenario(
+    args: argparse.Namespace,
+    work: Path,
+    origin: OriginSide,
+    corpus: Corpus,
+    buffers: dict[str, memoryview],
+    live: list[Server],
+) -> ScenarioResult:
+    """Throughput rounds and the time-to-first-byte phase against one origin."""
+    log(f"scenario {origin.name}: {origin.label}")
+    if origin.relay is not None:
+        # unmeasured: the relay's first connections
+        warm = measure("origin", 0, origin.port, origin, None, corpus, buffers, args.concurrency)
+        if warm.problems:
+            raise RuntimeError("warm-up through the relay failed: " + "; ".join(warm.problems[:5]))
+        log(f"  warm-up through the relay: {warm.mb_per_s:.1f} MB/s, bodies match the files")
+    log(
+        f"throughput: {args.objects} objects, {args.concurrency} at a time, {args.rounds} rounds, "
+        "a new appliance with an empty store each round"
+    )
+    runs: list[Run] = []
+    for r in range(1, args.rounds + 1):
+        order = ("origin", "appliance") if r % 2 else ("appliance", "origin")
+        for path in order:
+            if path == "origin":
+                if args.wait_idle:
+                    wait_quiet(args.wait_idle)
+                run = measure(
+                    "origin", r, origin.port, origin, None, corpus, buffers, args.concurrency
+                )
+            else:
+                run = appliance_round(args, work, r, origin, corpus, buffers, live)
+            runs.append(run)
+            log(run_line(run))
+
+    samples: list[TtfbSample] = []
+    ttfb_metrics: dict[str, Any] = {}
+    ttfb_problems: list[str] = []
+    if args.ttfb_objects:
+        samples, ttfb_metrics, ttfb_problems = ttfb_phase(args, work, origin, corpus, buffers, live)
+        for p in ttfb_problems:
+            log(f"  PROBLEM {p}")
+
+    summaries = {
+        path: summarize([r for r in runs if r.path == path], args.appliance_cpu, args.client_cpu)
+        for path in ("origin", "appliance")
+    }
+    ttfb = (
+        {path: summarize_ttfb(samples, path) for path in ("origin", "appliance")} if samples else {}
+    )
+    ratio, t_ratio = print_tables(args, origin, summaries, ttfb)
+
+    notes: list[str] = []
+    if ttfb_problems:
+        notes.append(
+            f"time to first byte: {len(ttfb_problems)} problems, first: {ttfb_problems[0]}"
+        )
+    for s in origin.servers:
+        if not s.alive():
+            notes.append(f"{s.name} exited during the run:\n{tail(s.log)}")
+    warnings = [
+        f"round {r.round} {r.path}: a noisy run, other processes took {r.other_cpu_pct:.0f}% "
+        f"of a core and the hypervisor {r.steal_pct:.0f}% (steal)"
+        for r in runs
+        if r.other_cpu_pct > NOISE_PCT or r.steal_pct > NOISE_PCT
+    ]
+    failed = (
+        any(s.problems for s in summaries.values())
+        or bool(ttfb_problems)
+        or not all(s.alive() for s in origin.servers)
+    )
+    targets = [ratio >= THROUGHPUT_TARGET] + ([t_ratio <= TTFB_TARGET] if ttfb else [])
+    doc = {
+        "label": origin.label,
+        "runs": [asdict(r) for r in runs],
+        "summaries": [asdict(s) for s in summaries.values()],
+        "throughput_ratio": ratio,
+        "ttfb_samples": [asdict(s) for s in samples],
+        "ttfb_summaries": [asdict(t) for t in ttfb.values()],
+        "ttfb_ratio": t_ratio,
+        "ttfb_p90_ratio": (
+            ttfb["appliance"].p90_ms / ttfb["origin"].p90_ms if ttfb else float("nan")
+        ),
+        "ttfb_metrics": ttfb_metrics,
+    }
+    return ScenarioResult(origin.name, failed, targets, notes, warnings, doc)
 
 
 def main(argv: list[str] | None = None) -> int:

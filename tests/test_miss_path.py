@@ -171,6 +171,84 @@ def test_a_player_that_leaves_does_not_cancel_the_fetch(
         assert app.stop() == 0
 
 
+def test_players_at_any_offset_while_a_cold_object_is_indexed(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    # A cold miss is answered before its index entry is committed: every player
+    # that comes meanwhile, wherever its range starts, still shares one origin
+    # fetch per slice, and what is stored is whole.
+    data = random.randbytes(6 * SLICE + 77)
+    origin.put("title.mp4", data)
+    hold = threading.Event()
+    origin.faults.hold = hold  # each answer sends 1 KiB, then waits
+    app = start(tmp_path, origin.url)
+    try:
+        starts = [0, 0, 10, SLICE - 1, SLICE, 2 * SLICE + 3, 5 * SLICE, 6 * SLICE + 76] * 3
+
+        def play(a: int) -> tuple[int, bytes]:
+            status, _, body = app.get("/title.mp4", Range=f"bytes={a}-")
+            return status, body
+
+        with ThreadPoolExecutor(len(starts)) as pool:
+            results = pool.map(play, starts)
+            time.sleep(0.3)
+            hold.set()
+            for a, (status, body) in zip(starts, results, strict=True):
+                assert status == 206 and body == data[a:], a
+        assert origin.asked("HEAD") == []
+        gets = [g.range for g in origin.asked("GET")]
+        assert len(gets) == len(set(gets)) == 7  # one per slice
+        wait_for(lambda: used(app) == len(data))
+        scrub = app.request("POST", "/_edge/admin/scrub", {"Authorization": f"Bearer {TOKEN}"})
+        assert json.loads(scrub[2])["failures"] == 0
+        assert app.get("/title.mp4")[2] == data  # from the store now
+        assert len(origin.asked("GET")) == 7
+    finally:
+        hold.set()
+        assert app.stop() == 0
+
+
+def test_an_object_replaced_while_its_first_slice_streams(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    # The player has its first bytes before the object is indexed; the origin
+    # then replaces the object and cuts the answer. The resumed read finds
+    # another ETag: the player gets a short body, the old version is dropped
+    # from the store, and the next player gets the new one whole.
+    old = random.randbytes(SLICE)
+    origin.put("seg.m4s", old, etag='"old"')
+    hold = threading.Event()
+    origin.faults.hold = hold
+    origin.faults.drop_after = 20_000
+    app = start(tmp_path, origin.url, extra=("--origin-retries", "1"))
+    try:
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as s:
+            s.sendall(b"GET /seg.m4s HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < 1024:
+                got += s.recv(65536)
+            assert got.startswith(b"HTTP/1.1 200") and b'ETag: "old"' in got
+            new = random.randbytes(SLICE)
+            origin.put("seg.m4s", new, etag='"new"')
+            hold.set()
+            while chunk := s.recv(65536):
+                got += chunk
+        body = got.split(b"\r\n\r\n", 1)[1]
+        assert len(body) < SLICE and body == old[: len(body)]
+        gets = origin.asked("GET", "/seg.m4s")
+        assert gets[1].headers.get("If-Match") == '"old"' and gets[1].status == 412
+        status, headers, body = app.get("/seg.m4s")
+        assert status == 200 and body == new and headers["etag"] == '"new"'
+        wait_for(lambda: used(app) == SLICE)
+        scrub = app.request("POST", "/_edge/admin/scrub", {"Authorization": f"Bearer {TOKEN}"})
+        assert json.loads(scrub[2])["failures"] == 0
+        assert app.get("/seg.m4s")[2] == new
+        assert len(origin.asked("GET", "/seg.m4s")) == 3
+    finally:
+        hold.set()
+        assert app.stop() == 0
+
+
 def test_origin_errors_get_502_and_hits_keep_flowing(tmp_path: Path, origin: OriginServer) -> None:
     origin.put("hit.ts", b"h" * 1000)
     origin.put("cold.ts", b"c" * 1000)
