@@ -704,20 +704,29 @@ class ContentServer:
 def stop_signal(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
     """An event set by the first SIGTERM or SIGINT.
 
-    Once it is set the server is already stopping within its grace period, so a
-    second SIGTERM (a supervisor repeating itself) is ignored: it must not kill
-    the process with the default action while it finishes or tears down.
+    Once it is set the server is already stopping within its grace period, so
+    another SIGTERM (a supervisor repeating itself, or a process group and its
+    parent both signalling) must not kill it while it finishes or tears down:
+    from the first one on, SIGTERM stays blocked in this (the main) thread, and
+    ``after_stop`` ignores it once the loop has closed and given the signal
+    back its default action.
     """
     import signal
 
     stop = asyncio.Event()
 
     def on_stop() -> None:
-        if not stop.is_set():
-            stop.set()
-            loop.remove_signal_handler(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        stop.set()
 
     loop.add_signal_handler(signal.SIGTERM, on_stop)
     loop.add_signal_handler(signal.SIGINT, on_stop)
     return stop
+
+
+def after_stop() -> None:
+    """Ignore SIGTERM (and drop one that is pending) once the event loop is closed."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

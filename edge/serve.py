@@ -186,7 +186,12 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
 def worker_main(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     import uvloop
 
-    return uvloop.run(_worker(cfg, sock, workers))
+    from edge.connection import after_stop
+
+    try:
+        return uvloop.run(_worker(cfg, sock, workers))
+    finally:
+        after_stop()
 
 
 async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:

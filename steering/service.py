@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from edge import __version__
-from edge.connection import ContentServer, Request, Response, stop_signal
+from edge.connection import ContentServer, Request, Response, after_stop, stop_signal
 from edge.httpdate import format_http_date
 from edge.keys import KeyError400, check_key, parse_key, split_target
 from edge.response import build_head, text_body
@@ -288,7 +288,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import uvloop
 
-    return uvloop.run(_main(args, fleet, sock))
+    try:
+        return uvloop.run(_main(args, fleet, sock))
+    finally:
+        after_stop()
 
 
 async def _main(args: argparse.Namespace, fleet: Fleet, sock: socket.socket) -> int:
