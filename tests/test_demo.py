@@ -29,7 +29,7 @@ from s3server import CREDENTIALS, REGION, s3_client, s3_endpoint  # noqa: F401
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(
     FFMPEG is None and not os.environ.get("CI"),
-    reason="ffmpeg is not installed (apt-get install ffmpeg); CI installs it",
+    reason="ffmpeg is not installed (apt-get install ffmpeg; .ci/run installs it)",
 )
 
 
