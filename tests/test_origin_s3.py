@@ -160,6 +160,29 @@ async def test_read_streams_in_chunks(origin: S3Origin) -> None:
     assert b"".join(chunks) == OBJECTS["vod/" + SEG]
 
 
+@pytest.mark.parametrize(
+    ("start", "length"),
+    [(0, 65_536), (1000, 5000), (262_144, 65_536), (0, 1_000_000), (299_999, 10)],
+)
+async def test_read_first_learns_the_object_from_its_get(
+    origin: S3Origin, start: int, length: int
+) -> None:
+    """One GetObject tells what the object is and starts its bytes: no HeadObject."""
+    parts = [p async for p in origin.read_first(SEG, start, length)]
+    meta, body = parts[0], parts[1:]
+    assert meta == await origin.head(SEG)
+    data = OBJECTS["vod/" + SEG]
+    assert all(isinstance(b, bytes) for b in body)
+    assert b"".join(body) == data[start : start + length]  # clipped at the end
+
+
+async def test_read_first_of_what_is_not_there(origin: S3Origin) -> None:
+    assert [p async for p in origin.read_first("no/such.ts", 0, 65_536)] == [None]
+    # a range past the end tells nothing (416): the caller asks HeadObject
+    assert [p async for p in origin.read_first(SEG, 10_000_000, 65_536)] == []
+    assert [p async for p in origin.read_first("empty.ts", 0, 65_536)] == []
+
+
 async def test_read_nothing_sends_nothing() -> None:
     # a dead endpoint: any request would fail
     o = S3Origin("s3://bucket/p", settings(f"http://127.0.0.1:{free_port()}"))
@@ -553,6 +576,13 @@ def test_appliance_cold_and_hot(served: Appliance) -> None:
     for key in keys:
         first, second = log_lines(served, key, 2)
         assert (first["cache"], second["cache"]) == ("miss", "hit"), key
+    # each cold object was learnt from its first GetObject: no HeadObject at all
+    metrics = served.get("/_edge/metrics")[2].decode()
+    heads = [
+        line for line in metrics.splitlines()
+        if line.startswith("edgefleet_origin_requests_total{") and 'kind="head"' in line
+    ]  # fmt: skip
+    assert all(float(line.split()[-1]) == 0 for line in heads), heads
 
 
 def test_appliance_empty_object(served: Appliance) -> None:

@@ -38,6 +38,12 @@ from edge.meta import ObjectMeta
 from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
 
 CHUNK = 256 * 1024
+
+
+class _Unsatisfiable(Exception):
+    """S3 answered 416: the range starts past the object's end."""
+
+
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -122,7 +128,8 @@ class S3Origin:
     async def _call(
         self, key: str, op: str, missing_ok: bool = False, **params: Any
     ) -> dict[str, Any] | None:
-        """``op`` on the object; ``None`` if it does not exist and ``missing_ok``."""
+        """``op`` on the object; ``None`` if it does not exist and ``missing_ok``.
+        A range past the end (416) raises ``_Unsatisfiable``."""
         client = await self._get_client()
         s = self.settings
         try:
@@ -134,8 +141,11 @@ class S3Origin:
                 )
                 return resp
         except ClientError as exc:
-            if missing_ok and str(exc.response.get("Error", {}).get("Code", "")) in NOT_FOUND:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if missing_ok and code in NOT_FOUND:
                 return None
+            if code == "InvalidRange" or code == "416":
+                raise _Unsatisfiable(key) from None
             raise self._error(exc, key) from None
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._error(exc, key) from None
@@ -147,9 +157,13 @@ class S3Origin:
             await self._check_bucket()
             return None
         size = resp.get("ContentLength")
-        etag = resp.get("ETag")
         if not isinstance(size, int) or size < 0:
             raise OriginError(f"{self.url}: {key!r}: no Content-Length from S3")
+        return self._meta(key, size, resp)
+
+    def _meta(self, key: str, size: int, resp: dict[str, Any]) -> ObjectMeta:
+        """The object's metadata from a HeadObject or GetObject answer."""
+        etag = resp.get("ETag")
         if not etag:
             raise OriginError(f"{self.url}: {key!r}: no ETag from S3")
         modified = resp.get("LastModified")
@@ -182,6 +196,60 @@ class S3Origin:
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._error(exc, "") from None
         self._bucket_ok = True
+
+    async def read_first(
+        self, key: str, start: int, length: int
+    ) -> AsyncIterator[ObjectMeta | bytes | None]:
+        """Learn what ``key`` is from the GetObject of bytes ``start..start+length-1``
+        instead of a HeadObject first (one round trip to the store, not two):
+        yields the ``ObjectMeta`` (size from Content-Range), then the bytes of that
+        range as they arrive (clipped to the object's end). Yields ``None`` alone
+        when the object does not exist; yields nothing when the answer cannot tell
+        (a range past the end, or no Content-Range for a part): the caller asks
+        ``head``. No precondition: the version that answers is the one learnt."""
+        if length <= 0:
+            return
+        end = start + length - 1
+        try:
+            resp = await self._call(
+                key, "get_object", missing_ok=True, Range=f"bytes={start}-{end}"
+            )
+        except _Unsatisfiable:
+            return
+        if resp is None:
+            await self._check_bucket()
+            yield None
+            return
+        body = resp["Body"]
+        try:
+            content_range = (resp.get("ContentRange") or "").strip()
+            m = CONTENT_RANGE.fullmatch(content_range)
+            if m is not None and m.group(3) != "*":
+                size = int(m.group(3))
+                if int(m.group(1)) != start or int(m.group(2)) != min(end, size - 1):
+                    raise OriginError(
+                        f"{self.url}: {key!r}: S3 sent {content_range!r} for bytes {start}-{end}"
+                    )
+            elif not content_range and start == 0 and isinstance(resp.get("ContentLength"), int):
+                size = resp["ContentLength"]  # the whole object: the store ignored Range
+            else:
+                return  # cannot tell the size from this answer
+            yield self._meta(key, size, resp)
+            want = max(0, min(length, size - start))
+            got = 0
+            timeout = self.settings.read_timeout
+            while got < want:
+                try:
+                    async with asyncio.timeout(timeout):
+                        chunk: bytes = await body.read(min(CHUNK, want - got))
+                except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    raise self._error(exc, key) from None
+                if not chunk:
+                    raise OriginError(f"{self.url}: {key!r}: S3 sent {got} of {want} bytes")
+                got += len(chunk)
+                yield chunk
+        finally:
+            body.close()
 
     async def read(
         self, key: str, meta: ObjectMeta, start: int, length: int
