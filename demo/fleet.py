@@ -8,14 +8,14 @@ Rules it keeps:
 - every part runs as its own ``edgefleet`` process started the way an operator
   starts it (``serve``, ``steer``, ``fill`` with a TOML file), in its own
   session with a parent-death signal, so a killed demo leaves nothing behind;
-- a child that dies is reported, not restarted; stopping sends SIGTERM to
-  steering first, then to the appliances, and waits for each.
+- a child that dies is reported, not restarted; stopping signals steering
+  first, then the appliances (SIGTERM: each finishes its in-flight
+  responses), and waits for all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from demo.catalog import CatalogObject
+from edge.serve import die_with_parent
 
 MIB = 1 << 20
 SLICE = 256 * 1024
@@ -150,11 +151,6 @@ def manifest_lines(objects: Sequence[CatalogObject]) -> str:
 # --- processes ---------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class Child:
     name: str
@@ -186,7 +182,7 @@ def spawn(name: str, args: list[str], log: Path) -> Child:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     finally:

@@ -72,7 +72,8 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the parent process dies (Linux; elsewhere nothing)."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -129,7 +130,7 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
         if pid == 0:
             code = 1
             try:
-                _die_with_parent()
+                die_with_parent()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
