@@ -226,4 +226,6 @@ class VideoPlayer(HttpUser):
             if stall is not None:
                 _fire("rebuffer", stall * 1000)
             watched += duration
+        # the title plays to its end before the player starts another one
+        gevent.sleep(player.remaining(time.monotonic()))
         player.finish(time.monotonic())

@@ -88,8 +88,8 @@ class Player:
             self.stalled += elapsed
             return
         media = elapsed * self.speed
-        if media < self.buffered:
-            self.buffered -= media
+        if media <= self.buffered + 1e-9:  # emptied exactly now is not yet a stall
+            self.buffered = max(0.0, self.buffered - media)
             self.played += elapsed
             return
         # ran dry part-way: play what there was, stall for the rest
@@ -127,6 +127,12 @@ class Player:
             return 0.0
         over = self.buffered + next_seconds - self.buffer_target
         return max(0.0, over / self.speed)
+
+    def remaining(self, now: float) -> float:
+        """Wall seconds of playback left in the buffer (what the player plays
+        out after the last segment before it is done)."""
+        self.advance(now)
+        return self.buffered / self.speed if self.playing else 0.0
 
     def finish(self, now: float) -> None:
         """The last segment is in: what is buffered plays out (counted, not waited for)."""

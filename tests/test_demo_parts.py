@@ -169,6 +169,9 @@ def test_the_player_waits_while_the_buffer_is_full() -> None:
     # a 2 s segment fits once 2 media seconds have played: 1 wall second at 2x
     assert p.wait(0.0, 2.0) == pytest.approx(1.0)
     assert p.wait(1.0, 2.0) == pytest.approx(0.0)
+    assert p.remaining(1.0) == pytest.approx(2.0)  # 4 media seconds left at 2x
+    p.finish(3.0)
+    assert p.played == pytest.approx(3.0) and p.rebuffers == 0
 
 
 def test_failover_walks_steerings_urls_in_order() -> None:
