@@ -122,6 +122,7 @@ def steer_toml(lay: Layout, urls: dict[str, str]) -> str:
         "fall = 2",
         "rise = 2",
         'inventory_interval = "2s"',
+        f"access_log = {_toml(str(lay.workdir / 'steer-access.log'))}",
     ]
     for a in lay.appliances:
         lines += [

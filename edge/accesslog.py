@@ -62,16 +62,26 @@ class AccessLog:
         cache: str,
         duration: float,
     ) -> None:
-        sec = int(now)
-        if sec != self._sec:
-            self._sec = sec
-            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         self._lines.append(
-            f'{{"time":"{self._sec_text}.{int((now - sec) * 1000):03d}Z","client":"{client}",'
+            f'{{"time":"{self.timestamp(now)}","client":"{client}",'
             f'"method":"{method}","key":{_string(key)},'
             f'"range":{"null" if range_ is None else _string(range_)},"status":{status},'
             f'"bytes":{sent},"cache":"{cache}","duration_ms":{duration * 1000:.3f}}}\n'
         )
+        if len(self._lines) >= FLUSH_LINES:
+            self.flush()
+
+    def timestamp(self, now: float) -> str:
+        """``now`` as UTC ISO 8601 with milliseconds (the text of a second is cached)."""
+        sec = int(now)
+        if sec != self._sec:
+            self._sec = sec
+            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._sec_text}.{int((now - sec) * 1000):03d}Z"
+
+    def write(self, line: str) -> None:
+        """A whole line another service formatted (ending in a newline)."""
+        self._lines.append(line)
         if len(self._lines) >= FLUSH_LINES:
             self.flush()
 

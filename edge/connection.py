@@ -123,6 +123,7 @@ class Response:
         "close",
         "head",
         "key",
+        "note",
         "range",
         "status",
         "stream",
@@ -150,6 +151,7 @@ class Response:
         self.range = range_
         self.stream = stream
         self.close = close
+        self.note: Any = None  # what the handler wants to log about it
 
 
 class Handler(Protocol):

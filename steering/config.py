@@ -85,6 +85,7 @@ class SteerConfig:
     trusted_proxies: list[Network] = field(default_factory=list)
     origin_fallback: str | None = None
     log_level: str = "info"
+    access_log: str | None = None
 
     def signing_key(self) -> tuple[str, bytes] | None:
         """(key id, secret) that signs new URLs, or ``None`` when URLs go unsigned."""
@@ -208,6 +209,7 @@ STEER_OPTIONS: Options = {
         "origin base URL answered when no appliance can serve",
     ),
     "log_level": ("--log-level", choice("debug", "info", "warning", "error"), "log level"),
+    "access_log": ("--access-log", str, "JSON-lines access log: a path, or - for stdout"),
 }
 _REPEATABLE = {"url_signing_keys", "trusted_proxies"}
 _SECRET = {"url_signing_keys"}

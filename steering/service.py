@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from edge import __version__
+from edge.accesslog import AccessLog
 from edge.connection import ContentServer, Request, Response, after_stop, stop_signal
 from edge.httpdate import format_http_date
 from edge.keys import KeyError400, check_key, parse_key, split_target
@@ -51,7 +52,9 @@ GRACE_SECONDS = 10.0
 class Steering:
     """The request handler (``edge.connection.Handler``) and the reload logic."""
 
-    def __init__(self, args: argparse.Namespace, fleet: Fleet) -> None:
+    def __init__(
+        self, args: argparse.Namespace, fleet: Fleet, access_log: AccessLog | None = None
+    ) -> None:
         self.args = args
         self.metrics = SteerMetrics()
         self.poller = Poller(fleet, self.metrics)
@@ -60,6 +63,7 @@ class Steering:
         self.loaded_at = time.time()
         self.date_line = b""
         self._date_sec = -1
+        self.access_log = access_log
         self.pages = {
             "/_steer/health": self.health,
             "/_steer/metrics": self.metrics_page,
@@ -122,6 +126,26 @@ class Steering:
         endpoint = resp.key or "other"
         timed = endpoint in ("steer", "redirect")
         self.metrics.request(endpoint, resp.status, now - req.started if timed else None)
+        if self.access_log is not None:
+            self.access_log.write(self._log_line(req, resp, now))
+
+    def _log_line(self, req: Request, resp: Response, now: float) -> str:
+        """One JSON line (docs/steering.md, Access log)."""
+        note: dict[str, Any] = resp.note or {}
+        target = req.target.decode("latin-1")
+        doc = {
+            "time": self.access_log.timestamp(now) if self.access_log else "",
+            "client": note.get("client", req.client),
+            "method": req.method,
+            "key": note.get("key", target.split("?", 1)[0]),
+            "status": resp.status,
+            "class": note.get("class"),
+            "site": note.get("site"),
+            "to": note.get("to"),
+            "location": note.get("location"),
+            "duration_ms": round((now - req.started) * 1000, 3),
+        }
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
 
     # -- dispatch --------------------------------------------------------------
 
@@ -189,10 +213,21 @@ class Steering:
         decision = decide(fleet, state, key, location, cfg.answers)
         self.metrics.answer(decision.klass, decision.site)
         now = time.time()
+        note: dict[str, Any] = {
+            "client": client,
+            "key": key,
+            "class": decision.klass,
+            "site": decision.site or None,
+            "to": fleet.specs[decision.chosen[0]].id if decision.chosen else None,
+            "location": location.source,
+        }
         if decision.klass == NO_APPLIANCE:
             fallback = answer.origin_url(cfg, key)
             if fallback is None:
-                return self._no_appliance(req, fleet)
+                resp = self._no_appliance(req, fleet)
+                resp.note = note
+                return resp
+            note["to"] = "origin"
             urls, expires = [fallback], int(now + cfg.token_ttl)
         else:
             urls, expires = answer.urls(decision, fleet, cfg, client, now)
@@ -203,11 +238,15 @@ class Steering:
                     f"<{u}>; rel=duplicate; pri={n}" for n, u in enumerate(urls[1:], 2)
                 )
                 lines += f"Link: {links}\r\n"
-            return self.reply(req, 302, lines.encode("latin-1"))
+            resp = self.reply(req, 302, lines.encode("latin-1"))
+            resp.note = note
+            return resp
         doc = answer.document(decision, fleet, urls, expires)
         if decision.klass == NO_APPLIANCE:
             doc["origin"] = True
-        return self.reply(req, 200, JSON_LINES, json.dumps(doc).encode())
+        resp = self.reply(req, 200, JSON_LINES, json.dumps(doc).encode())
+        resp.note = note
+        return resp
 
     def _no_appliance(self, req: Request, fleet: Fleet) -> Response:
         reasons: dict[str, int] = {}
@@ -282,6 +321,15 @@ def run(args: argparse.Namespace) -> int:
             stream=sys.stderr,
         )
         fleet = compile_fleet(cfg)
+        access_log = None
+        if cfg.access_log:
+            try:
+                access_log = AccessLog(cfg.access_log)
+            except OSError as exc:
+                raise ConfigError(
+                    f"--access-log / access_log: cannot open {cfg.access_log}: "
+                    f"{exc.strerror or exc}"
+                ) from None
         sock = _bind(*cfg.listen)
     except ConfigError as exc:
         print(f"edgefleet steer: {exc}", file=sys.stderr)
@@ -289,18 +337,31 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     try:
-        return uvloop.run(_main(args, fleet, sock))
+        return uvloop.run(_main(args, fleet, sock, access_log))
     finally:
         after_stop()
+        if access_log is not None:
+            access_log.close()
 
 
-async def _main(args: argparse.Namespace, fleet: Fleet, sock: socket.socket) -> int:
+async def _flush_every_second(log: AccessLog) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        log.flush()
+
+
+async def _main(
+    args: argparse.Namespace, fleet: Fleet, sock: socket.socket, access_log: AccessLog | None
+) -> int:
     loop = asyncio.get_running_loop()
-    service = Steering(args, fleet)
+    service = Steering(args, fleet, access_log)
     stop = stop_signal(loop)
     reloads: set[asyncio.Task[None]] = set()
+    flusher = asyncio.ensure_future(_flush_every_second(access_log)) if access_log else None
 
     def on_hup() -> None:
+        if access_log is not None:
+            access_log.reopen()  # logrotate
         task = asyncio.ensure_future(service.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -323,6 +384,8 @@ async def _main(args: argparse.Namespace, fleet: Fleet, sock: socket.socket) -> 
     await stop.wait()
     log.info("stopping")
     await server.shutdown(GRACE_SECONDS)
+    if flusher is not None:
+        flusher.cancel()
     for task in list(reloads):
         task.cancel()
     await service.poller.stop()

@@ -141,6 +141,37 @@ def test_redirect(fleet: Fleet) -> None:
     assert fleet.steering.request("/steer?object=a%00b", SOUTH)[0] == 400
 
 
+def test_access_log(fleet: Fleet, tmp_path: Path) -> None:
+    log = tmp_path / "steer-access.log"
+    s = Steering(fleet.config, "--access-log", str(log)).start()
+    try:
+        wait_for(lambda: all(a["candidate"] for a in s.fleet().values()), 20)
+        s.steer(KEY, NORTH)
+        assert s.request(f"/r/{KEY}", PROXY, {"X-Forwarded-For": SOUTH})[0] == 302
+        assert s.request("/nowhere", NORTH)[0] == 404
+
+        def lines() -> list[dict[str, Any]] | None:
+            got = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+            got = [x for x in got if x["key"] != "/_steer/fleet"]  # the test's own polling
+            return got if len(got) >= 3 else None
+
+        north, south, other = wait_for(lines)  # written within a second
+        assert north["client"] == NORTH and north["key"] == KEY and north["status"] == 200
+        assert north["class"] == "hit" and north["site"] == "north"
+        assert north["to"] in ("n1", "n2") and north["location"] == "prefix"
+        assert north["method"] == "GET" and north["duration_ms"] >= 0
+        assert north["time"].endswith("Z")
+        # the client the decision used: the proxy's X-Forwarded-For
+        assert south["client"] == SOUTH and south["status"] == 302 and south["to"] == "s1"
+        assert other["key"] == "/nowhere" and other["status"] == 404 and other["class"] is None
+    finally:
+        assert s.stop() == 0
+    bad = Steering(fleet.config, "--access-log", str(tmp_path / "file" / "log"))
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(RuntimeError, match="--access-log / access_log: cannot open"):
+        bad.start()
+
+
 def test_trusted_proxy(fleet: Fleet) -> None:
     fleet.all_candidates()
     s = fleet.steering
