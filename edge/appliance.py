@@ -46,7 +46,7 @@ from edge.response import (
     text_body,
 )
 from edge.signing import MESSAGES as TOKEN_MESSAGES
-from edge.signing import Verifier
+from edge.signing import Verifier, split_path_token
 from edge.store import Store, StoredObject, is_device_error
 from edge.view import View
 
@@ -269,8 +269,14 @@ class Appliance(MissPath):
             key = key_for_path(path)
         except KeyError400 as exc:
             return self.error(req, exc.status, str(exc))
+        path_token = None
         if is_reserved(key):
-            return self.ops.handle(req, key, query)
+            split = split_path_token(key)
+            if split is None:
+                return self.ops.handle(req, key, query)
+            path_token, key = split  # /_edge/t/TOKEN/KEY: a token for KEY's directory
+            if is_reserved(key):
+                return self.error(req, 404, "no such object")
         method = req.method
         if method not in ("GET", "HEAD"):
             if method == "OPTIONS":
@@ -279,7 +285,10 @@ class Appliance(MissPath):
         if not key:
             return self.error(req, 404, "no object named; ask for /<key>")
         if self.verifier is not None:
-            reason = self.verifier.check(key, query.decode("latin-1"), req.client, time.time())
+            if path_token is not None:
+                reason = self.verifier.check_path(key, path_token, req.client, time.time())
+            else:
+                reason = self.verifier.check(key, query.decode("latin-1"), req.client, time.time())
             if reason is not None:
                 self.metrics.token_rejected(reason)
                 return self.error(req, 403, TOKEN_MESSAGES[reason], key=key)

@@ -11,7 +11,14 @@ if not, why. Rules it keeps:
   missing, malformed, unknown key, bad signature, expired, wrong prefix;
 - signatures are compared in constant time; secrets are at least
   ``MIN_SECRET_BYTES`` long;
-- pure: no sockets, files or clocks (the time is passed in).
+- pure: no sockets, files or clocks (the time is passed in);
+- a token can also cover a directory and ride in the path instead
+  (``/_edge/t/TOKEN/KEY``): HLS and DASH players resolve a playlist's relative
+  URLs against the playlist's own URL, so a path token reaches every rendition
+  and segment of a title, where a query token stays on the first URL. Its MAC
+  is over a different label and the directory (ending in ``/``); the appliance
+  accepts it for any key under that directory (it tries the key's ancestors,
+  a top-level key has none, so it is always signed in the query);
 
 The format is documented in docs/steering.md.
 """
@@ -32,14 +39,20 @@ __all__ = [
     "REASONS",
     "Verifier",
     "client_prefix",
+    "directory_of",
     "parse_keys",
+    "path_url",
     "sign",
+    "sign_directory",
+    "split_path_token",
     "token_param",
 ]
 
 MIN_SECRET_BYTES = 16
 PARAM = "token"
 LABEL = b"edgefleet-v1"
+DIR_LABEL = b"edgefleet-v1-dir"
+PATH_PREFIX = "_edge/t/"  # the key of a path-token URL: _edge/t/TOKEN/KEY
 REASONS = ("missing", "malformed", "unknown_key", "bad_signature", "expired", "wrong_prefix")
 MESSAGES = {
     "missing": "a signed URL is required: no token",
@@ -53,11 +66,39 @@ _KID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _SIG = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
-def _mac(secret: bytes, kid: str, expires: int, prefix: str, key: str) -> str:
+def _mac(secret: bytes, kid: str, expires: int, prefix: str, key: str, label: bytes = LABEL) -> str:
     msg = b"\n".join(
-        (LABEL, kid.encode(), str(expires).encode(), prefix.encode(), key.encode("utf-8"))
+        (label, kid.encode(), str(expires).encode(), prefix.encode(), key.encode("utf-8"))
     )
     return base64.urlsafe_b64encode(hmac.digest(secret, msg, hashlib.sha256))[:43].decode()
+
+
+def directory_of(key: str) -> str:
+    """``titles/1/master.m3u8`` → ``titles/1/``; ``""`` for a top-level key."""
+    head, sep, _ = key.rpartition("/")
+    return head + sep
+
+
+def sign_directory(directory: str, kid: str, secret: bytes, expires: int, prefix: str = "") -> str:
+    """A path token for every key under ``directory`` (which ends in ``/``); the
+    client prefix's ``/`` is written ``_`` so the token is one path segment."""
+    if not directory.endswith("/") or directory == "/":
+        raise ValueError("a directory token needs a directory like titles/1/")
+    mac = _mac(secret, kid, expires, prefix, directory, DIR_LABEL)
+    return f"{kid}~{expires}~{prefix.replace('/', '_')}~{mac}"
+
+
+def path_url(base: str, key_path: str, token: str) -> str:
+    """``base/_edge/t/TOKEN/key_path`` (``key_path`` already quoted for a URL)."""
+    return f"{base}/{PATH_PREFIX}{token}/{key_path}"
+
+
+def split_path_token(key: str) -> tuple[str, str] | None:
+    """``_edge/t/TOKEN/KEY`` → (TOKEN, KEY); None for any other key."""
+    if not key.startswith(PATH_PREFIX):
+        return None
+    token, _, rest = key[len(PATH_PREFIX) :].partition("/")
+    return token, rest
 
 
 def sign(key: str, kid: str, secret: bytes, expires: int, prefix: str = "") -> str:
@@ -104,6 +145,26 @@ class Verifier:
         token = _token_from_query(query)
         if token is None:
             return "missing"
+        return self._check(token, [(key, LABEL)], client, now)
+
+    def check_path(self, key: str, token: str, client: str, now: float) -> str | None:
+        """The same for a path token, which covers a directory above ``key``."""
+        if not token:
+            return "missing"
+        parts = key.split("/")[:-1]
+        scopes = [("/".join(parts[:n]) + "/", DIR_LABEL) for n in range(len(parts), 0, -1)]
+        if not scopes:
+            return "bad_signature"  # a top-level key is never under a directory token
+        kid, sep, rest = token.partition("~")
+        expires, sep2, rest = rest.partition("~")
+        prefix, sep3, sig = rest.partition("~")
+        if not (sep and sep2 and sep3):
+            return "malformed"
+        return self._check(f"{kid}~{expires}~{prefix.replace('_', '/')}~{sig}", scopes, client, now)
+
+    def _check(
+        self, token: str, scopes: list[tuple[str, bytes]], client: str, now: float
+    ) -> str | None:
         fields = token.split("~")
         if len(fields) != 4:
             return "malformed"
@@ -122,7 +183,10 @@ class Verifier:
         if secret is None:
             return "unknown_key"
         expires = int(expires_text)
-        if not hmac.compare_digest(_mac(secret, kid, expires, prefix, key), sig):
+        if not any(
+            hmac.compare_digest(_mac(secret, kid, expires, prefix, scope, label), sig)
+            for scope, label in scopes
+        ):
             return "bad_signature"
         if now > expires:
             return "expired"

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from edge.signing import client_prefix, token_param
+from edge.signing import client_prefix, directory_of, path_url, sign_directory, token_param
 from steering.config import SteerConfig
 from steering.decide import Decision
 from steering.fleet import Fleet
@@ -75,6 +75,10 @@ def urls(
     prefix = ""
     if cfg.token_prefix_v4 or cfg.token_prefix_v6:
         prefix = client_prefix(client, cfg.token_prefix_v4, cfg.token_prefix_v6)
+    directory = directory_of(decision.key)
+    if cfg.token_in == "path" and directory:
+        token = sign_directory(directory, kid, secret, expires, prefix)
+        return [path_url(base[i], path, token) for i in decision.chosen], expires
     token = token_param(decision.key, kid, secret, expires, prefix)
     return [f"{base[i]}/{path}?{token}" for i in decision.chosen], expires
 

@@ -75,6 +75,7 @@ class SteerConfig:
     token_ttl: float = 6 * 3600.0
     token_prefix_v4: int = 0
     token_prefix_v6: int = 0
+    token_in: str = "query"  # or "path": a directory token in the URL's path (HLS, DASH)
     answers: int = 3
     health_interval: float = 2.0
     health_timeout: float = 1.0
@@ -182,6 +183,11 @@ STEER_OPTIONS: Options = {
         "--token-prefix-v6",
         _prefix_len(128),
         "bind URLs to the client's IPv6 /N (0: not bound)",
+    ),
+    "token_in": (
+        "--token-in",
+        choice("query", "path"),
+        "where signed URLs carry the token: query (one object) or path (its directory)",
     ),
     "answers": ("--answers", positive_int, "URLs per answer (3)"),
     "health_interval": ("--health-interval", _positive_duration, "health poll interval (2s)"),

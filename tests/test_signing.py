@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.signing import Verifier, client_prefix, parse_keys, sign, token_param
+from edge.signing import (
+    Verifier,
+    client_prefix,
+    directory_of,
+    parse_keys,
+    sign,
+    sign_directory,
+    split_path_token,
+    token_param,
+)
 
 K1 = b"first-secret-0123456789"
 K2 = b"second-secret-0123456789"
@@ -90,3 +99,53 @@ def test_any_tampering_is_refused(key: str, secret: bytes, expires: int, data) -
         return
     got = Verifier({"k": secret}).check(key, q(tampered), "192.0.2.1", 0)
     assert got is not None
+
+
+# -- directory tokens in the path -------------------------------------------------
+
+
+def test_a_directory_token_covers_its_directory_and_nothing_else() -> None:
+    v = Verifier({"k1": K1})
+    token = sign_directory("titles/81234/", "k1", K1, NOW + 60)
+    for key in (
+        "titles/81234/master.m3u8",
+        "titles/81234/720p/index.m3u8",
+        "titles/81234/720p/seg_00001.m4s",
+    ):
+        assert v.check_path(key, token, "192.0.2.7", NOW) is None, key
+    for key in ("titles/81235/master.m3u8", "titles/master.m3u8", "master.m3u8"):
+        assert v.check_path(key, token, "192.0.2.7", NOW) == "bad_signature", key
+    assert v.check_path(KEY, token, "192.0.2.7", NOW + 61) == "expired"
+    assert v.check_path(KEY, "", "x", NOW) == "missing"
+    assert v.check_path(KEY, "k1~nonsense", "x", NOW) == "malformed"
+    # a key token is no directory token, nor the other way round
+    key_token = sign("titles/81234/", "k1", K1, NOW + 60)
+    assert v.check_path(KEY, key_token, "x", NOW) == "bad_signature"
+    assert v.check("titles/81234/", q(token), "x", NOW) == "bad_signature"
+
+
+def test_a_directory_token_can_be_bound_to_a_client_prefix() -> None:
+    v = Verifier({"k1": K1})
+    for prefix, inside, outside in (
+        ("192.0.2.0/24", "192.0.2.7", "198.51.100.1"),
+        ("2001:db8::/48", "2001:db8::5", "2001:db9::5"),
+    ):
+        token = sign_directory("titles/81234/", "k1", K1, NOW + 60, prefix)
+        assert "/" not in token  # one path segment
+        assert v.check_path(KEY, token, inside, NOW) is None
+        assert v.check_path(KEY, token, outside, NOW) == "wrong_prefix"
+
+
+@given(st.lists(st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True), min_size=2, max_size=6))
+def test_every_key_under_the_signed_directory_and_no_other(parts: list[str]) -> None:
+    v = Verifier({"k1": K1})
+    key = "/".join(parts)
+    directory = directory_of(key)
+    token = sign_directory(directory, "k1", K1, NOW + 60)
+    assert v.check_path(key, token, "x", NOW) is None
+    assert v.check_path(directory + "deeper/" + parts[-1], token, "x", NOW) is None
+    assert v.check_path("other-" + key, token, "x", NOW) == "bad_signature"
+    assert split_path_token(f"_edge/t/{token}/{key}") == (token, key)
+    assert split_path_token(key) is None
+    with pytest.raises(ValueError):
+        sign_directory(parts[0], "k1", K1, NOW)

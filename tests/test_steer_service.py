@@ -172,6 +172,29 @@ def test_access_log(fleet: Fleet, tmp_path: Path) -> None:
         bad.start()
 
 
+def test_path_tokens_reach_a_whole_title(fleet: Fleet) -> None:
+    """With ``token_in = path`` a player resolving a playlist's relative URLs keeps
+    the token: every object of the title is served, nothing else is."""
+    from urllib.parse import urljoin
+
+    s = Steering(fleet.config, "--token-in", "path").start()
+    try:
+        wait_for(lambda: all(a["candidate"] for a in s.fleet().values()), 20)
+        doc = s.steer("titles/81234/master.m3u8", NORTH)
+        first = doc["urls"][0]
+        assert "/_edge/t/" in first and "?" not in first
+        assert fetch(first, NORTH) == (200, fleet.catalog["titles/81234/master.m3u8"])
+        segment = urljoin(first, "720p/seg_00001.m4s")  # as a player resolves it
+        assert fetch(segment, NORTH) == (200, fleet.catalog["titles/81234/720p/seg_00001.m4s"])
+        assert fetch(urljoin(first, "../../empty.ts"), NORTH)[0] in (403, 404)
+        assert fetch(urljoin(first, "/empty.ts"), NORTH)[0] == 403  # no token at all
+        # a top-level key has no directory: its token stays in the query
+        top = s.steer("empty.ts", NORTH)["urls"][0]
+        assert "?token=" in top and fetch(top, NORTH)[0] == 200
+    finally:
+        assert s.stop() == 0
+
+
 def test_trusted_proxy(fleet: Fleet) -> None:
     fleet.all_candidates()
     s = fleet.steering

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SLICE, Appliance, wait_for
 
-from edge.signing import sign
+from edge.signing import sign, sign_directory
 
 KEY = "titles/81234/movie.mp4"
 OLD = "old-secret-0123456789"
@@ -75,6 +75,36 @@ def test_tokens(signed: Appliance, catalog: dict[str, bytes]) -> None:
     got = wait_for(counted)
     assert float(got["missing"]) == 1 and float(got["bad_signature"]) == 2
     assert float(got["expired"]) == 2 and float(got["wrong_prefix"]) == 2
+
+
+def test_a_path_token_covers_a_titles_directory(
+    signed: Appliance, catalog: dict[str, bytes]
+) -> None:
+    """What HLS players need: relative URLs resolved against a playlist's URL keep
+    a token that sits in the path, for every object under the title's directory."""
+    later = int(time.time()) + 600
+    token = sign_directory("titles/81234/", "new", NEW.encode(), later)
+    for key in ("titles/81234/master.m3u8", "titles/81234/720p/seg_00002.m4s"):
+        status, _, body = signed.get(f"/_edge/t/{token}/{key}")
+        assert status == 200 and body == catalog[key], key
+    status, _, body = signed.get(
+        f"/_edge/t/{token}/titles/81234/720p/seg_00002.m4s", Range="bytes=0-99"
+    )
+    assert status == 206 and body == catalog["titles/81234/720p/seg_00002.m4s"][:100]
+    # the same object as without the token: one store entry, logged by its key
+    assert signed.get(f"/{KEY}?token={sign(KEY, 'new', NEW.encode(), later)}")[0] == 200
+    assert signed.get(f"/_edge/t/{token}/{KEY}")[0] == 200
+    refused = [
+        f"/_edge/t/{token}/empty.ts",  # outside the directory
+        f"/_edge/t/{token.replace('~', '~1', 1)}/{KEY}",  # another expiry
+        f"/_edge/t/{sign_directory('titles/81234/', 'new', NEW.encode(), 1)}/{KEY}",  # expired
+        f"/_edge/t/{sign_directory('titles/81234/', 'new', NEW.encode(), later, '10.0.0.0/8')}"
+        f"/{KEY}",  # another client prefix
+    ]
+    for path in refused:
+        assert signed.get(path)[0] == 403, path
+    # the reserved namespace stays reserved behind a token
+    assert signed.get(f"/_edge/t/{token}/_edge/health")[0] == 404
 
 
 def test_query_does_not_change_the_cache_key(signed: Appliance, catalog: dict) -> None:
