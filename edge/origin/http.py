@@ -236,12 +236,17 @@ class HTTPOrigin:
                 if want:
                     async for chunk in self._body(resp, key, want, skip, status == 206):
                         yield chunk
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise OriginTimeout(f"{self.url}: GET {key!r} timed out") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise OriginError(f"{self.url}: {key!r}: the body broke off: {exc}") from None
-        except aiohttp.ClientError as exc:
-            raise OriginError(f"{self.url}: GET {key!r}: {exc}") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._get_error(exc, key) from None
+
+    def _get_error(self, exc: BaseException, key: str) -> OriginError:
+        """The ``OriginError`` for what a GET raised (timeouts first: aiohttp's
+        ``ServerTimeoutError`` is also a ``ClientError``)."""
+        if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+            return OriginTimeout(f"{self.url}: GET {key!r} timed out")
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return OriginError(f"{self.url}: {key!r}: the body broke off: {exc}")
+        return OriginError(f"{self.url}: GET {key!r}: {exc}")
 
     async def _body(
         self, resp: aiohttp.ClientResponse, key: str, length: int, skip: int, exact: bool
@@ -314,9 +319,5 @@ class HTTPOrigin:
                     raise OriginError(f"{self.url}: GET {key!r} answered {resp.status}")
                 async for chunk in self._body(resp, key, length, skip, resp.status == 206):
                     yield chunk
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise OriginTimeout(f"{self.url}: GET {key!r} timed out") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise OriginError(f"{self.url}: {key!r}: the body broke off: {exc}") from None
-        except aiohttp.ClientError as exc:
-            raise OriginError(f"{self.url}: GET {key!r}: {exc}") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._get_error(exc, key) from None

@@ -235,18 +235,7 @@ class S3Origin:
             else:
                 return  # cannot tell the size from this answer
             yield self._meta(key, size, resp)
-            want = max(0, min(length, size - start))
-            got = 0
-            timeout = self.settings.read_timeout
-            while got < want:
-                try:
-                    async with asyncio.timeout(timeout):
-                        chunk: bytes = await body.read(min(CHUNK, want - got))
-                except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    raise self._error(exc, key) from None
-                if not chunk:
-                    raise OriginError(f"{self.url}: {key!r}: S3 sent {got} of {want} bytes")
-                got += len(chunk)
+            async for chunk in self._stream(body, key, max(0, min(length, size - start))):
                 yield chunk
         finally:
             body.close()
@@ -262,26 +251,36 @@ class S3Origin:
         body = resp["Body"]
         try:
             self._check(key, meta, resp, start, end, length)
-            got = 0
-            timeout = self.settings.read_timeout
-            while True:
-                try:
-                    async with asyncio.timeout(timeout):
-                        chunk: bytes = await body.read(CHUNK)
-                except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    raise self._error(exc, key) from None
-                if not chunk:
-                    break
-                got += len(chunk)
-                if got > length:
-                    raise OriginError(
-                        f"{self.url}: {key!r}: S3 sent more than the {length} bytes asked for"
-                    )
+            async for chunk in self._stream(body, key, length, exact=True):
                 yield chunk
-            if got != length:
-                raise OriginError(f"{self.url}: {key!r}: S3 sent {got} of {length} bytes")
         finally:
             body.close()
+
+    async def _stream(
+        self, body: Any, key: str, want: int, exact: bool = False
+    ) -> AsyncIterator[bytes]:
+        """``want`` bytes of a GetObject body, each read bounded by the read
+        timeout; fewer is an error. ``exact``: the body is read to its end and
+        must not hold more (a ranged answer); otherwise reading stops at
+        ``want`` (the rest of a whole object sent where a part was asked for)."""
+        got = 0
+        timeout = self.settings.read_timeout
+        while exact or got < want:
+            try:
+                async with asyncio.timeout(timeout):
+                    chunk: bytes = await body.read(CHUNK if exact else min(CHUNK, want - got))
+            except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise self._error(exc, key) from None
+            if not chunk:
+                break
+            got += len(chunk)
+            if got > want:
+                raise OriginError(
+                    f"{self.url}: {key!r}: S3 sent more than the {want} bytes asked for"
+                )
+            yield chunk
+        if got != want:
+            raise OriginError(f"{self.url}: {key!r}: S3 sent {got} of {want} bytes")
 
     def _check(
         self,
