@@ -351,29 +351,20 @@ def _print_table(state: dict[str, Any]) -> None:
 
 async def _upload(url: str, origin_dir: Path, objects: Any, s3: dict[str, str]) -> int:
     """Put the catalog into the bucket, skipping objects already there with the same size."""
-    from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
-    from botocore.exceptions import ClientError
+    from edge.origin import OriginSettings
+    from edge.origin.s3 import S3Origin
 
-    parts = urlsplit(url)
-    bucket, prefix = parts.netloc, parts.path.strip("/")
-    kwargs: dict[str, Any] = {
-        "endpoint_url": s3.get("s3_endpoint"),
-        "region_name": s3.get("s3_region") or ("us-east-1" if s3.get("s3_endpoint") else None),
-        "config": AioConfig(s3={"addressing_style": s3.get("s3_addressing_style", "auto")}),
-    }
-    sent = 0
-    async with get_session().create_client("s3", **kwargs) as client:
+    origin = S3Origin(url, OriginSettings(**s3))  # type: ignore[arg-type]
+    try:
+        client = await origin.client()
+        sent = 0
         for o in objects:
-            key = f"{prefix}/{o.key}" if prefix else o.key
-            try:
-                head = await client.head_object(Bucket=bucket, Key=key)
-                if head["ContentLength"] == o.size:
-                    continue
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
-                    raise
+            held = await origin.head(o.key)
+            if held is not None and held.size == o.size:
+                continue
             body = (origin_dir / o.key).read_bytes()
-            await client.put_object(Bucket=bucket, Key=key, Body=body)
+            await client.put_object(Bucket=origin.bucket, Key=origin.object_key(o.key), Body=body)
             sent += 1
-    return sent
+        return sent
+    finally:
+        await origin.close()

@@ -66,7 +66,8 @@ class S3Origin:
         """The key at the origin: under the URL's prefix, if it has one."""
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    async def _get_client(self) -> Any:
+    async def client(self) -> Any:
+        """The aiobotocore S3 client, made on first use (closed by ``close``)."""
         if self._client is not None:
             return self._client
         async with self._lock:
@@ -130,7 +131,7 @@ class S3Origin:
     ) -> dict[str, Any] | None:
         """``op`` on the object; ``None`` if it does not exist and ``missing_ok``.
         A range past the end (416) raises ``_Unsatisfiable``."""
-        client = await self._get_client()
+        client = await self.client()
         s = self.settings
         try:
             # botocore bounds connect and each socket read; this also bounds the
@@ -184,7 +185,7 @@ class S3Origin:
         misspelt bucket must be a clear error, not every object 404."""
         if self._bucket_ok:
             return
-        client = await self._get_client()
+        client = await self.client()
         try:
             async with asyncio.timeout(self.settings.connect_timeout + self.settings.read_timeout):
                 await client.head_bucket(Bucket=self.bucket)
