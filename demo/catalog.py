@@ -144,16 +144,22 @@ def list_catalog(origin: Path, titles: int) -> list[CatalogObject]:
     objects = []
     for n in range(1, titles + 1):
         root = origin / title_prefix(n)
+        # a single-file rendition's file is asked for once per segment of a viewing
+        requests = {
+            f"{r.name}/index.ts": max(
+                1, (root / r.name / "index.m3u8").read_text().count("\nindex.ts")
+            )
+            for r in RENDITIONS
+            if r.single_file
+        }
         for path in sorted(root.rglob("*")):
             if path.is_file() and not path.name.startswith("."):
-                key = path.relative_to(origin).as_posix()
-                requests = 1
-                playlist = path.parent / "index.m3u8"
-                if path.suffix == ".ts" and playlist.exists():
-                    text = playlist.read_text()
-                    if "#EXT-X-BYTERANGE" in text:
-                        requests = max(1, text.count(f"\n{path.name}"))
-                objects.append(CatalogObject(key, path.stat().st_size, n, requests))
+                rel = path.relative_to(root).as_posix()
+                objects.append(
+                    CatalogObject(
+                        f"{title_prefix(n)}/{rel}", path.stat().st_size, n, requests.get(rel, 1)
+                    )
+                )
     return objects
 
 
