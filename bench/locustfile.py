@@ -53,6 +53,9 @@ def _options(parser: Any) -> None:
 
 class _Summary:
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.players: list[Player] = []
         self.sessions = 0
         self.failed_sessions = 0
@@ -93,7 +96,7 @@ _ips = itertools.count()
 
 @events.test_start.add_listener
 def _start(environment: Any, **_: Any) -> None:
-    SUMMARY.__init__()  # type: ignore[misc]
+    SUMMARY.reset()
 
 
 @events.test_stop.add_listener

@@ -127,14 +127,15 @@ class Steering:
         timed = endpoint in ("steer", "redirect")
         self.metrics.request(endpoint, resp.status, now - req.started if timed else None)
         if self.access_log is not None:
-            self.access_log.write(self._log_line(req, resp, now))
+            self.access_log.write(self._log_line(self.access_log, req, resp, now))
 
-    def _log_line(self, req: Request, resp: Response, now: float) -> str:
+    @staticmethod
+    def _log_line(log: AccessLog, req: Request, resp: Response, now: float) -> str:
         """One JSON line (docs/steering.md, Access log)."""
         note: dict[str, Any] = resp.note or {}
         target = req.target.decode("latin-1")
         doc = {
-            "time": self.access_log.timestamp(now) if self.access_log else "",
+            "time": log.timestamp(now),
             "client": note.get("client", req.client),
             "method": req.method,
             "key": note.get("key", target.split("?", 1)[0]),

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import free_port, make_catalog, wait_for
-from steer_fleet import Steering, appliance_toml, start_appliance
+from steer_fleet import SECRET, Steering, appliance_toml, start_appliance
+
+from edge.signing import sign
 
 KEY = "titles/81234/movie.mp4"
 NORTH, SOUTH, NOWHERE, PROXY = "127.1.0.5", "127.2.0.5", "127.3.0.5", "127.0.0.77"
@@ -39,8 +41,6 @@ class Fleet:
         return start_appliance(self.tmp, name, self.origin, self.ports[name])
 
     def write_config(self, south_prefixes: tuple[str, ...] = ("127.2.0.0/16",)) -> None:
-        from steer_fleet import SECRET
-
         self.config.write_text(
             f'health_interval = "{INTERVAL}s"\nhealth_timeout = "{INTERVAL}s"\n'
             f'fall = {FALL}\nrise = {RISE}\ninventory_interval = "0.3s"\n'
@@ -143,16 +143,26 @@ def test_redirect(fleet: Fleet) -> None:
 
 def test_access_log(fleet: Fleet, tmp_path: Path) -> None:
     log = tmp_path / "steer-access.log"
+    # both north boxes hold KEY, whichever ran before: the answer below is a hit
+    for name in ("n1", "n2"):
+        status = fleet.apps[name].get(f"/{KEY}?token={sign(KEY, 'k1', SECRET.encode(), 2**31)}")[0]
+        assert status == 200
     s = Steering(fleet.config, "--access-log", str(log)).start()
     try:
         wait_for(lambda: all(a["candidate"] for a in s.fleet().values()), 20)
+        wait_for(lambda: s.steer(KEY, SOUTH)["appliances"][1]["holds"], 20)  # seen held
         s.steer(KEY, NORTH)
         assert s.request(f"/r/{KEY}", PROXY, {"X-Forwarded-For": SOUTH})[0] == 302
         assert s.request("/nowhere", NORTH)[0] == 404
 
         def lines() -> list[dict[str, Any]] | None:
             got = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-            got = [x for x in got if x["key"] != "/_steer/fleet"]  # the test's own polling
+            # not the test's own polling, nor the wait above (answers to SOUTH)
+            got = [
+                x
+                for x in got
+                if x["key"] != "/_steer/fleet" and not (x["client"] == SOUTH and x["status"] == 200)
+            ]
             return got if len(got) >= 3 else None
 
         north, south, other = wait_for(lines)  # written within a second
