@@ -511,18 +511,7 @@ class Store:
             c.execute("DELETE FROM changes")
             c.execute("INSERT INTO changes(key, at) VALUES ('', ?)", (now,))
         report.rows_dropped += len(bad)
-        # Renames happen inside write transactions, so while this one holds the
-        # lock no file can be between its rename and its row: every file that
-        # no row names is an orphan.
-        with self._write() as c:
-            names: dict[int, set[str]] = {r.id: set() for r in self.usable_roots()}
-            for key, idx, gen, rid in c.execute(
-                "SELECT s.key, s.idx, o.gen, o.root FROM slices s JOIN objects o USING (key)"
-            ):
-                if rid in names:
-                    names[rid].add(f"{key_hash(key)}.{gen}.{idx}")
-            for root in self.usable_roots():
-                report.orphans_removed += self._remove_orphans(root, names[root.id])
+        report.orphans_removed += self._remove_unindexed()
         if report.rows_dropped or report.orphans_removed or report.temp_files_removed:
             log.warning(
                 "store recovery: %d temp files removed, %d slice rows dropped, %d orphans removed",
@@ -1068,7 +1057,13 @@ class Store:
         lock this holds. Returns (temp files, orphans) removed."""
         now = self.clock()
         temps = sum(self._clean_temp(r, now, mine=False) for r in self.usable_roots())
-        orphans = 0
+        return temps, self._remove_unindexed()
+
+    def _remove_unindexed(self) -> int:
+        """Remove every slice file that no row names; the count. Renames happen
+        inside write transactions, so while this one holds the lock no file can be
+        between its rename and its row: every file no row names is an orphan."""
+        removed = 0
         with self._write() as c:
             names: dict[int, set[str]] = {r.id: set() for r in self.usable_roots()}
             for key, idx, gen, rid in c.execute(
@@ -1077,8 +1072,8 @@ class Store:
                 if rid in names:
                     names[rid].add(f"{key_hash(key)}.{gen}.{idx}")
             for root in self.usable_roots():
-                orphans += self._remove_orphans(root, names[root.id])
-        return temps, orphans
+                removed += self._remove_orphans(root, names[root.id])
+        return removed
 
     def pin(self, keys: Iterable[str], pinned: bool = True) -> int:
         with self._write() as c:
