@@ -88,7 +88,7 @@ from benchlib import (
     write_synced,
 )
 
-from edge.miss import READ_AHEAD
+from edge.appliance.miss import READ_AHEAD
 
 THROUGHPUT_TARGET = 0.9  # appliance MB/s at least this share of the origin's
 TTFB_TARGET = 1.2  # appliance median time to first byte at most this many times the origin's

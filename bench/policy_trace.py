@@ -1,21 +1,21 @@
 """Trace-driven simulation of one store root: eviction policies and admission.
 
 Replays synthetic, seeded video-like traces through edgefleet's own
-``edge.policy`` (``LRUPolicy`` and ``PopularityPolicy`` through
-``make_policy``, ``choose_victims``, ``Candidate``, ``decayed``) and
-``edge.admission``, mirroring what the store does with them, and prints the
+``edge.core.policy`` (``LRUPolicy`` and ``PopularityPolicy`` through
+``make_policy``, ``make_room``, ``Candidate``, ``decayed``) and
+``edge.core.admission``, mirroring what the store does with them, and prints the
 byte and object hit ratios of each combination next to an offline reference
 (furthest next use, "Belady").
 
-The simulated root, like ``edge/store.py``:
+The simulated root, like ``edge/store/``:
 - holds whole objects against a byte capacity that is never exceeded;
 - on a hit adds 1 to the object's popularity (``decayed`` to the request's time
   with the policy's half-life) and sets its last access;
 - on a miss stores the object with a popularity of 1, unless it is larger than
   the root; when it does not fit ("capacity pressure") it first asks the
-  admission filter, and if admitted evicts
-  ``choose_victims(policy, every stored object, need + batch, now)`` with batch
-  = 1% of the capacity (at most 256 MiB), as ``Store._make_room`` does;
+  admission filter, and if admitted evicts what ``make_room`` chooses, with
+  ``evict_batch`` = 1% of the capacity (at most 256 MiB): the very functions
+  ``Store._make_room`` calls;
 - an evicted object loses its popularity (its index row is deleted).
 Differences: the store fills and evicts slice by slice and counts requests in
 2 s batches; here an object is stored whole at once and counted at once.
@@ -42,15 +42,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchlib import GIB, KIB, MIB, print_header, write_json
 
-from edge.admission import ADMISSIONS, Admission, make_admission
-from edge.policy import (
+from edge.core.admission import ADMISSIONS, Admission, make_admission
+from edge.core.policy import (
     DEFAULT_HALF_LIFE,
     POLICIES,
     Candidate,
     EvictionPolicy,
-    choose_victims,
     decayed,
+    evict_batch,
     make_policy,
+    make_room,
 )
 
 DAY = 86400.0
@@ -252,7 +253,7 @@ def simulate(
     """Replay ``trace`` through one root of ``capacity`` bytes."""
     res = Result(trace.name, policy.name, admission.name)
     half_life = float(getattr(policy, "half_life", DEFAULT_HALF_LIFE))
-    batch = min(int(capacity * batch_fraction), batch_max)
+    batch = evict_batch(capacity, batch_fraction, batch_max)
     stored: dict[str, Candidate] = {}  # the root's objects, as the store would list them
     used = 0
     hits = bytes_hit = bytes_requested = 0
@@ -273,8 +274,16 @@ def simulate(
             if not admission.admit(key):
                 res.refused += 1
                 continue
-            need = used + size - capacity
-            victims = choose_victims(policy, stored.values(), need + batch, now)
+            victims = make_room(
+                policy,
+                stored.values,
+                used=used,
+                size=size,
+                capacity=capacity,
+                batch=batch,
+                now=now,
+            )
+            assert victims is not None  # size <= capacity and everything else is a candidate
             for v in victims:
                 del stored[v.key]
                 used -= v.size

@@ -68,7 +68,7 @@ from serve_vs_nginx import parse_wrk
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.inventory import build  # noqa: E402
+from edge.core.inventory import build  # noqa: E402
 from steering import answer  # noqa: E402
 from steering.config import ApplianceSpec, SteerConfig  # noqa: E402
 from steering.decide import decide  # noqa: E402

@@ -14,10 +14,10 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.core.policy import POLICIES
+from edge.core.signing import parse_keys
 from edge.origin import OriginSettings
-from edge.policy import POLICIES
-from edge.signing import parse_keys
-from edge.store import DEFAULT_SLICE_SIZE
+from edge.store.store import DEFAULT_SLICE_SIZE
 
 _UNITS = {
     "": 1, "b": 1,

@@ -23,8 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from edge.config import ServeConfig
-from edge.policy import make_policy
-from edge.store import RootSpec, Store, StoreError
+from edge.core.policy import make_policy
+from edge.store.store import RootSpec, Store, StoreError
 
 log = logging.getLogger("edgefleet.serve")
 
@@ -187,7 +187,7 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
 def worker_main(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     import uvloop
 
-    from edge.connection import after_stop
+    from edge.http.server import after_stop
 
     try:
         return uvloop.run(_worker(cfg, sock, workers))
@@ -196,11 +196,11 @@ def worker_main(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
 
 
 async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
-    from edge.accesslog import AccessLog
-    from edge.appliance import Appliance
-    from edge.connection import ContentServer, stop_signal
-    from edge.metrics import RequestMetrics
-    from edge.ops import Ops
+    from edge.appliance.appliance import Appliance
+    from edge.appliance.metrics import RequestMetrics
+    from edge.appliance.ops import Ops
+    from edge.http.accesslog import AccessLog
+    from edge.http.server import ContentServer, stop_signal
     from edge.origin import open_origin
 
     loop = asyncio.get_running_loop()

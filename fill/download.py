@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from edge.meta import ObjectMeta, slice_bounds
+from edge.core.meta import ObjectMeta, slice_bounds
 from edge.origin import Origin, OriginChanged, OriginError, OriginSettings, open_origin
-from edge.pull import backoff
-from edge.store import Staged, Store, StoredObject
+from edge.origin.chain import backoff
+from edge.store.store import Staged, Store, StoredObject
 from fill.budget import TokenBucket
 from fill.stage import ObjectStager, StagePools, runs
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from edge.keys import KeyError400, check_key, is_reserved
+from edge.core.keys import KeyError400, check_key, is_reserved
 
 
 @dataclass

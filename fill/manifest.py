@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge.keys import KeyError400, check_key, is_reserved
+from edge.core.keys import KeyError400, check_key, is_reserved
 from edge.origin import OriginSettings
 from fill.plan import Entry
 

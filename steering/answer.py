@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from edge.signing import client_prefix, directory_of, path_url, sign_directory, token_param
+from edge.core.signing import client_prefix, directory_of, path_url, sign_directory, token_param
 from steering.config import SteerConfig
 from steering.decide import Decision
 from steering.fleet import Fleet

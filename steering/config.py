@@ -28,7 +28,7 @@ from edge.config import (
     parse_listen,
     positive_int,
 )
-from edge.signing import parse_keys
+from edge.core.signing import parse_keys
 from steering.prefixes import Network, parse_network
 
 __all__ = ["ApplianceSpec", "ConfigError", "SteerConfig", "add_steer_flags", "load_steer_config"]

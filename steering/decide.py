@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from xxhash import xxh3_64_intdigest
 
-from edge.inventory import key_hash_bytes
+from edge.core.inventory import key_hash_bytes
 from steering.fleet import Fleet
 from steering.health import FleetState
 from steering.localize import PREFIX, Location

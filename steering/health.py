@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.inventory import KeyFilter
+from edge.core.inventory import KeyFilter
 
 UNKNOWN, UP, DOWN = "unknown", "up", "down"
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from edge.inventory import KeyFilter
+from edge.core.inventory import KeyFilter
 from steering.config import ApplianceSpec, SteerConfig
 from steering.fleet import Fleet
 from steering.health import DOWN, UP, FleetState, Health

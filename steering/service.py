@@ -3,7 +3,7 @@
 The handler turns a request into the decision's input (key, client address,
 location), calls ``steering.decide`` and ``steering.answer``, counts the
 answer and writes it. It is served by edge's lean HTTP/1.1 connection layer
-(``edge.connection``: llhttp through httptools, raw sockets on uvloop), the
+(``edge.http``: llhttp through httptools, raw sockets on uvloop), the
 same one the appliance's content port uses: aiohttp's server measured about
 150 us of CPU per answer on top of the ~35 us the answer itself costs, which
 kept one process under the 5,000 answers/s target (docs/steering.md). aiohttp
@@ -28,11 +28,12 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from edge import __version__
-from edge.accesslog import AccessLog
-from edge.connection import ContentServer, Request, Response, after_stop, stop_signal
-from edge.httpdate import format_http_date
-from edge.keys import KeyError400, check_key, parse_key, split_target
-from edge.response import build_head, text_body
+from edge.core.httpdate import format_http_date
+from edge.core.keys import KeyError400, check_key, parse_key, split_target
+from edge.http.accesslog import AccessLog
+from edge.http.response import build_head, text_body
+from edge.http.server import ContentServer, after_stop, stop_signal
+from edge.http.wire import Request, Response
 from steering import answer
 from steering.config import ConfigError, load_steer_config
 from steering.decide import NO_APPLIANCE, decide
@@ -50,7 +51,7 @@ GRACE_SECONDS = 10.0
 
 
 class Steering:
-    """The request handler (``edge.connection.Handler``) and the reload logic."""
+    """The request handler (``edge.http.wire.Handler``) and the reload logic."""
 
     def __init__(
         self, args: argparse.Namespace, fleet: Fleet, access_log: AccessLog | None = None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from edge.httpdate import format_http_date, parse_http_date
+from edge.core.httpdate import format_http_date, parse_http_date
 
 
 @dataclass

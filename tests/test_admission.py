@@ -1,4 +1,4 @@
-"""edge.admission: store a missed object only from its second ask (doorkeeper)."""
+"""edge.core.admission: store a missed object only from its second ask (doorkeeper)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.admission import AdmitAll, Doorkeeper, bloom_size, make_admission
+from edge.core.admission import AdmitAll, Doorkeeper, bloom_size, make_admission
 
 # A rate so low that a false positive never happens in these small tests: with
 # it the filter behaves like an exact set and can be compared with one.

@@ -1,11 +1,11 @@
-"""edge.breaker: the circuit breaker's transitions."""
+"""edge.core.breaker: the circuit breaker's transitions."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from edge.core.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 
 
 def test_opens_after_consecutive_failures() -> None:

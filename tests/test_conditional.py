@@ -1,12 +1,12 @@
-"""edge.conditional and edge.httpdate: RFC 9110 preconditions and dates."""
+"""edge.core.conditional and edge.core.httpdate: RFC 9110 preconditions and dates."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.conditional import Outcome, evaluate, parse_etags
-from edge.httpdate import format_http_date, parse_http_date
+from edge.core.conditional import Outcome, evaluate, parse_etags
+from edge.core.httpdate import format_http_date, parse_http_date
 
 ETAG = '"abc-123"'
 LM = 784111777  # Sun, 06 Nov 1994 08:49:37 GMT

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from edge.inventory import build
-from edge.signing import Verifier
+from edge.core.inventory import build
+from edge.core.signing import Verifier
 from steering import answer
 from steering.config import ApplianceSpec, SteerConfig
 from steering.decide import (

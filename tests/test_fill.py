@@ -19,7 +19,7 @@ import xxhash
 from conftest import ROOT, Appliance, wait_for
 from s3server import CREDENTIALS, REGION, put_objects, s3_endpoint  # noqa: F401
 
-from edge.store import RootSpec, Store, key_hash
+from edge.store.store import RootSpec, Store, key_hash
 
 BUCKET = "fill-origin"
 RNG = random.Random(11)

@@ -1,4 +1,4 @@
-"""edge.freshness: RFC 9111 storability, lifetime, age and stale-if-error."""
+"""edge.core.freshness: RFC 9111 storability, lifetime, age and stale-if-error."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.freshness import evaluate, is_fresh, may_serve_stale_on_error, parse_cache_control
-from edge.httpdate import format_http_date
+from edge.core.freshness import evaluate, is_fresh, may_serve_stale_on_error, parse_cache_control
+from edge.core.httpdate import format_http_date
 
 NOW = 1_800_000_000.0
 DATE = format_http_date(NOW)

@@ -1,4 +1,4 @@
-"""edge.inventory: the Bloom filter of held keys, and /_edge/inventory?format=bloom."""
+"""edge.core.inventory: the Bloom filter of held keys, and /_edge/inventory?format=bloom."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from conftest import wait_for
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.inventory import FP_RATE, KeyFilter, build, etag
+from edge.core.inventory import FP_RATE, KeyFilter, build, etag
 
 KEY = "titles/81234/movie.mp4"
 

@@ -1,4 +1,4 @@
-"""edge.keys: request targets to safe keys; nothing hostile gets through."""
+"""edge.core.keys: request targets to safe keys; nothing hostile gets through."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.keys import KeyError400, check_key, is_reserved, parse_key, split_target
+from edge.core.keys import KeyError400, check_key, is_reserved, parse_key, split_target
 
 
 def key_of(target: bytes) -> str:

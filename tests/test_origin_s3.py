@@ -23,7 +23,7 @@ import pytest
 from conftest import SLICE, Appliance, wait_for
 from s3server import CREDENTIALS, free_port, put_objects, s3_client, s3_endpoint  # noqa: F401
 
-from edge.meta import ObjectMeta
+from edge.core.meta import ObjectMeta
 from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout, open_origin
 from edge.origin.s3 import S3Origin
 

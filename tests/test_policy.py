@@ -1,11 +1,11 @@
-"""edge.policy: eviction order by decayed popularity, LRU tie-break, pinned last."""
+"""edge.core.policy: eviction order by decayed popularity, LRU tie-break, pinned last."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.policy import (
+from edge.core.policy import (
     Candidate,
     LRUPolicy,
     PopularityPolicy,

@@ -1,11 +1,11 @@
-"""edge.ranges: RFC 9110 Range parsing and resolution, by example and by property."""
+"""edge.core.ranges: RFC 9110 Range parsing and resolution, by example and by property."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.ranges import FULL, UNSATISFIABLE, Full, Partial, Unsatisfiable, decide, parse_range
+from edge.core.ranges import FULL, UNSATISFIABLE, Full, Partial, Unsatisfiable, decide, parse_range
 
 
 def test_single_ranges() -> None:
@@ -146,7 +146,7 @@ def test_parse_round_trips(specs: list) -> None:
 
 @given(spec, st.integers(0, 2500), st.sampled_from(["bytes", "Bytes", "BYTES"]))
 def test_single_range_fast_path_agrees_with_the_general_parser(one, length, unit) -> None:
-    from edge.ranges import resolve
+    from edge.core.ranges import resolve
 
     value = unit + render([one])[len("bytes") :]
     assert decide(value, length) == resolve(parse_range(value), length)

@@ -1,4 +1,4 @@
-"""edge.signing: tokens sign and verify, and every tampering is caught."""
+"""edge.core.signing: tokens sign and verify, and every tampering is caught."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.signing import (
+from edge.core.signing import (
     Verifier,
     client_prefix,
     directory_of,

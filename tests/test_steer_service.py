@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port, make_catalog, wait_for
 from steer_fleet import SECRET, Steering, appliance_toml, start_appliance
 
-from edge.signing import sign
+from edge.core.signing import sign
 
 KEY = "titles/81234/movie.mp4"
 NORTH, SOUTH, NOWHERE, PROXY = "127.1.0.5", "127.2.0.5", "127.3.0.5", "127.0.0.77"

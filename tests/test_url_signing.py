@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SLICE, Appliance, wait_for
 
-from edge.signing import sign, sign_directory
+from edge.core.signing import sign, sign_directory
 
 KEY = "titles/81234/movie.mp4"
 OLD = "old-secret-0123456789"

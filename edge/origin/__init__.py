@@ -8,7 +8,7 @@ chunks that must add up to exactly ``length`` bytes). Errors are
 may also offer ``read_first(key, start, length)``: both at once, the metadata
 learnt from the answer to a GET of the first bytes (the HTTP origin does), so a
 cold miss needs one round trip, not two. Keys reach
-an origin already validated by ``edge.keys``.
+an origin already validated by ``edge.core.keys``.
 
 ``open_origin`` maps a URL to its class: ``file:///dir`` here; the S3 and HTTP
 origins slot in beside it.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from edge.meta import ObjectMeta
+from edge.core.meta import ObjectMeta
 
 
 class OriginError(Exception):

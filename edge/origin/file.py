@@ -1,6 +1,6 @@
 """A directory as origin (``file:///srv/videos``): the embedded default.
 
-The key is joined under the directory after ``edge.keys`` validated it, and
+The key is joined under the directory after ``edge.core.keys`` validated it, and
 the resolved path must still be inside the directory, so a symlink cannot
 lead a request out of it either. The validator is the one nginx uses: a
 strong ETag from mtime and size.
@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import aiofiles
 import aiofiles.os
 
-from edge.mediatypes import guess_type
-from edge.meta import ObjectMeta
+from edge.core.mediatypes import guess_type
+from edge.core.meta import ObjectMeta
 from edge.origin import OriginError
 
 CHUNK = 256 * 1024

@@ -8,7 +8,7 @@ slice comes from ``GET`` with ``Range`` and a
 precondition that pins the version: ``If-Match`` with the origin's strong ETag,
 else ``If-Unmodified-Since`` with its Last-Modified. A 412 means the object
 changed (``OriginChanged``). Freshness is evaluated per RFC 9111
-(``edge.freshness``); a revalidation sends ``If-None-Match`` /
+(``edge.core.freshness``); a revalidation sends ``If-None-Match`` /
 ``If-Modified-Since`` and a 304 renews the stored object's freshness.
 """
 
@@ -22,12 +22,12 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from edge import freshness
-from edge.httpdate import format_http_date, parse_http_date
-from edge.mediatypes import guess_type
-from edge.meta import ObjectMeta
+from edge.core import freshness
+from edge.core.httpdate import format_http_date, parse_http_date
+from edge.core.mediatypes import guess_type
+from edge.core.meta import ObjectMeta
+from edge.http.response import SERVER
 from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
-from edge.response import SERVER
 
 SYNTHETIC_ETAG = '"ef-'  # our own validator, for origins that send no strong ETag
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

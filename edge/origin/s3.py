@@ -33,8 +33,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from edge.mediatypes import guess_type
-from edge.meta import ObjectMeta
+from edge.core.mediatypes import guess_type
+from edge.core.meta import ObjectMeta
 from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
 
 CHUNK = 256 * 1024

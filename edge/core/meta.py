@@ -17,7 +17,7 @@ class ObjectMeta:
     last_modified: int  # POSIX seconds
     content_type: str
     cache_control: str | None = None
-    # Freshness (RFC 9111), for objects from HTTP origins; see edge.freshness.
+    # Freshness (RFC 9111), for objects from HTTP origins; see edge.core.freshness.
     fresh_until: float | None = None  # POSIX time; None: fresh until purged
     stale_if_error: float = 0.0  # seconds past fresh_until an origin error allows
     must_revalidate: bool = False

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.httpdate import parse_http_date
+from edge.core.httpdate import parse_http_date
 
 HEURISTIC_FRACTION = 0.1
 HEURISTIC_MAX = 86400.0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from edge.httpdate import parse_http_date
+from edge.core.httpdate import parse_http_date
 
 
 class Outcome(Enum):

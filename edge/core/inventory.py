@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import xxhash
 
-from edge.admission import bloom_size
+from edge.core.admission import bloom_size
 
 __all__ = ["FP_RATE", "MAGIC", "KeyFilter", "build", "etag", "key_hash", "key_hash_bytes"]
 

@@ -7,7 +7,7 @@ the object is, and its bytes go on to the request),
 revalidates it when stale (``_revalidated``, RFC 9111), and answers: from the
 store when the slices are there, else with a ``MissStream`` that sends stored
 slices from their files and missing ones as their ``SliceFetch`` delivers them
-(``edge.pull``), storing what admission lets in. ``MissPath`` is a part of
+(``edge.origin.chain``), storing what admission lets in. ``MissPath`` is a part of
 ``Appliance``; it is kept here because it is a job of its own.
 """
 
@@ -21,16 +21,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from edge.connection import FileSpan, OpenFile, Part, Request, Response
-from edge.freshness import is_fresh, may_serve_stale_on_error
-from edge.meta import ObjectMeta
+from edge.appliance.view import SMALL_OBJECT_MAX, View
+from edge.core.freshness import is_fresh, may_serve_stale_on_error
+from edge.core.meta import ObjectMeta
+from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
 from edge.origin import OriginChanged, OriginError, OriginTimeout
-from edge.pull import SliceFetch, shared
-from edge.store import StoredObject
-from edge.view import SMALL_OBJECT_MAX, View
+from edge.origin.chain import SliceFetch, shared
+from edge.store.store import StoredObject
 
 if TYPE_CHECKING:
-    from edge.appliance import Appliance
+    from edge.appliance.appliance import Appliance
 
 log = logging.getLogger("edgefleet.appliance")
 

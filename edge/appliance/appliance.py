@@ -4,11 +4,11 @@ Theory of operation: ``handle`` parses the key and, for content, looks for the
 object's ``View`` (the stored object with its header lines built once). A view
 whose slices cover the request is a hit and is answered synchronously with
 ``FileSpan``s (sendfile), or from memory for a small object. Anything else
-goes down the slow path (``edge.miss``, a coroutine): look the object up in
+goes down the slow path (``edge.appliance.miss``, a coroutine): look the object up in
 the index or learn it from the origin, then fetch the missing slices, each
 once however many requests want it, stream them and store them.
 Preconditions and ranges are decided by the pure modules ``conditional`` and
-``ranges``; views are ``edge.view``; the operational endpoints live in ``ops``.
+``ranges``; views are ``edge.appliance.view``; the operational endpoints live in ``ops``.
 """
 
 from __future__ import annotations
@@ -24,18 +24,18 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from edge import conditional, ranges
-from edge.accesslog import AccessLog
-from edge.admission import make_admission
+from edge.appliance.miss import MissPath, MissStream
+from edge.appliance.view import View
 from edge.config import ServeConfig
-from edge.connection import FileSpan, OpenFile, Part, Request, Response
-from edge.httpdate import format_http_date
-from edge.keys import KeyError400, is_reserved, key_for_path, split_target
-from edge.meta import ObjectMeta
-from edge.miss import MissPath, MissStream
-from edge.origin import Origin
-from edge.pull import Puller
-from edge.response import (
+from edge.core import conditional, ranges
+from edge.core.admission import make_admission
+from edge.core.httpdate import format_http_date
+from edge.core.keys import KeyError400, is_reserved, key_for_path, split_target
+from edge.core.meta import ObjectMeta
+from edge.core.signing import MESSAGES as TOKEN_MESSAGES
+from edge.core.signing import Verifier, split_path_token
+from edge.http.accesslog import AccessLog
+from edge.http.response import (
     ALLOW,
     ALLOWED_REQUEST_HEADERS,
     SERVER_LINE,
@@ -45,10 +45,10 @@ from edge.response import (
     status_line,
     text_body,
 )
-from edge.signing import MESSAGES as TOKEN_MESSAGES
-from edge.signing import Verifier, split_path_token
-from edge.store import Store, StoredObject, is_device_error
-from edge.view import View
+from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
+from edge.origin import Origin
+from edge.origin.chain import Puller
+from edge.store.store import Store, StoredObject, is_device_error
 
 log = logging.getLogger("edgefleet.appliance")
 
@@ -113,7 +113,7 @@ class Appliance(MissPath):
         self._date_sec = -1
         self.sent_window: list[tuple[float, int]] = []
         self.egress_rate = 0.0
-        self.ops: Any = None  # set by serve (edge.ops.Ops)
+        self.ops: Any = None  # set by serve (edge.appliance.ops.Ops)
         # signed URLs: checked only when keys are configured
         self.verifier = Verifier(cfg.url_signing_keys) if cfg.url_signing_keys else None
         self._timers: list[asyncio.TimerHandle] = []

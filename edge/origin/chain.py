@@ -26,8 +26,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from edge.breaker import Breaker
-from edge.meta import ObjectMeta, slice_bounds
+from edge.core.breaker import Breaker
+from edge.core.meta import ObjectMeta, slice_bounds
 from edge.origin import Origin, OriginChanged, OriginError, OriginTimeout
 
 log = logging.getLogger("edgefleet.pull")

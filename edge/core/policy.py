@@ -16,7 +16,7 @@ classes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +62,41 @@ def choose_victims(
         if freed >= need:
             break
     return victims
+
+
+def evict_batch(capacity: int, fraction: float, maximum: int) -> int:
+    """Bytes evicted beyond what is needed, so that eviction runs in rounds
+    rather than once per stored slice: ``fraction`` of the root, at most ``maximum``."""
+    return min(int(capacity * fraction), maximum)
+
+
+def make_room(
+    policy: EvictionPolicy,
+    candidates: Callable[[], Iterable[Candidate]],
+    *,
+    used: int,
+    size: int,
+    capacity: int,
+    batch: int,
+    now: float,
+) -> list[Candidate] | None:
+    """The objects to evict so ``size`` more bytes fit in ``capacity`` of which
+    ``used`` are taken: ``[]`` when they fit already, ``None`` when they cannot
+    fit (larger than the root, or more than every candidate holds). Otherwise
+    the policy's victims for the bytes needed plus ``batch``. ``candidates`` is
+    called only when room must be made (the store reads them from its index).
+
+    The store's writes and bench/'s trace replays both make room through this
+    one function."""
+    if used + size <= capacity:
+        return []
+    if size > capacity:
+        return None
+    need = used + size - capacity
+    pool = list(candidates())
+    if sum(c.size for c in pool) < need:
+        return None
+    return choose_victims(policy, pool, need + batch, now)
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,15 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from edge.meta import ObjectMeta, slice_bounds, slice_count
-from edge.policy import (
+from edge.core.meta import ObjectMeta, slice_bounds, slice_count
+from edge.core.policy import (
     DEFAULT_HALF_LIFE,
     Candidate,
     EvictionPolicy,
     PopularityPolicy,
-    choose_victims,
     decayed,
+    evict_batch,
+    make_room,
 )
 
 log = logging.getLogger("edgefleet.store")
@@ -810,30 +811,31 @@ class Store:
     ) -> list[str] | None:
         """Evict so ``size`` more bytes fit on ``root``; ``None`` when they cannot."""
         cap, used = c.execute("SELECT capacity, used FROM roots WHERE id=?", (root.id,)).fetchone()
-        if used + size <= cap:
-            return []
-        if size > cap:
+
+        def candidates() -> list[Candidate]:
+            return [
+                Candidate(k, stored, score, st, la, bool(p))
+                for k, stored, score, st, la, p in c.execute(
+                    "SELECT key, stored, score, score_time, last_access, pinned FROM objects "
+                    "WHERE root=? AND stored > 0 AND key != ?",
+                    (root.id, exclude),
+                )
+            ]
+
+        batch = evict_batch(cap, self.evict_batch_fraction, self.evict_batch_max)
+        victims = make_room(
+            self.policy, candidates, used=used, size=size, capacity=cap, batch=batch, now=now
+        )
+        if victims is None:
             return None
-        need = used + size - cap
-        batch = min(int(cap * self.evict_batch_fraction), self.evict_batch_max)
-        candidates = [
-            Candidate(k, stored, score, st, la, bool(p))
-            for k, stored, score, st, la, p in c.execute(
-                "SELECT key, stored, score, score_time, last_access, pinned FROM objects "
-                "WHERE root=? AND stored > 0 AND key != ?",
-                (root.id, exclude),
-            )
-        ]
-        if sum(x.size for x in candidates) < need:
-            return None
-        victims = choose_victims(self.policy, candidates, need + batch, now)
         files: list[str] = []
         freed = 0
         for v in victims:
             files += self._delete_object(c, v.key, now)
             freed += v.size
-        self._bump(c, "evictions", len(victims))
-        self._bump(c, "evicted_bytes", freed)
+        if victims:
+            self._bump(c, "evictions", len(victims))
+            self._bump(c, "evicted_bytes", freed)
         return files
 
     def put_slice(
@@ -939,7 +941,7 @@ class Store:
                 self._bump(c, "checksum_failures")
             raise ChecksumMismatch(f"{key!r}: bytes do not match checksum {expected_checksum}")
         if meta is None:
-            from edge.mediatypes import guess_type
+            from edge.core.mediatypes import guess_type
 
             meta = ObjectMeta(len(data), f'"{checksum(data)}"', int(self.clock()), guess_type(key))
         if meta.size != len(data):

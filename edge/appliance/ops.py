@@ -5,7 +5,7 @@
 - ``GET /_edge/metrics``: Prometheus text, summed over workers;
 - ``GET /_edge/status``: an HTML page for the operator at 3 a.m.;
 - ``GET /_edge/inventory[?prefix=P]``: complete objects, one JSON object a line;
-  ``?format=bloom``: the same keys as a Bloom filter (``edge.inventory``) with an
+  ``?format=bloom``: the same keys as a Bloom filter (``edge.core.inventory``) with an
   ETag, rebuilt at most once a second, 304 for a matching ``If-None-Match``;
 - ``POST /_edge/admin/{drain,undrain,purge,scrub}``: need
   ``Authorization: Bearer <admin_token>``; disabled (403) without a token.
@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from edge import __version__
-from edge import inventory as inv
-from edge import metrics as m
-from edge.connection import Request, Response
-from edge.keys import KeyError400, check_key
+from edge.appliance import metrics as m
+from edge.core import inventory as inv
+from edge.core.keys import KeyError400, check_key
+from edge.http.wire import Request, Response
 
 if TYPE_CHECKING:
-    from edge.appliance import Appliance
+    from edge.appliance.appliance import Appliance
 
 JSON = "application/json"
 PURGE_SETTLE_SECONDS = 0.3

@@ -1,0 +1,1 @@
+"""The appliance: request handling, views, the miss path, operational endpoints."""

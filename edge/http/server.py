@@ -1,0 +1,153 @@
+"""The accept loop of the lean HTTP/1.1 server, and its stop signals.
+
+``ContentServer`` accepts on one listening socket (one of a worker's
+``SO_REUSEPORT`` group), keeps the connections, sweeps idle ones every second,
+pauses accepting for a second when the process is out of descriptors, and on
+shutdown lets in-flight responses finish within a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+
+from edge.http.connection import Connection
+from edge.http.wire import Handler
+
+log = logging.getLogger("edgefleet.http")
+
+
+class ContentServer:
+    """Accepts on a listening socket and keeps the connections."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        handler: Handler,
+        *,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.handler = handler
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[Connection] = set()
+        self.stopping = False
+        self.accepting = False
+        self.on_count: Callable[[int], None] | None = None
+        self.on_fd_pressure: Callable[[], None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self.loop.add_reader(self.sock.fileno(), self._accept)
+        self.accepting = True
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # the pending connection stays in the backlog: pause, make room
+                    log.error("accept failed (%s): pausing accepts for a second", exc)
+                    if self.on_fd_pressure is not None:
+                        self.on_fd_pressure()
+                    self._pause_accepting(1.0)
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = addr[0] if isinstance(addr, tuple) else str(addr)
+            c = Connection(self, conn, client)
+            self.connections.add(c)
+            if self.on_count:
+                self.on_count(len(self.connections))
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if self.on_count:
+            self.on_count(len(self.connections))
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for c in list(self.connections):
+            if c.expired(now, self.keepalive_timeout):
+                c.close()
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _pause_accepting(self, seconds: float) -> None:
+        if not self.accepting:
+            return
+        self.accepting = False
+        self.loop.remove_reader(self.sock.fileno())
+
+        def resume() -> None:
+            if not self.stopping and not self.accepting:
+                self.accepting = True
+                self.loop.add_reader(self.sock.fileno(), self._accept)
+
+        self.loop.call_later(seconds, resume)
+
+    def stop_accepting(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            self.loop.remove_reader(self.sock.fileno())
+        if self.sock.fileno() >= 0:
+            self.sock.close()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; let in-flight responses finish within ``grace`` s."""
+        self.stopping = True
+        self.stop_accepting()
+        deadline = self.loop.time() + grace
+        while True:
+            for c in list(self.connections):
+                if c.idle() and c.header_started is None:
+                    c.close()
+                else:
+                    c.closing = True
+            if not self.connections or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for c in list(self.connections):
+            c.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+
+def stop_signal(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT.
+
+    Once it is set the server is already stopping within its grace period, so
+    another SIGTERM (a supervisor repeating itself, or a process group and its
+    parent both signalling) must not kill it while it finishes or tears down:
+    from the first one on, SIGTERM stays blocked in this (the main) thread, and
+    ``after_stop`` ignores it once the loop has closed and given the signal
+    back its default action.
+    """
+    import signal
+
+    stop = asyncio.Event()
+
+    def on_stop() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_stop)
+    return stop
+
+
+def after_stop() -> None:
+    """Ignore SIGTERM (and drop one that is pending) once the event loop is closed."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

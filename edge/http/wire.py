@@ -1,0 +1,126 @@
+"""Wire types of the lean HTTP/1.1 server: what a handler gets and gives back.
+
+A ``Request`` is what llhttp parsed; a ``Response`` is a head (bytes) and body
+parts: bytes, memoryviews, or ``FileSpan``s that go out with ``os.sendfile``
+from an ``OpenFile`` shared by every response that sends from it. A streamed
+response (a miss) yields parts from an async iterator.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+
+class OpenFile:
+    """A file descriptor shared by the responses that send from it; closed when
+    the last of them, and whoever handed it out, let go of it."""
+
+    __slots__ = ("fd",)
+    count = 0  # open right now, in this process
+
+    def __init__(self, path: str) -> None:
+        self.fd = -1
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        OpenFile.count += 1
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            OpenFile.count -= 1
+
+
+class FileSpan:
+    """``count`` bytes of a file from ``offset``: of an ``OpenFile``, or of
+    ``path``, opened when first sent."""
+
+    __slots__ = ("count", "fd", "file", "offset", "on_error", "path")
+
+    def __init__(
+        self,
+        path: str,
+        offset: int,
+        count: int,
+        file: OpenFile | None = None,
+        on_error: Callable[[OSError], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.offset = offset
+        self.count = count
+        self.file = file
+        self.fd = file.fd if file is not None else -1
+        self.on_error = on_error
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file = None
+        elif self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+
+
+Part = bytes | memoryview | FileSpan
+
+
+class Request:
+    __slots__ = ("client", "headers", "keep_alive", "method", "started", "target", "version")
+
+    def __init__(self, client: str, started: float) -> None:
+        self.client = client
+        self.started = started
+        self.method = ""
+        self.target = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.headers: dict[bytes, bytes] = {}  # lower-case names, raw values
+
+
+class Response:
+    """A head and a body. ``body`` parts are sent first, then ``stream``'s."""
+
+    __slots__ = (
+        "body",
+        "body_length",
+        "cache",
+        "close",
+        "head",
+        "key",
+        "note",
+        "range",
+        "status",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        head: bytes,
+        body: list[Part] | None = None,
+        *,
+        body_length: int = 0,
+        cache: str = "none",
+        key: str = "",
+        range_: str | None = None,
+        stream: AsyncIterator[Part] | None = None,
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.head = head
+        self.body = body or []
+        self.body_length = body_length
+        self.cache = cache
+        self.key = key
+        self.range = range_
+        self.stream = stream
+        self.close = close
+        self.note: Any = None  # what the handler wants to log about it
+
+
+class Handler(Protocol):
+    def handle(self, req: Request) -> Response | Awaitable[Response]: ...
+
+    def error(self, req: Request | None, status: int, message: str) -> Response: ...
+
+    def finished(self, req: Request, resp: Response, sent: int, now: float) -> None: ...

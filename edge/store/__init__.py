@@ -1,0 +1,1 @@
+"""The disk store: the index, the slice files, the transactions, and upkeep."""
