@@ -16,49 +16,13 @@ from typing import Any
 
 from edge.core.policy import POLICIES
 from edge.core.signing import parse_keys
+from edge.core.sizes import parse_duration, parse_size
 from edge.origin import OriginSettings
 from edge.store.store import DEFAULT_SLICE_SIZE
-
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 1024, "kb": 1000, "kib": 1024,
-    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
-    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
-}  # fmt: skip
-_DURATIONS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the option."""
-
-
-def parse_size(value: Any) -> int:
-    """``2MiB``, ``50GiB``, ``1.5TB``, ``4096`` → bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size like 2MiB")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"{value!r} is not a size (like 2MiB, 50GiB, 1TB or bytes)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def parse_duration(value: Any) -> float:
-    """``30s``, ``1d``, ``250ms``, ``75`` → seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 30s")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|)\s*", str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a duration (like 250ms, 30s, 5m, 1d)")
-    return float(m.group(1)) * _DURATIONS[m.group(2)]
 
 
 def parse_listen(value: str) -> tuple[str, int]:

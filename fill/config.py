@@ -19,10 +19,9 @@ from edge.config import (
     Options,
     add_option_flags,
     apply_options,
-    parse_duration,
-    parse_size,
     positive_int,
 )
+from edge.core.sizes import parse_duration, parse_size
 from fill.budget import Window, parse_rate
 
 

@@ -34,6 +34,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from edge.core.sizes import human_size
+
 KEEP, ADD, DEFER, SKIP = "keep", "add", "defer", "skip"
 
 
@@ -213,11 +215,3 @@ def explain(plan: Plan, key: str) -> str:
             "is spent by objects ranked above it; its room is reserved for the next night"
         )
     return f"{key}: {why}. ({facts})"
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from edge.config import ConfigError, ServeConfig
+from edge.core.sizes import human_size
 from edge.origin import OriginChanged, OriginError
 from edge.serve import make_store
 from edge.store.store import Holding, StoredObject, StoreError
@@ -36,7 +37,7 @@ from fill import manifest as manifests
 from fill.config import FillConfig
 from fill.download import Fetched, Sources, Throttle, fetch_object
 from fill.logs import Popularity, count
-from fill.plan import ADD, KEEP, Decision, Entry, Held, Plan, density, human_size, make_plan
+from fill.plan import ADD, KEEP, Decision, Entry, Held, Plan, density, make_plan
 from fill.stage import StagePools
 
 log = logging.getLogger("edgefleet.fill")

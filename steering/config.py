@@ -24,11 +24,11 @@ from edge.config import (
     add_option_flags,
     apply_options,
     choice,
-    parse_duration,
     parse_listen,
     positive_int,
 )
 from edge.core.signing import parse_keys
+from edge.core.sizes import parse_duration
 from steering.prefixes import Network, parse_network
 
 __all__ = ["ApplianceSpec", "ConfigError", "SteerConfig", "add_steer_flags", "load_steer_config"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from edge.cli import build_parser
-from edge.config import ConfigError, load_serve_config, parse_duration, parse_size
+from edge.config import ConfigError, load_serve_config
+from edge.core.sizes import parse_duration, parse_size
 
 
 def load(*argv: str):
