@@ -165,7 +165,7 @@ STEER_OPTIONS: Options = {
     "default_location": (
         "--default-location",
         _location,
-        "LAT,LON for clients that cannot be localized (default: the fleet's centroid)",
+        "LAT,LON for clients that cannot be localized (default: the centroid of the sites)",
     ),
     "url_signing_keys": (
         "--url-signing-key",

@@ -13,6 +13,7 @@ distance (computed on first use and remembered). Rules it keeps:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -27,6 +28,8 @@ from steering.localize import (
 )
 from steering.prefixes import Network, PrefixTable
 from steering.rendezvous import seed_for
+
+log = logging.getLogger("edgefleet.steer")
 
 EARTH_KM = 6371.0
 OwnGroups = tuple[tuple[int, tuple[int, ...], bool], ...]
@@ -172,8 +175,9 @@ def compile_fleet(cfg: SteerConfig) -> Fleet:
     site_positions = {s: centroid(p) for s, p in positions.items()}
     zones = None
     if cfg.coverage_zones:
+        warnings: list[str] = []
         try:
-            zones = load_coverage_zones(cfg.coverage_zones, site_positions)
+            zones = load_coverage_zones(cfg.coverage_zones, site_positions, warnings)
         except OSError as exc:
             raise ConfigError(
                 f"--coverage-zones / coverage_zones: cannot read {cfg.coverage_zones}: "
@@ -183,6 +187,8 @@ def compile_fleet(cfg: SteerConfig) -> Fleet:
             raise ConfigError(
                 f"--coverage-zones / coverage_zones: {cfg.coverage_zones}: {exc}"
             ) from None
+        for note in warnings:
+            log.warning("--coverage-zones / coverage_zones: %s: %s", cfg.coverage_zones, note)
     geoip = close = None
     if cfg.geoip:
         try:

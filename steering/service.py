@@ -25,11 +25,10 @@ import socket
 import sys
 import time
 from typing import Any
-from urllib.parse import unquote_plus
 
 from edge import __version__
 from edge.core.httpdate import format_http_date
-from edge.core.keys import KeyError400, check_key, parse_key, split_target
+from edge.core.keys import KeyError400, is_reserved, parse_key, split_target
 from edge.http.accesslog import AccessLog
 from edge.http.response import build_head, text_body
 from edge.http.server import ContentServer, after_stop, stop_signal
@@ -124,19 +123,21 @@ class Steering:
         return self.reply(req, status, TEXT_LINES + extra, text_body(status, message))
 
     def finished(self, req: Request, resp: Response, sent: int, now: float) -> None:
+        """``now`` is the connection's monotonic clock (``req.started``'s): it
+        times the request; the log line's ``time`` is the wall clock's."""
         endpoint = resp.key or "other"
         timed = endpoint in ("steer", "redirect")
         self.metrics.request(endpoint, resp.status, now - req.started if timed else None)
         if self.access_log is not None:
-            self.access_log.write(self._log_line(self.access_log, req, resp, now))
+            self.access_log.write(self._log_line(self.access_log, req, resp, now, time.time()))
 
     @staticmethod
-    def _log_line(log: AccessLog, req: Request, resp: Response, now: float) -> str:
+    def _log_line(log: AccessLog, req: Request, resp: Response, now: float, wall: float) -> str:
         """One JSON line (docs/steering.md, Access log)."""
         note: dict[str, Any] = resp.note or {}
         target = req.target.decode("latin-1")
         doc = {
-            "time": log.timestamp(now),
+            "time": log.timestamp(wall),
             "client": note.get("client", req.client),
             "method": req.method,
             "key": note.get("key", target.split("?", 1)[0]),
@@ -159,7 +160,7 @@ class Steering:
         if req.method not in ("GET", "HEAD"):
             return self.error(req, 405, f"method {req.method} not allowed", b"Allow: GET, HEAD\r\n")
         if path_b == b"/steer":
-            resp = self.steer(req, query_b.decode("latin-1"))
+            resp = self.steer(req, query_b)
             resp.key = resp.key or "steer"
             return resp
         if path_b.startswith(b"/r/"):
@@ -173,27 +174,31 @@ class Steering:
             return resp
         return self.error(req, 404, "ask for /steer?object=KEY or /r/KEY")
 
-    def steer(self, req: Request, query: str) -> Response:
+    def steer(self, req: Request, query: bytes) -> Response:
         raw = None
-        for part in query.split("&"):
-            if part.startswith("object="):
-                raw = part[len("object=") :]
+        for part in query.split(b"&"):
+            if part.startswith(b"object="):
+                raw = part[len(b"object=") :]
         if not raw:
             return self.error(req, 400, "give the object key: /steer?object=KEY")
-        try:
-            key = check_key(unquote_plus(raw, errors="strict"))
-        except (KeyError400, UnicodeDecodeError) as exc:
-            return self.error(req, 400, f"object: {exc}")
-        return self.answer(req, key, redirect=False)
+        return self._object(req, b"/" + raw, "object: ", redirect=False)
 
     def redirect(self, req: Request, path: bytes) -> Response:
+        return self._object(req, path, "", redirect=True)
+
+    def _object(self, req: Request, path: bytes, where: str, redirect: bool) -> Response:
+        """The key as the appliance reads a path (``parse_key``: percent-decoded
+        once, ``+`` is a plus), in ``/steer?object=`` as in ``/r/``; the
+        appliance's own ``_edge/`` namespace is no object."""
         try:
             key = parse_key(path)
         except KeyError400 as exc:
-            return self.error(req, exc.status, str(exc))
+            return self.error(req, exc.status, f"{where}{exc}")
         if not key:
-            return self.error(req, 400, "give the object key: /r/KEY")
-        return self.answer(req, key, redirect=True)
+            return self.error(req, 400, "give the object key: /steer?object=KEY or /r/KEY")
+        if is_reserved(key):
+            return self.error(req, 400, f"{where}_edge/ is the appliances' own namespace")
+        return self.answer(req, key, redirect=redirect)
 
     # -- the decision ---------------------------------------------------------
 
