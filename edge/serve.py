@@ -4,6 +4,14 @@ The main process recovers the store, binds the listening sockets (one per
 worker, ``SO_REUSEPORT``) and runs the worker itself when there is one, or forks
 and supervises N workers. Workers die with the main process; SIGTERM/SIGINT
 drain them within ``grace``; SIGHUP reopens the access log.
+
+What can be checked before listening is checked by the main process, so a
+mistake is one message and exit status 2, never a worker's traceback: the
+store, the port, the access log (opened here; the workers inherit it). An
+origin that cannot work is a warning (``edge.origin.preflight``). A worker
+that exits within ``START_WINDOW`` seconds of its start ``START_FAILURES``
+times in a row stops the service (exit status 1) instead of being restarted
+for ever.
 """
 
 from __future__ import annotations
@@ -22,11 +30,15 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from edge.config import ServeConfig
+from edge.config import ConfigError, ServeConfig
 from edge.core.policy import make_policy
+from edge.http.accesslog import AccessLog
 from edge.store.store import RootSpec, Store, StoreError
 
 log = logging.getLogger("edgefleet.serve")
+
+START_WINDOW = 10.0  # a worker that exits sooner than this after its start failed at start
+START_FAILURES = 3  # ... this many times in a row (one slot): the service stops
 
 
 def make_store(cfg: ServeConfig) -> Store:
@@ -98,6 +110,12 @@ def run(cfg: ServeConfig) -> int:
             store.close()
         for failed in report.failed_roots:
             log.error("store root failed: %s", failed)
+        try:
+            access_log = open_access_log(cfg)
+        except ConfigError as exc:
+            print(f"edgefleet serve: {exc}", file=sys.stderr)
+            return 2
+        origin_problems = check_origins(cfg)
         host, port = cfg.listen
         socks = bind_sockets(host, port, cfg.workers)
         bound = socks[0].getsockname()
@@ -111,14 +129,50 @@ def run(cfg: ServeConfig) -> int:
             flush=True,
         )
         if cfg.workers == 1:
-            return worker_main(cfg, socks[0], 1)
-        return supervise(cfg, socks)
+            return worker_main(cfg, socks[0], 1, access_log, origin_problems)
+        try:
+            return supervise(cfg, socks, access_log, origin_problems)
+        finally:
+            if access_log is not None:
+                access_log.close()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
+def open_access_log(cfg: ServeConfig) -> AccessLog | None:
+    """The access log, opened once for every worker; ``ConfigError`` naming the option."""
+    if not cfg.access_log:
+        return None
+    try:
+        return AccessLog(cfg.access_log)
+    except OSError as exc:
+        raise ConfigError(
+            f"--access-log / access_log: cannot open {cfg.access_log}: {exc.strerror or exc}"
+        ) from None
+
+
+def check_origins(cfg: ServeConfig) -> dict[str, str]:
+    """Origin URL → why it cannot work, for the origins that cannot (each warned)."""
+    from edge.origin.preflight import start_problem
+
+    problems = {}
+    for url in cfg.origin:
+        problem = start_problem(url, cfg.origin_settings())
+        if problem is not None:
+            log.warning("origin %s cannot work: %s; every miss it serves will fail", url, problem)
+            problems[url] = problem
+    return problems
+
+
+def supervise(
+    cfg: ServeConfig,
+    socks: list[socket.socket],
+    access_log: AccessLog | None = None,
+    origin_problems: dict[str, str] | None = None,
+) -> int:
     children: dict[int, int] = {}  # pid -> slot
+    started: dict[int, float] = {}  # slot -> when its worker started
+    failed_starts: dict[int, int] = {}  # slot -> exits soon after start, in a row
     stopping = False
 
     handled = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -138,12 +192,13 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
                 for i, s in enumerate(socks):
                     if i != slot:
                         s.close()
-                code = worker_main(cfg, socks[slot], len(socks))
+                code = worker_main(cfg, socks[slot], len(socks), access_log, origin_problems)
             except BaseException:
                 log.exception("worker crashed")
             finally:
                 os._exit(code)
         children[pid] = slot
+        started[slot] = time.monotonic()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
 
     def forward(signum: int, _frame: object) -> None:
@@ -177,6 +232,22 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
             if exit_code != 0:
                 status = 1
             continue
+        if time.monotonic() - started[slot] < START_WINDOW:
+            failed_starts[slot] = failed_starts.get(slot, 0) + 1
+        else:
+            failed_starts[slot] = 0
+        if failed_starts[slot] >= START_FAILURES:
+            print(
+                f"edgefleet serve: a worker exited {failed_starts[slot]} times in a row within "
+                f"{START_WINDOW:.0f}s of its start (last exit status {exit_code}); stopping "
+                "(its errors are above)",
+                file=sys.stderr,
+                flush=True,
+            )
+            stopping = True
+            forward(signal.SIGTERM, None)
+            status = 1
+            continue
         log.error("worker %d exited with %d; starting another", pid, exit_code)
         time.sleep(0.5)
         if not stopping:
@@ -184,22 +255,33 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
     return status
 
 
-def worker_main(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
+def worker_main(
+    cfg: ServeConfig,
+    sock: socket.socket,
+    workers: int,
+    access_log: AccessLog | None = None,
+    origin_problems: dict[str, str] | None = None,
+) -> int:
     import uvloop
 
     from edge.http.server import after_stop
 
     try:
-        return uvloop.run(_worker(cfg, sock, workers))
+        return uvloop.run(_worker(cfg, sock, workers, access_log, origin_problems or {}))
     finally:
         after_stop()
 
 
-async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
+async def _worker(
+    cfg: ServeConfig,
+    sock: socket.socket,
+    workers: int,
+    access_log: AccessLog | None,
+    origin_problems: dict[str, str],
+) -> int:
     from edge.appliance.appliance import Appliance
     from edge.appliance.metrics import RequestMetrics
     from edge.appliance.ops import Ops
-    from edge.http.accesslog import AccessLog
     from edge.http.server import ContentServer, stop_signal
     from edge.origin import open_origin
 
@@ -215,7 +297,6 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     store = make_store(cfg)
     store.open(recover=False)
     origins = [open_origin(url, cfg.origin_settings()) for url in cfg.origin]
-    access_log = AccessLog(cfg.access_log) if cfg.access_log else None
     metrics = RequestMetrics()
     app = Appliance(cfg, store, origins, executor, access_log, metrics)
     app.ops = Ops(app, workers)
