@@ -8,7 +8,11 @@ rules it keeps:
   no NUL or control characters, no backslash, no ``.``/``..``/empty segments
   (so no absolute paths and no trailing ``/``), no decoded ``%`` (a
   double-encoded key is rejected rather than left for a later hop to decode);
-- keys are at most ``MAX_KEY_BYTES`` long (S3's limit);
+- keys are at most ``MAX_KEY_BYTES`` long (S3's limit), and each path segment
+  at most ``MAX_SEGMENT_BYTES`` (a file name's limit, ``NAME_MAX``, on the
+  file systems of file origins and most HTTP origins): longer is the client's
+  mistake, a 414 before any origin is asked, never an origin failure that
+  would count against its circuit breaker;
 - the ``_edge/`` namespace is the appliance's own (``is_reserved``).
 
 Nothing here touches a socket, a file or a clock.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import re
 
 MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
 MAX_TARGET_BYTES = 8192
 RESERVED_PREFIX = "_edge/"
 
@@ -109,6 +114,10 @@ def check_key(key: str) -> str:
     segments = key.split("/")
     if "" in segments or "." in segments or ".." in segments:
         raise KeyError400("empty, '.' or '..' path segment in key")
+    for segment in segments:
+        # a character is at most 4 bytes: only a long segment needs encoding
+        if len(segment) * 4 > MAX_SEGMENT_BYTES and len(segment.encode()) > MAX_SEGMENT_BYTES:
+            raise KeyError400(f"path segment longer than {MAX_SEGMENT_BYTES} bytes in key", 414)
     return key
 
 
