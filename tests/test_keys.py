@@ -134,3 +134,22 @@ def test_segment_limit_in_bytes(segments: list[str]) -> None:
         )
     else:
         assert all(len(s.encode()) <= 255 for s in key.split("/"))
+
+
+def test_loggable_keys_are_bounded_and_escaped() -> None:
+    from edge.core.keys import loggable
+
+    assert loggable("titles/a.ts") == "titles/a.ts"
+    line = loggable("a" * 8000)
+    assert len(line) < 200 and line.endswith("…(+7840 chars)")
+    assert "\n" not in loggable("x\ny\r\n") and loggable("x\ny") == "x\\ny"
+    assert loggable(b"/\xff\x00%2e") == "/\\\\xff\\x00%2e"
+
+
+@given(st.one_of(st.text(max_size=3000), st.binary(max_size=3000)))
+def test_loggable_is_one_short_printable_line(text: str | bytes) -> None:
+    from edge.core.keys import loggable
+
+    line = loggable(text)
+    assert len(line) <= 160 + 20
+    assert line.isprintable()

@@ -137,5 +137,22 @@ def key_for_path(path: bytes) -> str:
     return key
 
 
+LOG_CHARS = 160
+
+
+def loggable(text: str | bytes, limit: int = LOG_CHARS) -> str:
+    """A key or target as a log line may show it: escaped (control characters,
+    quotes and backslashes as Python writes them; bytes that are not UTF-8 as
+    ``\\xNN``) and cut to ``limit`` characters with how many more there were.
+    A hostile client's 8 KiB target makes a log line of ~200 characters, and
+    cannot break the line or forge another."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    shown = repr(text[: limit + 1])[1:-1]
+    if len(text) > limit or len(shown) > limit:
+        return f"{shown[:limit]}…(+{max(1, len(text) - limit)} chars)"
+    return shown
+
+
 def is_reserved(key: str) -> bool:
     return key == RESERVED_PREFIX[:-1] or key.startswith(RESERVED_PREFIX)
