@@ -141,17 +141,20 @@ LOG_CHARS = 160
 
 
 def loggable(text: str | bytes, limit: int = LOG_CHARS) -> str:
-    """A key or target as a log line may show it: escaped (control characters,
-    quotes and backslashes as Python writes them; bytes that are not UTF-8 as
-    ``\\xNN``) and cut to ``limit`` characters with how many more there were.
-    A hostile client's 8 KiB target makes a log line of ~200 characters, and
-    cannot break the line or forge another."""
+    """A key, target or error text as a log line may show it: escaped (control
+    characters, quotes and backslashes as Python writes them; bytes that are
+    not UTF-8 as ``\\xNN``) and, past ``limit`` characters, its middle left
+    out with a count (the start and the end say the most: where and why). A
+    hostile client's 8 KiB target makes ~200 characters of log line, and cannot
+    break the line or forge another."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "backslashreplace")
-    shown = repr(text[: limit + 1])[1:-1]
-    if len(text) > limit or len(shown) > limit:
-        return f"{shown[:limit]}…(+{max(1, len(text) - limit)} chars)"
-    return shown
+    shown = repr(text)[1:-1] if len(text) <= 4 * limit else ""
+    if shown and len(shown) <= limit:
+        return shown
+    head, tail = limit * 2 // 3, limit // 3
+    start, end = repr(text[:head])[1:-1][:head], repr(text[-tail:])[1:-1][-tail:]
+    return f"{start}…(+{len(text) - head - tail} chars)…{end}"
 
 
 def is_reserved(key: str) -> bool:

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from edge.core.breaker import Breaker
+from edge.core.keys import loggable
 from edge.core.meta import ObjectMeta, slice_bounds
 from edge.origin import Origin, OriginChanged, OriginError, OriginTimeout
 
@@ -152,6 +153,7 @@ class Puller:
         breaker_cooldown: float = 10.0,
         on_origin: Callable[[str, str], None] | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        on_state: Callable[[str, OriginError | None], None] | None = None,
     ) -> None:
         self.origins = origins
         self.retries = retries
@@ -161,6 +163,8 @@ class Puller:
         }
         self.on_origin = on_origin or (lambda kind, result: None)
         self.on_bytes = on_bytes or (lambda n: None)
+        # (origin URL, None when it answered or the error when it failed): edge.origin.state
+        self.on_state = on_state or (lambda url, error: None)
         self.negative: dict[str, float] = {}
         self.sources: dict[str, Origin] = {}  # key -> the origin its metadata came from
         self.heads: dict[str, asyncio.Future[ObjectMeta | None]] = {}
@@ -221,6 +225,7 @@ class Puller:
                     result = await attempt(origin)
                 except OriginChanged as exc:
                     breaker.success()  # it answered
+                    self.on_state(origin.url, None)
                     if origin is source:
                         raise
                     changed = changed or exc
@@ -228,12 +233,16 @@ class Puller:
                 except OriginError as exc:
                     breaker.failure(time.monotonic())
                     self.on_origin(kind, "timeout" if isinstance(exc, OriginTimeout) else "error")
-                    log.warning("origin %s (%s, try %d): %s", origin.url, kind, n + 1, exc)
+                    self.on_state(origin.url, exc)
+                    log.warning(
+                        "origin %s (%s, try %d): %s", origin.url, kind, n + 1, loggable(str(exc))
+                    )
                     last = exc
                     if n < self.retries:
                         await asyncio.sleep(backoff(n))
                     continue
                 breaker.success()
+                self.on_state(origin.url, None)
                 return result
         raise changed or last or OriginError("no origin configured")
 
