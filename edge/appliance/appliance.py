@@ -30,7 +30,7 @@ from edge.config import ServeConfig
 from edge.core import conditional, ranges
 from edge.core.admission import make_admission
 from edge.core.httpdate import format_http_date
-from edge.core.keys import KeyError400, is_reserved, key_for_path, split_target
+from edge.core.keys import BadKey, is_reserved, key_for_path, split_target
 from edge.core.meta import ObjectMeta
 from edge.core.signing import MESSAGES as TOKEN_MESSAGES
 from edge.core.signing import Verifier, split_path_token
@@ -267,7 +267,7 @@ class Appliance(MissPath):
         try:
             path, query = split_target(req.target)
             key = key_for_path(path)
-        except KeyError400 as exc:
+        except BadKey as exc:
             return self.error(req, exc.status, str(exc))
         path_token = None
         if is_reserved(key):

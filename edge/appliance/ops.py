@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 from edge import __version__
 from edge.appliance import metrics as m
 from edge.core import inventory as inv
-from edge.core.keys import KeyError400, check_key
+from edge.core.keys import BadKey, check_key
 from edge.http.wire import Request, Response
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ in {doc["store"]["objects"]} objects</p>
         if "key" in params:
             try:
                 key = check_key(params["key"])
-            except KeyError400 as exc:
+            except BadKey as exc:
                 return self.app.error(req, 400, f"key: {exc}")
             purged = int(await self.app.run(store.remove, key))
             self.app.views.pop(key, None)
