@@ -132,68 +132,94 @@ class MissPath:
     # -- the slow path -------------------------------------------------------
 
     async def answer(self, req: Request, key: str, again: bool = True) -> Response:
-        """The response to ``req`` for ``key`` when it is not a hit in memory."""
-        error = self.answers.error
-        resp: Response | None = None
-        asked_origin = False
+        """The response to ``req`` for ``key`` when it is not a hit in memory:
+        the origin's failures become 502/504; an object that changed at the
+        origin while it was being fetched is asked for once more."""
+        started: list[Response] = []  # the response being made, closed on failure
         try:
-            view = self.views.get(key)
-            if view is None:
-                obj = await self.run(self.store.lookup, key)
-                if obj is None:
-                    if not self.chain.origins:
-                        return error(req, 404, "not in the store, and no origin", key=key)
-                    if self.chain.known_missing(key):
-                        return error(req, 404, "not found at the origin", key=key)
-                    learnt = await self.learn(key, first_slice(req, self.store.slice_size))
-                    asked_origin = True
-                    if learnt is None:
-                        return error(req, 404, "not found at the origin", key=key)
-                    if isinstance(learnt, ObjectMeta):
-                        resp = self.answer_unstored(req, key, learnt)
-                        if isinstance(resp.stream, MissStream):
-                            await resp.stream.first_fetch().started()
-                        return resp
-                    obj = learnt
-                view = await self.views.load(obj)
-            if not is_fresh(view.fresh_until, time.time()):
-                fresh = await self.revalidated(view)
-                if fresh is None:
-                    return error(req, 404, "gone from the origin", key=key)
-                view = fresh
-            resp = self.answers.answer(req, view, fetch=False, check_fresh=False)
-            if resp is None:
-                # Slices may have arrived from another process: look again
-                # (not for an object this request has just learnt of).
-                obj = None if asked_origin else await self.run(self.store.lookup, key)
-                if obj is not None and obj.gen == view.obj.gen and self.views.get(key) is view:
-                    view.add_slices(obj)
-                elif obj is not None:
-                    view = await self.views.load(obj)
-                resp = self.answers.answer(req, view, fetch=True, check_fresh=False)
-                if resp is None:
-                    return error(req, 503, "store changed under the request; retry", key=key)
-                if isinstance(resp.stream, MissStream):
-                    # The first missing slice decides the status: wait for its
-                    # first byte (not the whole slice) before answering.
-                    try:
-                        await resp.stream.first_fetch().started()
-                    except OriginChanged:
-                        await self.invalidate(view)
-                        raise
-            if asked_origin and resp.cache == "hit":
-                resp.cache = "miss"  # an empty object, or a HEAD: still learnt from the origin
-            return resp
+            return await self._answer(req, key, started)
         except (OriginError, asyncio.CancelledError) as exc:
-            if resp is not None and resp.stream is not None:
-                await resp.stream.aclose()  # type: ignore[attr-defined]
+            for resp in started:
+                if resp.stream is not None:
+                    await resp.stream.aclose()  # type: ignore[attr-defined]
             if isinstance(exc, OriginChanged) and again:
                 return await self.answer(req, key, again=False)
             if isinstance(exc, OriginTimeout):
-                return error(req, 504, f"origin timed out: {exc}", key=key)
+                return self.answers.error(req, 504, f"origin timed out: {exc}", key=key)
             if isinstance(exc, OriginError):
-                return error(req, 502, f"origin failed: {exc}", key=key)
+                return self.answers.error(req, 502, f"origin failed: {exc}", key=key)
             raise
+
+    async def _answer(self, req: Request, key: str, started: list[Response]) -> Response:
+        view = self.views.get(key)
+        asked_origin = False
+        if view is None:
+            found = await self._find(req, key, started)
+            if isinstance(found, Response):
+                return found
+            view, asked_origin = found
+        if not is_fresh(view.fresh_until, time.time()):
+            fresh = await self.revalidated(view)
+            if fresh is None:
+                return self.answers.error(req, 404, "gone from the origin", key=key)
+            view = fresh
+        resp = self.answers.answer(req, view, fetch=False, check_fresh=False)
+        if resp is None:
+            resp = await self._fetching(req, view, asked_origin, started)
+        if asked_origin and resp.cache == "hit":
+            resp.cache = "miss"  # an empty object, or a HEAD: still learnt from the origin
+        return resp
+
+    async def _find(
+        self, req: Request, key: str, started: list[Response]
+    ) -> tuple[View, bool] | Response:
+        """The object's view from the index, or learnt from the origins
+        (``True``: the origin was asked); a response when there is none, or
+        when the object is not to be stored (answered as it streams)."""
+        obj = await self.run(self.store.lookup, key)
+        if obj is not None:
+            return await self.views.load(obj), False
+        error = self.answers.error
+        if not self.chain.origins:
+            return error(req, 404, "not in the store, and no origin", key=key)
+        if self.chain.known_missing(key):
+            return error(req, 404, "not found at the origin", key=key)
+        learnt = await self.learn(key, first_slice(req, self.store.slice_size))
+        if learnt is None:
+            return error(req, 404, "not found at the origin", key=key)
+        if isinstance(learnt, ObjectMeta):
+            resp = self.answer_unstored(req, key, learnt)
+            started.append(resp)
+            if isinstance(resp.stream, MissStream):
+                await resp.stream.first_fetch().started()
+            return resp
+        return await self.views.load(learnt), True
+
+    async def _fetching(
+        self, req: Request, view: View, asked_origin: bool, started: list[Response]
+    ) -> Response:
+        """The response for a view with slices missing: stored ones from their
+        files, missing ones as they arrive. The status line waits for the first
+        missing slice's first byte (or its error)."""
+        key = view.key
+        # Slices may have arrived from another process: look again (not for an
+        # object this request has just learnt of).
+        obj = None if asked_origin else await self.run(self.store.lookup, key)
+        if obj is not None and obj.gen == view.obj.gen and self.views.get(key) is view:
+            view.add_slices(obj)
+        elif obj is not None:
+            view = await self.views.load(obj)
+        resp = self.answers.answer(req, view, fetch=True, check_fresh=False)
+        if resp is None:
+            return self.answers.error(req, 503, "store changed under the request; retry", key=key)
+        started.append(resp)
+        if isinstance(resp.stream, MissStream):
+            try:
+                await resp.stream.first_fetch().started()
+            except OriginChanged:
+                await self.invalidate(view)
+                raise
+        return resp
 
     async def learn(self, key: str, idx: int | None) -> StoredObject | ObjectMeta | None:
         """Ask the origins what ``key`` is and index it (``ObjectMeta`` alone for
