@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from edge.config import ServeConfig
 from edge.core.policy import make_policy
-from edge.store.store import RootSpec, Store, StoreError
+from edge.store import RootSpec, Store, StoreError
 
 log = logging.getLogger("edgefleet.serve")
 
