@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def scrub(cfg) -> int:  # type: ignore[no-untyped-def]
     from edge.serve import make_store
-    from edge.store.store import StoreError
+    from edge.store import StoreError
 
     store = make_store(cfg)
     try:

@@ -32,7 +32,6 @@ from steering.rendezvous import seed_for
 log = logging.getLogger("edgefleet.steer")
 
 EARTH_KM = 6371.0
-OwnGroups = tuple[tuple[int, tuple[int, ...], bool], ...]
 MAX_ORDERS = 100_000
 
 

@@ -45,13 +45,13 @@ def test_access_log_that_cannot_be_opened(tmp_path: Path, workers: str) -> None:
 
 
 def test_workers_that_die_at_start_stop_the_service(tmp_path: Path) -> None:
-    """A dependency that breaks in the workers only (here the HTTP parser's C
-    module, imported after the fork): three failed starts per worker, then one
+    """A dependency that breaks in the workers only (here the file origin's
+    aiofiles, imported after the fork): three failed starts per worker, then one
     message and exit status 1, not a restart every half second for ever."""
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "httptools.py").write_text(
-        "raise ImportError('httptools: undefined symbol (a broken install)')\n"
+    (broken / "aiofiles.py").write_text(
+        "raise ImportError('aiofiles: undefined symbol (a broken install)')\n"
     )
     env = {"PYTHONPATH": f"{broken}{os.pathsep}{ROOT}"}
     code, said, _ = serve(tmp_path, "--workers", "2", "--origin", f"file://{tmp_path}", env=env)
