@@ -31,3 +31,23 @@ def test_failing_until_it_answers() -> None:
 def test_credentials_are_not_shown() -> None:
     s = OriginStates(["http://user:s3cret@origin.example:8080/v"], {}, now=0.0)
     assert s.as_json()[0]["url"] == "http://origin.example:8080/v"
+
+
+def test_workers_share_what_they_saw(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two workers, one directory: the most recent event for an origin wins, in
+    both workers' answers."""
+    from edge.origin.state import SharedOriginStates
+
+    urls = ["http://o1", "http://o2"]
+    a = SharedOriginStates(urls, {}, 100.0, str(tmp_path), "1")
+    b = SharedOriginStates(urls, {}, 100.0, str(tmp_path), "2")
+    a.failed("http://o1", "connection refused", 110.0)
+    for view in (a, b):
+        doc = {d["url"]: d for d in view.as_json()}
+        assert doc["http://o1"]["state"] == "failing" and doc["http://o2"]["state"] == "ok"
+    b.answered("http://o1", 120.0)  # later: the other worker got an answer
+    for view in (a, b):
+        doc = {d["url"]: d for d in view.as_json()}
+        assert doc["http://o1"]["state"] == "ok"
+    (tmp_path / "origins-3.json").write_text("{not json")  # being written: skipped
+    assert len(a.as_json()) == 2

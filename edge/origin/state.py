@@ -10,14 +10,22 @@ Rules it keeps:
 - it records, it decides nothing: the circuit breaker (``edge.core.breaker``)
   decides whether an origin is asked; what the store holds is served whatever
   the state says;
-- the state is this process's; the time is passed in;
+- the state is this process's; the time is passed in. With several worker
+  processes, ``SharedOriginStates`` writes each process's states to a file in
+  a directory they share (at most once a second, and at every change of state)
+  and reads them all back: the most recent event for an origin wins, so every
+  worker's health page tells the same;
 - an origin URL is shown without its ``user:password@``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import json
+import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -84,3 +92,65 @@ class OriginStates:
 
     def as_json(self) -> list[dict[str, Any]]:
         return [s.as_json() for s in self.states.values()]
+
+
+class SharedOriginStates(OriginStates):
+    """``OriginStates`` shared by the worker processes through small JSON files
+    in ``directory`` (one per process, replaced atomically)."""
+
+    WRITE_EVERY = 1.0
+
+    def __init__(
+        self,
+        urls: Iterable[str],
+        problems: Mapping[str, str],
+        now: float,
+        directory: str,
+        name: str,
+    ) -> None:
+        self.path = os.path.join(directory, f"origins-{name}.json")
+        self.written = float("-inf")
+        super().__init__(urls, problems, now)
+        self._write(now)
+
+    def answered(self, url: str, now: float) -> None:
+        before = self.states[url].state if url in self.states else OK
+        super().answered(url, now)
+        self._maybe_write(now, changed=before != OK)
+
+    def failed(self, url: str, error: str, now: float) -> None:
+        before = self.states[url].state if url in self.states else FAILING
+        super().failed(url, error, now)
+        self._maybe_write(now, changed=before != FAILING)
+
+    def _maybe_write(self, now: float, changed: bool) -> None:
+        if changed or now - self.written >= self.WRITE_EVERY:
+            self._write(now)
+
+    def _write(self, now: float) -> None:
+        self.written = now
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with contextlib.suppress(OSError):
+            with open(tmp, "w") as f:
+                json.dump([asdict(s) for s in self.states.values()], f)
+            os.replace(tmp, self.path)
+
+    def as_json(self) -> list[dict[str, Any]]:
+        """Every process's view merged: per origin, the most recent event's."""
+        latest = dict(self.states)
+        pattern = os.path.join(os.path.dirname(self.path), "origins-*.json")
+        for path in glob.glob(pattern):
+            try:
+                with open(path) as f:
+                    records = [OriginState(**r) for r in json.load(f)]
+            except (OSError, ValueError, TypeError):
+                continue  # being replaced, or not ours
+            for r in records:
+                mine = latest.get(r.url)
+                if mine is not None and _last_event(r) > _last_event(mine):
+                    latest[r.url] = r
+        return [latest[url].as_json() for url in self.states]
+
+
+def _last_event(s: OriginState) -> float:
+    return max(s.last_error_at or 0.0, s.last_ok_at or 0.0)
