@@ -8,6 +8,7 @@ slice ``i`` of an object of ``size`` bytes cut at ``slice_size`` covers bytes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,23 @@ class ObjectMeta:
     must_revalidate: bool = False
     born: float | None = None  # when the origin made this response (now - its age)
     storable: bool = True  # False: served to the one request, never stored (not indexed)
+
+
+class Versioned(Protocol):
+    """Anything that names a version of an object: stored meta, a manifest
+    entry (whose ETag may be unknown: ``None``), a held object."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def etag(self) -> str | None: ...
+
+
+def same_version(a: Versioned, b: Versioned) -> bool:
+    """The same version of an object: same size and same ETag (an ETag that
+    is not known, ``None``, matches any)."""
+    return a.size == b.size and (a.etag is None or b.etag is None or a.etag == b.etag)
 
 
 def slice_count(size: int, slice_size: int) -> int:
