@@ -45,7 +45,7 @@ from edge.http.response import (
 )
 from edge.http.wire import FileSpan, Part, Request, Response
 from edge.origin import Origin
-from edge.origin.chain import Puller
+from edge.origin.chain import OriginChain
 from edge.store.store import Store, is_device_error
 
 log = logging.getLogger("edgefleet.appliance")
@@ -78,7 +78,7 @@ class Appliance:
         self.cors_bytes = cors_lines(cfg.cors_origin)
         self.views = ViewCache(self.run, cfg.cors_origin)
         self.hits: dict[str, list[float]] = {}
-        self.chain = Puller(
+        self.chain = OriginChain(
             origins,
             retries=cfg.origin_retries,
             negative_ttl=cfg.negative_ttl,
