@@ -58,6 +58,8 @@ from typing import Any, TypeVar
 
 import httptools
 
+from edge.core.host import host_problem
+from edge.core.keys import loggable
 from edge.http.wire import FileSpan, Host, Request, Response
 
 
@@ -248,7 +250,9 @@ class Connection:
 
     def on_message_complete(self) -> None:
         if self._req is not None and self.header_bytes <= MAX_HEADER_BYTES:
-            self.pending.append(self._req)
+            # RFC 9112 §3.2: no Host in HTTP/1.1, or two, is a 400 (edge.core.host)
+            bad = host_problem(self._req.version, self._req.headers.get(b"host"))
+            self.pending.append(self._req if bad is None else _Fail(400, bad))  # type: ignore[arg-type]
             self._req = None
 
     # -- reading -------------------------------------------------------------
@@ -289,7 +293,8 @@ class Connection:
             # answered as it is, and nothing after it is read (the parser stops).
             self._to_read(Read.EOF)
             if self.pending:
-                self.pending[-1].keep_alive = False
+                if type(self.pending[-1]) is not _Fail:  # a refused one closes anyway
+                    self.pending[-1].keep_alive = False
             else:
                 self.pending.append(_Fail(400, "protocol upgrades are not supported"))  # type: ignore[arg-type]
             self._process()
@@ -388,7 +393,7 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("response to %s aborted: %s", req.target[:200], exc)
+            log.warning("response to %s aborted: %s", loggable(req.target), exc)
             self.close()
             return False
         finally:
