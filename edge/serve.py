@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from edge.config import ConfigError, ServeConfig
 from edge.core.policy import make_policy
@@ -232,6 +233,19 @@ def supervise(
     return status
 
 
+def origin_states(cfg: ServeConfig, origins: list[Any], problems: dict[str, str]) -> Any:
+    """Each origin's state, shared by the workers through the run's metrics
+    directory; ``problems`` (by configured URL) make an origin start failing."""
+    from edge.origin.state import OriginStates, SharedOriginStates
+
+    urls = [o.url for o in origins]  # an origin's own URL may differ from the configured one
+    found = {o.url: problems[u] for o, u in zip(origins, cfg.origin, strict=True) if u in problems}
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # this run's, made by ``run``
+    if not directory:
+        return OriginStates(urls, found, time.time())
+    return SharedOriginStates(urls, found, time.time(), directory, str(os.getpid()))
+
+
 def worker_main(
     cfg: ServeConfig,
     sock: socket.socket,
@@ -254,7 +268,7 @@ async def _worker(
     sock: socket.socket,
     workers: int,
     access_log: AccessLog | None,
-    origin_problems: dict[str, str],
+    problems: dict[str, str],
 ) -> int:
     from edge.appliance.appliance import Appliance
     from edge.appliance.metrics import RequestMetrics
@@ -275,7 +289,9 @@ async def _worker(
     store.open(recover=False)
     origins = [open_origin(url, cfg.origin_settings()) for url in cfg.origin]
     metrics = RequestMetrics()
-    app = Appliance(cfg, store, origins, executor, access_log, metrics)
+    app = Appliance(
+        cfg, store, origins, executor, access_log, metrics, origin_states(cfg, origins, problems)
+    )
     app.ops = Ops(app, workers)
     # slice files kept open by the views: half of what the process may open
     app.views.max_open_files = max(64, (soft - 256) // 2)

@@ -127,6 +127,7 @@ class Ops:
                     for u in usage
                 ],
             },
+            "origins": app.origin_states.as_json(),
             "connections": int(live.get("edgefleet_open_connections", 0)),
             "egress_bytes_per_second": round(live.get("edgefleet_egress_bytes_per_second", 0.0)),
         }
@@ -161,6 +162,9 @@ class Ops:
 in {doc["store"]["objects"]} objects</p>
 <table><tr><th>root</th><th>state</th><th>used</th><th>capacity</th><th>objects</th></tr>
 {rows}</table>
+<h2>Origins</h2>
+<table><tr><th>origin</th><th>state</th><th>since</th><th>last error</th><th>at</th></tr>
+{_origin_rows(doc["origins"])}</table>
 <p><a href="/_edge/health">health</a> · <a href="/_edge/metrics">metrics</a> ·
 <a href="/_edge/inventory">inventory</a></p></body></html>
 """
@@ -258,6 +262,18 @@ in {doc["store"]["objects"]} objects</p>
             + b"\n"
         )
         return self._reply(req, 200, body, JSON, "_edge/admin/scrub")
+
+
+def _origin_rows(origins: list[dict[str, Any]]) -> str:
+    def when(t: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "-"
+
+    return "".join(
+        f'<tr><td>{html.escape(o["url"])}</td><td class="{o["state"]}">{o["state"]}</td>'
+        f"<td>{when(o['since'])}</td><td>{html.escape(o['last_error'] or '-')}</td>"
+        f"<td>{when(o['last_error_at'])}</td></tr>"
+        for o in origins
+    )
 
 
 def _human(n: float) -> str:
