@@ -169,3 +169,17 @@ def test_steering_host_rule_too(tmp_path: Path) -> None:
         assert statuses(raw) == [200] and json.loads(raw.split(b"\r\n\r\n", 1)[1])["appliances"]
     finally:
         s.stop()
+
+
+def test_every_worker_tells_the_same_origin_state(tmp_path: Path, origin: OriginServer) -> None:
+    """With two workers, the one that saw the origin fail and the one that did
+    not answer /_edge/health alike (connections are spread by SO_REUSEPORT)."""
+    origin.faults.fail = 1000
+    app = start(tmp_path, origin.url, extra=("--workers", "2", "--breaker-failures", "100"))
+    try:
+        assert app.get("/once.ts")[0] == 502  # one worker saw it
+        for _ in range(12):
+            state = app.health()["origins"][0]
+            assert state["state"] == "failing" and "500" in state["last_error"]
+    finally:
+        app.stop()

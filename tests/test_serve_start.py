@@ -79,5 +79,9 @@ def test_origins_that_cannot_work_are_warned_about(tmp_path: Path) -> None:
         assert "does not exist" in said
         assert "origin s3://videos/prefix cannot work: no S3 credentials" in said
         assert app.get("/_edge/health")[0] == 200  # it serves what it holds meanwhile
+        states = {o["url"]: o for o in app.health()["origins"]}
+        assert states["s3://videos/prefix"]["state"] == "failing"
+        assert states["s3://videos/prefix"]["last_error"].startswith("at start: no S3 credentials")
+        assert states[f"file://{tmp_path / 'not-mounted'}"]["state"] == "failing"
     finally:
         app.stop()
