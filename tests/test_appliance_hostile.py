@@ -183,3 +183,16 @@ def test_every_worker_tells_the_same_origin_state(tmp_path: Path, origin: Origin
             assert state["state"] == "failing" and "500" in state["last_error"]
     finally:
         app.stop()
+
+
+def test_access_log_bounds_a_range_flood(appliance: Appliance, tmp_path: Path) -> None:
+    # 60 specs (under the 64 that make it ignored) of 150-digit positions: 9 KiB, a 416
+    flood = "bytes=" + ",".join("9" * 150 + "-" for _ in range(60))
+    assert appliance.get("/titles/81234/master.m3u8", Range=flood)[0] == 416
+
+    def line() -> str | None:
+        log = tmp_path / "access.log"
+        return next((x for x in log.read_text().splitlines() if '"range":"bytes=999' in x), None)
+
+    logged = wait_for(line)
+    assert len(logged) < 600 and json.loads(logged)["range"].endswith("chars)")

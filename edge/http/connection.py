@@ -50,6 +50,7 @@ import errno
 import itertools
 import logging
 import os
+import secrets
 import socket
 import time
 from collections import deque
@@ -126,6 +127,14 @@ STREAM_HIGH_WATER = 1 << 20
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 CORK_ABOVE = 512 * 1024
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
+
+
+def _internal_error(handler: Any, req: Request) -> Response:
+    """A 500 for a handler's exception: a request id for the client, the
+    traceback with the same id for the log."""
+    rid = secrets.token_hex(6)
+    log.exception("request %s: handler failed on %s", rid, loggable(req.target))
+    return handler.error(req, 500, f"internal error (request {rid})")
 
 
 class _Fail:
@@ -332,8 +341,7 @@ class Connection:
             try:
                 result = handler.handle(req)
             except Exception:
-                log.exception("handler failed")
-                result = handler.error(req, 500, "internal error")
+                result = _internal_error(handler, req)
             if isinstance(result, Response):
                 self._emit(req, result)
             else:
@@ -375,8 +383,7 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("handler failed")
-            return self.server.handler.error(req, 500, "internal error")
+            return _internal_error(self.server.handler, req)
 
     async def _stream(self, req: Request, resp: Response) -> bool:
         """Queue a streamed body as it comes, held back by the socket's drain;
