@@ -225,14 +225,17 @@ in {doc["store"]["objects"]} objects</p>
         store = self.app.store
         if "key" in params:
             try:
-                key = check_key(params["key"])
+                # keys are written as the URL path (/show/movie.mp4) as often as
+                # without its slash: both name the same object
+                key = check_key(params["key"].removeprefix("/"))
             except KeyError400 as exc:
                 return self.app.error(req, 400, f"key: {exc}")
             purged = int(await self.app.run(store.remove, key))
             self.app.views.pop(key, None)
         elif "prefix" in params:
-            purged = await self.app.run(store.purge_prefix, params["prefix"])
-            for k in [k for k in self.app.views if k.startswith(params["prefix"])]:
+            prefix = params["prefix"].removeprefix("/")
+            purged = await self.app.run(store.purge_prefix, prefix)
+            for k in [k for k in self.app.views if k.startswith(prefix)]:
                 self.app.views.pop(k, None)
         else:
             return self.app.error(req, 400, "purge needs ?key=K or ?prefix=P")
