@@ -4,6 +4,7 @@
   503 when draining or failing);
 - ``GET /_edge/metrics``: Prometheus text, summed over workers;
 - ``GET /_edge/status``: an HTML page for the operator at 3 a.m.;
+- ``GET /_edge/verify?key=K&token=T``: whether the token is valid for K (JSON);
 - ``GET /_edge/inventory[?prefix=P]``: complete objects, one JSON object a line;
   ``?format=bloom``: the same keys as a Bloom filter (``edge.core.inventory``) with an
   ETag, rebuilt at most once a second, 304 for a matching ``If-None-Match``;
@@ -53,6 +54,7 @@ class Ops:
             "metrics": self.metrics,
             "status": self.status,
             "inventory": self.inventory,
+            "verify": self.verify,
         }
         if name in reads:
             if req.method not in ("GET", "HEAD"):
@@ -165,6 +167,24 @@ in {doc["store"]["objects"]} objects</p>
 <a href="/_edge/inventory">inventory</a></p></body></html>
 """
         return self._reply(req, 200, page.encode(), "text/html; charset=utf-8", "_edge/status")
+
+    def verify(self, req: Request, params: dict[str, str]) -> Response:
+        """``?key=K&token=T``: would this token let K through? Nothing is read
+        or fetched; ``edgefleet steer check`` asks it to learn whether steering
+        and the appliance share signing keys."""
+        verifier = self.app.verifier
+        if verifier is None:
+            doc: dict[str, Any] = {"checked": False}
+        else:
+            token = params.get("token")
+            query = f"token={token}" if token is not None else ""
+            reason = verifier.check(params.get("key", ""), query, req.client, time.time())
+            doc = {"checked": True, "valid": reason is None}
+            if reason is not None:
+                doc["reason"] = reason
+        body = (json.dumps(doc) + "\n").encode()
+        status = 403 if doc.get("valid") is False else 200
+        return self._reply(req, status, body, JSON, "_edge/verify")
 
     async def inventory(self, req: Request, params: dict[str, str]) -> Response:
         if params.get("format") == "bloom":
