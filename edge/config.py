@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class StoreRootConfig:
 
 @dataclass
 class ServeConfig:
+    id: str = field(default_factory=socket.gethostname)
+    site: str = ""
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     store: list[StoreRootConfig] = field(default_factory=list)
     capacity: int | None = None
@@ -188,7 +191,16 @@ def choice(*names: str):  # type: ignore[no-untyped-def]
     return parse
 
 
+def _name(value: Any) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ValueError("use 1 to 64 letters, digits, '.', '-' or '_'")
+    return text
+
+
 SERVE_OPTIONS: Options = {
+    "id": ("--id", _name, "this appliance's name in health and status (default: the host name)"),
+    "site": ("--site", _name, "the site it stands in, as steering names it (shown in status)"),
     "listen": ("--listen", parse_listen, "HOST:PORT to serve content and /_edge/ on"),
     "store": ("--store", _store_roots, "store root DIR or DIR=SIZE (repeat: one per disk)"),
     "capacity": ("--capacity", parse_size, "total capacity, split over roots naming none"),
@@ -258,6 +270,7 @@ METAVARS: dict[Any, str] = {
     _origins: "URL",
     _http_url: "URL",
     parse_keys: "KID=SECRET",
+    _name: "NAME",
 }
 # ... and for options read as plain text, by name
 NAMED_METAVARS = {
@@ -268,8 +281,6 @@ NAMED_METAVARS = {
     "s3_region": "REGION",
     "s3_access_key_id": "KEY_ID",
     "s3_secret_access_key": "SECRET",
-    "id": "NAME",
-    "site": "NAME",
 }
 
 
