@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def scrub(cfg) -> int:  # type: ignore[no-untyped-def]
     from edge.serve import make_store
-    from edge.store.store import StoreError
+    from edge.store import StoreError
 
     try:
         cfg = scrub_config(cfg)

@@ -20,7 +20,7 @@ from edge.core.policy import POLICIES
 from edge.core.signing import parse_keys
 from edge.core.sizes import parse_duration, parse_size
 from edge.origin import OriginSettings
-from edge.store.store import DEFAULT_SLICE_SIZE
+from edge.store import DEFAULT_SLICE_SIZE
 
 
 class ConfigError(ValueError):

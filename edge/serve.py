@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from edge.config import ServeConfig
 from edge.core.policy import make_policy
-from edge.store.store import RootSpec, Store, StoreError
+from edge.store import RootSpec, Store, StoreError
 
 log = logging.getLogger("edgefleet.serve")
 
@@ -220,10 +220,10 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     app = Appliance(cfg, store, origins, executor, access_log, metrics)
     app.ops = Ops(app, workers)
     # slice files kept open by the views: half of what the process may open
-    app.max_open_files = max(64, (soft - 256) // 2)
+    app.views.max_open_files = max(64, (soft - 256) // 2)
     server = ContentServer(loop, sock, app, keepalive_timeout=cfg.keepalive_timeout)
     server.on_count = metrics.set_connections
-    server.on_fd_pressure = app.shed_files
+    server.on_fd_pressure = app.views.shed_files
     app.start()
     server.start()
     stop = stop_signal(loop)

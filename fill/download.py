@@ -33,7 +33,7 @@ import aiohttp
 from edge.core.meta import ObjectMeta, slice_bounds
 from edge.origin import Origin, OriginChanged, OriginError, OriginSettings, open_origin
 from edge.origin.chain import backoff
-from edge.store.store import Staged, Store, StoredObject
+from edge.store import Staged, Store, StoredObject
 from fill.budget import TokenBucket
 from fill.stage import ObjectStager, StagePools, runs
 

@@ -29,7 +29,7 @@ from urllib.parse import unquote_plus
 
 from edge import __version__
 from edge.core.httpdate import format_http_date
-from edge.core.keys import KeyError400, check_key, parse_key, split_target
+from edge.core.keys import BadKey, check_key, parse_key, split_target
 from edge.http.accesslog import AccessLog
 from edge.http.response import build_head, text_body
 from edge.http.server import ContentServer, after_stop, stop_signal
@@ -155,7 +155,7 @@ class Steering:
     def handle(self, req: Request) -> Response:
         try:
             path_b, query_b = split_target(req.target)
-        except KeyError400 as exc:
+        except BadKey as exc:
             return self.error(req, exc.status, str(exc))
         if req.method not in ("GET", "HEAD"):
             return self.error(req, 405, f"method {req.method} not allowed", b"Allow: GET, HEAD\r\n")
@@ -183,14 +183,14 @@ class Steering:
             return self.error(req, 400, "give the object key: /steer?object=KEY")
         try:
             key = check_key(unquote_plus(raw, errors="strict"))
-        except (KeyError400, UnicodeDecodeError) as exc:
+        except (BadKey, UnicodeDecodeError) as exc:
             return self.error(req, 400, f"object: {exc}")
         return self.answer(req, key, redirect=False)
 
     def redirect(self, req: Request, path: bytes) -> Response:
         try:
             key = parse_key(path)
-        except KeyError400 as exc:
+        except BadKey as exc:
             return self.error(req, exc.status, str(exc))
         if not key:
             return self.error(req, 400, "give the object key: /r/KEY")

@@ -116,6 +116,7 @@ def test_the_appliance_status_page_shows_what_the_json_says(
         app.get("/" + KEY)  # a hit (filled)
         app.get("/titles/81234/master.m3u8")  # a miss
         app.get("/not-there.ts")  # 404 after the dead origin failed: a recent error
+        wait_for(lambda: app.health()["store"]["objects"] == 2)  # the miss is stored
         health = app.health()
         wait_for(lambda: get_json(app, "/_edge/status?format=json")["hit_ratio"]["requests"])
         doc = get_json(app, "/_edge/status?format=json")

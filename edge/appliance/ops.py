@@ -28,7 +28,7 @@ from edge.appliance import metrics as m
 from edge.appliance.status import Status
 from edge.appliance.status import render as render_status
 from edge.core import inventory as inv
-from edge.core.keys import KeyError400, check_key
+from edge.core.keys import BadKey, check_key
 from edge.http.wire import Request, Response
 
 if TYPE_CHECKING:
@@ -237,15 +237,14 @@ class Ops:
                 # keys are written as the URL path (/show/movie.mp4) as often as
                 # without its slash: both name the same object
                 key = check_key(params["key"].removeprefix("/"))
-            except KeyError400 as exc:
+            except BadKey as exc:
                 return self.app.error(req, 400, f"key: {exc}")
             purged = int(await self.app.run(store.remove, key))
-            self.app.views.pop(key, None)
+            self.app.views.forget(key)
         elif "prefix" in params:
             prefix = params["prefix"].removeprefix("/")
             purged = await self.app.run(store.purge_prefix, prefix)
-            for k in [k for k in self.app.views if k.startswith(prefix)]:
-                self.app.views.pop(k, None)
+            self.app.views.forget_prefix(prefix)
         else:
             return self.app.error(req, 400, "purge needs ?key=K or ?prefix=P")
         if self.workers > 1 and purged:
@@ -258,8 +257,7 @@ class Ops:
     async def scrub(self, req: Request, params: dict[str, str]) -> Response:
         report = await self.app.run(self.app.store.scrub)
         for key in set(report.failed_keys):  # the other workers learn it from the index
-            self.app.views.pop(key, None)
-            self.app.landed.pop(key, None)
+            self.app.views.forget(key)
         body = (
             json.dumps(
                 {

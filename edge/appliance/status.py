@@ -105,7 +105,7 @@ class Status:
     def origins(self) -> list[dict[str, Any]]:
         out = []
         for origin in self.app.origins:
-            breaker = self.app.puller.breakers[id(origin)]
+            breaker = self.app.chain.breakers[id(origin)]
             url = public_url(origin.url)
             state = breaker.state
             if state == CLOSED:

@@ -29,14 +29,11 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httptools
 
-from edge.http.wire import FileSpan, Request, Response
-
-if TYPE_CHECKING:
-    from edge.http.server import ContentServer
+from edge.http.wire import FileSpan, Host, Request, Response
 
 log = logging.getLogger("edgefleet.http")
 
@@ -79,7 +76,7 @@ class _Done:
 
 
 class Connection:
-    def __init__(self, server: ContentServer, sock: socket.socket, client: str) -> None:
+    def __init__(self, server: Host, sock: socket.socket, client: str) -> None:
         self.server = server
         self.loop = server.loop
         self.sock = sock
