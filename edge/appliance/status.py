@@ -87,7 +87,7 @@ class Status:
         self.egress: collections.deque[tuple[float, float]] = collections.deque(
             maxlen=EGRESS_POINTS
         )
-        self._timer = app.loop.call_soon(self._sample)
+        self._timer = app.loop.call_later(EGRESS_EVERY, self._sample)
 
     def close(self) -> None:
         self._timer.cancel()
