@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from edge.serve import run
 
-        return run(cfg)
+        return run(cfg, lambda: load_serve_config(args))
     if args.command == "scrub":
         return scrub(cfg)
     parser.error(f"unknown command {args.command}")

@@ -85,7 +85,13 @@ class ServeConfig:
             s3_addressing_style=self.s3_addressing_style,
             s3_access_key_id=self.s3_access_key_id,
             s3_secret_access_key=self.s3_secret_access_key,
+            signing_key=self.signing_key(),
         )
+
+    def signing_key(self) -> tuple[str, bytes] | None:
+        """The key that signs this appliance's (and its fill's) requests to
+        parent and peer appliances: the first of ``url_signing_keys``."""
+        return next(iter(self.url_signing_keys.items()), None)
 
     def root_capacities(self) -> list[tuple[str, int]]:
         """Each root with its capacity, the total split over roots that name none."""

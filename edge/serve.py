@@ -3,7 +3,8 @@
 The main process recovers the store, binds the listening sockets (one per
 worker, ``SO_REUSEPORT``) and runs the worker itself when there is one, or forks
 and supervises N workers. Workers die with the main process; SIGTERM/SIGINT
-drain them within ``grace``; SIGHUP reopens the access log.
+drain them within ``grace``; SIGHUP reopens the access log and reloads the
+URL signing keys (``edge.appliance.signing_keys``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from edge.config import ServeConfig
@@ -79,7 +81,8 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def run(cfg: ServeConfig) -> int:
+def run(cfg: ServeConfig, load: Callable[[], ServeConfig] | None = None) -> int:
+    """``load`` reads the configuration again (for SIGHUP); none: keys stay."""
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
@@ -111,13 +114,15 @@ def run(cfg: ServeConfig) -> int:
             flush=True,
         )
         if cfg.workers == 1:
-            return worker_main(cfg, socks[0], 1)
-        return supervise(cfg, socks)
+            return worker_main(cfg, socks[0], 1, load)
+        return supervise(cfg, socks, load)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
+def supervise(
+    cfg: ServeConfig, socks: list[socket.socket], load: Callable[[], ServeConfig] | None = None
+) -> int:
     children: dict[int, int] = {}  # pid -> slot
     stopping = False
 
@@ -138,7 +143,7 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
                 for i, s in enumerate(socks):
                     if i != slot:
                         s.close()
-                code = worker_main(cfg, socks[slot], len(socks))
+                code = worker_main(cfg, socks[slot], len(socks), load)
             except BaseException:
                 log.exception("worker crashed")
             finally:
@@ -184,21 +189,32 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
     return status
 
 
-def worker_main(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
+def worker_main(
+    cfg: ServeConfig,
+    sock: socket.socket,
+    workers: int,
+    load: Callable[[], ServeConfig] | None = None,
+) -> int:
     import uvloop
 
     from edge.http.server import after_stop
 
     try:
-        return uvloop.run(_worker(cfg, sock, workers))
+        return uvloop.run(_worker(cfg, sock, workers, load))
     finally:
         after_stop()
 
 
-async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
+async def _worker(
+    cfg: ServeConfig,
+    sock: socket.socket,
+    workers: int,
+    load: Callable[[], ServeConfig] | None = None,
+) -> int:
     from edge.appliance.appliance import Appliance
     from edge.appliance.metrics import RequestMetrics
     from edge.appliance.ops import Ops
+    from edge.appliance.signing_keys import reload_signing_keys
     from edge.http.accesslog import AccessLog
     from edge.http.server import ContentServer, stop_signal
     from edge.origin import open_origin
@@ -227,10 +243,15 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     app.start()
     server.start()
     stop = stop_signal(loop)
-    # SIGHUP (systemctl reload, logrotate) reopens the log; without one it is harmless
-    loop.add_signal_handler(
-        signal.SIGHUP, access_log.reopen if access_log is not None else (lambda: None)
-    )
+
+    # SIGHUP (systemctl reload, logrotate): reopen the log, reload the signing keys
+    def on_hup() -> None:
+        if access_log is not None:
+            access_log.reopen()
+        if load is not None:
+            reload_signing_keys(app, load)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     log.info("stopping: finishing in-flight responses (grace %.0fs)", cfg.grace)
     await server.shutdown(cfg.grace)
