@@ -16,14 +16,15 @@ import asyncio
 import json
 import sys
 import time
+from typing import Any
 from urllib.parse import quote
 
 from steering.config import (
     ConfigError,
     SteerConfig,
-    _appliance,
     fleet_problems,
     load_steer_config,
+    parse_appliance,
     prefix_conflicts,
     read_file,
 )
@@ -80,64 +81,72 @@ def _all_appliance_problems(raw: dict) -> list[str]:  # type: ignore[type-arg]
     problems, specs = [], []
     for i, item in enumerate(items):
         try:
-            specs.append(_appliance(i, item))
+            specs.append(parse_appliance(i, item))
         except ConfigError as exc:
             problems.append(str(exc))
     return problems + fleet_problems(specs) + prefix_conflicts(specs)
 
 
 async def check_keys(cfg: SteerConfig) -> tuple[list[str], list[str]]:
-    """(problems, notes) from asking every appliance about steering's keys."""
+    """(problems, notes) from asking every appliance, all at once, about
+    steering's keys."""
     import aiohttp
 
     from edge.core.signing import token_param
 
-    problems: list[str] = []
-    notes: list[str] = []
     expires = int(time.time()) + 300
-    signing = cfg.signing_key()
     probes = [(kid, token_param(PROBE_KEY, kid, secret, expires)) for kid, secret in
               cfg.url_signing_keys.items()] or [(None, "")]  # fmt: skip
-    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    signing = cfg.signing_key()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
+        found = await asyncio.gather(
+            *(_ask(session, a.id, a.url, probes, signing) for a in cfg.appliances)
+        )
+    return [p for ps, _ in found for p in ps], [n for _, ns in found for n in ns]
 
-        async def ask(url: str, token: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-            query = f"key={quote(PROBE_KEY)}" + (f"&{token}" if token else "")
+
+async def _ask(
+    session: Any,
+    name: str,
+    url: str,
+    probes: list[tuple[str | None, str]],
+    signing: tuple[str, bytes] | None,
+) -> tuple[list[str], list[str]]:
+    """One appliance: would a URL signed with each of steering's keys pass?"""
+    import aiohttp
+
+    problems: list[str] = []
+    notes: list[str] = []
+    for kid, token in probes:
+        query = f"key={quote(PROBE_KEY)}" + (f"&{token}" if token else "")
+        try:
             async with session.get(f"{url}/_edge/verify?{query}") as resp:
-                text = await resp.text()
-                return resp.status, (json.loads(text) if resp.status in (200, 403) else {})
-
-        for a in cfg.appliances:
-            for kid, token in probes:
-                try:
-                    status, doc = await ask(a.url, token)
-                except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-                    notes.append(f"appliance {a.id!r} ({a.url}) did not answer, keys not "
-                                 f"checked: {str(exc) or type(exc).__name__}")  # fmt: skip
-                    break
-                if status == 404:
-                    notes.append(
-                        f"appliance {a.id!r} answered 404 to /_edge/verify (an older version?): "
-                        "keys not checked"
-                    )
-                    break
-                if kid is None:
-                    if doc.get("checked"):
-                        problems.append(
-                            f"appliance {a.id!r} requires signed URLs but steering has no "
-                            "url_signing_keys"
-                        )
-                    break
-                if not doc.get("checked"):
-                    notes.append(f"appliance {a.id!r} does not check signed URLs")
-                    break
-                if not doc.get("valid"):
-                    what = f"key {kid!r} ({doc.get('reason', 'refused')})"
-                    if signing is not None and kid == signing[0]:
-                        problems.append(
-                            f"appliance {a.id!r} does not accept steering's signing {what}: "
-                            "give it the same url_signing_keys"
-                        )
-                    else:
-                        notes.append(f"appliance {a.id!r} does not accept {what}")
+                status = resp.status
+                doc = json.loads(await resp.text()) if status in (200, 403) else {}
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            why = str(exc) or type(exc).__name__
+            return problems, [f"appliance {name!r} ({url}) did not answer, keys not checked: {why}"]
+        if status == 404:
+            return problems, [
+                f"appliance {name!r} answered 404 to /_edge/verify (an older version?): "
+                "keys not checked"
+            ]
+        if kid is None:  # steering signs nothing: does the appliance want tokens?
+            if doc.get("checked"):
+                problems.append(
+                    f"appliance {name!r} requires signed URLs but steering has no url_signing_keys"
+                )
+            break
+        if not doc.get("checked"):
+            notes.append(f"appliance {name!r} does not check signed URLs")
+            break
+        if not doc.get("valid"):
+            what = f"key {kid!r} ({doc.get('reason', 'refused')})"
+            if signing is not None and kid == signing[0]:
+                problems.append(
+                    f"appliance {name!r} does not accept steering's signing {what}: "
+                    "give it the same url_signing_keys"
+                )
+            else:
+                notes.append(f"appliance {name!r} does not accept {what}")
     return problems, notes

@@ -237,7 +237,7 @@ def add_steer_flags(parser: argparse.ArgumentParser) -> None:
     add_option_flags(parser, STEER_OPTIONS, _REPEATABLE)
 
 
-def _appliance(i: int, item: Any) -> ApplianceSpec:
+def parse_appliance(i: int, item: Any) -> ApplianceSpec:
     where = f"appliance[{i}]"
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: expected a table ([[appliance]])")
@@ -365,7 +365,7 @@ def load_steer_config(args: argparse.Namespace) -> SteerConfig:
     apply_options(cfg, STEER_OPTIONS, raw, args, secret=_SECRET)
     if not isinstance(appliances, list):
         raise ConfigError("appliance: expected an array of tables ([[appliance]])")
-    specs = [_appliance(i, item) for i, item in enumerate(appliances)]
+    specs = [parse_appliance(i, item) for i, item in enumerate(appliances)]
     if not specs:
         raise ConfigError("no appliances: add [[appliance]] tables (id, url, site, ...)")
     problems = fleet_problems(specs)
