@@ -29,7 +29,6 @@ from edge.appliance.viewcache import ViewCache
 from edge.config import ServeConfig
 from edge.core import plan as plans
 from edge.core.admission import make_admission
-from edge.core.httpdate import format_http_date
 from edge.core.keys import BadKey, is_reserved, key_for_path, split_target
 from edge.core.signing import MESSAGES as TOKEN_MESSAGES
 from edge.core.signing import Verifier, split_path_token
@@ -37,7 +36,7 @@ from edge.http.accesslog import AccessLog
 from edge.http.response import (
     ALLOW,
     ALLOWED_REQUEST_HEADERS,
-    SERVER_LINE,
+    DateCache,
     build_head,
     connection_line,
     cors_lines,
@@ -46,7 +45,7 @@ from edge.http.response import (
 )
 from edge.http.wire import FileSpan, Part, Request, Response
 from edge.origin import Origin
-from edge.origin.chain import Puller
+from edge.origin.chain import OriginChain
 from edge.store.store import Store, is_device_error
 
 log = logging.getLogger("edgefleet.appliance")
@@ -79,7 +78,7 @@ class Appliance:
         self.cors_bytes = cors_lines(cfg.cors_origin)
         self.views = ViewCache(self.run, cfg.cors_origin)
         self.hits: dict[str, list[float]] = {}
-        self.chain = Puller(
+        self.chain = OriginChain(
             origins,
             retries=cfg.origin_retries,
             negative_ttl=cfg.negative_ttl,
@@ -104,16 +103,13 @@ class Appliance:
         )
         self.background: set[asyncio.Future[Any]] = set()
         self.change_seq = 0
-        self.date_line = b""
-        self.date_server = b""
-        self._date_sec = -1
+        self.dates = DateCache()  # refreshed once a second by _tick
         self.sent_window: list[tuple[float, int]] = []
         self.egress_rate = 0.0
         self.ops: Any = None  # set by serve (edge.appliance.ops.Ops)
         # signed URLs: checked only when keys are configured
         self.verifier = Verifier(cfg.url_signing_keys) if cfg.url_signing_keys else None
         self._timers: list[asyncio.TimerHandle] = []
-        self._update_date()
 
     # -- plumbing ------------------------------------------------------------
 
@@ -151,15 +147,8 @@ class Appliance:
         if self.access_log is not None:
             self.access_log.flush()
 
-    def _update_date(self) -> None:
-        now = int(time.time())
-        if now != self._date_sec:
-            self._date_sec = now
-            self.date_line = f"Date: {format_http_date(now)}\r\n".encode()
-            self.date_server = self.date_line + SERVER_LINE
-
     def _tick(self) -> None:
-        self._update_date()
+        self.dates.refresh()
         now = self.loop.time()
         total = self.metrics.sent_total
         self.sent_window.append((now, total))
@@ -211,10 +200,10 @@ class Appliance:
 
     def head(self, req: Request, status: int, lines: bytes) -> bytes:
         if req.keep_alive and req.version == "1.1":
-            return status_line(status) + self.date_server + lines + b"\r\n"
+            return status_line(status) + self.dates.with_server + lines + b"\r\n"
         return (
             status_line(status)
-            + self.date_server
+            + self.dates.with_server
             + lines
             + connection_line(req.keep_alive, req.version == "1.0")
             + b"\r\n"
@@ -232,7 +221,7 @@ class Appliance:
             keep = False
         head = build_head(
             status,
-            self.date_line,
+            self.dates.line,
             lines,
             keep_alive=keep,
             http10=req is not None and req.version == "1.0",

@@ -28,10 +28,10 @@ from typing import Any, Protocol
 from edge.appliance.view import View
 from edge.appliance.viewcache import ViewCache
 from edge.core.freshness import is_fresh, may_serve_stale_on_error
-from edge.core.meta import ObjectMeta
+from edge.core.meta import ObjectMeta, same_version
 from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
 from edge.origin import OriginChanged, OriginError, OriginTimeout
-from edge.origin.chain import Puller, SliceFetch, shared
+from edge.origin.chain import OriginChain, SliceFetch, shared
 from edge.store.store import Store, StoredObject
 
 log = logging.getLogger("edgefleet.appliance")
@@ -56,7 +56,7 @@ class MissPath:
         self,
         views: ViewCache,
         store: Store,
-        chain: Puller,
+        chain: OriginChain,
         run: Callable[..., asyncio.Future[Any]],
         answers: Answers,
         on_disk_error: Callable[[View], Callable[[OSError], None]],
@@ -269,7 +269,7 @@ class MissPath:
             and is_fresh(current.fresh_until, time.time())
         ):
             return current  # another request renewed it meanwhile
-        if new.etag == meta.etag and new.size == meta.size:
+        if same_version(new, meta):
             obj = view.obj
             if new.storable and not await self.run(self.store.renew, key, obj.gen, new):
                 obj = await self.run(self.store.ensure_object, key, new)
