@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.config import parse_listen
+from edge.core.sizes import human_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -101,7 +103,11 @@ def main(args: argparse.Namespace) -> int:
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    temp = None if args.workdir else tempfile.mkdtemp(prefix="edgefleet-demo-")
+    temp = None
+    if not args.workdir:
+        sweep_stale_temp_dirs()
+        temp = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+        (Path(temp) / OWNER_FILE).write_text(f"{os.getpid()}\n")
     workdir = Path(args.workdir or temp or ".").resolve()
     try:
         return _run(args, workdir, host, port, stop)
@@ -112,6 +118,32 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+TEMP_PREFIX = "edgefleet-demo-"
+OWNER_FILE = "demo.pid"
+
+
+def sweep_stale_temp_dirs(tmp: str | None = None) -> list[str]:
+    """Remove the temp directories of demos that were killed (SIGKILL leaves
+    no chance to clean up): ours carry the owner's pid; a directory whose owner
+    is gone is removed, one without the file or with a live owner is left."""
+    removed = []
+    for d in Path(tmp or tempfile.gettempdir()).glob(TEMP_PREFIX + "*"):
+        try:
+            pid = int((d / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(str(d))
+    return removed
 
 
 def _say(text: str) -> None:
@@ -143,7 +175,7 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
         raise DemoError(f"catalog: {exc}") from None
     total = sum(o.size for o in objects)
     _say(
-        f"edgefleet demo: catalog: {len(objects)} objects, {total / 1e6:.1f} MB "
+        f"edgefleet demo: catalog: {len(objects)} objects, {human_size(total)} "
         f"({kind} segments, {time.monotonic() - t0:.1f}s)"
     )
     s3: dict[str, str] = {}
@@ -276,7 +308,7 @@ def _added(report: dict[str, Any]) -> int:
 def _fill_summary(report: dict[str, Any]) -> str:
     added = report.get("added", {})
     sources = ", ".join(
-        f"{n / 1e6:.1f} MB from {src}" for src, n in sorted(added.get("from", {}).items())
+        f"{human_size(n)} from {src}" for src, n in sorted(added.get("from", {}).items())
     )
     plan = report.get("plan", {})
     covered = plan.get("demand_covered")
@@ -318,18 +350,46 @@ def _state(
             for c in children
         ],
         "play": [f"{steer.url}/r/{t}/master.m3u8" for t in titles],
+        "players": f"{as_typed('locust')} -f {as_typed_path(LOCUSTFILE)} --host {steer.url}",
     }
 
 
+LOCUSTFILE = Path(__file__).resolve().parent.parent / "bench" / "locustfile.py"
+
+
+def as_typed(name: str, bindir: Path | None = None, cwd: Path | None = None) -> str:
+    """A command installed beside this Python as the user can type it here: its
+    bare name when the shell finds this very one, else its path (relative under
+    the current directory: ``.venv/bin/locust`` after ``python -m venv .venv``)."""
+    bindir = bindir or Path(sys.executable).parent  # not resolved: the venv's own bin
+    beside = bindir / name
+    if not beside.exists():
+        return name
+    found = shutil.which(name)
+    if found is not None and Path(found).resolve() == beside.resolve():
+        return name
+    return as_typed_path(beside, cwd)
+
+
+def as_typed_path(path: Path, cwd: Path | None = None) -> str:
+    """``path`` relative to the current directory when under it, else absolute."""
+    try:
+        return str(path.relative_to(cwd or Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _print_table(state: dict[str, Any]) -> None:
-    rows = [("steer", "steering", state["steer"]["url"], state["steer"]["pid"], "")]
+    rows = [("steer", "steering", state["steer"]["url"], state["steer"]["pid"], "", "")]
     for a in state["appliances"]:
-        held = f"{a['capacity'] / 2**20:.1f} MiB, holds {a['held']} objects"
-        rows.append((a["name"], f"{a['isp']} site {a['site']}", a["url"], a["pid"], held))
+        rows.append(
+            (a["name"], f"{a['isp']} site {a['site']}", a["url"], a["pid"],
+             human_size(a["capacity"]), f"{a['held']} objects")
+        )  # fmt: skip
     out = ["", "edgefleet demo: the fleet is up", ""]
-    out.append(f"  {'name':10} {'role':18} {'url':26} {'pid':>7}  store")
-    for name, role, url, pid, held in rows:
-        out.append(f"  {name:10} {role:18} {url:26} {pid:>7}  {held}")
+    out.append(f"  {'name':10} {'role':18} {'url':26} {'pid':>7}  {'store capacity':>14}  holds")
+    for name, role, url, pid, capacity, held in rows:
+        out.append(f"  {name:10} {role:18} {url:26} {pid:>7}  {capacity:>14}  {held}")
     out += [
         "",
         f"  origin   {state['origin']}",
@@ -341,7 +401,7 @@ def _print_table(state: dict[str, Any]) -> None:
         f"Ask steering:   curl '{state['steer']['url']}/steer?object="
         f"{state['play'][0].split('/r/', 1)[1]}'",
         f"Fleet state:    curl {state['steer']['url']}/_steer/fleet",
-        f"Players:        locust -f bench/locustfile.py --host {state['steer']['url']}",
+        f"Players:        {state['players']}",
         "",
         "Ctrl-C stops everything.",
         "",

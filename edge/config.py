@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,8 @@ class StoreRootConfig:
 
 @dataclass
 class ServeConfig:
+    id: str = field(default_factory=socket.gethostname)
+    site: str = ""
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     store: list[StoreRootConfig] = field(default_factory=list)
     capacity: int | None = None
@@ -81,7 +85,13 @@ class ServeConfig:
             s3_addressing_style=self.s3_addressing_style,
             s3_access_key_id=self.s3_access_key_id,
             s3_secret_access_key=self.s3_secret_access_key,
+            signing_key=self.signing_key(),
         )
+
+    def signing_key(self) -> tuple[str, bytes] | None:
+        """The key that signs this appliance's (and its fill's) requests to
+        parent and peer appliances: the first of ``url_signing_keys``."""
+        return next(iter(self.url_signing_keys.items()), None)
 
     def root_capacities(self) -> list[tuple[str, int]]:
         """Each root with its capacity, the total split over roots that name none."""
@@ -140,19 +150,24 @@ def _origins(value: Any) -> list[str]:
     return out
 
 
-def positive_int(value: Any) -> int:
-    if isinstance(value, bool):
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError("expected a whole number")
-    n = int(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a whole number") from None
+
+
+def positive_int(value: Any) -> int:
+    n = _whole(value)
     if n < 1:
         raise ValueError("must be at least 1")
     return n
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a whole number")
-    n = int(value)
+    n = _whole(value)
     if n < 0:
         raise ValueError("cannot be negative")
     return n
@@ -178,10 +193,20 @@ def choice(*names: str):  # type: ignore[no-untyped-def]
             raise ValueError(f"{value!r}: choose from {', '.join(names)}")
         return str(value)
 
+    parse.choices = names  # type: ignore[attr-defined]  # shown in --help
     return parse
 
 
+def _name(value: Any) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ValueError("use 1 to 64 letters, digits, '.', '-' or '_'")
+    return text
+
+
 SERVE_OPTIONS: Options = {
+    "id": ("--id", _name, "this appliance's name in health and status (default: the host name)"),
+    "site": ("--site", _name, "the site it stands in, as steering names it (shown in status)"),
     "listen": ("--listen", parse_listen, "HOST:PORT to serve content and /_edge/ on"),
     "store": ("--store", _store_roots, "store root DIR or DIR=SIZE (repeat: one per disk)"),
     "capacity": ("--capacity", parse_size, "total capacity, split over roots naming none"),
@@ -239,13 +264,62 @@ _SECRET = {"url_signing_keys"}
 Options = dict[str, tuple[str, Any, str]]  # name -> (flag, parser, help)
 
 
+# what --help shows after a flag, by the parser that reads its value
+METAVARS: dict[Any, str] = {
+    parse_listen: "HOST:PORT",
+    _store_roots: "DIR[=SIZE]",
+    parse_size: "SIZE",
+    _slice_size: "SIZE",
+    parse_duration: "DURATION",
+    positive_int: "N",
+    _count: "N",
+    _origins: "URL",
+    _http_url: "URL",
+    parse_keys: "KID=SECRET",
+    _name: "NAME",
+}
+# ... and for options read as plain text, by name
+NAMED_METAVARS = {
+    "index": "PATH",
+    "access_log": "PATH|-",
+    "admin_token": "TOKEN",
+    "cors_origin": "ORIGIN",
+    "s3_region": "REGION",
+    "s3_access_key_id": "KEY_ID",
+    "s3_secret_access_key": "SECRET",
+}
+
+
+def metavar(name: str, flag: str, parse: Any) -> str:
+    """A readable placeholder: the choices, the value's shape, or the flag's name."""
+    names = getattr(parse, "choices", None)
+    if names:
+        return "{" + ",".join(names) + "}"
+    shown = METAVARS.get(parse) or NAMED_METAVARS.get(name)
+    return shown or flag.lstrip("-").upper().replace("-", "_")
+
+
 def add_option_flags(
-    target: Any, options: Options, repeatable: set[str], dest_prefix: str = ""
+    target: Any,
+    options: Options,
+    repeatable: set[str],
+    dest_prefix: str = "",
+    only: Iterable[str] | None = None,
 ) -> None:
-    """A flag per option on ``target`` (a parser or an argument group)."""
-    for name, (flag, _, help_text) in options.items():
+    """A flag per option on ``target`` (a parser or an argument group); with
+    ``only``, just those options (a command shows the flags it reads)."""
+    wanted = set(options if only is None else only)
+    for name, (flag, parse, help_text) in options.items():
+        if name not in wanted:
+            continue
         action = "append" if name in repeatable else None
-        target.add_argument(flag, dest=dest_prefix + name, action=action, help=help_text)
+        target.add_argument(
+            flag,
+            dest=dest_prefix + name,
+            action=action,
+            help=help_text,
+            metavar=metavar(name, flag, parse),
+        )
 
 
 def apply_options(
@@ -265,7 +339,7 @@ def apply_options(
         if value is not None:
             raw[name] = value
     for name, value in raw.items():
-        flag, parse, _ = options[name]
+        flag, parse = options[name][0], options[name][1]
         try:
             setattr(cfg, name, parse(value))
         except (ValueError, TypeError) as exc:
@@ -273,12 +347,30 @@ def apply_options(
             raise ConfigError(f"invalid {flag} / {name} = {shown}: {exc}") from None
 
 
-def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+# The options each command reads (the file may hold them all: ``edge.toml`` is
+# shared by serve, fill and scrub; a command ignores what it does not read).
+STORE_OPTIONS = ("store", "capacity", "index", "slice_size", "eviction", "half_life")
+ORIGIN_OPTIONS = (
+    "origin",
+    "s3_endpoint",
+    "s3_region",
+    "s3_addressing_style",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "origin_connect_timeout",
+    "origin_read_timeout",
+    "origin_retries",
+)
+FILL_READS = (*STORE_OPTIONS, *ORIGIN_OPTIONS, "url_signing_keys", "log_level")
+SCRUB_READS = ("store", "index")
+
+
+def add_serve_flags(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    add_option_flags(parser, SERVE_OPTIONS, _REPEATABLE)
+    add_option_flags(parser, SERVE_OPTIONS, _REPEATABLE, only=only)
 
 
-def load_serve_config(args: argparse.Namespace) -> ServeConfig:
+def load_serve_config(args: argparse.Namespace, *, need_capacity: bool = True) -> ServeConfig:
     raw: dict[str, Any] = {}
     if getattr(args, "config", None):
         try:
@@ -303,7 +395,8 @@ def load_serve_config(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError("no store: give --store DIR (repeat per disk) or [[store]] in the file")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:
         raise ConfigError("--admin-token / admin_token must be at least 16 characters")
-    cfg.root_capacities()
+    if need_capacity:
+        cfg.root_capacities()
     if cfg.origin:
         from edge.origin import check_origin_url
 

@@ -3,7 +3,8 @@
 The main process recovers the store, binds the listening sockets (one per
 worker, ``SO_REUSEPORT``) and runs the worker itself when there is one, or forks
 and supervises N workers. Workers die with the main process; SIGTERM/SIGINT
-drain them within ``grace``; SIGHUP reopens the access log.
+drain them within ``grace``; SIGHUP reopens the access log and reloads the
+URL signing keys (``edge.appliance.signing_keys``).
 
 What can be checked before listening is checked by the main process, so a
 mistake is one message and exit status 2, never a worker's traceback: the
@@ -28,6 +29,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -69,7 +71,8 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def run(cfg: ServeConfig) -> int:
+def run(cfg: ServeConfig, load: Callable[[], ServeConfig] | None = None) -> int:
+    """``load`` reads the configuration again (for SIGHUP); none: keys stay."""
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
@@ -107,9 +110,9 @@ def run(cfg: ServeConfig) -> int:
             flush=True,
         )
         if cfg.workers == 1:
-            return worker_main(cfg, socks[0], 1, access_log, origin_problems)
+            return worker_main(cfg, socks[0], 1, load, access_log, origin_problems)
         try:
-            return supervise(cfg, socks, access_log, origin_problems)
+            return supervise(cfg, socks, load, access_log, origin_problems)
         finally:
             if access_log is not None:
                 access_log.close()
@@ -145,6 +148,7 @@ def check_origins(cfg: ServeConfig) -> dict[str, str]:
 def supervise(
     cfg: ServeConfig,
     socks: list[socket.socket],
+    load: Callable[[], ServeConfig] | None = None,
     access_log: AccessLog | None = None,
     origin_problems: dict[str, str] | None = None,
 ) -> int:
@@ -170,7 +174,7 @@ def supervise(
                 for i, s in enumerate(socks):
                     if i != slot:
                         s.close()
-                code = worker_main(cfg, socks[slot], len(socks), access_log, origin_problems)
+                code = worker_main(cfg, socks[slot], len(socks), load, access_log, origin_problems)
             except BaseException:
                 log.exception("worker crashed")
             finally:
@@ -250,6 +254,7 @@ def worker_main(
     cfg: ServeConfig,
     sock: socket.socket,
     workers: int,
+    load: Callable[[], ServeConfig] | None = None,
     access_log: AccessLog | None = None,
     origin_problems: dict[str, str] | None = None,
 ) -> int:
@@ -258,7 +263,7 @@ def worker_main(
     from edge.http.server import after_stop
 
     try:
-        return uvloop.run(_worker(cfg, sock, workers, access_log, origin_problems or {}))
+        return uvloop.run(_worker(cfg, sock, workers, load, access_log, origin_problems or {}))
     finally:
         after_stop()
 
@@ -267,12 +272,14 @@ async def _worker(
     cfg: ServeConfig,
     sock: socket.socket,
     workers: int,
+    load: Callable[[], ServeConfig] | None,
     access_log: AccessLog | None,
     problems: dict[str, str],
 ) -> int:
     from edge.appliance.appliance import Appliance
     from edge.appliance.metrics import RequestMetrics
     from edge.appliance.ops import Ops
+    from edge.appliance.signing_keys import reload_signing_keys
     from edge.http.server import ContentServer, stop_signal
     from edge.origin import open_origin
 
@@ -301,10 +308,15 @@ async def _worker(
     app.start()
     server.start()
     stop = stop_signal(loop)
-    # SIGHUP (systemctl reload, logrotate) reopens the log; without one it is harmless
-    loop.add_signal_handler(
-        signal.SIGHUP, access_log.reopen if access_log is not None else (lambda: None)
-    )
+
+    # SIGHUP (systemctl reload, logrotate): reopen the log, reload the signing keys
+    def on_hup() -> None:
+        if access_log is not None:
+            access_log.reopen()
+        if load is not None:
+            reload_signing_keys(app, load)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     log.info("stopping: finishing in-flight responses (grace %.0fs)", cfg.grace)
     await server.shutdown(cfg.grace)

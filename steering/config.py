@@ -12,6 +12,7 @@ too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import tomllib
@@ -236,7 +237,7 @@ def add_steer_flags(parser: argparse.ArgumentParser) -> None:
     add_option_flags(parser, STEER_OPTIONS, _REPEATABLE)
 
 
-def _appliance(i: int, item: Any) -> ApplianceSpec:
+def parse_appliance(i: int, item: Any) -> ApplianceSpec:
     where = f"appliance[{i}]"
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: expected a table ([[appliance]])")
@@ -245,7 +246,7 @@ def _appliance(i: int, item: Any) -> ApplianceSpec:
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_APPLIANCE_KEYS))})"
         )
-    for required in ("id", "url", "site", "latitude", "longitude"):
+    for required in ("id", "url", "site"):
         if required not in item:
             raise ConfigError(f"{where}: {required} is required")
     name = str(item["id"])
@@ -261,7 +262,8 @@ def _appliance(i: int, item: Any) -> ApplianceSpec:
         "capacity": parse_bitrate,
         "weight": float,
     }
-    values: dict[str, Any] = {"id": name}
+    # without coordinates, an appliance stands at its site's (``place``)
+    values: dict[str, Any] = {"id": name, "latitude": math.nan, "longitude": math.nan}
     for key, parse in parsers.items():
         if key in item:
             try:
@@ -273,7 +275,62 @@ def _appliance(i: int, item: Any) -> ApplianceSpec:
         raise ConfigError(f"{where}: weight must be a positive number")
     if not values["site"]:
         raise ConfigError(f"{where}: site must not be empty")
+    if math.isnan(values["latitude"]) != math.isnan(values["longitude"]):
+        raise ConfigError(f"{where}: give latitude and longitude together")
     return ApplianceSpec(**values)
+
+
+def fleet_problems(specs: list[ApplianceSpec]) -> list[str]:
+    """What stops a fleet from loading, each named: an id used twice, a site
+    none of whose appliances has coordinates."""
+    problems = []
+    seen: set[str] = set()
+    for a in specs:
+        if a.id in seen:
+            problems.append(f"appliance {a.id!r} is configured twice (ids must be unique)")
+        seen.add(a.id)
+    placed = {a.site for a in specs if not math.isnan(a.latitude)}
+    for a in specs:
+        if a.site not in placed:
+            problems.append(
+                f"appliance {a.id!r} has no latitude/longitude and no appliance of site "
+                f"{a.site!r} has any to stand by"
+            )
+    return problems
+
+
+def prefix_conflicts(specs: list[ApplianceSpec]) -> list[str]:
+    """Prefixes announced by appliances of different sites. Steering serves
+    them (the announcers share the clients), but it is seldom what an ISP
+    meant: ``steer check`` names each. Nested prefixes are fine: the longest
+    match wins."""
+    problems = []
+    announced: dict[Network, dict[str, list[str]]] = {}
+    for a in specs:
+        for net in a.prefixes:
+            announced.setdefault(net, {}).setdefault(a.site, []).append(a.id)
+    for net, sites in announced.items():
+        if len(sites) > 1:
+            who = "; ".join(f"site {s!r}: {', '.join(ids)}" for s, ids in sorted(sites.items()))
+            problems.append(f"prefix {net} is announced by appliances of different sites ({who})")
+    return problems
+
+
+def place(specs: list[ApplianceSpec]) -> list[ApplianceSpec]:
+    """Appliances without coordinates take their site's: the mean of its placed ones."""
+    known: dict[str, list[tuple[float, float]]] = {}
+    for a in specs:
+        if not math.isnan(a.latitude):
+            known.setdefault(a.site, []).append((a.latitude, a.longitude))
+    out = []
+    for a in specs:
+        if math.isnan(a.latitude) and a.site in known:
+            points = known[a.site]
+            lat = sum(p[0] for p in points) / len(points)
+            lon = sum(p[1] for p in points) / len(points)
+            a = dataclasses.replace(a, latitude=lat, longitude=lon)
+        out.append(a)
+    return out
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -308,14 +365,13 @@ def load_steer_config(args: argparse.Namespace) -> SteerConfig:
     apply_options(cfg, STEER_OPTIONS, raw, args, secret=_SECRET)
     if not isinstance(appliances, list):
         raise ConfigError("appliance: expected an array of tables ([[appliance]])")
-    cfg.appliances = [_appliance(i, item) for i, item in enumerate(appliances)]
-    if not cfg.appliances:
+    specs = [parse_appliance(i, item) for i, item in enumerate(appliances)]
+    if not specs:
         raise ConfigError("no appliances: add [[appliance]] tables (id, url, site, ...)")
-    seen: set[str] = set()
-    for a in cfg.appliances:
-        if a.id in seen:
-            raise ConfigError(f"appliance {a.id!r} is configured twice (ids must be unique)")
-        seen.add(a.id)
+    problems = fleet_problems(specs)
+    if problems:
+        raise ConfigError(problems[0])
+    cfg.appliances = place(specs)
     if cfg.signing_key_id is not None and cfg.signing_key_id not in cfg.url_signing_keys:
         raise ConfigError(
             f"--signing-key-id / signing_key_id = {cfg.signing_key_id!r} names no key "

@@ -26,7 +26,7 @@ import aiohttp
 from edge.core.inventory import KeyFilter
 from steering.config import ApplianceSpec, SteerConfig
 from steering.fleet import Fleet
-from steering.health import DOWN, UP, FleetState, Health
+from steering.health import DOWN, UNKNOWN, UP, FleetState, Health
 from steering.metrics import SteerMetrics
 
 log = logging.getLogger("edgefleet.steer")
@@ -41,6 +41,7 @@ class Record:
     etag: str | None = None
     inventory_at: float | None = None
     inventory_error: str = ""
+    told: str = ""  # the state last logged: up, down, draining, failing
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -130,23 +131,30 @@ class Poller:
             rec.health.last_error = _describe(exc)
         self.metrics.poll("health", "ok" if ok else "error")
         changed = rec.health.observe(ok, time.time(), cfg.rise, cfg.fall)
-        if changed is not None:
-            self.metrics.transition(rec.spec.id, changed)
-            if changed == DOWN:
-                log.warning(
-                    "appliance %s (%s) is down: %s",
-                    rec.spec.id, rec.spec.url, rec.health.last_error,
-                )  # fmt: skip
-                # whatever it held may be gone (a disk, a wiped store): ask again when it is back
-                rec.filter = None
-                rec.etag = None
-            else:
-                log.info("appliance %s (%s) is up", rec.spec.id, rec.spec.url)
-                if rec.health.transitions > 1:  # back: what does it hold now?
-                    task = asyncio.ensure_future(self.poll_inventory(rec))
-                    self.background.add(task)
-                    task.add_done_callback(self.background.discard)
+        if changed == DOWN:
+            # whatever it held may be gone (a disk, a wiped store): ask again when it is back
+            rec.filter = None
+            rec.etag = None
+        elif changed is not None and rec.health.transitions > 1:  # back: what does it hold now?
+            task = asyncio.ensure_future(self.poll_inventory(rec))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+        self._tell(rec)
         self._publish(rec)
+
+    def _tell(self, rec: Record) -> None:
+        """Log an appliance's state once each time it changes (up, down,
+        draining, failing), at INFO: what an operator greps for, not an alarm
+        (alerts come from the metrics); and count it."""
+        h = rec.health
+        told = h.state if h.state != UP or h.status in ("", "ok") else h.status
+        if told == UNKNOWN or told == rec.told:
+            return
+        rec.told = told
+        self.metrics.transition(rec.spec.id, told)
+        why = f": {h.last_error}" if told == DOWN and h.last_error else ""
+        spec = rec.spec
+        log.info("appliance %s (%s, site %s) is %s%s", spec.id, spec.url, spec.site, told, why)
 
     async def poll_inventory(self, rec: Record, cfg: SteerConfig | None = None) -> None:
         if rec.health.state != UP:

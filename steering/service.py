@@ -32,7 +32,7 @@ from edge.http.accesslog import AccessLog
 from edge.http.response import DateCache, build_head, text_body
 from edge.http.server import ContentServer, ListenError, after_stop, bind_listeners, stop_signal
 from edge.http.wire import Request, Response
-from steering import answer
+from steering import answer, status
 from steering.config import ConfigError, load_steer_config
 from steering.decide import NO_APPLIANCE, decide
 from steering.fleet import Fleet, compile_fleet
@@ -66,6 +66,7 @@ class Steering:
             "/_steer/health": self.health,
             "/_steer/metrics": self.metrics_page,
             "/_steer/fleet": self.fleet_page,
+            "/_steer/status": self.status_page,
         }
 
     def _fleet_gauges(self) -> list[tuple[str, str, bool, bool]]:
@@ -278,6 +279,15 @@ class Steering:
     def metrics_page(self, req: Request) -> Response:
         lines = f"Content-Type: {CONTENT_TYPE}\r\nCache-Control: no-store\r\n".encode()
         return self.reply(req, 200, lines, render(self.registry))
+
+    def status_page(self, req: Request) -> Response:
+        fleet, _ = self.poller.current
+        records = list(self.poller.records.values())
+        doc = status.document(records, self.metrics.answers, fleet.cfg, time.time())
+        if req.target.partition(b"?")[2] == b"format=json":
+            return self.reply(req, 200, JSON_LINES, _dumps(doc))
+        lines = b"Content-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\n"
+        return self.reply(req, 200, lines, status.render(doc))
 
     def fleet_page(self, req: Request) -> Response:
         return self.reply(req, 200, JSON_LINES, _dumps({"appliances": self.poller.view()}))

@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -45,7 +47,8 @@ class Demo:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
-                env={**os.environ, **(env or {})},
+                # a demo without --workdir makes its temp dir here, not in /tmp
+                env={**os.environ, "TMPDIR": str(tmp), **(env or {})},
                 start_new_session=True,
             )
         deadline = time.monotonic() + 90
@@ -101,6 +104,14 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.status, r.read()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_temp_dirs_left_behind() -> Iterator[None]:
+    pattern = "edgefleet-demo-*"
+    before = set(Path(tempfile.gettempdir()).glob(pattern))
+    yield
+    assert set(Path(tempfile.gettempdir()).glob(pattern)) - before == set()
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +210,21 @@ def test_the_fill_put_the_top_of_the_plan_on_each_appliance(demo: Demo) -> None:
     # what it lacks it pulls through from the origin
     status, body = fetch(f"{b_url}/titles/0003/master.m3u8")
     assert status == 200 and body == (workdir / "origin/titles/0003/master.m3u8").read_bytes()
+
+
+def test_the_printed_commands_run_as_printed(demo: Demo) -> None:
+    text = demo.log.read_text()
+    assert re.search(r"name +role +url +pid +store capacity +holds", text)
+    assert re.search(r"isp-a-1 .* \d+\.\d MiB +\d+ objects", text)
+    assert not re.search(r"\d MB\b", text)  # one unit style: binary
+    players = re.search(r"^Players: +(.*)$", text, re.M)
+    assert players, text
+    out = subprocess.run(
+        f"{players.group(1)} --headless -u 1 -r 1 -t 3s --only-summary --player-titles 1",
+        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"players players=1 sessions=[1-9]", out.stdout + out.stderr)
 
 
 def test_players_fail_over_when_their_appliance_dies(tmp_path: Path) -> None:
