@@ -235,7 +235,6 @@ def start_edgefleet(
         work / f"{name}.log",
         store=store,
         timeout=timeout,
-        listen_timeout=timeout,
     )
 
 

@@ -28,6 +28,8 @@ import pytest
 from conftest import ROOT, wait_for
 from s3server import CREDENTIALS, REGION, s3_client, s3_endpoint  # noqa: F401
 
+from demo.processes import start_edgefleet
+
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(
     FFMPEG is None and not os.environ.get("EDGEFLEET_REQUIRE_FFMPEG"),
@@ -39,18 +41,11 @@ class Demo:
     def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.state_file = tmp / "demo-state.json"
         self.log = tmp / "demo.log"
-        cmd = [sys.executable, "-m", "edge.cli", "demo", "--listen", "127.0.0.1:0"]
-        cmd += ["--state-file", str(self.state_file), *args]
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                # a demo without --workdir makes its temp dir here, not in /tmp
-                env={**os.environ, "TMPDIR": str(tmp), **(env or {})},
-                start_new_session=True,
-            )
+        cmd = ["demo", "--listen", "127.0.0.1:0", "--state-file", str(self.state_file), *args]
+        # a demo without --workdir makes its temp dir under the test's, not in /tmp
+        env = {"TMPDIR": str(tmp), **(env or {})}
+        self.child = start_edgefleet("demo", cmd, self.log, cwd=ROOT, env=env)
+        self.proc = self.child.proc
         deadline = time.monotonic() + 90
         while not self.state_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -80,13 +75,9 @@ class Demo:
         return json.loads(body)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            raise AssertionError("the demo ignored SIGTERM:\n" + self.log.read_text()) from None
+        if not self.child.stop(signal.SIGTERM, 30):
+            raise AssertionError("the demo ignored SIGTERM:\n" + self.log.read_text())
+        return self.proc.returncode
 
 
 def alive(pid: int) -> bool:
