@@ -3,7 +3,9 @@
 The main process recovers the store, binds the listening sockets (one per
 worker, ``SO_REUSEPORT``) and runs the worker itself when there is one, or forks
 and supervises N workers. Workers die with the main process; SIGTERM/SIGINT
-drain them within ``grace``; SIGHUP reopens the access log.
+drain them within ``grace``; SIGHUP reopens the access log and rereads the TLS
+certificates. The certificates are first loaded here, before the fork, so the
+workers of a box share OpenSSL's session-ticket keys (docs/tls.md).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from edge.config import ServeConfig
 from edge.core.policy import make_policy
+from edge.http.tls import CertSet
 from edge.store.store import RootSpec, Store, StoreError
 
 log = logging.getLogger("edgefleet.serve")
@@ -39,14 +42,41 @@ def make_store(cfg: ServeConfig) -> Store:
     )
 
 
-def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+def bind_sockets(host: str, port: int, count: int, option: str = "--listen") -> list[socket.socket]:
     """One listening socket per worker, sharing the port with SO_REUSEPORT."""
     from edge.http.server import ListenError, bind_listeners
 
     try:
         return bind_listeners(host, port, count, reuse_port=True)
     except ListenError as exc:
-        raise SystemExit(f"edgefleet serve: {exc} (--listen)") from None
+        raise SystemExit(f"edgefleet serve: {exc} ({option})") from None
+
+
+class Listeners:
+    """Each worker slot's listening sockets: plain HTTP (at most one) and TLS."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        n = cfg.workers
+        self.plain = bind_sockets(*cfg.listen, n) if cfg.listen is not None else []
+        self.tls = [bind_sockets(h, p, n, "--tls-listen") for h, p in cfg.tls_listen]
+
+    def slot(self, i: int) -> tuple[socket.socket | None, list[socket.socket]]:
+        return (self.plain[i] if self.plain else None), [group[i] for group in self.tls]
+
+    def close_others(self, keep: int) -> None:
+        for group in [self.plain, *self.tls]:
+            for i, s in enumerate(group):
+                if i != keep:
+                    s.close()
+
+    def banner(self) -> str:
+        urls = [_url("http", self.plain[0])] if self.plain else []
+        return " and ".join(urls + [_url("https", group[0]) for group in self.tls])
+
+
+def _url(scheme: str, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def die_with_parent() -> None:
@@ -75,12 +105,10 @@ def run(cfg: ServeConfig) -> int:
             store.close()
         for failed in report.failed_roots:
             log.error("store root failed: %s", failed)
-        host, port = cfg.listen
-        socks = bind_sockets(host, port, cfg.workers)
-        bound = socks[0].getsockname()
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        certs = CertSet(cfg.tls_cert) if cfg.tls_cert else None
+        listeners = Listeners(cfg)
         print(
-            f"edgefleet serve: listening on http://{shown}:{bound[1]} "
+            f"edgefleet serve: listening on {listeners.banner()} "
             f"({cfg.workers} worker{'s' if cfg.workers > 1 else ''}, "
             f"{len(cfg.store)} store root{'s' if len(cfg.store) > 1 else ''}, "
             f"origin {', '.join(cfg.origin) or 'none'})",
@@ -88,13 +116,13 @@ def run(cfg: ServeConfig) -> int:
             flush=True,
         )
         if cfg.workers == 1:
-            return worker_main(cfg, socks[0], 1)
-        return supervise(cfg, socks)
+            return worker_main(cfg, listeners.slot(0), 1, certs)
+        return supervise(cfg, listeners, certs)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
+def supervise(cfg: ServeConfig, listeners: Listeners, certs: CertSet | None) -> int:
     children: dict[int, int] = {}  # pid -> slot
     stopping = False
 
@@ -112,10 +140,8 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
-                for i, s in enumerate(socks):
-                    if i != slot:
-                        s.close()
-                code = worker_main(cfg, socks[slot], len(socks))
+                listeners.close_others(slot)
+                code = worker_main(cfg, listeners.slot(slot), cfg.workers, certs)
             except BaseException:
                 log.exception("worker crashed")
             finally:
@@ -134,7 +160,7 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)
-    for slot in range(len(socks)):
+    for slot in range(cfg.workers):
         spawn(slot)
     from prometheus_client import multiprocess
 
@@ -161,18 +187,21 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
     return status
 
 
-def worker_main(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
+Slot = tuple[socket.socket | None, list[socket.socket]]
+
+
+def worker_main(cfg: ServeConfig, slot: Slot, workers: int, certs: CertSet | None) -> int:
     import uvloop
 
     from edge.http.server import after_stop
 
     try:
-        return uvloop.run(_worker(cfg, sock, workers))
+        return uvloop.run(_worker(cfg, slot, workers, certs))
     finally:
         after_stop()
 
 
-async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
+async def _worker(cfg: ServeConfig, slot: Slot, workers: int, certs: CertSet | None) -> int:
     from edge.appliance.appliance import Appliance
     from edge.appliance.metrics import RequestMetrics
     from edge.appliance.ops import Ops
@@ -198,16 +227,37 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     app.ops = Ops(app, workers)
     # slice files kept open by the views: half of what the process may open
     app.max_open_files = max(64, (soft - 256) // 2)
-    server = ContentServer(loop, sock, app, keepalive_timeout=cfg.keepalive_timeout)
+    server = ContentServer(
+        loop,
+        slot[0],
+        app,
+        keepalive_timeout=cfg.keepalive_timeout,
+        tls_socks=slot[1],
+        certs=certs,
+    )
+    if certs is not None:
+        app.tls_status = lambda: certs.summary(server.tls_mode)  # for /_edge/health
+
+        def export_expiry(cs: CertSet) -> None:
+            from edge.appliance.metrics import set_tls_expiry
+
+            set_tls_expiry([(c.name, c.not_after) for c in cs.certs])
+
+        export_expiry(certs)
+        certs.on_reload.append(export_expiry)
     server.on_count = metrics.set_connections
     server.on_fd_pressure = app.shed_files
     app.start()
     server.start()
     stop = stop_signal(loop)
-    # SIGHUP (systemctl reload, logrotate) reopens the log; without one it is harmless
-    loop.add_signal_handler(
-        signal.SIGHUP, access_log.reopen if access_log is not None else (lambda: None)
-    )
+
+    def on_hup() -> None:  # systemctl reload, logrotate, an ACME deploy hook
+        if access_log is not None:
+            access_log.reopen()
+        if certs is not None:
+            certs.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     log.info("stopping: finishing in-flight responses (grace %.0fs)", cfg.grace)
     await server.shutdown(cfg.grace)

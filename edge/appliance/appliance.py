@@ -259,6 +259,8 @@ class Appliance(MissPath):
                 sent,
                 resp.cache,
                 duration,
+                req.tls,
+                req.sni,
             )
 
     # -- dispatch ------------------------------------------------------------

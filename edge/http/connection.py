@@ -23,6 +23,8 @@ Rules it keeps:
   in the read states of ``READER_ON``, the writer exactly in ``BLOCKED``.
 
 Read states:
+- ``HANDSHAKE``: a TLS connection's handshake, within ``HANDSHAKE_TIMEOUT`` s;
+  what is not a TLS hello ends it at once (edge.http.tls, docs/tls.md);
 - ``READING``: bytes go to the parser;
 - ``PAUSED``: not reading, too much is queued; reading resumes when it drains;
 - ``LAST``: the last response is chosen (``Connection: close``, a stop); what
@@ -36,6 +38,11 @@ Read states:
 Write states: ``OPEN`` (sending straight away), ``BLOCKED`` (the socket is
 full: the writer callback is armed), ``SHUT`` (our side shut after the last
 byte), ``CLOSED``.
+
+Over TLS the socket is a non-blocking ``ssl.SSLSocket``: bytes go through it
+(no gather, no MSG_MORE), and ``FileSpan``s are read in (``os.pread``) and
+encrypted on the loop, unless the kernel encrypts for it (kTLS), when they
+keep ``os.sendfile``.
 
 The socket is ours, not an asyncio transport's: uvloop has no ``loop.sendfile``
 and a transport would not let a response mix its buffer with sendfile safely.
@@ -51,6 +58,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -58,6 +66,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httptools
 
+from edge.http.tls import HANDSHAKE_TIMEOUT, ktls_sending
 from edge.http.wire import FileSpan, Request, Response
 
 if TYPE_CHECKING:
@@ -65,6 +74,7 @@ if TYPE_CHECKING:
 
 
 class Read(enum.Enum):
+    HANDSHAKE = "handshake"
     READING = "reading"
     PAUSED = "paused"
     LAST = "last"
@@ -81,6 +91,7 @@ class Write(enum.Enum):
 
 
 READ_MOVES: dict[Read, frozenset[Read]] = {
+    Read.HANDSHAKE: frozenset({Read.READING, Read.CLOSED}),
     Read.READING: frozenset({Read.PAUSED, Read.LAST, Read.EOF, Read.CLOSED}),
     Read.PAUSED: frozenset({Read.READING, Read.LAST, Read.EOF, Read.CLOSED}),
     Read.LAST: frozenset({Read.EOF, Read.LINGER, Read.CLOSED}),
@@ -94,7 +105,7 @@ WRITE_MOVES: dict[Write, frozenset[Write]] = {
     Write.SHUT: frozenset({Write.CLOSED}),
     Write.CLOSED: frozenset(),
 }
-READER_ON = frozenset({Read.READING, Read.LAST, Read.LINGER})
+READER_ON = frozenset({Read.HANDSHAKE, Read.READING, Read.LAST, Read.LINGER})
 ANSWERING = frozenset({Read.READING, Read.PAUSED})  # new requests are still taken
 
 
@@ -127,6 +138,8 @@ STREAM_HIGH_WATER = 1 << 20
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 CORK_ABOVE = 512 * 1024
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
+TLS_CHUNK = 128 * 1024  # bytes gathered (and read from files) into one TLS send
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class _Fail:
@@ -154,7 +167,9 @@ class _Done:
 
 
 class Connection:
-    def __init__(self, server: ContentServer, sock: socket.socket, client: str) -> None:
+    def __init__(
+        self, server: ContentServer, sock: socket.socket, client: str, tls: bool = False
+    ) -> None:
         self.server = server
         self.loop = server.loop
         self.sock = sock
@@ -163,8 +178,12 @@ class Connection:
         self.parser = httptools.HttpRequestParser(self)
         self.out: deque[Any] = deque()
         self.pending: deque[Request] = deque()
-        self.read = Read.READING
+        self.read = Read.HANDSHAKE if tls else Read.READING
         self.write = Write.OPEN
+        self.tls = tls  # the socket is an SSLSocket: bytes go through it
+        self.userland = tls  # ... and so do files, unless the kernel encrypts (kTLS)
+        self.tls_version: str | None = None
+        self.sni: str | None = None
         self.linger_handle: asyncio.TimerHandle | None = None
         self.response_start = 0
         self.sent = 0  # bytes (heads and bodies) handed to the kernel on this connection
@@ -199,6 +218,36 @@ class Connection:
                 self.loop.add_reader(self.fd, self._on_read)
         elif old in READER_ON:
             self.loop.remove_reader(self.fd)
+        if self.tls and new is Read.READING and old is Read.PAUSED:
+            self.loop.call_soon(self._on_read)  # input OpenSSL decrypted but we did not take
+
+    def _on_writable(self) -> None:
+        if self.read is Read.HANDSHAKE:
+            self._handshake()
+        else:
+            self._flush()
+
+    def _handshake(self) -> None:
+        try:
+            self.sock.do_handshake()  # type: ignore[attr-defined]
+        except ssl.SSLWantReadError:
+            self._to_write(Write.OPEN)
+            return
+        except ssl.SSLWantWriteError:
+            self._to_write(Write.BLOCKED)
+            return
+        except (OSError, ValueError) as exc:  # not TLS, a bad hello, a reset
+            log.debug("TLS handshake with %s failed: %s", self.client, exc)
+            self.close()
+            return
+        self._to_write(Write.OPEN)
+        self.tls_version = self.sock.version()  # type: ignore[attr-defined]
+        self.sni = getattr(self.sock, "sni_name", None)
+        if ktls_sending(self.sock):
+            self.userland = False
+            self.server.ktls_seen = True
+        self._to_read(Read.READING)
+        self._on_read()  # the first request may have come with the handshake's last flight
 
     def _to_write(self, new: Write) -> None:
         old = self.write
@@ -206,7 +255,7 @@ class Connection:
             return
         self.write = move(WRITE_MOVES, old, new)
         if new is Write.BLOCKED:
-            self.loop.add_writer(self.fd, self._flush)
+            self.loop.add_writer(self.fd, self._on_writable)
         elif old is Write.BLOCKED:
             self.loop.remove_writer(self.fd)
 
@@ -219,6 +268,8 @@ class Connection:
 
     def on_message_begin(self) -> None:
         self._req = Request(self.client, time.perf_counter())
+        if self.tls:
+            self._req.tls, self._req.sni = self.tls_version, self.sni
         self._url = []
         self.header_started = self.loop.time()
         self.header_bytes = 0
@@ -257,14 +308,27 @@ class Connection:
     # -- reading -------------------------------------------------------------
 
     def _on_read(self) -> None:
+        if self.read is Read.HANDSHAKE:
+            self._handshake()
+            return
         try:
             data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        except _WOULD_BLOCK:
             return
         except OSError:
             self.close()
             return
         self._received(data)
+        # OpenSSL may hold decrypted input the socket will not signal again
+        while self.tls and self.read is Read.READING and self.sock.pending():  # type: ignore[attr-defined]
+            try:
+                data = self.sock.recv(65536)
+            except _WOULD_BLOCK:
+                return
+            except OSError:
+                self.close()
+                return
+            self._received(data)
 
     def _received(self, data: bytes) -> None:
         if self.read is Read.LINGER:
@@ -444,6 +508,9 @@ class Connection:
                 self.server.handler.finished(
                     item.req, item.resp, item.body_bytes(self.sent), time.perf_counter()
                 )
+            elif self.tls and (t is not FileSpan or self.userland):
+                if not self._send_tls():
+                    return
             elif not (self._send_file(item) if t is FileSpan else self._send_bytes()):
                 return
         self._all_sent()
@@ -518,6 +585,74 @@ class Connection:
             n -= size
         return True
 
+    def _send_tls(self) -> bool:
+        """The bytes at the head of the queue (files read in, on userland TLS)
+        through the SSLSocket; False if the socket is full or the connection ended.
+        A send that would block is retried with the same buffer, as OpenSSL needs."""
+        out = self.out
+        data = out[0]
+        if type(data) is FileSpan or (len(data) < TLS_CHUNK and len(out) > 1):
+            data = self._gather()
+            if data is None:
+                return False
+        try:
+            n = self.sock.send(data)
+        except _WOULD_BLOCK:
+            self._to_write(Write.BLOCKED)
+            return False
+        except OSError:
+            self.close()
+            return False
+        self._progress(n)
+        if n < len(data):
+            out[0] = memoryview(data)[n:]
+            self._to_write(Write.BLOCKED)
+            return False
+        out.popleft()
+        return True
+
+    def _gather(self) -> bytes | None:
+        """Join the parts at the head of the queue, up to ``TLS_CHUNK``, into
+        one buffer at its head; userland TLS reads file spans into it."""
+        out = self.out
+        parts: list[Any] = []
+        size = 0
+        while out and size < TLS_CHUNK:
+            item = out[0]
+            if type(item) is _Done or (type(item) is FileSpan and not self.userland):
+                break
+            if type(item) is not FileSpan:
+                parts.append(out.popleft())
+                size += len(item)
+                continue
+            data = self._read_span(item, TLS_CHUNK - size)
+            if data is None:
+                return None
+            parts.append(data)
+            size += len(data)
+            if item.count:
+                break
+            item.close()
+            out.popleft()
+        joined = parts[0] if len(parts) == 1 else b"".join(parts)
+        out.appendleft(joined)
+        return joined
+
+    def _read_span(self, span: FileSpan, most: int) -> bytes | None:
+        if span.fd < 0 and not self._open(span):
+            return None
+        try:
+            data = os.pread(span.fd, min(most, span.count), span.offset)
+        except OSError as exc:
+            self._disk_error(span, exc)
+            return None
+        if not data:
+            self._disk_error(span, OSError(errno.EIO, "slice file shorter than its index row"))
+            return None
+        span.offset += len(data)
+        span.count -= len(data)
+        return data
+
     def _progress(self, n: int) -> None:
         self.sent += n
         self.last_active = self.last_progress = self.loop.time()
@@ -568,7 +703,9 @@ class Connection:
         return self.task is None and not self.out and not self.pending
 
     def expired(self, now: float, keepalive_timeout: float) -> bool:
-        """Too slow sending headers, idle too long, or a client not reading."""
+        """Too slow with the handshake or the headers, idle too long, or a client not reading."""
+        if self.read is Read.HANDSHAKE:
+            return now - self.last_active > HANDSHAKE_TIMEOUT
         if self.header_started is not None and now - self.header_started > HEADER_TIMEOUT:
             return True
         if self.out:
