@@ -44,6 +44,7 @@ class ServeConfig:
     listen: tuple[str, int] | None = ("127.0.0.1", 8080)  # None: TLS only
     tls_listen: list[tuple[str, int]] = field(default_factory=list)
     tls_cert: list[tuple[str, str | None]] = field(default_factory=list)
+    tls_handshake_timeout: float = 10.0
     store: list[StoreRootConfig] = field(default_factory=list)
     capacity: int | None = None
     index: str | None = None
@@ -204,6 +205,11 @@ SERVE_OPTIONS: Options = {
         "--tls-cert",
         cert_list,
         "CERT.pem[:KEY.pem] (repeat: chosen by SNI, the first is the default)",
+    ),
+    "tls_handshake_timeout": (
+        "--tls-handshake-timeout",
+        parse_duration,
+        "a TLS handshake not finished by then is closed (default 10s)",
     ),
     "store": ("--store", _store_roots, "store root DIR or DIR=SIZE (repeat: one per disk)"),
     "capacity": ("--capacity", parse_size, "total capacity, split over roots naming none"),

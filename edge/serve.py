@@ -234,6 +234,7 @@ async def _worker(cfg: ServeConfig, slot: Slot, workers: int, certs: CertSet | N
         keepalive_timeout=cfg.keepalive_timeout,
         tls_socks=slot[1],
         certs=certs,
+        handshake_timeout=cfg.tls_handshake_timeout,
     )
     if certs is not None:
         app.tls_status = lambda: certs.summary(server.tls_mode)  # for /_edge/health

@@ -23,7 +23,8 @@ Rules it keeps:
   in the read states of ``READER_ON``, the writer exactly in ``BLOCKED``.
 
 Read states:
-- ``HANDSHAKE``: a TLS connection's handshake, within ``HANDSHAKE_TIMEOUT`` s;
+- ``HANDSHAKE``: a TLS connection's handshake, within the server's
+  ``handshake_timeout`` (``tls_handshake_timeout``, 10 s);
   what is not a TLS hello ends it at once (edge.http.tls, docs/tls.md);
 - ``READING``: bytes go to the parser;
 - ``PAUSED``: not reading, too much is queued; reading resumes when it drains;
@@ -66,7 +67,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httptools
 
-from edge.http.tls import HANDSHAKE_TIMEOUT, ktls_sending
+from edge.http.tls import ktls_sending
 from edge.http.wire import FileSpan, Request, Response
 
 if TYPE_CHECKING:
@@ -705,7 +706,7 @@ class Connection:
     def expired(self, now: float, keepalive_timeout: float) -> bool:
         """Too slow with the handshake or the headers, idle too long, or a client not reading."""
         if self.read is Read.HANDSHAKE:
-            return now - self.last_active > HANDSHAKE_TIMEOUT
+            return now - self.last_active > self.server.handshake_timeout
         if self.header_started is not None and now - self.header_started > HEADER_TIMEOUT:
             return True
         if self.out:

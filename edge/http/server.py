@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 
 from edge.http.connection import Connection
-from edge.http.tls import CertSet
+from edge.http.tls import HANDSHAKE_TIMEOUT, CertSet
 from edge.http.wire import Handler
 
 log = logging.getLogger("edgefleet.http")
@@ -75,7 +75,9 @@ class ContentServer:
         keepalive_timeout: float = 75.0,
         tls_socks: list[socket.socket] | None = None,
         certs: CertSet | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
+        self.handshake_timeout = handshake_timeout
         self.loop = loop
         # (listening socket, does it speak TLS?)
         self.listeners = [(sock, False)] if sock is not None else []

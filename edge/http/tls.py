@@ -161,6 +161,15 @@ class CertSet:
         }
 
 
+def client_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verifies servers against ``ca_file`` (PEM), or the system store when None."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise CertError(f"cannot load the CA file {ca_file}: {why}") from None
+
+
 def ktls_sending(sock: socket.socket) -> bool:
     """Does the kernel encrypt what this (handshaken) socket sends?"""
     try:
