@@ -20,16 +20,16 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import SLICE, Appliance, make_catalog, wait_for
+from conftest import SLICE, Appliance, Service, make_catalog, wait_for
 
 from edge.http.tls import ktls_available
 
 KEY = "titles/81234/720p/seg_00002.m4s"
 
 
-def https_port(service: Appliance) -> int:
+def https_port(service: Service) -> int:
     for line in service.stderr:
-        m = re.search(r"https://127\.0\.0\.1:(\d+)", line)
+        m = re.search(r"listening on .*https://127\.0\.0\.1:(\d+)", line)
         if m:
             return int(m.group(1))
     raise AssertionError("no https listener in: " + "".join(service.stderr))
