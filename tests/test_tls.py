@@ -345,3 +345,38 @@ def test_tls_options_are_checked_at_start(tmp_path: Path, pki) -> None:
     )
     cfg = load_serve_config(build_parser().parse_args(["serve", "--config", str(toml)]))
     assert len(cfg.tls_cert) == 2 and cfg.listen is None
+
+
+def resumed(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None):
+    raw = socket.create_connection(("127.0.0.1", port))
+    with ctx.wrap_socket(raw, server_hostname="a.test", session=session) as s:
+        s.sendall(b"GET /_edge/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        while s.recv(65536):
+            pass
+        return s.session_reused, s.session
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_the_workers_of_a_box_resume_each_others_sessions(tmp_path: Path, pki, version) -> None:
+    app = Appliance(
+        [
+            "--workers", "2",
+            "--tls-listen", "127.0.0.1:0",
+            "--tls-cert", str(pki[1] / "a.pem"),
+            "--store", str(tmp_path / "store"),
+            "--capacity", "64MiB",
+        ]
+    ).start()  # fmt: skip
+    try:
+        port = https_port(app)
+        ctx = client_context(pki, minimum_version=version, maximum_version=version)
+        reused, session = resumed(port, ctx, None)
+        assert not reused and session is not None
+        # new connections land on either worker (SO_REUSEPORT): all resume
+        assert [resumed(port, ctx, session)[0] for _ in range(12)] == [True] * 12
+        # ... and still after each worker reloaded its certificates on its own
+        os.kill(app.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]  # forwarded to both
+        wait_for(lambda: sum("TLS certificates reloaded" in x for x in app.stderr) == 2)
+        assert [resumed(port, ctx, session)[0] for _ in range(12)] == [True] * 12
+    finally:
+        assert app.stop() == 0

@@ -14,6 +14,7 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from edge.http.connection import Connection
@@ -154,6 +155,8 @@ class ContentServer:
             self.on_count(len(self.connections))
 
     def _sweep(self) -> None:
+        if self.certs is not None:
+            self.certs.rotate_tickets(time.time())
         now = self.loop.time()
         for c in list(self.connections):
             if c.expired(now, self.keepalive_timeout):

@@ -7,16 +7,25 @@ Rules it keeps (docs/tls.md):
   unknown name, an IP address or no SNI: never a handshake failure for that;
 - ``reload`` builds a whole new set from the files; if any fails, the old set
   stays and the error names the file;
+- session-ticket keys are the same in every worker of a box and change every
+  ``TICKET_ROTATION`` s: derived from a secret drawn before the workers fork
+  and the current period (``TicketKeys``); where they cannot be set, OpenSSL's
+  own per-context keys stay (resumption then works within a worker only);
 - every context asks OpenSSL for kernel TLS (``SSL_OP_ENABLE_KTLS``); whether a
   connection got it is the socket's answer, not a guess.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import hashlib
+import hmac
 import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +37,61 @@ OP_ENABLE_KTLS = getattr(ssl, "OP_ENABLE_KTLS", 1 << 3)
 SOL_TLS = 282
 TLS_TX = 1
 CIPHERS_12 = "ECDHE+AESGCM:ECDHE+CHACHA20"
+TICKET_ROTATION = 12 * 3600.0
+_SET_TICKET_KEYS = 59  # SSL_CTRL_SET_TLSEXT_TICKET_KEYS: name 16, HMAC 32, AES 32 bytes
+
+
+class TicketKeys:
+    """Session-ticket keys shared by the workers of a box (see the rules)."""
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self.secret = secret or os.urandom(32)
+        self.period = -1
+        self._libssl = _libssl()
+
+    def key(self, period: int) -> bytes:
+        tag = b"edgefleet ticket key %d" % period
+        return (
+            hmac.new(self.secret, tag, hashlib.sha512).digest()
+            + hashlib.sha256(self.secret + tag).digest()[:16]
+        )
+
+    def apply(self, contexts: list[ssl.SSLContext], now: float) -> bool:
+        """Set this period's key on ``contexts``; False where OpenSSL's stay."""
+        self.period = int(now // TICKET_ROTATION)
+        if self._libssl is None:
+            return False
+        key = ctypes.create_string_buffer(self.key(self.period), 80)
+        ok = True
+        for ctx in contexts:
+            ptr = _ssl_ctx(ctx, self._libssl)
+            if ptr is None or self._libssl.SSL_CTX_ctrl(ptr, _SET_TICKET_KEYS, 80, key) != 1:
+                ok = False
+        return ok
+
+    def due(self, now: float) -> bool:
+        return int(now // TICKET_ROTATION) != self.period
+
+
+def _libssl() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("ssl") or "libssl.so.3")
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+def _ssl_ctx(ctx: ssl.SSLContext, lib: ctypes.CDLL) -> int | None:
+    """The ``SSL_CTX *`` behind ``ctx`` (CPython keeps it right after the
+    object header), or None unless OpenSSL confirms it by its options."""
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ptr or lib.SSL_CTX_get_options(ptr) != int(ctx.options):
+        return None
+    return ptr
 
 
 class CertError(ValueError):
@@ -114,6 +178,7 @@ class CertSet:
         if not specs:
             raise CertError("a TLS listener needs a certificate (--tls-cert)")
         self.specs = specs
+        self.tickets = TicketKeys()
         self.certs = self._load()
         self.on_reload: list[Callable[[CertSet], None]] = []  # called after a reload that took
 
@@ -134,7 +199,14 @@ class CertSet:
             return None  # the default
 
         default.sni_callback = pick
+        if not self.tickets.apply([c.context for c in certs], time.time()):
+            log.warning("cannot set shared session-ticket keys: each worker keeps its own")
         return certs
+
+    def rotate_tickets(self, now: float) -> None:
+        """Move to the next period's ticket key when it is due (every worker alike)."""
+        if self.tickets.due(now):
+            self.tickets.apply([c.context for c in self.certs], now)
 
     @property
     def context(self) -> ssl.SSLContext:
