@@ -45,6 +45,7 @@ class ServeConfig:
     tls_listen: list[tuple[str, int]] = field(default_factory=list)
     tls_cert: list[tuple[str, str | None]] = field(default_factory=list)
     tls_handshake_timeout: float = 10.0
+    ca_file: str | None = None
     store: list[StoreRootConfig] = field(default_factory=list)
     capacity: int | None = None
     index: str | None = None
@@ -84,6 +85,7 @@ class ServeConfig:
             s3_addressing_style=self.s3_addressing_style,
             s3_access_key_id=self.s3_access_key_id,
             s3_secret_access_key=self.s3_secret_access_key,
+            ca_file=self.ca_file,
         )
 
     def root_capacities(self) -> list[tuple[str, int]]:
@@ -211,6 +213,11 @@ SERVE_OPTIONS: Options = {
         parse_duration,
         "a TLS handshake not finished by then is closed (default 10s)",
     ),
+    "ca_file": (
+        "--ca-file",
+        str,
+        "CA certificates (PEM) for https:// origins, parents and fill peers (default: system)",
+    ),
     "store": ("--store", _store_roots, "store root DIR or DIR=SIZE (repeat: one per disk)"),
     "capacity": ("--capacity", parse_size, "total capacity, split over roots naming none"),
     "index": ("--index", str, "the SQLite index (default FIRST_ROOT/index.sqlite)"),
@@ -318,6 +325,16 @@ def check_tls(tls_listen: list[Any], tls_cert: list[Any]) -> None:
             raise ConfigError(f"invalid --tls-cert / tls_cert: {exc}") from None
 
 
+def check_ca_file(ca_file: str | None) -> None:
+    if ca_file is not None:
+        from edge.http.tls import CertError, client_context
+
+        try:
+            client_context(ca_file)
+        except CertError as exc:
+            raise ConfigError(f"invalid --ca-file / ca_file: {exc}") from None
+
+
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
     add_option_flags(parser, SERVE_OPTIONS, _REPEATABLE)
@@ -348,6 +365,7 @@ def load_serve_config(args: argparse.Namespace) -> ServeConfig:
     check_tls(cfg.tls_listen, cfg.tls_cert)
     if cfg.tls_listen and not listen_given:
         cfg.listen = None  # HTTPS only, unless --listen asks for plain HTTP too
+    check_ca_file(cfg.ca_file)
     if not cfg.store:
         raise ConfigError("no store: give --store DIR (repeat per disk) or [[store]] in the file")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:

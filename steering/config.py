@@ -24,6 +24,7 @@ from edge.config import (
     add_option_flags,
     apply_options,
     cert_list,
+    check_ca_file,
     check_tls,
     choice,
     listen_list,
@@ -331,13 +332,7 @@ def load_steer_config(args: argparse.Namespace) -> SteerConfig:
     check_tls(cfg.tls_listen, cfg.tls_cert)
     if cfg.tls_listen and not listen_given:
         cfg.listen = None  # HTTPS only, unless --listen asks for plain HTTP too
-    if cfg.ca_file is not None:
-        from edge.http.tls import CertError, client_context
-
-        try:
-            client_context(cfg.ca_file)
-        except CertError as exc:
-            raise ConfigError(f"invalid --ca-file / ca_file: {exc}") from None
+    check_ca_file(cfg.ca_file)
     if not isinstance(appliances, list):
         raise ConfigError("appliance: expected an array of tables ([[appliance]])")
     cfg.appliances = [_appliance(i, item) for i, item in enumerate(appliances)]

@@ -380,3 +380,22 @@ def test_the_workers_of_a_box_resume_each_others_sessions(tmp_path: Path, pki, v
         assert [resumed(port, ctx, session)[0] for _ in range(12)] == [True] * 12
     finally:
         assert app.stop() == 0
+
+
+def test_a_parent_over_https_is_verified_against_the_ca_file(served, pki, tmp_path: Path) -> None:
+    parent, catalog, _ = served
+    url = f"https://127.0.0.1:{https_port(parent)}"
+    trusting = Appliance(
+        ["--store", str(tmp_path / "s1"), "--capacity", "64MiB", "--origin", url,
+         "--ca-file", str(pki[1] / "ca.pem")]
+    ).start()  # fmt: skip
+    doubting = Appliance(
+        ["--store", str(tmp_path / "s2"), "--capacity", "64MiB", "--origin", url]
+    ).start()  # fmt: skip
+    try:
+        status, _, body = trusting.get("/" + KEY)
+        assert (status, body) == (200, catalog[KEY])
+        # the system store does not know the test CA: the parent is not trusted
+        assert doubting.get("/" + KEY)[0] == 502
+    finally:
+        assert trusting.stop() == 0 and doubting.stop() == 0

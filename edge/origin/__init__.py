@@ -47,6 +47,7 @@ class OriginSettings:
     s3_addressing_style: str = "auto"
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
+    ca_file: str | None = None  # verifies https:// origins, parents and peers (None: system)
 
 
 class Origin(Protocol):
