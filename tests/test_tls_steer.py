@@ -139,3 +139,24 @@ def test_ffmpeg_plays_through_the_https_redirect(fleet) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_the_demo_runs_its_fleet_on_https_with_a_throwaway_ca(tmp_path: Path) -> None:
+    from test_demo import Demo
+
+    d = Demo(tmp_path, "--tls", "--workdir", str(tmp_path / "w"), "--titles", "1",
+             "--duration", "4", "--synthetic")  # fmt: skip
+    try:
+        ca = d.state["ca_file"]
+        assert d.steer.startswith("https://")
+        assert all(a["url"].startswith("https://") for a in d.state["appliances"])
+        # the peers' fill came over https, verified against the demo's CA
+        report = json.loads((tmp_path / "w" / "isp-a-2" / "fill-report.json").read_text())
+        assert list(report["added"]["from"]) == [f"peer {d.appliance('isp-a-1')['url']}"]
+        out = subprocess.run(
+            ["curl", "-sSfL", "--cacert", ca, d.state["play"][0]],
+            capture_output=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+        assert out.startswith(b"#EXTM3U")
+    finally:
+        assert d.stop() == 0, d.log.read_text()
