@@ -5,14 +5,10 @@ Rules it keeps:
   order, so pipelining is safe; a request is handled only when the one before
   it has been answered (its head and body are queued);
 - a response is a head (bytes) and body parts: bytes, or ``FileSpan``s that go
-  out with ``os.sendfile`` (zero copy); a streamed response (a miss) yields
-  parts from an async iterator, throttled by the socket's drain;
-- no socket call blocks: a send or sendfile that would block arms a writer
-  callback. What can block the loop is the disk: ``sendfile`` reads pages not
-  in the page cache, and a ``FileSpan`` whose file the handler could not open
-  (it hands over the path alone when its own open failed, e.g. on ``EMFILE``)
-  is opened here with ``os.open``: one lookup of a path the store has just
-  listed, on that fallback path only;
+  out with ``os.sendfile`` (zero copy) through the connection's ``Outbox``
+  (edge.http.outbox, which says what can block: the disk, never the socket);
+  a streamed response (a miss) yields parts from an async iterator, throttled
+  by the socket's drain;
 - a response is logged when its last byte is handed to the kernel, or when the
   connection dies before that, with the body bytes that really left;
 - limits: headers 16 KiB (431), headers within ``HEADER_TIMEOUT`` s, idle
@@ -40,10 +36,8 @@ Write states: ``OPEN`` (sending straight away), ``BLOCKED`` (the socket is
 full: the writer callback is armed), ``SHUT`` (our side shut after the last
 byte), ``CLOSED``.
 
-Over TLS the socket is a non-blocking ``ssl.SSLSocket``: bytes go through it
-(no gather, no MSG_MORE), and ``FileSpan``s are read in (``os.pread``) and
-encrypted on the loop, unless the kernel encrypts for it (kTLS), when they
-keep ``os.sendfile``.
+Over TLS the socket is a non-blocking ``ssl.SSLSocket``; how parts go
+through it, with kernel TLS or without, is the outbox's business.
 
 The socket is ours, not an asyncio transport's: uvloop has no ``loop.sendfile``
 and a transport would not let a response mix its buffer with sendfile safely.
@@ -54,19 +48,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import errno
-import itertools
 import logging
-import os
 import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httptools
 
+from edge.http.outbox import WOULD_BLOCK, DiskError, Done, Outbox, PeerGone
 from edge.http.tls import ktls_sending
 from edge.http.wire import FileSpan, Request, Response
 
@@ -133,14 +125,6 @@ MAX_PIPELINED = 32  # parsed requests waiting: stop reading past this
 MAX_QUEUED = 64  # parts queued for the socket: stop answering past this
 LINGER_SECONDS = 2.0  # after our last byte, read and drop what the client still sends
 STREAM_HIGH_WATER = 1 << 20
-# The head is corked (MSG_MORE) onto a large file body, so the client gets
-# full segments; measured on loopback, corking it onto a 64 KiB body cost the
-# server 6 us a request, and onto a 2 MiB body saved the client a wake-up.
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
-CORK_ABOVE = 512 * 1024
-_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
-TLS_CHUNK = 128 * 1024  # bytes gathered (and read from files) into one TLS send
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class _Fail:
@@ -153,20 +137,6 @@ class _Fail:
         self.message = message
 
 
-class _Done:
-    """Queued after a response's last part: time to log it."""
-
-    __slots__ = ("req", "resp", "sent_before")
-
-    def __init__(self, req: Request, resp: Response, sent_before: int) -> None:
-        self.req = req
-        self.resp = resp
-        self.sent_before = sent_before  # connection's byte count before the head
-
-    def body_bytes(self, sent_now: int) -> int:
-        return max(0, sent_now - self.sent_before - len(self.resp.head))
-
-
 class Connection:
     def __init__(
         self, server: ContentServer, sock: socket.socket, client: str, tls: bool = False
@@ -177,17 +147,16 @@ class Connection:
         self.fd = sock.fileno()
         self.client = client
         self.parser = httptools.HttpRequestParser(self)
-        self.out: deque[Any] = deque()
+        self.outbox = Outbox(sock, self._log_done, tls)
+        self.out = self.outbox.parts  # what is queued for the socket
         self.pending: deque[Request] = deque()
         self.read = Read.HANDSHAKE if tls else Read.READING
         self.write = Write.OPEN
-        self.tls = tls  # the socket is an SSLSocket: bytes go through it
-        self.userland = tls  # ... and so do files, unless the kernel encrypts (kTLS)
+        self.tls = tls
         self.tls_version: str | None = None
         self.sni: str | None = None
         self.linger_handle: asyncio.TimerHandle | None = None
         self.response_start = 0
-        self.sent = 0  # bytes (heads and bodies) handed to the kernel on this connection
         self.last_active = self.loop.time()  # last byte in or out
         self.last_progress = self.last_active  # last byte out, or last response queued
         self.header_started: float | None = None
@@ -245,7 +214,7 @@ class Connection:
         self.tls_version = self.sock.version()  # type: ignore[attr-defined]
         self.sni = getattr(self.sock, "sni_name", None)
         if ktls_sending(self.sock):
-            self.userland = False
+            self.outbox.userland = False  # hits keep sendfile: the kernel encrypts
             self.server.ktls_seen = True
         self._to_read(Read.READING)
         self._on_read()  # the first request may have come with the handshake's last flight
@@ -314,7 +283,7 @@ class Connection:
             return
         try:
             data = self.sock.recv(65536)
-        except _WOULD_BLOCK:
+        except WOULD_BLOCK:
             return
         except OSError:
             self.close()
@@ -324,7 +293,7 @@ class Connection:
         while self.tls and self.read is Read.READING and self.sock.pending():  # type: ignore[attr-defined]
             try:
                 data = self.sock.recv(65536)
-            except _WOULD_BLOCK:
+            except WOULD_BLOCK:
                 return
             except OSError:
                 self.close()
@@ -451,7 +420,7 @@ class Connection:
                     return False
                 self.out.append(part)
                 self._flush()
-                if self._backlog() > STREAM_HIGH_WATER:
+                if self.outbox.backlog() > STREAM_HIGH_WATER:
                     await self._drained()
         except asyncio.CancelledError:
             raise
@@ -462,30 +431,18 @@ class Connection:
         finally:
             with contextlib.suppress(Exception):
                 await resp.stream.aclose()  # type: ignore[attr-defined]
-        self.out.append(_Done(req, resp, self.response_start))
+        self.out.append(Done(req, resp, self.response_start))
         self._flush()
         return True
 
     def _emit(self, req: Request, resp: Response, done: bool = True) -> None:
-        self.response_start = self.sent + (self._backlog() if self.out else 0)
+        self.response_start = self.outbox.sent + (self.outbox.backlog() if self.out else 0)
         self.out.append(resp.head)
         if req.method != "HEAD":
             self.out.extend(resp.body)
         if done:
-            self.out.append(_Done(req, resp, self.response_start))
+            self.out.append(Done(req, resp, self.response_start))
         self.last_active = self.last_progress = self.loop.time()
-
-    def _backlog(self) -> int:
-        n = 0
-        for item in self.out:
-            n += (
-                item.count
-                if type(item) is FileSpan
-                else len(item)
-                if type(item) is not _Done
-                else 0
-            )
-        return n
 
     def _drained(self) -> asyncio.Future[None]:
         fut = self.loop.create_future()
@@ -498,165 +455,30 @@ class Connection:
     # -- writing -------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Send what is queued until it is all out, the socket is full (the
-        writer is armed) or the connection ended."""
-        out = self.out
-        while out:
-            item = out[0]
-            t = type(item)
-            if t is _Done:
-                out.popleft()
-                self.server.handler.finished(
-                    item.req, item.resp, item.body_bytes(self.sent), time.perf_counter()
-                )
-            elif self.tls and (t is not FileSpan or self.userland):
-                if not self._send_tls():
-                    return
-            elif not (self._send_file(item) if t is FileSpan else self._send_bytes()):
-                return
+        """Send what is queued: until all is out, or the socket is full (the
+        writer is armed), or the connection ended."""
+        outbox = self.outbox
+        before = outbox.sent
+        try:
+            all_out = outbox.flush()
+        except PeerGone:
+            self.close()
+            return
+        except DiskError as exc:
+            self._disk_error(exc.span, exc.error)
+            return
+        finally:
+            if outbox.sent != before:
+                self.last_active = self.last_progress = self.loop.time()
+        if not all_out:
+            self._to_write(Write.BLOCKED)
+            return
         self._all_sent()
 
-    def _send_file(self, span: FileSpan) -> bool:
-        """Some of ``span`` with sendfile; False if the socket is full or the connection ended."""
-        if span.fd < 0 and not self._open(span):
-            return False
-        try:
-            n = os.sendfile(self.fd, span.fd, span.offset, span.count)
-        except (BlockingIOError, InterruptedError):
-            self._to_write(Write.BLOCKED)
-            return False
-        except OSError as exc:
-            if exc.errno in _GONE:
-                self.close()
-            else:
-                self._disk_error(span, exc)
-            return False
-        if n == 0:
-            self._disk_error(span, OSError(errno.EIO, "slice file shorter than its index row"))
-            return False
-        self._progress(n)
-        span.offset += n
-        span.count -= n
-        if span.count == 0:
-            span.close()
-            self.out.popleft()
-        return True
-
-    def _open(self, span: FileSpan) -> bool:
-        """Open a span handed over by path (see the rules: on the loop, a fallback)."""
-        try:
-            span.fd = os.open(span.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            self._disk_error(span, exc)
-            return False
-        return True
-
-    def _send_bytes(self) -> bool:
-        """The bytes at the head of the queue in one writev; False if the
-        socket is full or the connection ended."""
-        out = self.out
-        buffers = [out[0]]
-        following = None
-        for nxt in itertools.islice(out, 1, 16):
-            if type(nxt) is FileSpan or type(nxt) is _Done:
-                following = nxt
-                break
-            buffers.append(nxt)
-        flags = _MSG_MORE if type(following) is FileSpan and following.count > CORK_ABOVE else 0
-        try:
-            n = (
-                self.sock.send(buffers[0], flags)
-                if len(buffers) == 1
-                else self.sock.sendmsg(buffers, (), flags)
-            )
-        except (BlockingIOError, InterruptedError):
-            self._to_write(Write.BLOCKED)
-            return False
-        except OSError:
-            self.close()
-            return False
-        self._progress(n)
-        for buf in buffers:
-            size = len(buf)
-            if n < size:
-                out[0] = memoryview(buf)[n:]
-                self._to_write(Write.BLOCKED)
-                return False
-            out.popleft()
-            n -= size
-        return True
-
-    def _send_tls(self) -> bool:
-        """The bytes at the head of the queue (files read in, on userland TLS)
-        through the SSLSocket; False if the socket is full or the connection ended.
-        A send that would block is retried with the same buffer, as OpenSSL needs."""
-        out = self.out
-        data = out[0]
-        if type(data) is FileSpan or (len(data) < TLS_CHUNK and len(out) > 1):
-            data = self._gather()
-            if data is None:
-                return False
-        try:
-            n = self.sock.send(data)
-        except _WOULD_BLOCK:
-            self._to_write(Write.BLOCKED)
-            return False
-        except OSError:
-            self.close()
-            return False
-        self._progress(n)
-        if n < len(data):
-            out[0] = memoryview(data)[n:]
-            self._to_write(Write.BLOCKED)
-            return False
-        out.popleft()
-        return True
-
-    def _gather(self) -> bytes | None:
-        """Join the parts at the head of the queue, up to ``TLS_CHUNK``, into
-        one buffer at its head; userland TLS reads file spans into it."""
-        out = self.out
-        parts: list[Any] = []
-        size = 0
-        while out and size < TLS_CHUNK:
-            item = out[0]
-            if type(item) is _Done or (type(item) is FileSpan and not self.userland):
-                break
-            if type(item) is not FileSpan:
-                parts.append(out.popleft())
-                size += len(item)
-                continue
-            data = self._read_span(item, TLS_CHUNK - size)
-            if data is None:
-                return None
-            parts.append(data)
-            size += len(data)
-            if item.count:
-                break
-            item.close()
-            out.popleft()
-        joined = parts[0] if len(parts) == 1 else b"".join(parts)
-        out.appendleft(joined)
-        return joined
-
-    def _read_span(self, span: FileSpan, most: int) -> bytes | None:
-        if span.fd < 0 and not self._open(span):
-            return None
-        try:
-            data = os.pread(span.fd, min(most, span.count), span.offset)
-        except OSError as exc:
-            self._disk_error(span, exc)
-            return None
-        if not data:
-            self._disk_error(span, OSError(errno.EIO, "slice file shorter than its index row"))
-            return None
-        span.offset += len(data)
-        span.count -= len(data)
-        return data
-
-    def _progress(self, n: int) -> None:
-        self.sent += n
-        self.last_active = self.last_progress = self.loop.time()
+    def _log_done(self, done: Done) -> None:
+        self.server.handler.finished(
+            done.req, done.resp, done.body_bytes(self.outbox.sent), time.perf_counter()
+        )
 
     def _all_sent(self) -> None:
         """Everything queued is out: wake a stream waiting to drain, take held
@@ -722,13 +544,9 @@ class Connection:
         self._to_write(Write.CLOSED)
         if self.linger_handle is not None:
             self.linger_handle.cancel()
-        now = time.perf_counter()
-        for item in self.out:
-            if type(item) is FileSpan:
-                item.close()
-            elif type(item) is _Done:
-                self.server.handler.finished(item.req, item.resp, item.body_bytes(self.sent), now)
-        self.out.clear()
+        now, sent = time.perf_counter(), self.outbox.sent
+        for done in self.outbox.close():
+            self.server.handler.finished(done.req, done.resp, done.body_bytes(sent), now)
         self.pending.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
