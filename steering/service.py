@@ -148,6 +148,8 @@ class Steering:
             "location": note.get("location"),
             "duration_ms": round((now - req.started) * 1000, 3),
         }
+        if req.tls is not None:
+            doc["tls"], doc["sni"] = req.tls, req.sni
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
 
     # -- dispatch --------------------------------------------------------------

@@ -79,6 +79,7 @@ def fleet(tmp_path_factory):
             "--tls-listen", "127.0.0.1:0",
             "--tls-cert", str(tmp / "good.pem"),
             "--ca-file", str(tmp / "ca.pem"),
+            "--access-log", str(tmp / "steer-access.log"),
         ]
     ).start()  # fmt: skip
     yield steering, apps, tmp
@@ -121,6 +122,8 @@ def test_curl_follows_the_https_redirect_with_the_test_ca(fleet) -> None:
         ["curl", "-sSfL", "--cacert", ca, url], capture_output=True, check=True, timeout=30
     ).stdout
     assert out == (tmp / "origin" / TITLE).read_bytes()
+    # steering's access log names the TLS version (curl sends no SNI for an IP)
+    wait_for(lambda: '"tls":"TLSv1.3"' in (tmp / "steer-access.log").read_text(), timeout=5)
     # without the CA, curl refuses steering's certificate
     refused = subprocess.run(["curl", "-sS", url], capture_output=True, timeout=30)
     assert refused.returncode != 0
