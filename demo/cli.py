@@ -57,6 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--s3-region", metavar="REGION")
     p.add_argument("--s3-addressing-style", choices=("auto", "path", "virtual"))
     p.add_argument("--no-fill", action="store_true", help="start with empty stores")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="run the fleet on HTTPS with a throwaway CA (WORKDIR/pki/ca.pem: trust it)",
+    )
     p.add_argument("--state-file", metavar="PATH", help="write what runs where as JSON here")
     p.set_defaults(run=main)
 
@@ -191,6 +196,13 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
             raise DemoError(f"--origin {args.origin}: {exc}") from None
         _say(f"edgefleet demo: {sent} objects uploaded, {len(objects) - sent} already there")
     lay = layout(workdir, host, port, origin, total)
+    if args.tls:
+        from dataclasses import replace
+
+        from demo.pki import make_pki
+
+        lay = replace(lay, tls=make_pki(workdir / "pki", host))
+        _say(f"edgefleet demo: HTTPS with a throwaway CA: trust {lay.tls[0]}")
     children: list[Child] = []
     steer: Child | None = None
     try:
@@ -210,7 +222,7 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
         )
         wait_listening(steer, stop.wanted)
         fills = {} if args.no_fill else _fill(lay, objects, urls, stop)
-        _wait_for_steering(steer.url, urls, stop)
+        _wait_for_steering(steer.url, urls, stop, lay.tls[0] if lay.tls else None)
         if stop.wanted():
             return 0
         state = _state(lay, children, steer, fills, objects, kind)
@@ -266,13 +278,16 @@ def _fill(lay: Any, objects: Any, urls: dict[str, str], stop: _Stop) -> dict[str
 
 
 def _wait_for_steering(
-    steer: str, urls: dict[str, str], stop: _Stop, timeout: float = 15.0
+    steer: str, urls: dict[str, str], stop: _Stop, ca: Path | None, timeout: float = 15.0
 ) -> None:
     """Until steering sees every appliance up and knows all it holds (its next polls)."""
+    import ssl
     import urllib.request
 
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+
     def get(url: str) -> bytes:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(url, timeout=5, context=context) as r:
             return bytes(r.read())
 
     try:
@@ -327,6 +342,7 @@ def _state(
     return {
         "workdir": str(lay.workdir),
         "origin": lay.origin,
+        "ca_file": str(lay.tls[0]) if lay.tls else None,  # trust it to play over HTTPS
         "catalog": {"objects": len(objects), "bytes": sum(o.size for o in objects), "kind": kind},
         "steer": {
             "url": steer.url,
@@ -390,17 +406,21 @@ def _print_table(state: dict[str, Any]) -> None:
     out.append(f"  {'name':10} {'role':18} {'url':26} {'pid':>7}  {'store capacity':>14}  holds")
     for name, role, url, pid, capacity, held in rows:
         out.append(f"  {name:10} {role:18} {url:26} {pid:>7}  {capacity:>14}  {held}")
+    ca = state.get("ca_file")
+    curl = f"curl --cacert {ca}" if ca else "curl"
+    ffplay = f"ffplay -ca_file {ca} -tls_verify 1" if ca else "ffplay"
     out += [
         "",
         f"  origin   {state['origin']}",
         f"  workdir  {state['workdir']} (configs, stores, logs)",
+        *([f"  CA       {ca} (throwaway: trust it in the player)"] if ca else []),
         "",
         "Play a title (steering redirects to the nearest appliance that holds it):",
-        f"  ffplay {state['play'][0]}",
-        f"  curl -sL {state['play'][0]}",
-        f"Ask steering:   curl '{state['steer']['url']}/steer?object="
+        f"  {ffplay} {state['play'][0]}",
+        f"  {curl} -sL {state['play'][0]}",
+        f"Ask steering:   {curl} '{state['steer']['url']}/steer?object="
         f"{state['play'][0].split('/r/', 1)[1]}'",
-        f"Fleet state:    curl {state['steer']['url']}/_steer/fleet",
+        f"Fleet state:    {curl} {state['steer']['url']}/_steer/fleet",
         f"Players:        {state['players']}",
         "",
         "Ctrl-C stops everything.",

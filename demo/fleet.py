@@ -52,6 +52,7 @@ class Layout:
     steer_port: int
     origin: str
     appliances: tuple[ApplianceSite, ...]
+    tls: tuple[Path, Path] | None = None  # (ca.pem, edge.pem): the fleet speaks HTTPS
 
     def dir(self, name: str) -> Path:
         return self.workdir / name
@@ -84,11 +85,20 @@ def _toml(value: Any) -> str:
     return json.dumps(value)  # strings, numbers and lists of them are the same in TOML
 
 
+def _listen(lay: Layout, port: int) -> str:
+    """The listening lines: plain HTTP, or HTTPS with the demo's certificate."""
+    address = _toml(f"{lay.host}:{port}")
+    if lay.tls is None:
+        return f"listen = {address}"
+    ca, cert = lay.tls
+    return f"tls_listen = [{address}]\ntls_cert = {_toml([str(cert)])}\nca_file = {_toml(str(ca))}"
+
+
 def appliance_toml(lay: Layout, a: ApplianceSite, s3: dict[str, str]) -> str:
     d = lay.dir(a.name)
     lines = [
         f"# {a.name}: an appliance of {a.isp} (site {a.site}), written by edgefleet demo",
-        f"listen = {_toml(f'{lay.host}:{a.port}')}",
+        _listen(lay, a.port),
         f"origin = {_toml([lay.origin])}",
         f"index = {_toml(str(d / 'index.sqlite'))}",
         f"access_log = {_toml(str(d / 'access.log'))}",
@@ -112,7 +122,7 @@ def appliance_toml(lay: Layout, a: ApplianceSite, s3: dict[str, str]) -> str:
 def steer_toml(lay: Layout, urls: dict[str, str]) -> str:
     lines = [
         "# the demo fleet's steering, written by edgefleet demo",
-        f"listen = {_toml(f'{lay.host}:{lay.steer_port}')}",
+        _listen(lay, lay.steer_port),
         "answers = 3",
         'health_interval = "1s"',
         'health_timeout = "1s"',

@@ -119,7 +119,7 @@ class Process:
     ) -> str:
         """The URL of the child's ``edgefleet COMMAND: listening on URL`` line (its
         port in ``port``); ``StartError`` if it exits or says nothing in time."""
-        banner = re.compile(rf"edgefleet {self.command}: listening on (http://[^\s:]+:(\d+)\S*)")
+        banner = re.compile(rf"edgefleet {self.command}: listening on (https?://[^\s:]+:(\d+)\S*)")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not stopping():
             m = banner.search(self.text())

@@ -45,7 +45,11 @@ class StoreRootConfig:
 class ServeConfig:
     id: str = field(default_factory=socket.gethostname)
     site: str = ""
-    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    listen: tuple[str, int] | None = ("127.0.0.1", 8080)  # None: TLS only
+    tls_listen: list[tuple[str, int]] = field(default_factory=list)
+    tls_cert: list[tuple[str, str | None]] = field(default_factory=list)
+    tls_handshake_timeout: float = 10.0
+    ca_file: str | None = None
     store: list[StoreRootConfig] = field(default_factory=list)
     capacity: int | None = None
     index: str | None = None
@@ -86,6 +90,7 @@ class ServeConfig:
             s3_access_key_id=self.s3_access_key_id,
             s3_secret_access_key=self.s3_secret_access_key,
             signing_key=self.signing_key(),
+            ca_file=self.ca_file,
         )
 
     def signing_key(self) -> tuple[str, bytes] | None:
@@ -114,6 +119,16 @@ class ServeConfig:
 
 
 # option name -> (flag, parser). Parsers raise ValueError with the reason.
+def listen_list(value: Any) -> list[tuple[str, int]]:
+    return [parse_listen(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def cert_list(value: Any) -> list[tuple[str, str | None]]:
+    from edge.http.tls import parse_cert_option
+
+    return [parse_cert_option(v) for v in (value if isinstance(value, list) else [value])]
+
+
 def _store_roots(value: Any) -> list[StoreRootConfig]:
     items = value if isinstance(value, list) else [value]
     out = []
@@ -208,6 +223,26 @@ SERVE_OPTIONS: Options = {
     "id": ("--id", _name, "this appliance's name in health and status (default: the host name)"),
     "site": ("--site", _name, "the site it stands in, as steering names it (shown in status)"),
     "listen": ("--listen", parse_listen, "HOST:PORT to serve content and /_edge/ on"),
+    "tls_listen": (
+        "--tls-listen",
+        listen_list,
+        "HOST:PORT to serve HTTPS on (repeat; without --listen, HTTPS only)",
+    ),
+    "tls_cert": (
+        "--tls-cert",
+        cert_list,
+        "CERT.pem[:KEY.pem] (repeat: chosen by SNI, the first is the default)",
+    ),
+    "tls_handshake_timeout": (
+        "--tls-handshake-timeout",
+        parse_duration,
+        "a TLS handshake not finished by then is closed (default 10s)",
+    ),
+    "ca_file": (
+        "--ca-file",
+        str,
+        "CA certificates (PEM) for https:// origins, parents and fill peers (default: system)",
+    ),
     "store": ("--store", _store_roots, "store root DIR or DIR=SIZE (repeat: one per disk)"),
     "capacity": ("--capacity", parse_size, "total capacity, split over roots naming none"),
     "index": ("--index", str, "the SQLite index (default FIRST_ROOT/index.sqlite)"),
@@ -257,7 +292,7 @@ SERVE_OPTIONS: Options = {
         "KID=SECRET a signed URL may use (repeat for rotation; with none, URLs are not checked)",
     ),
 }
-_REPEATABLE = {"store", "origin", "url_signing_keys"}
+_REPEATABLE = {"store", "origin", "url_signing_keys", "tls_listen", "tls_cert"}
 _SECRET = {"url_signing_keys"}
 
 
@@ -365,6 +400,33 @@ FILL_READS = (*STORE_OPTIONS, *ORIGIN_OPTIONS, "url_signing_keys", "log_level")
 SCRUB_READS = ("store", "index")
 
 
+def check_tls(tls_listen: list[Any], tls_cert: list[Any]) -> None:
+    """TLS listeners need certificates, and certificates loading."""
+    if tls_listen and not tls_cert:
+        raise ConfigError(
+            "--tls-listen / tls_listen needs a certificate: give --tls-cert / tls_cert"
+        )
+    if tls_cert and not tls_listen:
+        raise ConfigError("--tls-cert / tls_cert is given but no --tls-listen / tls_listen")
+    if tls_cert:
+        from edge.http.tls import CertError, CertSet
+
+        try:
+            CertSet(tls_cert)
+        except CertError as exc:
+            raise ConfigError(f"invalid --tls-cert / tls_cert: {exc}") from None
+
+
+def check_ca_file(ca_file: str | None) -> None:
+    if ca_file is not None:
+        from edge.http.tls import CertError, client_context
+
+        try:
+            client_context(ca_file)
+        except CertError as exc:
+            raise ConfigError(f"invalid --ca-file / ca_file: {exc}") from None
+
+
 def add_serve_flags(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
     add_option_flags(parser, SERVE_OPTIONS, _REPEATABLE, only=only)
@@ -390,7 +452,12 @@ def load_serve_config(args: argparse.Namespace, *, need_capacity: bool = True) -
                 f"(known: {', '.join(sorted(SERVE_OPTIONS))})"
             )
     cfg = ServeConfig()
+    listen_given = "listen" in raw or getattr(args, "listen", None) is not None
     apply_options(cfg, SERVE_OPTIONS, raw, args, secret=_SECRET)
+    check_tls(cfg.tls_listen, cfg.tls_cert)
+    if cfg.tls_listen and not listen_given:
+        cfg.listen = None  # HTTPS only, unless --listen asks for plain HTTP too
+    check_ca_file(cfg.ca_file)
     if not cfg.store:
         raise ConfigError("no store: give --store DIR (repeat per disk) or [[store]] in the file")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:

@@ -3,12 +3,14 @@
 The main process recovers the store, binds the listening sockets (one per
 worker, ``SO_REUSEPORT``) and runs the worker itself when there is one, or forks
 and supervises N workers. Workers die with the main process; SIGTERM/SIGINT
-drain them within ``grace``; SIGHUP reopens the access log and reloads the
-URL signing keys (``edge.appliance.signing_keys``).
+drain them within ``grace``; SIGHUP reopens the access log, reloads the URL
+signing keys (``edge.appliance.signing_keys``) and rereads the TLS
+certificates. The certificates are first loaded here, before the fork, so the
+workers of a box share OpenSSL's session-ticket keys (docs/tls.md).
 
 What can be checked before listening is checked by the main process, so a
 mistake is one message and exit status 2, never a worker's traceback: the
-store, the port, the access log (opened here; the workers inherit it). An
+store, the ports, the access log (opened here; the workers inherit it). An
 origin that cannot work is a warning (``edge.origin.preflight``). A worker
 that exits within ``START_WINDOW`` seconds of its start ``START_FAILURES``
 times in a row stops the service (exit status 1) instead of being restarted
@@ -31,11 +33,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from edge.config import ConfigError, ServeConfig
 from edge.core.policy import make_policy
 from edge.http.accesslog import AccessLog
+from edge.http.tls import CertSet
 from edge.store import RootSpec, Store, StoreError
 
 log = logging.getLogger("edgefleet.serve")
@@ -54,14 +58,51 @@ def make_store(cfg: ServeConfig) -> Store:
     )
 
 
-def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+def bind_sockets(host: str, port: int, count: int, option: str = "--listen") -> list[socket.socket]:
     """One listening socket per worker, sharing the port with SO_REUSEPORT."""
     from edge.http.server import ListenError, bind_listeners
 
     try:
         return bind_listeners(host, port, count, reuse_port=True)
     except ListenError as exc:
-        raise SystemExit(f"edgefleet serve: {exc} (--listen)") from None
+        raise SystemExit(f"edgefleet serve: {exc} ({option})") from None
+
+
+@dataclass(frozen=True)
+class Boot:
+    """What the main process prepared before the fork, for every worker."""
+
+    load: Callable[[], ServeConfig] | None  # rereads the configuration (SIGHUP)
+    access_log: AccessLog | None  # opened once, inherited
+    origin_problems: dict[str, str]  # origin URL -> why it cannot work
+    certs: CertSet | None  # loaded before the fork: shared session-ticket keys
+
+
+class Listeners:
+    """Each worker slot's listening sockets: plain HTTP (at most one) and TLS."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        n = cfg.workers
+        self.plain = bind_sockets(*cfg.listen, n) if cfg.listen is not None else []
+        self.tls = [bind_sockets(h, p, n, "--tls-listen") for h, p in cfg.tls_listen]
+
+    def slot(self, i: int) -> tuple[socket.socket | None, list[socket.socket]]:
+        return (self.plain[i] if self.plain else None), [group[i] for group in self.tls]
+
+    def close_others(self, keep: int) -> None:
+        for group in [self.plain, *self.tls]:
+            for i, s in enumerate(group):
+                if i != keep:
+                    s.close()
+
+    def banner(self) -> str:
+        urls = [_url("http", self.plain[0])] if self.plain else []
+        return " and ".join(urls + [_url("https", group[0]) for group in self.tls])
+
+
+def _url(scheme: str, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def die_with_parent() -> None:
@@ -96,13 +137,15 @@ def run(cfg: ServeConfig, load: Callable[[], ServeConfig] | None = None) -> int:
         except ConfigError as exc:
             print(f"edgefleet serve: {exc}", file=sys.stderr)
             return 2
-        origin_problems = check_origins(cfg)
-        host, port = cfg.listen
-        socks = bind_sockets(host, port, cfg.workers)
-        bound = socks[0].getsockname()
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        boot = Boot(
+            load=load,
+            access_log=access_log,
+            origin_problems=check_origins(cfg),
+            certs=CertSet(cfg.tls_cert) if cfg.tls_cert else None,
+        )
+        listeners = Listeners(cfg)
         print(
-            f"edgefleet serve: listening on http://{shown}:{bound[1]} "
+            f"edgefleet serve: listening on {listeners.banner()} "
             f"({cfg.workers} worker{'s' if cfg.workers > 1 else ''}, "
             f"{len(cfg.store)} store root{'s' if len(cfg.store) > 1 else ''}, "
             f"origin {', '.join(cfg.origin) or 'none'})",
@@ -110,9 +153,9 @@ def run(cfg: ServeConfig, load: Callable[[], ServeConfig] | None = None) -> int:
             flush=True,
         )
         if cfg.workers == 1:
-            return worker_main(cfg, socks[0], 1, load, access_log, origin_problems)
+            return worker_main(cfg, listeners.slot(0), 1, boot)
         try:
-            return supervise(cfg, socks, load, access_log, origin_problems)
+            return supervise(cfg, listeners, boot)
         finally:
             if access_log is not None:
                 access_log.close()
@@ -145,13 +188,7 @@ def check_origins(cfg: ServeConfig) -> dict[str, str]:
     return problems
 
 
-def supervise(
-    cfg: ServeConfig,
-    socks: list[socket.socket],
-    load: Callable[[], ServeConfig] | None = None,
-    access_log: AccessLog | None = None,
-    origin_problems: dict[str, str] | None = None,
-) -> int:
+def supervise(cfg: ServeConfig, listeners: Listeners, boot: Boot) -> int:
     children: dict[int, int] = {}  # pid -> slot
     started: dict[int, float] = {}  # slot -> when its worker started
     failed_starts: dict[int, int] = {}  # slot -> exits soon after start, in a row
@@ -171,10 +208,8 @@ def supervise(
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
-                for i, s in enumerate(socks):
-                    if i != slot:
-                        s.close()
-                code = worker_main(cfg, socks[slot], len(socks), load, access_log, origin_problems)
+                listeners.close_others(slot)
+                code = worker_main(cfg, listeners.slot(slot), cfg.workers, boot)
             except BaseException:
                 log.exception("worker crashed")
             finally:
@@ -194,7 +229,7 @@ def supervise(
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)
-    for slot in range(len(socks)):
+    for slot in range(cfg.workers):
         spawn(slot)
     from prometheus_client import multiprocess
 
@@ -250,32 +285,21 @@ def origin_states(cfg: ServeConfig, origins: list[Any], problems: dict[str, str]
     return SharedOriginStates(urls, found, time.time(), directory, str(os.getpid()))
 
 
-def worker_main(
-    cfg: ServeConfig,
-    sock: socket.socket,
-    workers: int,
-    load: Callable[[], ServeConfig] | None = None,
-    access_log: AccessLog | None = None,
-    origin_problems: dict[str, str] | None = None,
-) -> int:
+Slot = tuple[socket.socket | None, list[socket.socket]]
+
+
+def worker_main(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int:
     import uvloop
 
     from edge.http.server import after_stop
 
     try:
-        return uvloop.run(_worker(cfg, sock, workers, load, access_log, origin_problems or {}))
+        return uvloop.run(_worker(cfg, slot, workers, boot))
     finally:
         after_stop()
 
 
-async def _worker(
-    cfg: ServeConfig,
-    sock: socket.socket,
-    workers: int,
-    load: Callable[[], ServeConfig] | None,
-    access_log: AccessLog | None,
-    problems: dict[str, str],
-) -> int:
+async def _worker(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int:
     from edge.appliance.appliance import Appliance
     from edge.appliance.metrics import RequestMetrics
     from edge.appliance.ops import Ops
@@ -283,6 +307,7 @@ async def _worker(
     from edge.http.server import ContentServer, stop_signal
     from edge.origin import open_origin
 
+    access_log, certs = boot.access_log, boot.certs
     loop = asyncio.get_running_loop()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
@@ -296,25 +321,45 @@ async def _worker(
     store.open(recover=False)
     origins = [open_origin(url, cfg.origin_settings()) for url in cfg.origin]
     metrics = RequestMetrics()
-    app = Appliance(
-        cfg, store, origins, executor, access_log, metrics, origin_states(cfg, origins, problems)
-    )
+    states = origin_states(cfg, origins, boot.origin_problems)
+    app = Appliance(cfg, store, origins, executor, access_log, metrics, states)
     app.ops = Ops(app, workers)
     # slice files kept open by the views: half of what the process may open
     app.views.max_open_files = max(64, (soft - 256) // 2)
-    server = ContentServer(loop, sock, app, keepalive_timeout=cfg.keepalive_timeout)
+    server = ContentServer(
+        loop,
+        slot[0],
+        app,
+        keepalive_timeout=cfg.keepalive_timeout,
+        tls_socks=slot[1],
+        certs=certs,
+        handshake_timeout=cfg.tls_handshake_timeout,
+    )
+    if certs is not None:
+        app.tls_status = lambda: certs.summary(server.tls_mode)  # for /_edge/health
+
+        def export_expiry(cs: CertSet) -> None:
+            from edge.appliance.metrics import set_tls_expiry
+
+            set_tls_expiry([(c.name, c.not_after) for c in cs.certs])
+
+        export_expiry(certs)
+        certs.on_reload.append(export_expiry)
     server.on_count = metrics.set_connections
     server.on_fd_pressure = app.views.shed_files
     app.start()
     server.start()
     stop = stop_signal(loop)
 
-    # SIGHUP (systemctl reload, logrotate): reopen the log, reload the signing keys
+    # SIGHUP (systemctl reload, logrotate, an ACME deploy hook): reopen the log,
+    # reload the signing keys, reread the certificates
     def on_hup() -> None:
         if access_log is not None:
             access_log.reopen()
-        if load is not None:
-            reload_signing_keys(app, load)
+        if boot.load is not None:
+            reload_signing_keys(app, boot.load)
+        if certs is not None:
+            certs.reload()
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()

@@ -24,7 +24,11 @@ from edge.config import (
     Options,
     add_option_flags,
     apply_options,
+    cert_list,
+    check_ca_file,
+    check_tls,
     choice,
+    listen_list,
     parse_listen,
     positive_int,
 )
@@ -66,7 +70,10 @@ class ApplianceSpec:
 
 @dataclass
 class SteerConfig:
-    listen: tuple[str, int] = ("127.0.0.1", 8090)
+    listen: tuple[str, int] | None = ("127.0.0.1", 8090)  # None: HTTPS only
+    tls_listen: list[tuple[str, int]] = field(default_factory=list)
+    tls_cert: list[tuple[str, str | None]] = field(default_factory=list)
+    ca_file: str | None = None  # verifies https:// appliances (None: the system store)
     appliances: list[ApplianceSpec] = field(default_factory=list)
     coverage_zones: str | None = None
     geoip: str | None = None
@@ -161,6 +168,21 @@ def _http_base(value: Any) -> str:
 
 STEER_OPTIONS: Options = {
     "listen": ("--listen", parse_listen, "HOST:PORT to serve /steer, /r/ and /_steer/ on"),
+    "tls_listen": (
+        "--tls-listen",
+        listen_list,
+        "HOST:PORT to serve HTTPS on (repeat; without --listen, HTTPS only)",
+    ),
+    "tls_cert": (
+        "--tls-cert",
+        cert_list,
+        "CERT.pem[:KEY.pem] (repeat: chosen by SNI, the first is the default)",
+    ),
+    "ca_file": (
+        "--ca-file",
+        str,
+        "CA certificates (PEM) that https:// appliances are verified against (default: system)",
+    ),
     "coverage_zones": ("--coverage-zones", str, "coverage zone JSON file (Traffic Control format)"),
     "geoip": ("--geoip", str, "MaxMind .mmdb database, the last resort to localize a client"),
     "default_location": (
@@ -218,7 +240,7 @@ STEER_OPTIONS: Options = {
     "log_level": ("--log-level", choice("debug", "info", "warning", "error"), "log level"),
     "access_log": ("--access-log", str, "JSON-lines access log: a path, or - for stdout"),
 }
-_REPEATABLE = {"url_signing_keys", "trusted_proxies"}
+_REPEATABLE = {"url_signing_keys", "trusted_proxies", "tls_listen", "tls_cert"}
 _SECRET = {"url_signing_keys"}
 _APPLIANCE_KEYS = {
     "id",
@@ -362,7 +384,12 @@ def load_steer_config(args: argparse.Namespace) -> SteerConfig:
     else:
         appliances = []
     cfg = SteerConfig()
+    listen_given = "listen" in raw or getattr(args, "listen", None) is not None
     apply_options(cfg, STEER_OPTIONS, raw, args, secret=_SECRET)
+    check_tls(cfg.tls_listen, cfg.tls_cert)
+    if cfg.tls_listen and not listen_given:
+        cfg.listen = None  # HTTPS only, unless --listen asks for plain HTTP too
+    check_ca_file(cfg.ca_file)
     if not isinstance(appliances, list):
         raise ConfigError("appliance: expected an array of tables ([[appliance]])")
     specs = [parse_appliance(i, item) for i, item in enumerate(appliances)]

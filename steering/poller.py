@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from edge.core.inventory import KeyFilter
+from edge.http.tls import client_context
 from steering.config import ApplianceSpec, SteerConfig
 from steering.fleet import Fleet
 from steering.health import DOWN, UNKNOWN, UP, FleetState, Health
@@ -59,6 +61,7 @@ class Poller:
         self.metrics = metrics
         self.records: dict[str, Record] = {a.id: Record(a, i) for i, a in enumerate(fleet.specs)}
         self.session: aiohttp.ClientSession | None = None
+        self._tls: tuple[str | None, ssl.SSLContext] | None = None  # (ca_file, context)
         self.background: set[asyncio.Future[None]] = set()
 
     @property
@@ -115,6 +118,12 @@ class Poller:
         self.state.candidate[rec.idx] = reason == ""
         self.state.filters[rec.idx] = rec.filter
 
+    def tls_for(self, cfg: SteerConfig) -> ssl.SSLContext:
+        """What https:// appliances are verified with: ``ca_file`` or the system store."""
+        if self._tls is None or self._tls[0] != cfg.ca_file:
+            self._tls = (cfg.ca_file, client_context(cfg.ca_file))
+        return self._tls[1]
+
     async def poll_health(self, rec: Record, cfg: SteerConfig | None = None) -> None:
         assert self.session is not None
         cfg = cfg or self.fleet.cfg
@@ -122,6 +131,7 @@ class Poller:
         try:
             async with self.session.get(
                 rec.spec.url + "/_edge/health",
+                ssl=self.tls_for(cfg),
                 timeout=aiohttp.ClientTimeout(total=cfg.health_timeout),
             ) as resp:
                 doc = await resp.json(content_type=None)
@@ -166,6 +176,7 @@ class Poller:
             async with self.session.get(
                 rec.spec.url + "/_edge/inventory?format=bloom",
                 headers=headers,
+                ssl=self.tls_for(cfg),
                 timeout=aiohttp.ClientTimeout(total=max(5.0, cfg.health_timeout)),
             ) as resp:
                 if resp.status == 304:

@@ -9,7 +9,8 @@ same one the appliance's content port uses: aiohttp's server measured about
 kept one process under the 5,000 answers/s target (docs/steering.md). aiohttp
 still polls the appliances (``steering.poller``).
 
-SIGHUP reloads the configuration beside the running one and swaps it in;
+SIGHUP reloads the configuration beside the running one and swaps it in, and
+rereads the TLS certificates (docs/tls.md);
 SIGTERM/SIGINT stop listening, let in-flight requests finish and exit 0.
 """
 
@@ -31,9 +32,10 @@ from edge.core.keys import BadKey, is_reserved, parse_key, split_target
 from edge.http.accesslog import AccessLog
 from edge.http.response import DateCache, build_head, text_body
 from edge.http.server import ContentServer, ListenError, after_stop, bind_listeners, stop_signal
+from edge.http.tls import CertError, CertSet
 from edge.http.wire import Request, Response
 from steering import answer, status
-from steering.config import ConfigError, load_steer_config
+from steering.config import ConfigError, SteerConfig, load_steer_config
 from steering.decide import NO_APPLIANCE, decide
 from steering.fleet import Fleet, compile_fleet
 from steering.health import UP
@@ -87,8 +89,16 @@ class Steering:
                 self.metrics.reload("error")
                 log.error("reload failed, keeping the running configuration: %s", exc)
                 return
-            if cfg.listen != self.poller.fleet.cfg.listen:
-                log.warning("reload: listen changed; it takes effect at the next start")
+            old = self.poller.fleet.cfg
+            if (cfg.listen, cfg.tls_listen, cfg.tls_cert) != (
+                old.listen,
+                old.tls_listen,
+                old.tls_cert,
+            ):
+                log.warning(
+                    "reload: listen, tls_listen or tls_cert changed; "
+                    "it takes effect at the next start (the certificate files are reread now)"
+                )
             await self.poller.swap(fleet)
             settle()
             self.loaded_at = time.time()
@@ -140,6 +150,8 @@ class Steering:
             "location": note.get("location"),
             "duration_ms": round((now - req.started) * 1000, 3),
         }
+        if req.tls is not None:
+            doc["tls"], doc["sni"] = req.tls, req.sni
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
 
     # -- dispatch --------------------------------------------------------------
@@ -305,11 +317,29 @@ def settle() -> None:
     gc.freeze()
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, option: str = "--listen / listen") -> socket.socket:
     try:
         return bind_listeners(host, port)[0]
     except ListenError as exc:
-        raise ConfigError(f"--listen / listen: {exc}") from None
+        raise ConfigError(f"{option}: {exc}") from None
+
+
+class Listening:
+    """Steering's sockets: plain HTTP (at most one), HTTPS, and the certificates."""
+
+    def __init__(self, cfg: SteerConfig) -> None:
+        self.certs = CertSet(cfg.tls_cert) if cfg.tls_cert else None
+        self.plain = _bind(*cfg.listen) if cfg.listen is not None else None
+        self.tls = [_bind(h, p, "--tls-listen / tls_listen") for h, p in cfg.tls_listen]
+
+    def banner(self) -> str:
+        urls = [_url("http", self.plain)] if self.plain is not None else []
+        return " and ".join(urls + [_url("https", s) for s in self.tls])
+
+
+def _url(scheme: str, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -330,8 +360,8 @@ def run(args: argparse.Namespace) -> int:
                     f"--access-log / access_log: cannot open {cfg.access_log}: "
                     f"{exc.strerror or exc}"
                 ) from None
-        sock = _bind(*cfg.listen)
-    except ConfigError as exc:
+        sock = Listening(cfg)
+    except (ConfigError, CertError) as exc:
         print(f"edgefleet steer: {exc}", file=sys.stderr)
         return 2
     import uvloop
@@ -351,7 +381,7 @@ async def _flush_every_second(log: AccessLog) -> None:
 
 
 async def _main(
-    args: argparse.Namespace, fleet: Fleet, sock: socket.socket, access_log: AccessLog | None
+    args: argparse.Namespace, fleet: Fleet, sock: Listening, access_log: AccessLog | None
 ) -> int:
     loop = asyncio.get_running_loop()
     service = Steering(args, fleet, access_log)
@@ -362,6 +392,8 @@ async def _main(
     def on_hup() -> None:
         if access_log is not None:
             access_log.reopen()  # logrotate
+        if sock.certs is not None:
+            sock.certs.reload()
         task = asyncio.ensure_future(service.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -369,13 +401,11 @@ async def _main(
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await service.poller.start()
     settle()
-    server = ContentServer(loop, sock, service)
+    server = ContentServer(loop, sock.plain, service, tls_socks=sock.tls, certs=sock.certs)
     server.start()
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
     fleet, state = service.poller.current
     print(
-        f"edgefleet steer: listening on http://{shown}:{port} "
+        f"edgefleet steer: listening on {sock.banner()} "
         f"({len(fleet.specs)} appliances in {len(fleet.sites)} sites, "
         f"{sum(state.candidate)} candidates, {fleet.prefix_count} prefixes)",
         file=sys.stderr,

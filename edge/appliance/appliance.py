@@ -255,6 +255,8 @@ class Appliance:
                 sent,
                 resp.cache,
                 duration,
+                req.tls,
+                req.sni,
             )
 
     # -- dispatch ------------------------------------------------------------

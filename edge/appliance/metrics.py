@@ -68,6 +68,18 @@ EGRESS_RATE = Gauge(
     "Body bytes sent per second over the last few seconds",
     multiprocess_mode="livesum",
 )
+TLS_EXPIRY = Gauge(
+    "edgefleet_tls_cert_expiry_seconds",
+    "When each TLS certificate expires (Unix time of its notAfter)",
+    ["name"],
+    multiprocess_mode="max",
+)
+
+
+def set_tls_expiry(certs: list[tuple[str, float]]) -> None:
+    """(name, notAfter) of the certificates in use."""
+    for name, not_after in certs:
+        TLS_EXPIRY.labels(name).set(not_after)
 
 
 # the series each family has from the start (others appear as they happen)

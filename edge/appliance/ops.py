@@ -141,6 +141,9 @@ class Ops:
 
     async def health(self, req: Request, params: dict[str, str]) -> Response:
         doc = await self.app.run(self._health_doc)
+        tls_status = getattr(self.app, "tls_status", None)  # set by serve with TLS listeners
+        if tls_status is not None:
+            doc["tls"] = tls_status()
         body = (json.dumps(doc, indent=1) + "\n").encode()
         return self._reply(req, 200 if doc["status"] == "ok" else 503, body, JSON, "_edge/health")
 

@@ -50,6 +50,7 @@ class OriginSettings:
     # (key id, secret): HTTP origins get signed requests (a parent or peer
     # appliance of the same fleet checks them; a plain web server ignores them)
     signing_key: tuple[str, bytes] | None = None
+    ca_file: str | None = None  # verifies https:// origins, parents and peers (None: system)
 
 
 class Origin(Protocol):

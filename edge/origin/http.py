@@ -28,6 +28,7 @@ from edge.core.mediatypes import guess_type
 from edge.core.meta import ObjectMeta
 from edge.core.signing import token_param
 from edge.http.response import SERVER
+from edge.http.tls import client_context
 from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
 
 SIGNED_FOR = 300  # seconds a request's token is valid
@@ -54,7 +55,11 @@ class HTTPOrigin:
                     sock_connect=self.settings.connect_timeout,
                     sock_read=self.settings.read_timeout,
                 ),
-                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(
+                    limit=256,
+                    ttl_dns_cache=300,
+                    ssl=client_context(self.settings.ca_file) if self.settings.ca_file else True,
+                ),
                 auto_decompress=False,
                 headers={"User-Agent": SERVER, "Accept-Encoding": "identity"},
             )
