@@ -156,19 +156,46 @@ def _say(text: str) -> None:
 
 
 def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _Stop) -> int:
-    from demo.catalog import generate
-    from demo.fleet import (
-        Child,
-        DemoError,
-        appliance_toml,
-        layout,
-        spawn,
-        steer_toml,
-        stop_all,
-        wait_listening,
-    )
+    from demo.fleet import Child, layout, stop_all
 
     workdir.mkdir(parents=True, exist_ok=True)
+    objects, kind, origin, s3 = _catalog(args, workdir)
+    lay = layout(workdir, host, port, origin, sum(o.size for o in objects))
+    if args.tls:
+        from dataclasses import replace
+
+        from demo.pki import make_pki
+
+        lay = replace(lay, tls=make_pki(workdir / "pki", host))
+        _say(f"edgefleet demo: HTTPS with a throwaway CA: trust {lay.tls[0]}")
+    children: list[Child] = []
+    steer: list[Child] = []
+    try:
+        urls = _start_fleet(lay, s3, children, steer, stop)
+        fills = {} if args.no_fill else _fill(lay, objects, urls, stop)
+        _wait_for_steering(steer[0].url, urls, stop, lay.tls[0] if lay.tls else None)
+        if stop.wanted():
+            return 0
+        state = _state(lay, children, steer[0], fills, objects, kind)
+        if args.state_file:
+            Path(args.state_file).write_text(json.dumps(state, indent=2) + "\n")
+        _print_table(state)
+        _watch([*children, *steer], stop)
+        _say("edgefleet demo: stopping ...")
+        return 0
+    finally:
+        # steering first, so no player is sent to an appliance that is going away
+        stop_all(steer + children)
+        if steer or children:
+            _say("edgefleet demo: stopped")
+
+
+def _catalog(args: argparse.Namespace, workdir: Path) -> tuple[Any, str, str, dict[str, str]]:
+    """Generate the titles (uploaded to ``--origin`` when given): the objects,
+    what kind of segments they are, the origin URL and its S3 settings."""
+    from demo.catalog import generate
+    from demo.fleet import DemoError
+
     origin_dir = workdir / "origin"
     t0 = time.monotonic()
     _say(f"edgefleet demo: generating {args.titles} titles in {origin_dir} ...")
@@ -178,16 +205,13 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
         )
     except (OSError, RuntimeError) as exc:
         raise DemoError(f"catalog: {exc}") from None
-    total = sum(o.size for o in objects)
     _say(
-        f"edgefleet demo: catalog: {len(objects)} objects, {human_size(total)} "
+        f"edgefleet demo: catalog: {len(objects)} objects, "
+        f"{human_size(sum(o.size for o in objects))} "
         f"({kind} segments, {time.monotonic() - t0:.1f}s)"
     )
-    s3: dict[str, str] = {}
-    for name in ("s3_endpoint", "s3_region", "s3_addressing_style"):
-        if getattr(args, name):
-            s3[name] = getattr(args, name)
-    origin = args.origin or origin_dir.as_uri()
+    s3 = {n: getattr(args, n) for n in ("s3_endpoint", "s3_region", "s3_addressing_style")}
+    s3 = {n: v for n, v in s3.items() if v}
     if args.origin:
         _say(f"edgefleet demo: uploading the catalog to {args.origin} ...")
         try:
@@ -195,56 +219,43 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
         except Exception as exc:  # botocore's errors are many; each names the problem
             raise DemoError(f"--origin {args.origin}: {exc}") from None
         _say(f"edgefleet demo: {sent} objects uploaded, {len(objects) - sent} already there")
-    lay = layout(workdir, host, port, origin, total)
-    if args.tls:
-        from dataclasses import replace
+    return objects, kind, args.origin or origin_dir.as_uri(), s3
 
-        from demo.pki import make_pki
 
-        lay = replace(lay, tls=make_pki(workdir / "pki", host))
-        _say(f"edgefleet demo: HTTPS with a throwaway CA: trust {lay.tls[0]}")
-    children: list[Child] = []
-    steer: Child | None = None
-    try:
-        urls: dict[str, str] = {}
-        for a in lay.appliances:
-            d = lay.dir(a.name)
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "edge.toml").write_text(appliance_toml(lay, a, s3))
-            child = spawn(a.name, ["serve", "--config", str(d / "edge.toml")], d / "serve.log")
-            child.details = {"isp": a.isp, "site": a.site, "capacity": a.capacity}
-            children.append(child)
-        for child in children:
-            urls[child.name] = wait_listening(child, stop.wanted)
-        (workdir / "steer.toml").write_text(steer_toml(lay, urls))
-        steer = spawn(
-            "steer", ["steer", "--config", str(workdir / "steer.toml")], workdir / "steer.log"
-        )
-        wait_listening(steer, stop.wanted)
-        fills = {} if args.no_fill else _fill(lay, objects, urls, stop)
-        _wait_for_steering(steer.url, urls, stop, lay.tls[0] if lay.tls else None)
-        if stop.wanted():
-            return 0
-        state = _state(lay, children, steer, fills, objects, kind)
-        if args.state_file:
-            Path(args.state_file).write_text(json.dumps(state, indent=2) + "\n")
-        _print_table(state)
-        while not stop.wanted():
-            for c in [*children, steer]:
-                if c.exited is None and c.proc.poll() is not None:
-                    c.exited = c.proc.returncode
-                    _say(
-                        f"edgefleet demo: {c.name} exited ({_how(c.exited)}); the rest keep "
-                        f"running (its log: {c.log})"
-                    )
-            time.sleep(0.2)
-        _say("edgefleet demo: stopping ...")
-        return 0
-    finally:
-        # steering first, so no player is sent to an appliance that is going away
-        stop_all(([steer] if steer else []) + children)
-        if steer is not None or children:
-            _say("edgefleet demo: stopped")
+def _start_fleet(
+    lay: Any, s3: dict[str, str], children: list[Any], steer: list[Any], stop: _Stop
+) -> dict[str, str]:
+    """Start the appliances, then steering with their URLs; the children are
+    appended to ``children`` and ``steer`` as they start (so they are stopped
+    whatever happens next). The appliances' URLs by name."""
+    from demo.fleet import appliance_toml, spawn, steer_toml, wait_listening
+
+    for a in lay.appliances:
+        d = lay.dir(a.name)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "edge.toml").write_text(appliance_toml(lay, a, s3))
+        child = spawn(a.name, ["serve", "--config", str(d / "edge.toml")], d / "serve.log")
+        child.details = {"isp": a.isp, "site": a.site, "capacity": a.capacity}
+        children.append(child)
+    urls = {child.name: wait_listening(child, stop.wanted) for child in children}
+    (lay.workdir / "steer.toml").write_text(steer_toml(lay, urls))
+    cmd = ["steer", "--config", str(lay.workdir / "steer.toml")]
+    steer.append(spawn("steer", cmd, lay.workdir / "steer.log"))
+    wait_listening(steer[0], stop.wanted)
+    return urls
+
+
+def _watch(children: list[Any], stop: _Stop) -> None:
+    """Until asked to stop: report a part that exits; the rest keep running."""
+    while not stop.wanted():
+        for c in children:
+            if c.exited is None and c.proc.poll() is not None:
+                c.exited = c.proc.returncode
+                _say(
+                    f"edgefleet demo: {c.name} exited ({_how(c.exited)}); the rest keep "
+                    f"running (its log: {c.log})"
+                )
+        time.sleep(0.2)
 
 
 def _fill(lay: Any, objects: Any, urls: dict[str, str], stop: _Stop) -> dict[str, Any]:
