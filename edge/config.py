@@ -219,10 +219,8 @@ def _name(value: Any) -> str:
     return text
 
 
-SERVE_OPTIONS: Options = {
-    "id": ("--id", _name, "this appliance's name in health and status (default: the host name)"),
-    "site": ("--site", _name, "the site it stands in, as steering names it (shown in status)"),
-    "listen": ("--listen", parse_listen, "HOST:PORT to serve content and /_edge/ on"),
+# HTTPS listeners, the same for the appliance and steering
+TLS_OPTIONS: Options = {
     "tls_listen": (
         "--tls-listen",
         listen_list,
@@ -233,6 +231,13 @@ SERVE_OPTIONS: Options = {
         cert_list,
         "CERT.pem[:KEY.pem] (repeat: chosen by SNI, the first is the default)",
     ),
+}
+
+SERVE_OPTIONS: Options = {
+    "id": ("--id", _name, "this appliance's name in health and status (default: the host name)"),
+    "site": ("--site", _name, "the site it stands in, as steering names it (shown in status)"),
+    "listen": ("--listen", parse_listen, "HOST:PORT to serve content and /_edge/ on"),
+    **TLS_OPTIONS,
     "tls_handshake_timeout": (
         "--tls-handshake-timeout",
         parse_duration,

@@ -20,15 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.config import (
+    TLS_OPTIONS,
     ConfigError,
     Options,
     add_option_flags,
     apply_options,
-    cert_list,
     check_ca_file,
     check_tls,
     choice,
-    listen_list,
     parse_listen,
     positive_int,
 )
@@ -168,16 +167,7 @@ def _http_base(value: Any) -> str:
 
 STEER_OPTIONS: Options = {
     "listen": ("--listen", parse_listen, "HOST:PORT to serve /steer, /r/ and /_steer/ on"),
-    "tls_listen": (
-        "--tls-listen",
-        listen_list,
-        "HOST:PORT to serve HTTPS on (repeat; without --listen, HTTPS only)",
-    ),
-    "tls_cert": (
-        "--tls-cert",
-        cert_list,
-        "CERT.pem[:KEY.pem] (repeat: chosen by SNI, the first is the default)",
-    ),
+    **TLS_OPTIONS,
     "ca_file": (
         "--ca-file",
         str,

@@ -289,24 +289,24 @@ class Connection:
         if self.read is Read.HANDSHAKE:
             self._handshake()
             return
+        if not self._recv():
+            return
+        # OpenSSL may hold decrypted input the socket will not signal again
+        while self.tls and self.read is Read.READING and self.sock.pending():  # type: ignore[attr-defined]
+            if not self._recv():
+                return
+
+    def _recv(self) -> bool:
+        """Read once and take what came; ``False`` when nothing more is to be read now."""
         try:
             data = self.sock.recv(65536)
         except WOULD_BLOCK:
-            return
+            return False
         except OSError:
             self.close()
-            return
+            return False
         self._received(data)
-        # OpenSSL may hold decrypted input the socket will not signal again
-        while self.tls and self.read is Read.READING and self.sock.pending():  # type: ignore[attr-defined]
-            try:
-                data = self.sock.recv(65536)
-            except WOULD_BLOCK:
-                return
-            except OSError:
-                self.close()
-                return
-            self._received(data)
+        return True
 
     def _received(self, data: bytes) -> None:
         if self.read is Read.LINGER:
