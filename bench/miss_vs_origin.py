@@ -39,11 +39,8 @@ import asyncio
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import random
-import re
-import resource
 import shutil
 import signal
 import statistics
@@ -57,32 +54,39 @@ from pathlib import Path
 from typing import Any, cast
 
 from benchlib import (
-    GIB,
     HOST,
     KIB,
     MIB,
     Server,
     add_executable_args,
     add_output_args,
-    allowed_cpus,
     check_cpus,
     check_executables,
+    check_pinning,
+    core_ticks,
     cpu_ticks,
     die_with_us,
+    format_size,
     free_port,
+    idle_check,
     launch_listening,
     log,
     machine,
-    metric_samples,
+    machine_ticks,
+    metric_counts,
+    parse_size,
+    percentile,
     pinned,
     print_header,
-    proc_stat,
     run_in_workdir,
-    rusage_seconds,
+    self_cpu,
+    size_arg,
     spawn_edgefleet,
     start_nginx,
     tail,
     version,
+    wait_quiet,
+    wait_stored,
     write_json,
     write_synced,
 )
@@ -131,14 +135,6 @@ def make_corpus(
     return Corpus(origin, keys, size, digests)
 
 
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB|)\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 8MiB, 512KiB, 1048576)")
-    unit = {"": 1, "b": 1, "kib": KIB, "mib": MIB, "gib": GIB}[m.group(2).lower()]
-    return int(m.group(1)) * unit
-
-
 def parse_scenarios(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in ("loopback", "wan")]
@@ -165,51 +161,7 @@ def format_age(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def format_size(n: int) -> str:
-    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
-        if n % size == 0:
-            return f"{n // size} {unit}"
-    return f"{n} B"
-
-
 # -- processes --------------------------------------------------------------------
-
-
-def machine_ticks() -> tuple[int, int, int, int]:
-    """(user + system, irq + softirq, steal, total) clock ticks of all CPUs so far,
-    from /proc/stat. Loopback TCP does much of its receiving in softirqs, which the
-    kernel counts apart from the processes that caused them."""
-    t = proc_stat()["cpu"]
-    return t.user + t.nice + t.system, t.irq + t.softirq, t.steal, t.total
-
-
-def core_ticks() -> dict[int, tuple[int, int]]:
-    """(busy, total) clock ticks of each CPU so far, irq and softirq time counted busy."""
-    return {int(name[3:]): (t.busy, t.total) for name, t in proc_stat().items() if name != "cpu"}
-
-
-def idle_check(seconds: float = 1.0) -> float:
-    """How busy the machine is with nothing of ours running, in % of one core."""
-    m0 = machine_ticks()
-    time.sleep(seconds)
-    m1 = machine_ticks()
-    return 100.0 * ((m1[0] - m0[0]) + (m1[1] - m0[1])) / os.sysconf("SC_CLK_TCK") / seconds
-
-
-def wait_quiet(limit: float) -> None:
-    """Up to ``limit`` seconds for other processes to leave the machine (less than
-    ``NOISE_PCT`` of a core busy over half a second)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        busy = idle_check(0.5)
-        if busy < NOISE_PCT:
-            return
-        log(f"  waiting for a quiet machine: other processes keep {busy:.0f}% of a core busy")
-
-
-def self_cpu() -> float:
-    """User + system CPU seconds of this process (the client), all threads."""
-    return rusage_seconds(resource.RUSAGE_SELF)
 
 
 # the origin: strong ETags (nginx's default, stated), no access log
@@ -306,66 +258,7 @@ def start_appliance(
     return spawn_edgefleet(name, cmd, log_path, store=store, timeout=60)
 
 
-def check_pinning(server: Server, cpu: int | None) -> str:
-    cpus = allowed_cpus(server.pid)
-    if cpu is not None and cpus != {str(cpu)}:
-        raise RuntimeError(f"{server.name} is not pinned to CPU {cpu}: {sorted(cpus)}")
-    return ", ".join(sorted(cpus))
-
-
 # -- the appliance's own view ----------------------------------------------------
-
-
-def admin_get(port: int, path: str) -> bytes:
-    conn = http.client.HTTPConnection(HOST, port, timeout=30)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
-    finally:
-        conn.close()
-    if resp.status != 200:
-        raise RuntimeError(f"GET {path} answered {resp.status}")
-    return body
-
-
-def metric_counts(port: int) -> tuple[dict[str, float], dict[str, float]]:
-    """(content requests by cache result and status, origin requests by kind and result),
-    from /_edge/metrics."""
-    requests: dict[str, float] = {}
-    origin: dict[str, float] = {}
-    text = admin_get(port, "/_edge/metrics").decode()
-    names = ("edgefleet_requests_total", "edgefleet_origin_requests_total")
-    for name, labels, value in metric_samples(text, names):
-        if name == "edgefleet_requests_total":
-            k = f"{labels.get('cache', '?')} {labels.get('status', '?')}"
-            requests[k] = requests.get(k, 0.0) + value
-        else:
-            k = f"{labels.get('kind', '?')} {labels.get('result', '?')}"
-            origin[k] = origin.get(k, 0.0) + value
-    return requests, origin
-
-
-def stored_keys(port: int, prefix: str = "") -> set[str]:
-    path = "/_edge/inventory" + (f"?prefix={prefix}" if prefix else "")
-    keys: set[str] = set()
-    for line in admin_get(port, path).splitlines():
-        if line.strip():
-            keys.add(str(json.loads(line)["key"]))
-    return keys
-
-
-def wait_stored(port: int, keys: list[str], timeout: float, prefix: str = "") -> float | None:
-    """Seconds until the inventory lists every one of ``keys``; ``None``: not within
-    ``timeout``."""
-    t0 = time.monotonic()
-    want = set(keys)
-    while True:
-        if want <= stored_keys(port, prefix):
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            return None
-        time.sleep(0.01)
 
 
 def check_misses(
@@ -834,7 +727,7 @@ def appliance_round(
         log(f"  round {round_} appliance: pid {appliance.pid}, port {appliance.port}, cpus {cpus}")
         warm_appliance(appliance, corpus)
         if args.wait_idle:
-            wait_quiet(args.wait_idle)
+            wait_quiet(args.wait_idle, NOISE_PCT)
         if args.py_spy_dir:
             out = Path(args.py_spy_dir) / f"appliance-{origin.name}-round-{round_}.txt"
             profiler = Profiler(args.py_spy, appliance.pid, out, args.client_cpu)
@@ -927,7 +820,7 @@ def ttfb_phase(
             out = Path(args.py_spy_dir) / f"appliance-{origin.name}-ttfb.txt"
             profiler = Profiler(args.py_spy, appliance.pid, out, args.client_cpu)
         if args.wait_idle:
-            wait_quiet(args.wait_idle)
+            wait_quiet(args.wait_idle, NOISE_PCT)
 
         async def go() -> list[TtfbSample]:
             conns = {
@@ -989,17 +882,6 @@ def ttfb_phase(
         live.remove(appliance)
         if not args.keep and appliance.store is not None:
             shutil.rmtree(appliance.store, ignore_errors=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), linear between the closest ranks."""
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    pos = (len(v) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
 # -- summary ----------------------------------------------------------------------
@@ -1200,7 +1082,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--objects", type=int, default=None, help="objects (default 48, --quick 24)")
     p.add_argument(
-        "--object-size", type=parse_size, default=8 * MIB, help="bytes per object (default 8MiB)"
+        "--object-size", type=size_arg, default=8 * MIB, help="bytes per object (default 8MiB)"
     )
     p.add_argument("--per-title", type=int, default=8, help="objects per title directory")
     p.add_argument(
@@ -1306,7 +1188,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--object-size and --per-title must be at least 1")
     try:
         parse_size(args.slice_size)
-    except argparse.ArgumentTypeError as exc:
+    except ValueError as exc:
         p.error(f"--slice-size: {exc}")
     if args.pin:
         if args.appliance_cpu == args.client_cpu:
@@ -1518,7 +1400,7 @@ def scenario(
         for path in order:
             if path == "origin":
                 if args.wait_idle:
-                    wait_quiet(args.wait_idle)
+                    wait_quiet(args.wait_idle, NOISE_PCT)
                 run = measure(
                     "origin", r, origin.port, origin, None, corpus, buffers, args.concurrency
                 )
