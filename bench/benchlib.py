@@ -283,6 +283,7 @@ http {{
         listen {host}:{port};
         root {work}/origin;
         location / {{
+            {location}
         }}
     }}
 }}
@@ -290,15 +291,24 @@ http {{
 
 
 def start_nginx(
-    work: Path, name: str, exe: str, cpu: int | None, directives: str, timeout: float = 30.0
+    work: Path,
+    name: str,
+    exe: str,
+    cpu: int | None,
+    directives: str,
+    timeout: float = 30.0,
+    location: str = "",
 ) -> Server:
     """nginx, one worker without a master, serving ``work/origin`` on a free port.
-    ``directives`` go into its ``http`` block (the access log, at least)."""
+    ``directives`` go into its ``http`` block (the access log, at least), ``location``
+    into its ``location /`` (a proxy, say, instead of the files)."""
     port = free_port()
     (work / f"{name}-tmp").mkdir()
     conf = work / f"{name}.conf"
     conf.write_text(
-        NGINX_CONF.format(work=work, name=name, host=HOST, port=port, directives=directives)
+        NGINX_CONF.format(
+            work=work, name=name, host=HOST, port=port, directives=directives, location=location
+        )
     )
     cmd = pinned(
         [exe, "-p", str(work), "-c", str(conf), "-e", str(work / f"{name}-error.log")], cpu

@@ -20,6 +20,11 @@ receiving the first body byte, straight from nginx and through a cold appliance
 Every body is checked against the file's SHA-256, and the appliance's
 ``/_edge/metrics`` must count every request as a miss.
 
+The fair peer runs in the same rounds: nginx's own slice cache
+(``slice_cache.py``), cold on a fresh cache directory, in front of the same
+origin; the appliance's throughput and first byte are also printed as ratios
+to it (targets: >= 1.0x throughput, first byte no later).
+
 Two scenarios, each with its own tables: ``loopback`` (nginx itself, unlimited:
 the CPU-bound worst case) and ``wan`` (nginx behind ``shaped_origin.py``, a
 relay adding ``--origin-rtt`` per request and capping each connection at
@@ -90,6 +95,7 @@ from benchlib import (
     write_json,
     write_synced,
 )
+from slice_cache import cached_slices, start_slice_cache
 
 from edge.appliance.miss import READ_AHEAD
 
@@ -100,6 +106,13 @@ NOISE_PCT = 10.0  # CPU spent by processes outside the benchmark above this: a n
 HEAD_MAX = 64 * KIB  # the largest response head the client accepts
 REQUEST_TIMEOUT = 60.0  # seconds for one whole object
 WARMUP_KEY = "warmup/seg_00000.m4s"  # fetched, unmeasured, by every new appliance
+PEER_TARGET = 1.0  # appliance cold-miss MB/s at least nginx's slice cache's, first byte no later
+PATHS = ("origin", "appliance", "slicecache")
+LABELS = {
+    "origin": "origin (direct)",
+    "appliance": "appliance (miss)",
+    "slicecache": "nginx slice cache",
+}
 
 
 # -- the objects ----------------------------------------------------------------
@@ -592,7 +605,7 @@ def verify(fetches: list[Fetch], buffers: dict[str, memoryview], corpus: Corpus)
 @dataclass
 class Run:
     round: int
-    path: str  # "origin" or "appliance"
+    path: str  # "origin", "appliance" or "slicecache"
     objects: int
     complete: int
     body_bytes: int
@@ -660,7 +673,7 @@ def measure(
     )
 
 
-def warm_appliance(server: Server, corpus: Corpus) -> None:
+def warm_cache(server: Server, corpus: Corpus) -> None:
     """One unmeasured miss (an object outside the measured set), so the measured
     requests find the process, its origin connection and its store warmed up."""
 
@@ -676,7 +689,7 @@ def warm_appliance(server: Server, corpus: Corpus) -> None:
         raise RuntimeError(
             f"{server.name}: warm-up GET /{WARMUP_KEY}: {f.error}\n{tail(server.log)}"
         )
-    if wait_stored(server.port, [WARMUP_KEY], 30, "warmup/") is None:
+    if server.kind == "edgefleet" and wait_stored(server.port, [WARMUP_KEY], 30, "warmup/") is None:
         raise RuntimeError(f"{server.name}: the warm-up object was not stored within 30 s")
 
 
@@ -725,7 +738,7 @@ def appliance_round(
     try:
         cpus = check_pinning(appliance, args.appliance_cpu)
         log(f"  round {round_} appliance: pid {appliance.pid}, port {appliance.port}, cpus {cpus}")
-        warm_appliance(appliance, corpus)
+        warm_cache(appliance, corpus)
         if args.wait_idle:
             wait_quiet(args.wait_idle, NOISE_PCT)
         if args.py_spy_dir:
@@ -764,11 +777,60 @@ def appliance_round(
             shutil.rmtree(appliance.store, ignore_errors=True)
 
 
+def slice_cache_round(
+    args: argparse.Namespace,
+    work: Path,
+    round_: int,
+    origin: OriginSide,
+    corpus: Corpus,
+    buffers: dict[str, memoryview],
+    live: list[Server],
+) -> Run:
+    """The same download through nginx's slice cache on an empty cache directory."""
+    cache = start_peer(work, f"slicecache-{origin.name}-{round_}", args, origin.port)
+    live.append(cache)
+    try:
+        cpus = check_pinning(cache, args.appliance_cpu)
+        log(f"  round {round_} slice cache: pid {cache.pid}, port {cache.port}, cpus {cpus}")
+        warm_cache(cache, corpus)
+        if args.wait_idle:
+            wait_quiet(args.wait_idle, NOISE_PCT)
+        run = measure(
+            "slicecache", round_, cache.port, origin, cache, corpus, buffers, args.concurrency
+        )
+        want = (len(corpus.keys) + 1) * -(-corpus.size // parse_size(args.slice_size))
+        t0 = time.monotonic()
+        while (held := cached_slices(cache)) < want and time.monotonic() - t0 < 30:
+            time.sleep(0.05)
+        run.stored_s = time.monotonic() - t0 if held == want else None
+        run.metrics = {"cached_slices": held}
+        if held != want:
+            run.problems.append(f"the slice cache holds {held} slices, not {want}")
+        return run
+    finally:
+        stop_peer(cache, live, args.keep)
+
+
+def start_peer(work: Path, name: str, args: argparse.Namespace, origin_port: int) -> Server:
+    """nginx's slice cache with the appliance's slice size and capacity, on its CPU."""
+    slice_size, capacity = parse_size(args.slice_size), parse_size(args.capacity)
+    return start_slice_cache(
+        work, name, args.nginx, origin_port, slice_size, capacity, args.appliance_cpu
+    )
+
+
+def stop_peer(cache: Server, live: list[Server], keep: bool) -> None:
+    cache.stop()
+    live.remove(cache)
+    if not keep and cache.store is not None:
+        shutil.rmtree(cache.store, ignore_errors=True)
+
+
 def run_line(run: Run) -> str:
     return (
         f"  round {run.round} {run.path:<9} {run.mb_per_s:>8.1f} MB/s in {run.seconds:>6.2f} s, "
         f"object median {run.object_ms_median:>6.1f} ms max {run.object_ms_max:>6.1f} ms; CPU "
-        f"appliance {run.appliance_cpu_pct:>3.0f}% nginx {run.nginx_cpu_pct:>3.0f}% "
+        f"cache {run.appliance_cpu_pct:>3.0f}% nginx {run.nginx_cpu_pct:>3.0f}% "
         + (f"relay {run.relay_cpu_pct:>3.0f}% " if run.relay_cpu_pct else "")
         + f"client {run.client_cpu_pct:>3.0f}% softirq {run.softirq_pct:>3.0f}% "
         f"other {run.other_cpu_pct:>3.0f}%; cores busy "
@@ -792,6 +854,50 @@ class TtfbSample:
     error: str
 
 
+async def ttfb_samples(
+    args: argparse.Namespace,
+    ports: dict[str, int],
+    appliance_port: int,
+    keys: list[str],
+    corpus: Corpus,
+    buffers: dict[str, memoryview],
+) -> list[TtfbSample]:
+    """Each of ``keys`` once on every path of ``ports``, one request at a time, the
+    path that goes first turning with each object."""
+    conns = {path: await connect(port) for path, port in ports.items()}
+    paths = list(ports)
+    samples: list[TtfbSample] = []
+    # the warm-up object once more from nginx: its connection has served a request
+    await conns["origin"].get(WARMUP_KEY, buffers[keys[0]], REQUEST_TIMEOUT)
+    for i, key in enumerate(keys):
+        for path in paths[i % len(paths) :] + paths[: i % len(paths)]:
+            if args.ttfb_gap:
+                await asyncio.sleep(args.ttfb_gap)
+            if conns[path].closed:
+                conns[path] = await connect(ports[path])
+            f = await conns[path].get(key, buffers[key], REQUEST_TIMEOUT)
+            error = f.error or "; ".join(verify([f], buffers, corpus))
+            stored: float | None = None
+            if path == "appliance" and not f.error:
+                stored = await asyncio.to_thread(wait_stored, appliance_port, [key], 30, key)
+                if stored is None:
+                    error = error or "not stored within 30 s"
+            samples.append(
+                TtfbSample(
+                    key=key,
+                    path=path,
+                    ttfb_ms=1e3 * (f.first_byte_at - f.sent_at) if f.first_byte_at else 0,
+                    head_ms=1e3 * (f.head_at - f.sent_at) if f.head_at else 0,
+                    total_ms=1e3 * (f.done_at - f.sent_at) if f.done_at else 0,
+                    stored_s=stored,
+                    error=error,
+                )
+            )
+    for c in conns.values():
+        c.close()
+    return samples
+
+
 def ttfb_phase(
     args: argparse.Namespace,
     work: Path,
@@ -800,71 +906,35 @@ def ttfb_phase(
     buffers: dict[str, memoryview],
     live: list[Server],
 ) -> tuple[list[TtfbSample], dict[str, Any], list[str]]:
-    """Objects one at a time, each from nginx and as a cold miss through a fresh
-    appliance (alternating which goes first), each once the appliance has stored
-    the previous one (and after ``--ttfb-gap`` seconds of quiet, if given)."""
+    """Objects one at a time, each from nginx, as a cold miss through a fresh
+    appliance and through a fresh nginx slice cache (turning which goes first),
+    each once the appliance has stored the previous one (and after ``--ttfb-gap``
+    seconds of quiet, if given)."""
     keys = corpus.keys[: args.ttfb_objects]
     appliance = start_appliance(
         work, f"appliance-{origin.name}-ttfb", args, origin.port, args.appliance_cpu
     )
     live.append(appliance)
     profiler: Profiler | None = None
+    cache: Server | None = None
     try:
+        cache = start_peer(work, f"slicecache-{origin.name}-ttfb", args, origin.port)
+        live.append(cache)
         cpus = check_pinning(appliance, args.appliance_cpu)
         log(
             f"time to first byte: {len(keys)} objects, one at a time "
-            f"(appliance pid {appliance.pid}, port {appliance.port}, cpus {cpus})"
+            f"(appliance pid {appliance.pid}, port {appliance.port}, cpus {cpus}; "
+            f"slice cache pid {cache.pid}, port {cache.port})"
         )
-        warm_appliance(appliance, corpus)
+        warm_cache(appliance, corpus)
+        warm_cache(cache, corpus)
         if args.py_spy_dir:
             out = Path(args.py_spy_dir) / f"appliance-{origin.name}-ttfb.txt"
             profiler = Profiler(args.py_spy, appliance.pid, out, args.client_cpu)
         if args.wait_idle:
             wait_quiet(args.wait_idle, NOISE_PCT)
-
-        async def go() -> list[TtfbSample]:
-            conns = {
-                "origin": await connect(origin.port),
-                "appliance": await connect(appliance.port),
-            }
-            ports = {"origin": origin.port, "appliance": appliance.port}
-            samples: list[TtfbSample] = []
-            # the warm-up object once more from nginx: its connection has served a request
-            await conns["origin"].get(WARMUP_KEY, buffers[keys[0]], REQUEST_TIMEOUT)
-            for i, key in enumerate(keys):
-                order = ("origin", "appliance") if i % 2 == 0 else ("appliance", "origin")
-                for path in order:
-                    if args.ttfb_gap:
-                        await asyncio.sleep(args.ttfb_gap)
-                    if conns[path].closed:
-                        conns[path] = await connect(ports[path])
-                    f = await conns[path].get(key, buffers[key], REQUEST_TIMEOUT)
-                    error = f.error
-                    if not error:
-                        error = "; ".join(verify([f], buffers, corpus))
-                    stored: float | None = None
-                    if path == "appliance" and not f.error:
-                        stored = await asyncio.to_thread(
-                            wait_stored, appliance.port, [key], 30, key
-                        )
-                        if stored is None:
-                            error = error or "not stored within 30 s"
-                    samples.append(
-                        TtfbSample(
-                            key=key,
-                            path=path,
-                            ttfb_ms=1e3 * (f.first_byte_at - f.sent_at) if f.first_byte_at else 0,
-                            head_ms=1e3 * (f.head_at - f.sent_at) if f.head_at else 0,
-                            total_ms=1e3 * (f.done_at - f.sent_at) if f.done_at else 0,
-                            stored_s=stored,
-                            error=error,
-                        )
-                    )
-            for c in conns.values():
-                c.close()
-            return samples
-
-        samples = asyncio.run(go())
+        ports = {"origin": origin.port, "appliance": appliance.port, "slicecache": cache.port}
+        samples = asyncio.run(ttfb_samples(args, ports, appliance.port, keys, corpus, buffers))
         if profiler is not None:
             profiler.stop()
             log(f"  profile written to {profiler.out}")
@@ -872,12 +942,15 @@ def ttfb_phase(
         slices = -(-corpus.size // parse_size(args.slice_size))
         metrics, problems = check_misses(appliance.port, len(keys) + 1, slices)
         problems = [f"{s.path} {s.key}: {s.error}" for s in samples if s.error] + problems
-        if not appliance.alive():
-            problems.append(f"appliance died (exit {appliance.proc.returncode})")
+        for server in (appliance, cache):
+            if not server.alive():
+                problems.append(f"{server.name} died (exit {server.proc.returncode})")
         return samples, metrics, problems
     finally:
         if profiler is not None:
             profiler.stop()
+        if cache is not None:
+            stop_peer(cache, live, args.keep)
         appliance.stop()
         live.remove(appliance)
         if not args.keep and appliance.store is not None:
@@ -920,7 +993,7 @@ def limit(s: Run | Summary, appliance_cpu: int | None, client_cpu: int | None) -
         busy = [
             name
             for name, pct in (
-                ("appliance", s.appliance_cpu_pct),
+                ("cache", s.appliance_cpu_pct),
                 ("nginx", s.nginx_cpu_pct),
                 ("relay", s.relay_cpu_pct),
                 ("client", s.client_cpu_pct),
@@ -988,88 +1061,117 @@ def met(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def ratio_of(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def print_throughput(
+    args: argparse.Namespace, origin: OriginSide, sums: dict[str, Summary]
+) -> None:
+    print(
+        f"throughput: every object once, {args.concurrency} at a time "
+        f"(median of {args.rounds} rounds)"
+    )
+    relay = origin.relay is not None
+    head = (
+        f"{'path':<18} {'MB/s':>8} {'wall s':>7} {'slowest ms':>10} {'cache CPU':>9} "
+        f"{'nginx CPU':>9} "
+        + (f"{'relay CPU':>9} " if relay else "")
+        + f"{'client CPU':>10} {'softirq':>7} {'other':>6} "
+        f"{'cores busy':>10}  {'limit':<20} "
+        "problems"
+    )
+    print_header(head)
+    for path in PATHS:
+        s = sums[path]
+        print(
+            f"{LABELS[path]:<18} {s.mb_per_s:>8.1f} {s.seconds:>7.2f} {s.object_ms_max:>10.1f} "
+            f"{s.appliance_cpu_pct:>8.0f}% {s.nginx_cpu_pct:>8.0f}% "
+            + (f"{s.relay_cpu_pct:>8.0f}% " if relay else "")
+            + f"{s.client_cpu_pct:>9.0f}% "
+            f"{s.softirq_pct:>6.0f}% {s.other_cpu_pct:>5.0f}% "
+            f"{'/'.join(f'{v:.0f}' for v in s.core_busy_pct.values()) + '%':>10}  "
+            f"{s.limit:<20} " + (f"{len(s.problems)}: {s.problems[0]}" if s.problems else "-")
+        )
+    print(f"{'':<18} cache CPU: the appliance's, or the slice cache's (nginx) on its row")
+
+
 def print_tables(
     args: argparse.Namespace,
     origin: OriginSide,
     summaries: dict[str, Summary],
     ttfb: dict[str, TtfbSummary],
-) -> tuple[float, float]:
-    labels = {"origin": "origin (direct)", "appliance": "appliance (miss)"}
+) -> dict[str, float]:
+    """The tables and the ratios: appliance/origin, slicecache/origin and
+    appliance/slicecache, for throughput and for the median first byte."""
     title = f"== {origin.name}: {origin.label} =="
     print(title)
     print()
-    ratio = float("nan")
+    r: dict[str, float] = {}
     if summaries:
+        print_throughput(args, origin, summaries)
+        o, a, n = (summaries[p].mb_per_s for p in PATHS)
+        r["throughput"] = ratio_of(a, o)
+        r["throughput_slice_cache"] = ratio_of(n, o)
+        r["throughput_vs_slice_cache"] = ratio_of(a, n)
         print(
-            f"throughput: every object once, {args.concurrency} at a time "
-            f"(median of {args.rounds} rounds)"
+            f"{'ratio':<18} {r['throughput']:>7.2f}x (appliance/origin, target >= "
+            f"{THROUGHPUT_TARGET:.1f}x: {met(r['throughput'] >= THROUGHPUT_TARGET)})"
         )
-        relay = origin.relay is not None
-        head = (
-            f"{'path':<18} {'MB/s':>8} {'wall s':>7} {'slowest ms':>10} {'appl CPU':>9} "
-            f"{'nginx CPU':>9} "
-            + (f"{'relay CPU':>9} " if relay else "")
-            + f"{'client CPU':>10} {'softirq':>7} {'other':>6} "
-            f"{'cores busy':>10}  {'limit':<20} "
-            "problems"
-        )
-        print_header(head)
-        for path in ("origin", "appliance"):
-            s = summaries[path]
-            print(
-                f"{labels[path]:<18} {s.mb_per_s:>8.1f} {s.seconds:>7.2f} {s.object_ms_max:>10.1f} "
-                f"{s.appliance_cpu_pct:>8.0f}% {s.nginx_cpu_pct:>8.0f}% "
-                + (f"{s.relay_cpu_pct:>8.0f}% " if relay else "")
-                + f"{s.client_cpu_pct:>9.0f}% "
-                f"{s.softirq_pct:>6.0f}% {s.other_cpu_pct:>5.0f}% "
-                f"{'/'.join(f'{v:.0f}' for v in s.core_busy_pct.values()) + '%':>10}  "
-                f"{s.limit:<20} " + (f"{len(s.problems)}: {s.problems[0]}" if s.problems else "-")
-            )
-        o, a = summaries["origin"], summaries["appliance"]
-        ratio = a.mb_per_s / o.mb_per_s if o.mb_per_s else float("nan")
+        print(f"{'':<18} {r['throughput_slice_cache']:>7.2f}x (nginx slice cache/origin)")
         print(
-            f"{'ratio':<18} {ratio:>7.2f}x (appliance/origin, target >= "
-            f"{THROUGHPUT_TARGET:.1f}x: {met(ratio >= THROUGHPUT_TARGET)})"
+            f"{'':<18} {r['throughput_vs_slice_cache']:>7.2f}x (appliance/nginx slice cache, "
+            f"target >= {PEER_TARGET:.1f}x: {met(r['throughput_vs_slice_cache'] >= PEER_TARGET)})"
         )
-        if relay:
+        if origin.relay is not None:
             print(
                 f"{'':<18} direct: one connection per object, like a player; the appliance "
                 f"fetches each object's slices over up to {1 + READ_AHEAD} connections at once "
                 "(read-ahead), each under the same per-connection cap"
             )
         print()
-    t_ratio = float("nan")
     if ttfb:
+        print_ttfb(ttfb, r)
+    return r
+
+
+def print_ttfb(ttfb: dict[str, TtfbSummary], r: dict[str, float]) -> None:
+    print(
+        f"time to first body byte: {ttfb['origin'].samples + ttfb['origin'].errors} objects "
+        "one at a time, each a cold miss through the appliance and the slice cache"
+    )
+    head = (
+        f"{'path':<18} {'median ms':>9} {'p90 ms':>8} {'max ms':>8} {'whole object ms':>15}  errors"
+    )
+    print_header(head)
+    for path in PATHS:
+        t = ttfb[path]
         print(
-            f"time to first body byte: {ttfb['origin'].samples + ttfb['origin'].errors} objects "
-            "one at a time, each a cold miss through the appliance"
+            f"{LABELS[path]:<18} {t.median_ms:>9.2f} {t.p90_ms:>8.2f} {t.max_ms:>8.2f} "
+            f"{t.total_median_ms:>15.2f}  {t.errors}"
         )
-        head = (
-            f"{'path':<18} {'median ms':>9} {'p90 ms':>8} {'max ms':>8} "
-            f"{'whole object ms':>15}  errors"
-        )
-        print_header(head)
-        for path in ("origin", "appliance"):
-            t = ttfb[path]
-            print(
-                f"{labels[path]:<18} {t.median_ms:>9.2f} {t.p90_ms:>8.2f} {t.max_ms:>8.2f} "
-                f"{t.total_median_ms:>15.2f}  {t.errors}"
-            )
-        o_t, a_t = ttfb["origin"], ttfb["appliance"]
-        t_ratio = a_t.median_ms / o_t.median_ms if o_t.median_ms else float("nan")
-        p90_ratio = a_t.p90_ms / o_t.p90_ms if o_t.p90_ms else float("nan")
-        print(
-            f"{'ratio':<18} {t_ratio:>8.2f}x (median, appliance/origin, target <= "
-            f"{TTFB_TARGET:.1f}x: {met(t_ratio <= TTFB_TARGET)}); "
-            f"+{a_t.median_ms - o_t.median_ms:.2f} ms; p90 {p90_ratio:.2f}x "
-            f"(+{a_t.p90_ms - o_t.p90_ms:.2f} ms)"
-        )
-        print(
-            f"{'':<18} a miss asks the origin once before its first byte: the GET of the "
-            "first slice, whose answer also tells what the object is"
-        )
-        print()
-    return ratio, t_ratio
+    o_t, a_t, n_t = (ttfb[p] for p in PATHS)
+    r["ttfb"] = ratio_of(a_t.median_ms, o_t.median_ms)
+    r["ttfb_p90"] = ratio_of(a_t.p90_ms, o_t.p90_ms)
+    r["ttfb_slice_cache"] = ratio_of(n_t.median_ms, o_t.median_ms)
+    r["ttfb_vs_slice_cache"] = ratio_of(a_t.median_ms, n_t.median_ms)
+    print(
+        f"{'ratio':<18} {r['ttfb']:>8.2f}x (median, appliance/origin, target <= "
+        f"{TTFB_TARGET:.1f}x: {met(r['ttfb'] <= TTFB_TARGET)}); "
+        f"+{a_t.median_ms - o_t.median_ms:.2f} ms; p90 {r['ttfb_p90']:.2f}x "
+        f"(+{a_t.p90_ms - o_t.p90_ms:.2f} ms)"
+    )
+    print(f"{'':<18} {r['ttfb_slice_cache']:>8.2f}x (median, nginx slice cache/origin)")
+    print(
+        f"{'':<18} {r['ttfb_vs_slice_cache']:>8.2f}x (median, appliance/nginx slice cache, "
+        f"target <= {PEER_TARGET:.1f}x: {met(r['ttfb_vs_slice_cache'] <= PEER_TARGET)}); "
+        f"{a_t.median_ms - n_t.median_ms:+.2f} ms"
+    )
+    print(
+        f"{'':<18} a miss asks the origin once before its first byte: the GET of the "
+        "first slice, whose answer also tells what the object is"
+    )
+    print()
 
 
 # -- main ---------------------------------------------------------------------------
@@ -1396,16 +1498,17 @@ def scenario(
     )
     runs: list[Run] = []
     for r in range(1, args.rounds + 1):
-        order = ("origin", "appliance") if r % 2 else ("appliance", "origin")
-        for path in order:
+        for path in PATHS if r % 2 else PATHS[::-1]:
             if path == "origin":
                 if args.wait_idle:
                     wait_quiet(args.wait_idle, NOISE_PCT)
                 run = measure(
                     "origin", r, origin.port, origin, None, corpus, buffers, args.concurrency
                 )
-            else:
+            elif path == "appliance":
                 run = appliance_round(args, work, r, origin, corpus, buffers, live)
+            else:
+                run = slice_cache_round(args, work, r, origin, corpus, buffers, live)
             runs.append(run)
             log(run_line(run))
 
@@ -1419,12 +1522,10 @@ def scenario(
 
     summaries = {
         path: summarize([r for r in runs if r.path == path], args.appliance_cpu, args.client_cpu)
-        for path in ("origin", "appliance")
+        for path in PATHS
     }
-    ttfb = (
-        {path: summarize_ttfb(samples, path) for path in ("origin", "appliance")} if samples else {}
-    )
-    ratio, t_ratio = print_tables(args, origin, summaries, ttfb)
+    ttfb = {path: summarize_ttfb(samples, path) for path in PATHS} if samples else {}
+    ratios = print_tables(args, origin, summaries, ttfb)
 
     notes: list[str] = []
     if ttfb_problems:
@@ -1445,18 +1546,22 @@ def scenario(
         or bool(ttfb_problems)
         or not all(s.alive() for s in origin.servers)
     )
-    targets = [ratio >= THROUGHPUT_TARGET] + ([t_ratio <= TTFB_TARGET] if ttfb else [])
+    targets = [
+        ratios["throughput"] >= THROUGHPUT_TARGET,
+        ratios["throughput_vs_slice_cache"] >= PEER_TARGET,
+    ]
+    if ttfb:
+        targets += [ratios["ttfb"] <= TTFB_TARGET, ratios["ttfb_vs_slice_cache"] <= PEER_TARGET]
     doc = {
         "label": origin.label,
         "runs": [asdict(r) for r in runs],
         "summaries": [asdict(s) for s in summaries.values()],
-        "throughput_ratio": ratio,
+        "throughput_ratio": ratios["throughput"],
         "ttfb_samples": [asdict(s) for s in samples],
         "ttfb_summaries": [asdict(t) for t in ttfb.values()],
-        "ttfb_ratio": t_ratio,
-        "ttfb_p90_ratio": (
-            ttfb["appliance"].p90_ms / ttfb["origin"].p90_ms if ttfb else float("nan")
-        ),
+        "ttfb_ratio": ratios.get("ttfb", float("nan")),
+        "ttfb_p90_ratio": ratios.get("ttfb_p90", float("nan")),
+        "ratios": ratios,
         "ttfb_metrics": ttfb_metrics,
     }
     return ScenarioResult(origin.name, failed, targets, notes, warnings, doc)
