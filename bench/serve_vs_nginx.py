@@ -69,6 +69,7 @@ from benchlib import (
     write_json,
     write_synced,
 )
+from charts import ratio_bars_png
 
 SEGMENT_SIZE = 2 * MIB
 RANGE_SIZE = 64 * 1024
@@ -620,6 +621,26 @@ def compare(scenario: Scenario, e: Summary, n: Summary) -> Comparison:
     )
 
 
+RPS = "req/s (higher is better; mark: least target)"
+P99 = "p99 latency (lower is better; mark: most target)"
+CPU = "CPU per request (lower is better)"
+
+
+def ratio_chart(path: Path, comparisons: list[Comparison], args: argparse.Namespace) -> None:
+    """The ratios edgefleet/nginx of every scenario (and server pair) as bars."""
+    groups: dict[str, dict[str, float]] = {}
+    targets: dict[str, dict[str, float]] = {}
+    for c in comparisons:
+        name = c.scenario + ("" if c.edgefleet == "edgefleet" else f"\n{c.edgefleet}")
+        groups[name] = {RPS: c.rps_ratio, P99: c.p99_ratio, CPU: c.cpu_ratio}
+        targets[name] = {RPS: c.rps_target, P99: c.p99_target}
+    title = (
+        f"edgefleet serve / nginx, 1 worker each, {args.duration:.0f} s runs, "
+        f"{args.rounds} round(s), {args.aggregate}"
+    )
+    ratio_bars_png(path, groups, targets, title, "edgefleet / nginx")
+
+
 def print_table(
     scenarios: list[Scenario],
     summaries: dict[tuple[str, str], Summary],
@@ -718,6 +739,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_executable_args(p)
     p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="wrk")
     add_output_args(p)
+    p.add_argument(
+        "--png",
+        metavar="PATH",
+        default="serve_vs_nginx.png",
+        help="a bar chart of the ratios (default serve_vs_nginx.png; '' for none)",
+    )
     args = p.parse_args(argv)
     quick = (3.0, 1, 1.0)
     full = (10.0, 2, 2.0)
@@ -880,6 +907,9 @@ def bench(args: argparse.Namespace, work: Path, servers: list[Server]) -> int:
         + ("; runs with problems are flagged above" if failed else "")
     )
 
+    if args.png:
+        ratio_chart(Path(args.png), comparisons, args)
+        log(f"chart written to {args.png}")
     if args.json:
         doc = {
             "settings": {
