@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +32,13 @@ from typing import Any, NamedTuple
 
 from demo.processes import Process, child_setup, free_port, start
 from demo.processes import tail as tail  # the scripts import it from here
+from edge.core.sizes import GIB as GIB
+from edge.core.sizes import KIB as KIB
+from edge.core.sizes import MIB as MIB
+from edge.core.sizes import format_size as format_size  # the same
+from edge.core.sizes import parse_size
 
 HOST = "127.0.0.1"  # loopback only, by design
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
 
 DEFAULT_EDGEFLEET = str(Path(sys.executable).with_name("edgefleet"))
 
@@ -126,6 +130,58 @@ def allowed_cpus(pid: int) -> set[str]:
                 if line.startswith("Cpus_allowed_list:"):
                     lists.add(line.split(":", 1)[1].strip())
     return lists
+
+
+def machine_ticks() -> tuple[int, int, int, int]:
+    """(user + system, irq + softirq, steal, total) clock ticks of all CPUs so far,
+    from /proc/stat. Loopback TCP does much of its receiving in softirqs, which the
+    kernel counts apart from the processes that caused them."""
+    t = proc_stat()["cpu"]
+    return t.user + t.nice + t.system, t.irq + t.softirq, t.steal, t.total
+
+
+def cpu_core(cpu: int) -> CpuTimes:
+    """The counters of one CPU so far."""
+    t = proc_stat().get(f"cpu{cpu}")
+    if t is None:
+        raise RuntimeError(f"cpu{cpu} not in /proc/stat")
+    return t
+
+
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """(busy, total) clock ticks of each CPU so far, irq and softirq time counted busy."""
+    return {int(name[3:]): (t.busy, t.total) for name, t in proc_stat().items() if name != "cpu"}
+
+
+def idle_check(seconds: float = 1.0) -> float:
+    """How busy the machine is with nothing of ours running, in % of one core."""
+    m0 = machine_ticks()
+    time.sleep(seconds)
+    m1 = machine_ticks()
+    return 100.0 * ((m1[0] - m0[0]) + (m1[1] - m0[1])) / os.sysconf("SC_CLK_TCK") / seconds
+
+
+def wait_quiet(limit: float, noise_pct: float = 10.0) -> None:
+    """Up to ``limit`` seconds for other processes to leave the machine (less than
+    ``noise_pct`` % of a core busy over half a second)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        busy = idle_check(0.5)
+        if busy < noise_pct:
+            return
+        log(f"  waiting for a quiet machine: other processes keep {busy:.0f}% of a core busy")
+
+
+def self_cpu() -> float:
+    """User + system CPU seconds of this process (the client), all threads."""
+    return rusage_seconds(resource.RUSAGE_SELF)
+
+
+def check_pinning(server: Server, cpu: int | None) -> str:
+    cpus = allowed_cpus(server.pid)
+    if cpu is not None and cpus != {str(cpu)}:
+        raise RuntimeError(f"{server.name} is not pinned to CPU {cpu}: {sorted(cpus)}")
+    return ", ".join(sorted(cpus))
 
 
 # -- processes: demo/processes.py runs them ------------------------------------------
@@ -227,6 +283,7 @@ http {{
         listen {host}:{port};
         root {work}/origin;
         location / {{
+            {location}
         }}
     }}
 }}
@@ -234,15 +291,24 @@ http {{
 
 
 def start_nginx(
-    work: Path, name: str, exe: str, cpu: int | None, directives: str, timeout: float = 30.0
+    work: Path,
+    name: str,
+    exe: str,
+    cpu: int | None,
+    directives: str,
+    timeout: float = 30.0,
+    location: str = "",
 ) -> Server:
     """nginx, one worker without a master, serving ``work/origin`` on a free port.
-    ``directives`` go into its ``http`` block (the access log, at least)."""
+    ``directives`` go into its ``http`` block (the access log, at least), ``location``
+    into its ``location /`` (a proxy, say, instead of the files)."""
     port = free_port()
     (work / f"{name}-tmp").mkdir()
     conf = work / f"{name}.conf"
     conf.write_text(
-        NGINX_CONF.format(work=work, name=name, host=HOST, port=port, directives=directives)
+        NGINX_CONF.format(
+            work=work, name=name, host=HOST, port=port, directives=directives, location=location
+        )
     )
     cmd = pinned(
         [exe, "-p", str(work), "-c", str(conf), "-e", str(work / f"{name}-error.log")], cpu
@@ -259,6 +325,142 @@ def metric_samples(text: str, names: Iterable[str]) -> Iterator[tuple[str, dict[
         m = pat.match(line)
         if m and m.group(1) in wanted:
             yield m.group(1), dict(re.findall(r'(\w+)="([^"]*)"', m.group(2))), float(m.group(3))
+
+
+# -- the appliance's admin endpoints ------------------------------------------------
+
+
+def admin_get(port: int, path: str) -> bytes:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"GET {path} answered {resp.status}")
+    return body
+
+
+def metric_counts(port: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(content requests by cache result and status, origin requests by kind and result),
+    from /_edge/metrics."""
+    requests: dict[str, float] = {}
+    origin: dict[str, float] = {}
+    text = admin_get(port, "/_edge/metrics").decode()
+    names = ("edgefleet_requests_total", "edgefleet_origin_requests_total")
+    for name, labels, value in metric_samples(text, names):
+        if name == "edgefleet_requests_total":
+            k = f"{labels.get('cache', '?')} {labels.get('status', '?')}"
+            requests[k] = requests.get(k, 0.0) + value
+        else:
+            k = f"{labels.get('kind', '?')} {labels.get('result', '?')}"
+            origin[k] = origin.get(k, 0.0) + value
+    return requests, origin
+
+
+def stored_keys(port: int, prefix: str = "") -> set[str]:
+    path = "/_edge/inventory" + (f"?prefix={prefix}" if prefix else "")
+    keys: set[str] = set()
+    for line in admin_get(port, path).splitlines():
+        if line.strip():
+            keys.add(str(json.loads(line)["key"]))
+    return keys
+
+
+def wait_stored(port: int, keys: list[str], timeout: float, prefix: str = "") -> float | None:
+    """Seconds until the inventory lists every one of ``keys``; ``None``: not within
+    ``timeout``."""
+    t0 = time.monotonic()
+    want = set(keys)
+    while True:
+        if want <= stored_keys(port, prefix):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            return None
+        time.sleep(0.01)
+
+
+# -- wrk ------------------------------------------------------------------------------
+
+_UNITS_TIME = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_UNITS_SIZE = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not m:
+        raise ValueError(f"cannot read latency {text!r}")
+    return float(m.group(1)) * _UNITS_TIME[m.group(2)]
+
+
+def _bytes(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(B|KB|MB|GB|TB)", text)
+    if not m:
+        raise ValueError(f"cannot read size {text!r}")
+    return float(m.group(1)) * _UNITS_SIZE[m.group(2)]
+
+
+@dataclass
+class WrkOutput:
+    requests: int
+    seconds: float
+    rps: float
+    bytes_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    non_2xx: int
+    socket_errors: dict[str, int]
+
+
+def parse_wrk(text: str) -> WrkOutput:
+    def find(pattern: str) -> re.Match[str]:
+        m = re.search(pattern, text, re.MULTILINE)
+        if not m:
+            raise ValueError(f"wrk output has no {pattern!r}:\n{text}")
+        return m
+
+    done = find(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)")
+    errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        errors = dict(zip(errors, (int(x) for x in m.groups()), strict=True))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return WrkOutput(
+        requests=int(done.group(1)),
+        seconds=_ms(done.group(2) + done.group(3)) / 1e3,
+        rps=float(find(r"^Requests/sec:\s+([\d.]+)").group(1)),
+        bytes_per_s=_bytes(find(r"^Transfer/sec:\s+(\S+)").group(1)),
+        p50_ms=_ms(find(r"^\s+50%\s+(\S+)").group(1)),
+        p99_ms=_ms(find(r"^\s+99%\s+(\S+)").group(1)),
+        max_ms=_ms(find(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)").group(1)),
+        non_2xx=int(non2xx.group(1)) if non2xx else 0,
+        socket_errors=errors,
+    )
+
+
+# -- figures --------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), linear between the closest ranks."""
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def size_arg(text: str) -> int:
+    """A size option (``8MiB``, ``512KiB``, ``1048576``), read by edge.core.sizes."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- command line, work directory, cleanup --------------------------------------------

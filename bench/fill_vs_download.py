@@ -44,9 +44,7 @@ from typing import Any
 import aiohttp
 import xxhash
 from benchlib import (
-    GIB,
     HOST,
-    KIB,
     MIB,
     Server,
     add_output_args,
@@ -54,6 +52,7 @@ from benchlib import (
     check_executables,
     cpu_ticks,
     die_with_us,
+    format_size,
     log,
     machine,
     print_header,
@@ -119,13 +118,6 @@ def make_catalog(work: Path, objects: int, size: int, seed: int) -> Catalog:
     manifest = work / "manifest.jsonl"
     manifest.write_text("".join(lines))
     return Catalog(origin, manifest, keys, size)
-
-
-def format_size(n: int) -> str:
-    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
-        if n % size == 0:
-            return f"{n // size} {unit}"
-    return f"{n} B"
 
 
 # -- CPU over a run ------------------------------------------------------------------

@@ -20,6 +20,11 @@ receiving the first body byte, straight from nginx and through a cold appliance
 Every body is checked against the file's SHA-256, and the appliance's
 ``/_edge/metrics`` must count every request as a miss.
 
+The fair peer runs in the same rounds: nginx's own slice cache
+(``slice_cache.py``), cold on a fresh cache directory, in front of the same
+origin; the appliance's throughput and first byte are also printed as ratios
+to it (targets: >= 1.0x throughput, first byte no later).
+
 Two scenarios, each with its own tables: ``loopback`` (nginx itself, unlimited:
 the CPU-bound worst case) and ``wan`` (nginx behind ``shaped_origin.py``, a
 relay adding ``--origin-rtt`` per request and capping each connection at
@@ -37,13 +42,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import http.client
-import json
 import os
-import random
-import re
-import resource
 import shutil
 import signal
 import statistics
@@ -51,41 +51,57 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from benchlib import (
-    GIB,
     HOST,
     KIB,
     MIB,
     Server,
     add_executable_args,
     add_output_args,
-    allowed_cpus,
     check_cpus,
     check_executables,
+    check_pinning,
+    core_ticks,
     cpu_ticks,
     die_with_us,
+    format_size,
     free_port,
+    idle_check,
     launch_listening,
     log,
     machine,
-    metric_samples,
+    machine_ticks,
+    metric_counts,
+    parse_size,
+    percentile,
     pinned,
     print_header,
-    proc_stat,
     run_in_workdir,
-    rusage_seconds,
+    self_cpu,
+    size_arg,
     spawn_edgefleet,
     start_nginx,
     tail,
     version,
+    wait_quiet,
+    wait_stored,
     write_json,
-    write_synced,
 )
+from objects_client import (
+    REQUEST_TIMEOUT,
+    WARMUP_KEY,
+    Corpus,
+    Fetch,
+    connect,
+    download,
+    make_corpus,
+    verify,
+)
+from slice_cache import cached_slices, start_slice_cache
 
 from edge.appliance.miss import READ_AHEAD
 
@@ -93,50 +109,13 @@ THROUGHPUT_TARGET = 0.9  # appliance MB/s at least this share of the origin's
 TTFB_TARGET = 1.2  # appliance median time to first byte at most this many times the origin's
 BUSY_PCT = 90.0  # a core this busy is what limits a run
 NOISE_PCT = 10.0  # CPU spent by processes outside the benchmark above this: a noisy run
-HEAD_MAX = 64 * KIB  # the largest response head the client accepts
-REQUEST_TIMEOUT = 60.0  # seconds for one whole object
-WARMUP_KEY = "warmup/seg_00000.m4s"  # fetched, unmeasured, by every new appliance
-
-
-# -- the objects ----------------------------------------------------------------
-
-
-@dataclass
-class Corpus:
-    origin: Path
-    keys: list[str]  # measured objects, as keys (URL paths without the leading /)
-    size: int  # bytes per object
-    digests: dict[str, bytes]  # SHA-256 of every file, warm-up object included
-
-
-def make_corpus(
-    work: Path, objects: int, size: int, per_title: int, seed: int, age: float
-) -> Corpus:
-    """Random objects, written and fsynced, their modification time ``age`` seconds
-    in the past (nginx's Last-Modified, which sets the appliance's heuristic
-    freshness lifetime: 10% of the age, at most a day)."""
-    origin = work / "origin"
-    rng = random.Random(seed)
-    keys = [f"titles/{i // per_title}/seg_{i % per_title:05d}.m4s" for i in range(objects)]
-    digests: dict[str, bytes] = {}
-    mtime = time.time() - age
-    for key in [WARMUP_KEY, *keys]:
-        path = origin / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = rng.randbytes(size)
-        write_synced(path, data)
-        if age:
-            os.utime(path, (mtime, mtime))
-        digests[key] = hashlib.sha256(data).digest()
-    return Corpus(origin, keys, size, digests)
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB|)\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 8MiB, 512KiB, 1048576)")
-    unit = {"": 1, "b": 1, "kib": KIB, "mib": MIB, "gib": GIB}[m.group(2).lower()]
-    return int(m.group(1)) * unit
+PEER_TARGET = 1.0  # appliance cold-miss MB/s at least nginx's slice cache's, first byte no later
+PATHS = ("origin", "appliance", "slicecache")
+LABELS = {
+    "origin": "origin (direct)",
+    "appliance": "appliance (miss)",
+    "slicecache": "nginx slice cache",
+}
 
 
 def parse_scenarios(text: str) -> list[str]:
@@ -165,51 +144,7 @@ def format_age(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def format_size(n: int) -> str:
-    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
-        if n % size == 0:
-            return f"{n // size} {unit}"
-    return f"{n} B"
-
-
 # -- processes --------------------------------------------------------------------
-
-
-def machine_ticks() -> tuple[int, int, int, int]:
-    """(user + system, irq + softirq, steal, total) clock ticks of all CPUs so far,
-    from /proc/stat. Loopback TCP does much of its receiving in softirqs, which the
-    kernel counts apart from the processes that caused them."""
-    t = proc_stat()["cpu"]
-    return t.user + t.nice + t.system, t.irq + t.softirq, t.steal, t.total
-
-
-def core_ticks() -> dict[int, tuple[int, int]]:
-    """(busy, total) clock ticks of each CPU so far, irq and softirq time counted busy."""
-    return {int(name[3:]): (t.busy, t.total) for name, t in proc_stat().items() if name != "cpu"}
-
-
-def idle_check(seconds: float = 1.0) -> float:
-    """How busy the machine is with nothing of ours running, in % of one core."""
-    m0 = machine_ticks()
-    time.sleep(seconds)
-    m1 = machine_ticks()
-    return 100.0 * ((m1[0] - m0[0]) + (m1[1] - m0[1])) / os.sysconf("SC_CLK_TCK") / seconds
-
-
-def wait_quiet(limit: float) -> None:
-    """Up to ``limit`` seconds for other processes to leave the machine (less than
-    ``NOISE_PCT`` of a core busy over half a second)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        busy = idle_check(0.5)
-        if busy < NOISE_PCT:
-            return
-        log(f"  waiting for a quiet machine: other processes keep {busy:.0f}% of a core busy")
-
-
-def self_cpu() -> float:
-    """User + system CPU seconds of this process (the client), all threads."""
-    return rusage_seconds(resource.RUSAGE_SELF)
 
 
 # the origin: strong ETags (nginx's default, stated), no access log
@@ -306,66 +241,7 @@ def start_appliance(
     return spawn_edgefleet(name, cmd, log_path, store=store, timeout=60)
 
 
-def check_pinning(server: Server, cpu: int | None) -> str:
-    cpus = allowed_cpus(server.pid)
-    if cpu is not None and cpus != {str(cpu)}:
-        raise RuntimeError(f"{server.name} is not pinned to CPU {cpu}: {sorted(cpus)}")
-    return ", ".join(sorted(cpus))
-
-
 # -- the appliance's own view ----------------------------------------------------
-
-
-def admin_get(port: int, path: str) -> bytes:
-    conn = http.client.HTTPConnection(HOST, port, timeout=30)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
-    finally:
-        conn.close()
-    if resp.status != 200:
-        raise RuntimeError(f"GET {path} answered {resp.status}")
-    return body
-
-
-def metric_counts(port: int) -> tuple[dict[str, float], dict[str, float]]:
-    """(content requests by cache result and status, origin requests by kind and result),
-    from /_edge/metrics."""
-    requests: dict[str, float] = {}
-    origin: dict[str, float] = {}
-    text = admin_get(port, "/_edge/metrics").decode()
-    names = ("edgefleet_requests_total", "edgefleet_origin_requests_total")
-    for name, labels, value in metric_samples(text, names):
-        if name == "edgefleet_requests_total":
-            k = f"{labels.get('cache', '?')} {labels.get('status', '?')}"
-            requests[k] = requests.get(k, 0.0) + value
-        else:
-            k = f"{labels.get('kind', '?')} {labels.get('result', '?')}"
-            origin[k] = origin.get(k, 0.0) + value
-    return requests, origin
-
-
-def stored_keys(port: int, prefix: str = "") -> set[str]:
-    path = "/_edge/inventory" + (f"?prefix={prefix}" if prefix else "")
-    keys: set[str] = set()
-    for line in admin_get(port, path).splitlines():
-        if line.strip():
-            keys.add(str(json.loads(line)["key"]))
-    return keys
-
-
-def wait_stored(port: int, keys: list[str], timeout: float, prefix: str = "") -> float | None:
-    """Seconds until the inventory lists every one of ``keys``; ``None``: not within
-    ``timeout``."""
-    t0 = time.monotonic()
-    want = set(keys)
-    while True:
-        if want <= stored_keys(port, prefix):
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            return None
-        time.sleep(0.01)
 
 
 def check_misses(
@@ -407,186 +283,7 @@ def check_misses(
     return {"requests": requests, "origin_requests": origin}, problems
 
 
-# -- the client ------------------------------------------------------------------
-
-
-@dataclass
-class Fetch:
-    """One GET and what became of it; times from ``time.perf_counter``."""
-
-    key: str
-    status: int = 0
-    length: int = 0
-    got: int = 0
-    sent_at: float = 0.0
-    head_at: float = 0.0
-    first_byte_at: float = 0.0
-    done_at: float = 0.0
-    error: str = ""
-
-
-class Connection(asyncio.BufferedProtocol):
-    """A keep-alive HTTP/1.1 connection that reads each response body straight into a
-    buffer given by the caller (``recv_into``, no copy but the kernel's), so the
-    client costs little and the same for both paths. Bodies need Content-Length."""
-
-    def __init__(self, host_header: bytes) -> None:
-        self.host_header = host_header
-        self.transport: asyncio.Transport | None = None
-        self.head = bytearray(HEAD_MAX)
-        self.head_view = memoryview(self.head)
-        self.head_len = 0
-        self.target = memoryview(bytearray(0))
-        self.fetch: Fetch | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        self.in_body = False
-        self.closing = False
-        self.closed = False
-
-    # protocol callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        f = self.fetch
-        if f is not None and not f.done_at:
-            where = f"after {f.got} of {f.length} body bytes" if self.in_body else "before the head"
-            self._fail(f"connection closed {where}" + (f": {exc}" if exc else ""))
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self.in_body and self.fetch is not None:
-            return self.target[self.fetch.got : self.fetch.length]
-        if self.head_len >= HEAD_MAX:  # cannot happen: a full head buffer fails the fetch
-            return memoryview(bytearray(KIB))
-        return self.head_view[self.head_len :]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        now = time.perf_counter()
-        f = self.fetch
-        if f is None or f.done_at:
-            self._close()  # bytes nobody asked for
-            return
-        if self.in_body:
-            if not f.got:
-                f.first_byte_at = now
-            f.got += nbytes
-            if f.got == f.length:
-                self._finish(now)
-            return
-        self.head_len += nbytes
-        end = self.head.find(b"\r\n\r\n", 0, self.head_len)
-        if end < 0:
-            if self.head_len >= HEAD_MAX:
-                self._fail("response head over 64 KiB")
-            return
-        f.head_at = now
-        lines = bytes(self.head_view[:end]).decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            self._fail(f"bad status line {lines[0]!r}")
-            return
-        f.status = int(parts[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if "close" in headers.get("connection", "").lower():
-            self.closing = True
-        if "transfer-encoding" in headers:
-            self._fail(f"Transfer-Encoding {headers['transfer-encoding']!r}: not supported")
-            return
-        length = headers.get("content-length", "")
-        if not length.isdigit():
-            self._fail(f"status {f.status} without a usable Content-Length")
-            return
-        f.length = int(length)
-        if f.status != 200:
-            self._fail(f"status {f.status}")
-            return
-        if f.length > len(self.target):
-            self._fail(f"Content-Length {f.length} over the expected {len(self.target)}")
-            return
-        extra = self.head_len - (end + 4)
-        self.head_len = 0
-        if extra > f.length:
-            self._fail("more bytes than Content-Length")
-            return
-        if extra:
-            self.target[:extra] = self.head_view[end + 4 : end + 4 + extra]
-            f.first_byte_at = now
-        f.got = extra
-        if f.got == f.length:
-            self._finish(now)
-        else:
-            self.in_body = True
-
-    def eof_received(self) -> bool | None:
-        return None  # close the transport; connection_lost reports a cut response
-
-    # for the caller
-
-    async def get(self, key: str, target: memoryview, timeout: float) -> Fetch:
-        """GET /key into ``target`` (which must hold the body)."""
-        f = Fetch(key)
-        if self.closed or self.transport is None:
-            f.error = "connection closed"
-            return f
-        self.fetch = f
-        self.target = target
-        self.in_body = False
-        self.head_len = 0
-        self.waiter = asyncio.get_running_loop().create_future()
-        req = b"GET /%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: miss_vs_origin\r\n\r\n" % (
-            key.encode(),
-            self.host_header,
-        )
-        f.sent_at = time.perf_counter()
-        self.transport.write(req)
-        try:
-            async with asyncio.timeout(timeout):
-                await self.waiter
-        except TimeoutError:
-            self._fail(f"no complete response within {timeout:.0f} s ({f.got} of {f.length} bytes)")
-        return f
-
-    def close(self) -> None:
-        self._close()
-
-    # internals
-
-    def _finish(self, now: float) -> None:
-        f = self.fetch
-        assert f is not None
-        f.done_at = now
-        self.in_body = False
-        if self.closing:
-            self._close()
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def _fail(self, error: str) -> None:
-        f = self.fetch
-        if f is not None and not f.error and not f.done_at:
-            f.error = error
-        self.in_body = False
-        self._close()
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def _close(self) -> None:
-        self.closed = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-
-async def connect(port: int) -> Connection:
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(
-        lambda: Connection(f"{HOST}:{port}".encode()), HOST, port
-    )
-    return proto
+# -- CPU over a run ---------------------------------------------------------------
 
 
 class Meter:
@@ -643,63 +340,13 @@ class Meter:
         }
 
 
-async def download(
-    port: int,
-    keys: list[str],
-    buffers: dict[str, memoryview],
-    concurrency: int,
-    meter: Meter,
-) -> tuple[list[Fetch], float]:
-    """Every object of ``keys`` once, ``concurrency`` at a time, each worker on its own
-    keep-alive connection (reopened if the server closes it). Returns the fetches and
-    the wall time from the first request to the last byte."""
-    conns = [await connect(port) for _ in range(min(concurrency, len(keys)))]
-    jobs = iter(keys)
-    fetches: list[Fetch] = []
-
-    async def worker(conn: Connection) -> None:
-        for key in jobs:  # one iterator shared by all the workers
-            if conn.closed:
-                try:
-                    conn = await connect(port)
-                except OSError as exc:
-                    fetches.append(Fetch(key, error=f"connect: {exc}"))
-                    continue
-            fetches.append(await conn.get(key, buffers[key], REQUEST_TIMEOUT))
-        conn.close()
-
-    meter.begin()
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in conns))
-    wall = time.perf_counter() - t0
-    meter.end(wall)
-    return fetches, wall
-
-
-def verify(fetches: list[Fetch], buffers: dict[str, memoryview], corpus: Corpus) -> list[str]:
-    """SHA-256 of every complete body against its file's (in threads: hashlib lets go
-    of the GIL)."""
-
-    def one(f: Fetch) -> str:
-        if f.error or not f.done_at:
-            return ""
-        if f.length != corpus.size:
-            return f"{f.key}: {f.length} bytes, the file has {corpus.size}"
-        if hashlib.sha256(buffers[f.key][: f.length]).digest() != corpus.digests[f.key]:
-            return f"{f.key}: the body differs from the file (SHA-256)"
-        return ""
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return [p for p in pool.map(one, fetches) if p]
-
-
 # -- throughput ------------------------------------------------------------------
 
 
 @dataclass
 class Run:
     round: int
-    path: str  # "origin" or "appliance"
+    path: str  # "origin", "appliance" or "slicecache"
     objects: int
     complete: int
     body_bytes: int
@@ -767,7 +414,7 @@ def measure(
     )
 
 
-def warm_appliance(server: Server, corpus: Corpus) -> None:
+def warm_cache(server: Server, corpus: Corpus) -> None:
     """One unmeasured miss (an object outside the measured set), so the measured
     requests find the process, its origin connection and its store warmed up."""
 
@@ -783,7 +430,7 @@ def warm_appliance(server: Server, corpus: Corpus) -> None:
         raise RuntimeError(
             f"{server.name}: warm-up GET /{WARMUP_KEY}: {f.error}\n{tail(server.log)}"
         )
-    if wait_stored(server.port, [WARMUP_KEY], 30, "warmup/") is None:
+    if server.kind == "edgefleet" and wait_stored(server.port, [WARMUP_KEY], 30, "warmup/") is None:
         raise RuntimeError(f"{server.name}: the warm-up object was not stored within 30 s")
 
 
@@ -832,9 +479,9 @@ def appliance_round(
     try:
         cpus = check_pinning(appliance, args.appliance_cpu)
         log(f"  round {round_} appliance: pid {appliance.pid}, port {appliance.port}, cpus {cpus}")
-        warm_appliance(appliance, corpus)
+        warm_cache(appliance, corpus)
         if args.wait_idle:
-            wait_quiet(args.wait_idle)
+            wait_quiet(args.wait_idle, NOISE_PCT)
         if args.py_spy_dir:
             out = Path(args.py_spy_dir) / f"appliance-{origin.name}-round-{round_}.txt"
             profiler = Profiler(args.py_spy, appliance.pid, out, args.client_cpu)
@@ -871,11 +518,60 @@ def appliance_round(
             shutil.rmtree(appliance.store, ignore_errors=True)
 
 
+def slice_cache_round(
+    args: argparse.Namespace,
+    work: Path,
+    round_: int,
+    origin: OriginSide,
+    corpus: Corpus,
+    buffers: dict[str, memoryview],
+    live: list[Server],
+) -> Run:
+    """The same download through nginx's slice cache on an empty cache directory."""
+    cache = start_peer(work, f"slicecache-{origin.name}-{round_}", args, origin.port)
+    live.append(cache)
+    try:
+        cpus = check_pinning(cache, args.appliance_cpu)
+        log(f"  round {round_} slice cache: pid {cache.pid}, port {cache.port}, cpus {cpus}")
+        warm_cache(cache, corpus)
+        if args.wait_idle:
+            wait_quiet(args.wait_idle, NOISE_PCT)
+        run = measure(
+            "slicecache", round_, cache.port, origin, cache, corpus, buffers, args.concurrency
+        )
+        want = (len(corpus.keys) + 1) * -(-corpus.size // parse_size(args.slice_size))
+        t0 = time.monotonic()
+        while (held := cached_slices(cache)) < want and time.monotonic() - t0 < 30:
+            time.sleep(0.05)
+        run.stored_s = time.monotonic() - t0 if held == want else None
+        run.metrics = {"cached_slices": held}
+        if held != want:
+            run.problems.append(f"the slice cache holds {held} slices, not {want}")
+        return run
+    finally:
+        stop_peer(cache, live, args.keep)
+
+
+def start_peer(work: Path, name: str, args: argparse.Namespace, origin_port: int) -> Server:
+    """nginx's slice cache with the appliance's slice size and capacity, on its CPU."""
+    slice_size, capacity = parse_size(args.slice_size), parse_size(args.capacity)
+    return start_slice_cache(
+        work, name, args.nginx, origin_port, slice_size, capacity, args.appliance_cpu
+    )
+
+
+def stop_peer(cache: Server, live: list[Server], keep: bool) -> None:
+    cache.stop()
+    live.remove(cache)
+    if not keep and cache.store is not None:
+        shutil.rmtree(cache.store, ignore_errors=True)
+
+
 def run_line(run: Run) -> str:
     return (
         f"  round {run.round} {run.path:<9} {run.mb_per_s:>8.1f} MB/s in {run.seconds:>6.2f} s, "
         f"object median {run.object_ms_median:>6.1f} ms max {run.object_ms_max:>6.1f} ms; CPU "
-        f"appliance {run.appliance_cpu_pct:>3.0f}% nginx {run.nginx_cpu_pct:>3.0f}% "
+        f"cache {run.appliance_cpu_pct:>3.0f}% nginx {run.nginx_cpu_pct:>3.0f}% "
         + (f"relay {run.relay_cpu_pct:>3.0f}% " if run.relay_cpu_pct else "")
         + f"client {run.client_cpu_pct:>3.0f}% softirq {run.softirq_pct:>3.0f}% "
         f"other {run.other_cpu_pct:>3.0f}%; cores busy "
@@ -899,6 +595,50 @@ class TtfbSample:
     error: str
 
 
+async def ttfb_samples(
+    args: argparse.Namespace,
+    ports: dict[str, int],
+    appliance_port: int,
+    keys: list[str],
+    corpus: Corpus,
+    buffers: dict[str, memoryview],
+) -> list[TtfbSample]:
+    """Each of ``keys`` once on every path of ``ports``, one request at a time, the
+    path that goes first turning with each object."""
+    conns = {path: await connect(port) for path, port in ports.items()}
+    paths = list(ports)
+    samples: list[TtfbSample] = []
+    # the warm-up object once more from nginx: its connection has served a request
+    await conns["origin"].get(WARMUP_KEY, buffers[keys[0]], REQUEST_TIMEOUT)
+    for i, key in enumerate(keys):
+        for path in paths[i % len(paths) :] + paths[: i % len(paths)]:
+            if args.ttfb_gap:
+                await asyncio.sleep(args.ttfb_gap)
+            if conns[path].closed:
+                conns[path] = await connect(ports[path])
+            f = await conns[path].get(key, buffers[key], REQUEST_TIMEOUT)
+            error = f.error or "; ".join(verify([f], buffers, corpus))
+            stored: float | None = None
+            if path == "appliance" and not f.error:
+                stored = await asyncio.to_thread(wait_stored, appliance_port, [key], 30, key)
+                if stored is None:
+                    error = error or "not stored within 30 s"
+            samples.append(
+                TtfbSample(
+                    key=key,
+                    path=path,
+                    ttfb_ms=1e3 * (f.first_byte_at - f.sent_at) if f.first_byte_at else 0,
+                    head_ms=1e3 * (f.head_at - f.sent_at) if f.head_at else 0,
+                    total_ms=1e3 * (f.done_at - f.sent_at) if f.done_at else 0,
+                    stored_s=stored,
+                    error=error,
+                )
+            )
+    for c in conns.values():
+        c.close()
+    return samples
+
+
 def ttfb_phase(
     args: argparse.Namespace,
     work: Path,
@@ -907,71 +647,35 @@ def ttfb_phase(
     buffers: dict[str, memoryview],
     live: list[Server],
 ) -> tuple[list[TtfbSample], dict[str, Any], list[str]]:
-    """Objects one at a time, each from nginx and as a cold miss through a fresh
-    appliance (alternating which goes first), each once the appliance has stored
-    the previous one (and after ``--ttfb-gap`` seconds of quiet, if given)."""
+    """Objects one at a time, each from nginx, as a cold miss through a fresh
+    appliance and through a fresh nginx slice cache (turning which goes first),
+    each once the appliance has stored the previous one (and after ``--ttfb-gap``
+    seconds of quiet, if given)."""
     keys = corpus.keys[: args.ttfb_objects]
     appliance = start_appliance(
         work, f"appliance-{origin.name}-ttfb", args, origin.port, args.appliance_cpu
     )
     live.append(appliance)
     profiler: Profiler | None = None
+    cache: Server | None = None
     try:
+        cache = start_peer(work, f"slicecache-{origin.name}-ttfb", args, origin.port)
+        live.append(cache)
         cpus = check_pinning(appliance, args.appliance_cpu)
         log(
             f"time to first byte: {len(keys)} objects, one at a time "
-            f"(appliance pid {appliance.pid}, port {appliance.port}, cpus {cpus})"
+            f"(appliance pid {appliance.pid}, port {appliance.port}, cpus {cpus}; "
+            f"slice cache pid {cache.pid}, port {cache.port})"
         )
-        warm_appliance(appliance, corpus)
+        warm_cache(appliance, corpus)
+        warm_cache(cache, corpus)
         if args.py_spy_dir:
             out = Path(args.py_spy_dir) / f"appliance-{origin.name}-ttfb.txt"
             profiler = Profiler(args.py_spy, appliance.pid, out, args.client_cpu)
         if args.wait_idle:
-            wait_quiet(args.wait_idle)
-
-        async def go() -> list[TtfbSample]:
-            conns = {
-                "origin": await connect(origin.port),
-                "appliance": await connect(appliance.port),
-            }
-            ports = {"origin": origin.port, "appliance": appliance.port}
-            samples: list[TtfbSample] = []
-            # the warm-up object once more from nginx: its connection has served a request
-            await conns["origin"].get(WARMUP_KEY, buffers[keys[0]], REQUEST_TIMEOUT)
-            for i, key in enumerate(keys):
-                order = ("origin", "appliance") if i % 2 == 0 else ("appliance", "origin")
-                for path in order:
-                    if args.ttfb_gap:
-                        await asyncio.sleep(args.ttfb_gap)
-                    if conns[path].closed:
-                        conns[path] = await connect(ports[path])
-                    f = await conns[path].get(key, buffers[key], REQUEST_TIMEOUT)
-                    error = f.error
-                    if not error:
-                        error = "; ".join(verify([f], buffers, corpus))
-                    stored: float | None = None
-                    if path == "appliance" and not f.error:
-                        stored = await asyncio.to_thread(
-                            wait_stored, appliance.port, [key], 30, key
-                        )
-                        if stored is None:
-                            error = error or "not stored within 30 s"
-                    samples.append(
-                        TtfbSample(
-                            key=key,
-                            path=path,
-                            ttfb_ms=1e3 * (f.first_byte_at - f.sent_at) if f.first_byte_at else 0,
-                            head_ms=1e3 * (f.head_at - f.sent_at) if f.head_at else 0,
-                            total_ms=1e3 * (f.done_at - f.sent_at) if f.done_at else 0,
-                            stored_s=stored,
-                            error=error,
-                        )
-                    )
-            for c in conns.values():
-                c.close()
-            return samples
-
-        samples = asyncio.run(go())
+            wait_quiet(args.wait_idle, NOISE_PCT)
+        ports = {"origin": origin.port, "appliance": appliance.port, "slicecache": cache.port}
+        samples = asyncio.run(ttfb_samples(args, ports, appliance.port, keys, corpus, buffers))
         if profiler is not None:
             profiler.stop()
             log(f"  profile written to {profiler.out}")
@@ -979,27 +683,19 @@ def ttfb_phase(
         slices = -(-corpus.size // parse_size(args.slice_size))
         metrics, problems = check_misses(appliance.port, len(keys) + 1, slices)
         problems = [f"{s.path} {s.key}: {s.error}" for s in samples if s.error] + problems
-        if not appliance.alive():
-            problems.append(f"appliance died (exit {appliance.proc.returncode})")
+        for server in (appliance, cache):
+            if not server.alive():
+                problems.append(f"{server.name} died (exit {server.proc.returncode})")
         return samples, metrics, problems
     finally:
         if profiler is not None:
             profiler.stop()
+        if cache is not None:
+            stop_peer(cache, live, args.keep)
         appliance.stop()
         live.remove(appliance)
         if not args.keep and appliance.store is not None:
             shutil.rmtree(appliance.store, ignore_errors=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), linear between the closest ranks."""
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    pos = (len(v) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
 # -- summary ----------------------------------------------------------------------
@@ -1038,7 +734,7 @@ def limit(s: Run | Summary, appliance_cpu: int | None, client_cpu: int | None) -
         busy = [
             name
             for name, pct in (
-                ("appliance", s.appliance_cpu_pct),
+                ("cache", s.appliance_cpu_pct),
                 ("nginx", s.nginx_cpu_pct),
                 ("relay", s.relay_cpu_pct),
                 ("client", s.client_cpu_pct),
@@ -1106,88 +802,117 @@ def met(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def ratio_of(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def print_throughput(
+    args: argparse.Namespace, origin: OriginSide, sums: dict[str, Summary]
+) -> None:
+    print(
+        f"throughput: every object once, {args.concurrency} at a time "
+        f"(median of {args.rounds} rounds)"
+    )
+    relay = origin.relay is not None
+    head = (
+        f"{'path':<18} {'MB/s':>8} {'wall s':>7} {'slowest ms':>10} {'cache CPU':>9} "
+        f"{'nginx CPU':>9} "
+        + (f"{'relay CPU':>9} " if relay else "")
+        + f"{'client CPU':>10} {'softirq':>7} {'other':>6} "
+        f"{'cores busy':>10}  {'limit':<20} "
+        "problems"
+    )
+    print_header(head)
+    for path in PATHS:
+        s = sums[path]
+        print(
+            f"{LABELS[path]:<18} {s.mb_per_s:>8.1f} {s.seconds:>7.2f} {s.object_ms_max:>10.1f} "
+            f"{s.appliance_cpu_pct:>8.0f}% {s.nginx_cpu_pct:>8.0f}% "
+            + (f"{s.relay_cpu_pct:>8.0f}% " if relay else "")
+            + f"{s.client_cpu_pct:>9.0f}% "
+            f"{s.softirq_pct:>6.0f}% {s.other_cpu_pct:>5.0f}% "
+            f"{'/'.join(f'{v:.0f}' for v in s.core_busy_pct.values()) + '%':>10}  "
+            f"{s.limit:<20} " + (f"{len(s.problems)}: {s.problems[0]}" if s.problems else "-")
+        )
+    print(f"{'':<18} cache CPU: the appliance's, or the slice cache's (nginx) on its row")
+
+
 def print_tables(
     args: argparse.Namespace,
     origin: OriginSide,
     summaries: dict[str, Summary],
     ttfb: dict[str, TtfbSummary],
-) -> tuple[float, float]:
-    labels = {"origin": "origin (direct)", "appliance": "appliance (miss)"}
+) -> dict[str, float]:
+    """The tables and the ratios: appliance/origin, slicecache/origin and
+    appliance/slicecache, for throughput and for the median first byte."""
     title = f"== {origin.name}: {origin.label} =="
     print(title)
     print()
-    ratio = float("nan")
+    r: dict[str, float] = {}
     if summaries:
+        print_throughput(args, origin, summaries)
+        o, a, n = (summaries[p].mb_per_s for p in PATHS)
+        r["throughput"] = ratio_of(a, o)
+        r["throughput_slice_cache"] = ratio_of(n, o)
+        r["throughput_vs_slice_cache"] = ratio_of(a, n)
         print(
-            f"throughput: every object once, {args.concurrency} at a time "
-            f"(median of {args.rounds} rounds)"
+            f"{'ratio':<18} {r['throughput']:>7.2f}x (appliance/origin, target >= "
+            f"{THROUGHPUT_TARGET:.1f}x: {met(r['throughput'] >= THROUGHPUT_TARGET)})"
         )
-        relay = origin.relay is not None
-        head = (
-            f"{'path':<18} {'MB/s':>8} {'wall s':>7} {'slowest ms':>10} {'appl CPU':>9} "
-            f"{'nginx CPU':>9} "
-            + (f"{'relay CPU':>9} " if relay else "")
-            + f"{'client CPU':>10} {'softirq':>7} {'other':>6} "
-            f"{'cores busy':>10}  {'limit':<20} "
-            "problems"
-        )
-        print_header(head)
-        for path in ("origin", "appliance"):
-            s = summaries[path]
-            print(
-                f"{labels[path]:<18} {s.mb_per_s:>8.1f} {s.seconds:>7.2f} {s.object_ms_max:>10.1f} "
-                f"{s.appliance_cpu_pct:>8.0f}% {s.nginx_cpu_pct:>8.0f}% "
-                + (f"{s.relay_cpu_pct:>8.0f}% " if relay else "")
-                + f"{s.client_cpu_pct:>9.0f}% "
-                f"{s.softirq_pct:>6.0f}% {s.other_cpu_pct:>5.0f}% "
-                f"{'/'.join(f'{v:.0f}' for v in s.core_busy_pct.values()) + '%':>10}  "
-                f"{s.limit:<20} " + (f"{len(s.problems)}: {s.problems[0]}" if s.problems else "-")
-            )
-        o, a = summaries["origin"], summaries["appliance"]
-        ratio = a.mb_per_s / o.mb_per_s if o.mb_per_s else float("nan")
+        print(f"{'':<18} {r['throughput_slice_cache']:>7.2f}x (nginx slice cache/origin)")
         print(
-            f"{'ratio':<18} {ratio:>7.2f}x (appliance/origin, target >= "
-            f"{THROUGHPUT_TARGET:.1f}x: {met(ratio >= THROUGHPUT_TARGET)})"
+            f"{'':<18} {r['throughput_vs_slice_cache']:>7.2f}x (appliance/nginx slice cache, "
+            f"target >= {PEER_TARGET:.1f}x: {met(r['throughput_vs_slice_cache'] >= PEER_TARGET)})"
         )
-        if relay:
+        if origin.relay is not None:
             print(
                 f"{'':<18} direct: one connection per object, like a player; the appliance "
                 f"fetches each object's slices over up to {1 + READ_AHEAD} connections at once "
                 "(read-ahead), each under the same per-connection cap"
             )
         print()
-    t_ratio = float("nan")
     if ttfb:
+        print_ttfb(ttfb, r)
+    return r
+
+
+def print_ttfb(ttfb: dict[str, TtfbSummary], r: dict[str, float]) -> None:
+    print(
+        f"time to first body byte: {ttfb['origin'].samples + ttfb['origin'].errors} objects "
+        "one at a time, each a cold miss through the appliance and the slice cache"
+    )
+    head = (
+        f"{'path':<18} {'median ms':>9} {'p90 ms':>8} {'max ms':>8} {'whole object ms':>15}  errors"
+    )
+    print_header(head)
+    for path in PATHS:
+        t = ttfb[path]
         print(
-            f"time to first body byte: {ttfb['origin'].samples + ttfb['origin'].errors} objects "
-            "one at a time, each a cold miss through the appliance"
+            f"{LABELS[path]:<18} {t.median_ms:>9.2f} {t.p90_ms:>8.2f} {t.max_ms:>8.2f} "
+            f"{t.total_median_ms:>15.2f}  {t.errors}"
         )
-        head = (
-            f"{'path':<18} {'median ms':>9} {'p90 ms':>8} {'max ms':>8} "
-            f"{'whole object ms':>15}  errors"
-        )
-        print_header(head)
-        for path in ("origin", "appliance"):
-            t = ttfb[path]
-            print(
-                f"{labels[path]:<18} {t.median_ms:>9.2f} {t.p90_ms:>8.2f} {t.max_ms:>8.2f} "
-                f"{t.total_median_ms:>15.2f}  {t.errors}"
-            )
-        o_t, a_t = ttfb["origin"], ttfb["appliance"]
-        t_ratio = a_t.median_ms / o_t.median_ms if o_t.median_ms else float("nan")
-        p90_ratio = a_t.p90_ms / o_t.p90_ms if o_t.p90_ms else float("nan")
-        print(
-            f"{'ratio':<18} {t_ratio:>8.2f}x (median, appliance/origin, target <= "
-            f"{TTFB_TARGET:.1f}x: {met(t_ratio <= TTFB_TARGET)}); "
-            f"+{a_t.median_ms - o_t.median_ms:.2f} ms; p90 {p90_ratio:.2f}x "
-            f"(+{a_t.p90_ms - o_t.p90_ms:.2f} ms)"
-        )
-        print(
-            f"{'':<18} a miss asks the origin once before its first byte: the GET of the "
-            "first slice, whose answer also tells what the object is"
-        )
-        print()
-    return ratio, t_ratio
+    o_t, a_t, n_t = (ttfb[p] for p in PATHS)
+    r["ttfb"] = ratio_of(a_t.median_ms, o_t.median_ms)
+    r["ttfb_p90"] = ratio_of(a_t.p90_ms, o_t.p90_ms)
+    r["ttfb_slice_cache"] = ratio_of(n_t.median_ms, o_t.median_ms)
+    r["ttfb_vs_slice_cache"] = ratio_of(a_t.median_ms, n_t.median_ms)
+    print(
+        f"{'ratio':<18} {r['ttfb']:>8.2f}x (median, appliance/origin, target <= "
+        f"{TTFB_TARGET:.1f}x: {met(r['ttfb'] <= TTFB_TARGET)}); "
+        f"+{a_t.median_ms - o_t.median_ms:.2f} ms; p90 {r['ttfb_p90']:.2f}x "
+        f"(+{a_t.p90_ms - o_t.p90_ms:.2f} ms)"
+    )
+    print(f"{'':<18} {r['ttfb_slice_cache']:>8.2f}x (median, nginx slice cache/origin)")
+    print(
+        f"{'':<18} {r['ttfb_vs_slice_cache']:>8.2f}x (median, appliance/nginx slice cache, "
+        f"target <= {PEER_TARGET:.1f}x: {met(r['ttfb_vs_slice_cache'] <= PEER_TARGET)}); "
+        f"{a_t.median_ms - n_t.median_ms:+.2f} ms"
+    )
+    print(
+        f"{'':<18} a miss asks the origin once before its first byte: the GET of the "
+        "first slice, whose answer also tells what the object is"
+    )
+    print()
 
 
 # -- main ---------------------------------------------------------------------------
@@ -1200,7 +925,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--objects", type=int, default=None, help="objects (default 48, --quick 24)")
     p.add_argument(
-        "--object-size", type=parse_size, default=8 * MIB, help="bytes per object (default 8MiB)"
+        "--object-size", type=size_arg, default=8 * MIB, help="bytes per object (default 8MiB)"
     )
     p.add_argument("--per-title", type=int, default=8, help="objects per title directory")
     p.add_argument(
@@ -1306,7 +1031,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--object-size and --per-title must be at least 1")
     try:
         parse_size(args.slice_size)
-    except argparse.ArgumentTypeError as exc:
+    except ValueError as exc:
         p.error(f"--slice-size: {exc}")
     if args.pin:
         if args.appliance_cpu == args.client_cpu:
@@ -1514,16 +1239,17 @@ def scenario(
     )
     runs: list[Run] = []
     for r in range(1, args.rounds + 1):
-        order = ("origin", "appliance") if r % 2 else ("appliance", "origin")
-        for path in order:
+        for path in PATHS if r % 2 else PATHS[::-1]:
             if path == "origin":
                 if args.wait_idle:
-                    wait_quiet(args.wait_idle)
+                    wait_quiet(args.wait_idle, NOISE_PCT)
                 run = measure(
                     "origin", r, origin.port, origin, None, corpus, buffers, args.concurrency
                 )
-            else:
+            elif path == "appliance":
                 run = appliance_round(args, work, r, origin, corpus, buffers, live)
+            else:
+                run = slice_cache_round(args, work, r, origin, corpus, buffers, live)
             runs.append(run)
             log(run_line(run))
 
@@ -1537,12 +1263,10 @@ def scenario(
 
     summaries = {
         path: summarize([r for r in runs if r.path == path], args.appliance_cpu, args.client_cpu)
-        for path in ("origin", "appliance")
+        for path in PATHS
     }
-    ttfb = (
-        {path: summarize_ttfb(samples, path) for path in ("origin", "appliance")} if samples else {}
-    )
-    ratio, t_ratio = print_tables(args, origin, summaries, ttfb)
+    ttfb = {path: summarize_ttfb(samples, path) for path in PATHS} if samples else {}
+    ratios = print_tables(args, origin, summaries, ttfb)
 
     notes: list[str] = []
     if ttfb_problems:
@@ -1563,18 +1287,22 @@ def scenario(
         or bool(ttfb_problems)
         or not all(s.alive() for s in origin.servers)
     )
-    targets = [ratio >= THROUGHPUT_TARGET] + ([t_ratio <= TTFB_TARGET] if ttfb else [])
+    targets = [
+        ratios["throughput"] >= THROUGHPUT_TARGET,
+        ratios["throughput_vs_slice_cache"] >= PEER_TARGET,
+    ]
+    if ttfb:
+        targets += [ratios["ttfb"] <= TTFB_TARGET, ratios["ttfb_vs_slice_cache"] <= PEER_TARGET]
     doc = {
         "label": origin.label,
         "runs": [asdict(r) for r in runs],
         "summaries": [asdict(s) for s in summaries.values()],
-        "throughput_ratio": ratio,
+        "throughput_ratio": ratios["throughput"],
         "ttfb_samples": [asdict(s) for s in samples],
         "ttfb_summaries": [asdict(t) for t in ttfb.values()],
-        "ttfb_ratio": t_ratio,
-        "ttfb_p90_ratio": (
-            ttfb["appliance"].p90_ms / ttfb["origin"].p90_ms if ttfb else float("nan")
-        ),
+        "ttfb_ratio": ratios.get("ttfb", float("nan")),
+        "ttfb_p90_ratio": ratios.get("ttfb_p90", float("nan")),
+        "ratios": ratios,
         "ttfb_metrics": ttfb_metrics,
     }
     return ScenarioResult(origin.name, failed, targets, notes, warnings, doc)

@@ -9,7 +9,9 @@ once; ``--failure hang``: SIGSTOP, the box stops answering and players wait for
 their read timeout). The demo is restarted between the runs so both start from
 the same filled fleet. It prints, per run: players, sessions, segments/s,
 startup p50/p99, rebuffer events and ratio, failovers and failed sessions; the
-quiet run is the reference for the failure's cost.
+quiet run is the reference for the failure's cost. It ends with a picture
+(``--png``, default players.png): both runs' segments/s second by second, their
+failovers and rebuffers per second, and the moment of the failure.
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python bench/players.py                   # 20 players, 30 s runs
@@ -30,6 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from charts import Timeline, timeline_png
+
+from demo.processes import Process, start_edgefleet
+
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = (
     "players",
@@ -44,31 +50,23 @@ COLUMNS = (
 )
 
 
-def start_demo(
-    work: Path, args: argparse.Namespace
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_demo(work: Path, args: argparse.Namespace) -> tuple[Process, dict[str, Any]]:
+    """``edgefleet demo`` (through demo/processes.py), ready once it writes its state."""
     state_file = work / "state.json"
     state_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "edge.cli", "demo", "--listen", "127.0.0.1:0"]
+    cmd = ["demo", "--listen", "127.0.0.1:0"]
     cmd += ["--state-file", str(state_file), "--titles", str(args.titles)]
     cmd += ["--duration", str(args.duration), "--workdir", str(work / "fleet")]
     if args.synthetic:
         cmd.append("--synthetic")
-    log = open(work / "demo.log", "ab")  # noqa: SIM115 (the demo keeps it)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
+    demo = start_edgefleet("demo", cmd, work / "demo.log")
     deadline = time.monotonic() + 120
     while not state_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
+        if not demo.alive() or time.monotonic() > deadline:
+            demo.stop()
             sys.exit("the demo did not start:\n" + (work / "demo.log").read_text()[-2000:])
         time.sleep(0.2)
-    return proc, json.loads(state_file.read_text())
-
-
-def stop_demo(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(60)
+    return demo, json.loads(state_file.read_text())
 
 
 def busiest(state: dict[str, Any], floor: int) -> dict[str, Any] | None:
@@ -83,20 +81,25 @@ def busiest(state: dict[str, Any], floor: int) -> dict[str, Any] | None:
 
 def run_players(
     work: Path, state: dict[str, Any], args: argparse.Namespace, fail: bool
-) -> dict[str, str]:
+) -> tuple[dict[str, str], float, float | None]:
+    """The players' summary row, when they started (Unix time) and when the
+    failure struck (Unix time, or ``None``)."""
     prefix = work / ("fail" if fail else "quiet")
     cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "bench/locustfile.py")]
     cmd += ["--host", state["steer"]["url"], "--headless", "--only-summary"]
     cmd += ["-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{args.run_time}s"]
-    cmd += ["--csv", str(prefix), "--player-titles", str(args.titles)]
+    cmd += ["--csv", str(prefix), "--csv-full-history", "--player-titles", str(args.titles)]
     cmd += ["--playback-speed", str(args.playback_speed), "--buffer-target", str(args.buffer)]
+    started = time.time()
     locust = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = None
+    struck: float | None = None
     if fail:
         time.sleep(args.run_time * 0.3)
         victim = busiest(state, floor=1)
         if victim is not None:
             os.kill(victim["pid"], signal.SIGKILL if args.failure == "kill" else signal.SIGSTOP)
+            struck = time.time()
             print(
                 f"  {args.failure}: {victim['name']} at {args.run_time * 0.3:.0f}s", file=sys.stderr
             )
@@ -107,7 +110,30 @@ def run_players(
     if not path.exists():
         sys.exit("locust wrote no summary:\n" + out[-3000:])
     with open(path) as f:
-        return next(csv.DictReader(f))
+        return next(csv.DictReader(f)), started, struck
+
+
+def timeline(prefix: Path, name: str, started: float, struck: float | None, what: str) -> Timeline:
+    """Per second from Locust's full stats history: segments answered, failovers and
+    rebuffers (each a difference of the running totals)."""
+    totals: dict[str, dict[float, float]] = {"segment": {}, "failover": {}, "rebuffer": {}}
+    with open(f"{prefix}_stats_history.csv") as f:
+        for row in csv.DictReader(f):
+            if row["Name"] in totals:
+                done = float(row["Total Request Count"]) - float(row["Total Failure Count"])
+                totals[row["Name"]][float(row["Timestamp"])] = done
+    stamps = sorted({t for series in totals.values() for t in series})
+    run = Timeline(name, event_at=None if struck is None else struck - started, event=what)
+    last = {k: 0.0 for k in totals}
+    for prev, t in zip([started, *stamps], stamps, strict=False):
+        step = max(t - prev, 1e-9)
+        now = {k: totals[k].get(t, last[k]) for k in totals}
+        run.seconds.append(t - started)
+        run.segments_per_s.append((now["segment"] - last["segment"]) / step)
+        run.failovers.append((now["failover"] - last["failover"]) / step)
+        run.rebuffers.append((now["rebuffer"] - last["rebuffer"]) / step)
+        last = now
+    return run
 
 
 def main() -> int:
@@ -124,17 +150,26 @@ def main() -> int:
     p.add_argument("--failure", choices=("kill", "hang"), default="kill")
     p.add_argument("--synthetic", action="store_true", help="synthetic segments (no ffmpeg)")
     p.add_argument("--json", metavar="PATH", help="also write both rows as JSON")
+    p.add_argument(
+        "--png",
+        metavar="PATH",
+        default="players.png",
+        help="the timeline of both runs (default players.png; '' for none)",
+    )
     args = p.parse_args()
     results: dict[str, dict[str, str]] = {}
+    runs: list[Timeline] = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-players-") as tmp:
         work = Path(tmp)
         for name, fail in (("quiet", False), (f"{args.failure} mid-run", True)):
             print(f"run: {name}", file=sys.stderr)
             proc, state = start_demo(work, args)
             try:
-                results[name] = run_players(work, state, args, fail)
+                results[name], started, struck = run_players(work, state, args, fail)
             finally:
-                stop_demo(proc)
+                proc.stop(timeout=60)
+            prefix = work / ("fail" if fail else "quiet")
+            runs.append(timeline(prefix, name, started, struck, f"{args.failure} an appliance"))
     print(
         f"\n{args.users} players, {args.run_time}s per run, playback x{args.playback_speed}, "
         f"buffer target {args.buffer}s, {args.titles} titles of {args.duration:.0f}s"
@@ -144,6 +179,13 @@ def main() -> int:
         print(f"{name:16}" + "".join(f"{row[c]:>17}" for c in COLUMNS))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.png:
+        title = (
+            f"{args.users} players, playback x{args.playback_speed:g}, buffer target "
+            f"{args.buffer:g}s: quiet run and {args.failure} mid-run"
+        )
+        timeline_png(Path(args.png), runs, title)
+        print(f"timeline written to {args.png}", file=sys.stderr)
     return 0
 
 

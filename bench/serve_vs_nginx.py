@@ -30,7 +30,6 @@ import argparse
 import http.client
 import os
 import random
-import re
 import resource
 import shutil
 import statistics
@@ -48,25 +47,29 @@ from benchlib import (
     Server,
     add_executable_args,
     add_output_args,
+    admin_get,
     allowed_cpus,
     check_cpus,
     check_executables,
+    cpu_core,
     cpu_ticks,
     log,
     machine,
     metric_samples,
+    parse_wrk,
     pinned,
     print_header,
-    proc_stat,
     run_in_workdir,
     rusage_seconds,
     spawn_edgefleet,
     start_nginx,
+    stored_keys,
     tail,
     version,
     write_json,
     write_synced,
 )
+from charts import ratio_bars_png
 
 SEGMENT_SIZE = 2 * MIB
 RANGE_SIZE = 64 * 1024
@@ -199,14 +202,6 @@ def make_corpus(work: Path, titles: int, per_title: int, small: int, seed: int) 
 # -- processes ----------------------------------------------------------------
 
 
-def core_ticks(cpu: int) -> tuple[int, int, int]:
-    """(busy, steal, total) clock ticks of one CPU so far, from /proc/stat."""
-    t = proc_stat().get(f"cpu{cpu}")
-    if t is None:
-        raise RuntimeError(f"cpu{cpu} not in /proc/stat")
-    return t.busy, t.steal, t.total
-
-
 def start_edgefleet(
     work: Path, name: str, exe: str, cpu: int, access_log: bool, timeout: float
 ) -> Server:
@@ -290,29 +285,16 @@ def fetch_all(server: Server, paths: list[str]) -> None:
 
 def edgefleet_counts(server: Server) -> dict[str, float]:
     """Content requests answered so far, by cache result (from /_edge/metrics)."""
-    client = Client(server.port)
-    try:
-        status, _, body = client.get("/_edge/metrics")
-    finally:
-        client.close()
-    if status != 200:
-        raise RuntimeError(f"{server.name}: /_edge/metrics answered {status}")
+    text = admin_get(server.port, "/_edge/metrics").decode()
     counts: dict[str, float] = {}
-    for _, labels, value in metric_samples(body.decode(), ["edgefleet_requests_total"]):
+    for _, labels, value in metric_samples(text, ["edgefleet_requests_total"]):
         key = labels.get("cache", "?")
         counts[key] = counts.get(key, 0.0) + value
     return counts
 
 
 def stored_objects(server: Server) -> int:
-    client = Client(server.port)
-    try:
-        status, _, body = client.get("/_edge/inventory")
-    finally:
-        client.close()
-    if status != 200:
-        raise RuntimeError(f"{server.name}: /_edge/inventory answered {status}")
-    return sum(1 for line in body.splitlines() if line.strip())
+    return len(stored_keys(server.port))
 
 
 def read_bandwidth(files: list[Path], rounds: int = 3) -> float:
@@ -428,62 +410,6 @@ def check_identical(servers: list[Server], corpus: Corpus, rng: random.Random) -
 
 # -- wrk ----------------------------------------------------------------------
 
-_UNITS_TIME = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-_UNITS_SIZE = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if not m:
-        raise ValueError(f"cannot read latency {text!r}")
-    return float(m.group(1)) * _UNITS_TIME[m.group(2)]
-
-
-def _bytes(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(B|KB|MB|GB|TB)", text)
-    if not m:
-        raise ValueError(f"cannot read size {text!r}")
-    return float(m.group(1)) * _UNITS_SIZE[m.group(2)]
-
-
-@dataclass
-class WrkOutput:
-    requests: int
-    seconds: float
-    rps: float
-    bytes_per_s: float
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
-    non_2xx: int
-    socket_errors: dict[str, int]
-
-
-def parse_wrk(text: str) -> WrkOutput:
-    def find(pattern: str) -> re.Match[str]:
-        m = re.search(pattern, text, re.MULTILINE)
-        if not m:
-            raise ValueError(f"wrk output has no {pattern!r}:\n{text}")
-        return m
-
-    done = find(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)")
-    errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0}
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    if m:
-        errors = dict(zip(errors, (int(x) for x in m.groups()), strict=True))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return WrkOutput(
-        requests=int(done.group(1)),
-        seconds=_ms(done.group(2) + done.group(3)) / 1e3,
-        rps=float(find(r"^Requests/sec:\s+([\d.]+)").group(1)),
-        bytes_per_s=_bytes(find(r"^Transfer/sec:\s+(\S+)").group(1)),
-        p50_ms=_ms(find(r"^\s+50%\s+(\S+)").group(1)),
-        p99_ms=_ms(find(r"^\s+99%\s+(\S+)").group(1)),
-        max_ms=_ms(find(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)").group(1)),
-        non_2xx=int(non2xx.group(1)) if non2xx else 0,
-        socket_errors=errors,
-    )
-
 
 @dataclass
 class Run:
@@ -552,21 +478,21 @@ def run_wrk(
     )
     tck = os.sysconf("SC_CLK_TCK")
     before_children = rusage_seconds(resource.RUSAGE_CHILDREN)
-    core0 = core_ticks(server_cpu)
+    core0 = cpu_core(server_cpu)
     ticks0 = cpu_ticks(server.pid)
     t0 = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.monotonic() - t0
     ticks1 = cpu_ticks(server.pid)
-    core1 = core_ticks(server_cpu)
+    core1 = cpu_core(server_cpu)
     after_children = rusage_seconds(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()}")
     w = parse_wrk(out.stdout)
     server_secs = (ticks1 - ticks0) / tck
-    core_total = max(1, core1[2] - core0[2])
-    other_pct = 100.0 * ((core1[0] - core0[0]) - (ticks1 - ticks0)) / core_total
-    steal_pct = 100.0 * (core1[1] - core0[1]) / core_total
+    core_total = max(1, core1.total - core0.total)
+    other_pct = 100.0 * ((core1.busy - core0.busy) - (ticks1 - ticks0)) / core_total
+    steal_pct = 100.0 * (core1.steal - core0.steal) / core_total
     client_cpu = after_children - before_children
     problems: list[str] = []
     if w.non_2xx:
@@ -695,6 +621,26 @@ def compare(scenario: Scenario, e: Summary, n: Summary) -> Comparison:
     )
 
 
+RPS = "req/s (higher is better; mark: least target)"
+P99 = "p99 latency (lower is better; mark: most target)"
+CPU = "CPU per request (lower is better)"
+
+
+def ratio_chart(path: Path, comparisons: list[Comparison], args: argparse.Namespace) -> None:
+    """The ratios edgefleet/nginx of every scenario (and server pair) as bars."""
+    groups: dict[str, dict[str, float]] = {}
+    targets: dict[str, dict[str, float]] = {}
+    for c in comparisons:
+        name = c.scenario + ("" if c.edgefleet == "edgefleet" else f"\n{c.edgefleet}")
+        groups[name] = {RPS: c.rps_ratio, P99: c.p99_ratio, CPU: c.cpu_ratio}
+        targets[name] = {RPS: c.rps_target, P99: c.p99_target}
+    title = (
+        f"edgefleet serve / nginx, 1 worker each, {args.duration:.0f} s runs, "
+        f"{args.rounds} round(s), {args.aggregate}"
+    )
+    ratio_bars_png(path, groups, targets, title, "edgefleet / nginx")
+
+
 def print_table(
     scenarios: list[Scenario],
     summaries: dict[tuple[str, str], Summary],
@@ -794,6 +740,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="wrk")
     p.add_argument("--https", action="store_true", help="HTTPS instead (bench/https_mode.py)")
     add_output_args(p)
+    p.add_argument(
+        "--png",
+        metavar="PATH",
+        default="serve_vs_nginx.png",
+        help="a bar chart of the ratios (default serve_vs_nginx.png; '' for none)",
+    )
     args = p.parse_args(argv)
     quick = (3.0, 1, 1.0)
     full = (10.0, 2, 2.0)
@@ -956,6 +908,9 @@ def bench(args: argparse.Namespace, work: Path, servers: list[Server]) -> int:
         + ("; runs with problems are flagged above" if failed else "")
     )
 
+    if args.png:
+        ratio_chart(Path(args.png), comparisons, args)
+        log(f"chart written to {args.png}")
     if args.json:
         doc = {
             "settings": {

@@ -53,6 +53,7 @@ from benchlib import (
     cpu_ticks,
     log,
     machine,
+    parse_wrk,
     pinned,
     print_header,
     run_in_workdir,
@@ -61,7 +62,6 @@ from benchlib import (
     version,
     write_json,
 )
-from serve_vs_nginx import parse_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
