@@ -1,4 +1,5 @@
-"""The ``edgefleet`` command: ``serve`` an appliance, ``scrub`` its store.
+"""The ``edgefleet`` command: ``serve`` an appliance, ``scrub`` its store,
+``store rebuild-index`` (a new index built from the slice files on the roots).
 
 The other parts of the fleet add their own subcommands (``fill``, ``steer``,
 ``demo``) through the ``edgefleet.commands`` entry point group, so edge never
@@ -31,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         "scrub", help="reread every stored slice; drop and count those whose checksum fails"
     )
     add_serve_flags(scrub)
+    store = sub.add_parser("store", help="operate on the store: store rebuild-index")
+    store_sub = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    rebuild = store_sub.add_parser(
+        "rebuild-index",
+        help="build a new index from the slice files on the roots (stop the appliance first; "
+        "the old index is kept as INDEX.replaced-TIME)",
+    )
+    add_serve_flags(rebuild)
     for ep in sorted(entry_points(group="edgefleet.commands"), key=lambda ep: ep.name):
         ep.load()(sub)
     return parser
@@ -53,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(cfg)
     if args.command == "scrub":
         return scrub(cfg)
+    if args.command == "store" and args.store_command == "rebuild-index":
+        return rebuild_index(cfg)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -81,6 +92,36 @@ def scrub(cfg) -> int:  # type: ignore[no-untyped-def]
         )
     )
     return 1 if report.failures else 0
+
+
+def rebuild_index(cfg) -> int:  # type: ignore[no-untyped-def]
+    from edge.core.policy import make_policy
+    from edge.store import RootSpec, StoreError
+    from edge.store.store import rebuild_index as rebuild
+
+    specs = [RootSpec(path, cap) for path, cap in cfg.root_capacities()]
+    try:
+        report = rebuild(
+            specs,
+            cfg.index,
+            slice_size=cfg.slice_size,
+            policy=make_policy(cfg.eviction, cfg.half_life),
+            half_life=cfg.half_life,
+            index_sync=cfg.index_sync,
+        )
+    except (StoreError, OSError) as exc:
+        print(f"edgefleet store rebuild-index: {exc}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "slice_files_adopted": report.adopted,
+                "slice_files_left_alone": report.unaccounted,
+                "failed_roots": report.failed_roots,
+            }
+        )
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def make_store(cfg: ServeConfig) -> Store:
         slice_size=cfg.slice_size,
         policy=make_policy(cfg.eviction, cfg.half_life),
         half_life=cfg.half_life,
+        index_sync=cfg.index_sync,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import re
@@ -98,9 +99,14 @@ class Service:
 
 
 class Appliance(Service):
-    """An ``edgefleet serve`` process on an ephemeral loopback port."""
+    """An ``edgefleet serve`` process on an ephemeral loopback port (its store
+    roots made first: edgefleet never creates one)."""
 
     command = "serve"
+
+    def start(self, timeout: float = 30.0) -> Self:
+        make_store_roots(self.args)
+        return super().start(timeout)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -122,6 +128,16 @@ class Appliance(Service):
 
     def health(self) -> dict:
         return json.loads(self.request("GET", "/_edge/health")[2])
+
+
+def make_store_roots(args: list[str]) -> None:
+    """Make the directory of each ``--store DIR[=SIZE]`` in ``args``."""
+    for flag, value in itertools.pairwise(args):
+        if flag == "--store":
+            path, eq, size = value.rpartition("=")
+            Path(path if eq and re.fullmatch(r"[0-9.]+\s*[A-Za-z]*", size) else value).mkdir(
+                parents=True, exist_ok=True
+            )
 
 
 def free_port() -> int:

@@ -48,7 +48,7 @@ from edge.http.response import (
 from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
 from edge.origin import Origin
 from edge.origin.chain import Puller
-from edge.store.store import Store, StoredObject, is_device_error
+from edge.store import Store, StoredObject, is_device_error
 
 log = logging.getLogger("edgefleet.appliance")
 

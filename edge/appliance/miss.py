@@ -27,7 +27,7 @@ from edge.core.meta import ObjectMeta
 from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
 from edge.origin import OriginChanged, OriginError, OriginTimeout
 from edge.origin.chain import SliceFetch, shared
-from edge.store.store import StoredObject
+from edge.store import StoredObject
 
 if TYPE_CHECKING:
     from edge.appliance.appliance import Appliance

@@ -14,7 +14,7 @@ import os
 from edge.core.httpdate import format_http_date
 from edge.http.response import cors_lines
 from edge.http.wire import OpenFile
-from edge.store.store import StoredObject
+from edge.store import StoredObject
 
 SMALL_OBJECT_MAX = 32 * 1024  # objects this small are answered from memory
 SMALL_BUDGET = 64 * 1024 * 1024  # per worker
