@@ -41,36 +41,13 @@ def make_store(cfg: ServeConfig) -> Store:
 
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """One listening socket per worker, sharing the port with SO_REUSEPORT.
-    A plain bind comes first, so a port another process holds (even another
-    appliance, with SO_REUSEPORT) is an error rather than a silent share."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """One listening socket per worker, sharing the port with SO_REUSEPORT."""
+    from edge.http.server import ListenError, bind_listeners
+
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-            port = probe.getsockname()[1]
-    except OSError as exc:
-        raise SystemExit(
-            f"edgefleet serve: cannot listen on {host}:{port} (--listen): {exc.strerror}"
-        ) from None
-    socks: list[socket.socket] = []
-    for _ in range(count):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            s.close()
-            for other in socks:
-                other.close()
-            raise SystemExit(
-                f"edgefleet serve: cannot listen on {host}:{port} (--listen): {exc.strerror}"
-            ) from None
-        s.listen(1024)
-        socks.append(s)
-    return socks
+        return bind_listeners(host, port, count, reuse_port=True)
+    except ListenError as exc:
+        raise SystemExit(f"edgefleet serve: {exc} (--listen)") from None
 
 
 def die_with_parent() -> None:
@@ -221,10 +198,10 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     app = Appliance(cfg, store, origins, executor, access_log, metrics)
     app.ops = Ops(app, workers)
     # slice files kept open by the views: half of what the process may open
-    app.max_open_files = max(64, (soft - 256) // 2)
+    app.views.max_open_files = max(64, (soft - 256) // 2)
     server = ContentServer(loop, sock, app, keepalive_timeout=cfg.keepalive_timeout)
     server.on_count = metrics.set_connections
-    server.on_fd_pressure = app.shed_files
+    server.on_fd_pressure = app.views.shed_files
     app.start()
     server.start()
     stop = stop_signal(loop)

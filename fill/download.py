@@ -1,19 +1,23 @@
 """Getting one object's bytes for the fill: from a peer that holds it, else the origin.
 
-Theory of operation: ``Sources`` knows the origins (in order) and, from each
-peer appliance's ``/_edge/inventory``, which peer holds which object in which
-version. ``fetch_object`` walks an object's slices in order: slices the store
-already holds are reread from disk, each run of missing ones is downloaded with
-one GET (sources in order, retries with backoff, every read pinned to the
-ETag) and cut into slice temp files as it arrives (``fill.stage``), fsynced
+Theory of operation: ``Sources`` knows the origins (in order, through the
+same ``OriginChain`` the appliance's miss path asks: what an object is comes
+from the first origin that has it) and, from each peer appliance's
+``/_edge/inventory``, which peer holds which object in which version.
+``fetch_object`` walks an object's slices in order: slices the store already
+holds are reread from disk, each run of missing ones is downloaded with one
+GET (sources in order, retries with backoff, every read pinned to the ETag)
+and cut into slice temp files as it arrives (``fill.stage``), fsynced
 before the object is handed back; everything passes through one xxh3-64 hash,
 so the whole object is verified before any of it is committed. Rules it keeps:
 - a peer is asked only for an object it holds complete in the same version;
   one that fails, or holds another version, passes the rest to the next source;
 - a download that breaks off resumes at its first slice not yet staged;
-- ``OriginChanged`` from the origin ends the object (the manifest's version is
-  gone); any other error is retried ``retries`` times per source (an attempt
-  that brought whole slices does not count);
+- ``OriginChanged`` from the origin the object was learnt from ends the object
+  (the manifest's version is gone); from another source (a peer, a fallback
+  origin that holds another version or none) it passes the rest on; any other
+  error is retried ``retries`` times per source (an attempt that brought whole
+  slices does not count);
 - every byte passes the shared token bucket (``--rate``) before it is counted;
 - staged files of an object that fails or is cancelled are removed.
 """
@@ -32,7 +36,7 @@ import aiohttp
 
 from edge.core.meta import ObjectMeta, slice_bounds
 from edge.origin import Origin, OriginChanged, OriginError, OriginSettings, open_origin
-from edge.origin.chain import backoff
+from edge.origin.chain import OriginChain, backoff
 from edge.store import Staged, Store, StoredObject
 from fill.budget import TokenBucket
 from fill.stage import ObjectStager, StagePools, runs
@@ -52,16 +56,31 @@ class Source:
 @dataclass
 class Sources:
     origins: list[Source]
+    chain: OriginChain  # the same origins, asked in order with retries and breakers
     peers: list[Source] = field(default_factory=list)
 
     @classmethod
     def open(
-        cls, origin_urls: list[str], peer_urls: list[str], settings: OriginSettings
+        cls,
+        origin_urls: list[str],
+        peer_urls: list[str],
+        settings: OriginSettings,
+        *,
+        retries: int = 2,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 10.0,
     ) -> Sources:
-        return cls(
-            [Source(f"origin {u}", open_origin(u, settings)) for u in origin_urls],
-            [Source(f"peer {u}", open_origin(u, settings), {}) for u in peer_urls],
+        origins = [Source(f"origin {u}", open_origin(u, settings)) for u in origin_urls]
+        chain = OriginChain(
+            [src.origin for src in origins],
+            retries=retries,
+            backoff_base=BACKOFF_BASE,
+            negative_ttl=0,  # one lookup per object and night: nothing to remember
+            breaker_failures=breaker_failures,
+            breaker_cooldown=breaker_cooldown,
         )
+        peers = [Source(f"peer {u}", open_origin(u, settings), {}) for u in peer_urls]
+        return cls(origins, chain, peers)
 
     async def learn_peers(self, settings: OriginSettings) -> dict[str, str]:
         """Read every peer's inventory; a peer that does not answer is left out
@@ -90,28 +109,21 @@ class Sources:
         return problems
 
     def for_object(self, key: str, meta: ObjectMeta) -> list[Source]:
+        """Peers that hold this version, then the origins: the one ``head``
+        learnt the object from first."""
         peers = [p for p in self.peers if (p.holds or {}).get(key) == (meta.size, meta.etag)]
-        return peers + self.origins
+        by_origin = {id(src.origin): src for src in self.origins}
+        return peers + [by_origin[id(o)] for o in self.chain.order(key)]
 
-    async def head(self, key: str, retries: int) -> ObjectMeta | None:
-        """What the first origin that has ``key`` says it is; ``None``: none has it."""
-        error: OriginError | None = None
-        for src in self.origins:
-            for n in range(retries + 1):
-                try:
-                    return await src.origin.head(key)
-                except OriginError as exc:
-                    error = exc
-                    if n < retries:
-                        await asyncio.sleep(backoff(n, BACKOFF_BASE))
-            # this origin failed: the next one may answer
-        if error is not None:
-            raise error
-        return None
+    async def head(self, key: str) -> ObjectMeta | None:
+        """What the first origin that has ``key`` says it is; ``None``: no
+        origin has it (each was asked)."""
+        return await self.chain.head(key)
 
     async def close(self) -> None:
-        for src in self.peers + self.origins:
+        for src in self.peers:
             await src.origin.close()
+        await self.chain.close()
 
 
 class Throttle:
@@ -152,6 +164,7 @@ async def fetch_run(
     last_start, last_length = slice_bounds(end - 1, meta.size, obj.slice_size)
     stop = last_start + last_length
     error: OriginError | None = None
+    authority = next((src for src in sources if src.holds is None), None)
     for src in sources:
         fails = 0
         while stager.idx < end:
@@ -182,7 +195,7 @@ async def fetch_run(
                     if n:
                         downloaded[src.name] = downloaded.get(src.name, 0) + n
             except OriginChanged as exc:
-                if src.holds is None:  # the origin itself: this version is gone
+                if src is authority:  # the origin it was learnt from: this version is gone
                     raise
                 error = exc
                 break  # a peer with another version: next source

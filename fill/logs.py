@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from edge.core.keys import KeyError400, check_key, is_reserved
+from edge.core.keys import BadKey, check_key, is_reserved
 
 
 @dataclass
@@ -47,7 +47,7 @@ def count(
                 pop.skipped += 1
                 continue
             age = max(0.0, now - _when(rec["time"]))
-        except (ValueError, KeyError, TypeError, AttributeError, KeyError400):
+        except (ValueError, KeyError, TypeError, AttributeError, BadKey):
             pop.skipped += 1
             continue
         pop.scores[key] = pop.scores.get(key, 0.0) + 0.5 ** (age / half_life)

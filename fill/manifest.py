@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge.core.keys import KeyError400, check_key, is_reserved
+from edge.core.keys import BadKey, check_key, is_reserved
 from edge.origin import OriginSettings
 from fill.plan import Entry
 
@@ -103,7 +103,7 @@ def _entry(item: Any) -> Entry:
         raise ValueError("missing key (a string)")
     try:
         check_key(key)
-    except KeyError400 as exc:
+    except BadKey as exc:
         raise ValueError(f"key {key!r}: {exc}") from None
     if is_reserved(key):
         raise ValueError(f"key {key!r} cannot be stored")

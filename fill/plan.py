@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from edge.core.meta import same_version
 from edge.core.sizes import human_size
 
 KEEP, ADD, DEFER, SKIP = "keep", "add", "defer", "skip"
@@ -64,7 +65,9 @@ class Held:
 
 
 @dataclass(frozen=True)
-class Decision:
+class Placement:
+    """What the plan does with one manifest object tonight (``decision``)."""
+
     entry: Entry
     decision: str
     rank: int  # 1-based, by score per byte
@@ -77,24 +80,20 @@ class Decision:
         """Bytes to download for it."""
         return self.entry.size - self.held if self.decision == ADD else 0
 
-    @property
-    def density(self) -> float:
-        return density(self.entry)
-
 
 @dataclass
 class Plan:
-    decisions: list[Decision]
+    decisions: list[Placement]
     evict: list[Held]
     budget: int
     nightly: int | None
     cutoff: float | None  # score per byte of the first object that did not fit
-    by_key: dict[str, Decision] = field(default_factory=dict)
+    by_key: dict[str, Placement] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.by_key = {d.entry.key: d for d in self.decisions}
 
-    def of(self, decision: str) -> list[Decision]:
+    def of(self, decision: str) -> list[Placement]:
         return [d for d in self.decisions if d.decision == decision]
 
     def summary(self) -> dict[str, object]:
@@ -130,10 +129,6 @@ def order(entries: Iterable[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: (-density(e), -e.score, e.key))
 
 
-def _same_version(e: Entry, h: Held) -> bool:
-    return h.size == e.size and (e.etag is None or h.etag == e.etag)
-
-
 def make_plan(
     entries: Iterable[Entry],
     held: Iterable[Held],
@@ -143,7 +138,7 @@ def make_plan(
     """The plan for ``entries`` given what is ``held``, ``budget`` bytes to
     plan into and ``nightly`` bytes to download tonight (``None``: no limit)."""
     holding = {h.key: h for h in held}
-    decisions: list[Decision] = []
+    decisions: list[Placement] = []
     planned = 0
     tonight = 0
     cutoff: float | None = None
@@ -151,26 +146,26 @@ def make_plan(
         if planned + e.size > budget:
             if cutoff is None:
                 cutoff = density(e)
-            decisions.append(Decision(e, SKIP, rank, planned, 0))
+            decisions.append(Placement(e, SKIP, rank, planned, 0))
             continue
         h = holding.get(e.key)
-        have = h.stored if h is not None and _same_version(e, h) else 0
+        have = h.stored if h is not None and same_version(e, h) else 0
         before = planned
         planned += e.size
         if h is not None and have == e.size and h.complete:
             if e.xxh3 is None or h.digest == e.xxh3:
-                decisions.append(Decision(e, KEEP, rank, before, have))
+                decisions.append(Placement(e, KEEP, rank, before, have))
                 continue
             if h.digest is None:  # held, not yet checked against the manifest
-                decisions.append(Decision(e, KEEP, rank, before, have, verify=True))
+                decisions.append(Placement(e, KEEP, rank, before, have, verify=True))
                 continue
             have = 0  # verified once, and it is not what the manifest says
         need = e.size - have
         if nightly is not None and tonight + need > nightly:
-            decisions.append(Decision(e, DEFER, rank, before, have))
+            decisions.append(Placement(e, DEFER, rank, before, have))
             continue
         tonight += need
-        decisions.append(Decision(e, ADD, rank, before, have))
+        decisions.append(Placement(e, ADD, rank, before, have))
     wanted = {d.entry.key for d in decisions if d.decision != SKIP}
     evict = [h for h in holding.values() if h.pinned and h.key not in wanted]
     evict.sort(key=lambda h: (h.stored == 0, h.key))

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from edge.config import ConfigError, ServeConfig
+from edge.core.meta import same_version
 from edge.core.sizes import human_size
 from edge.origin import OriginChanged, OriginError
 from edge.serve import make_store
@@ -37,7 +38,7 @@ from fill import manifest as manifests
 from fill.config import FillConfig
 from fill.download import Fetched, Sources, Throttle, fetch_object
 from fill.logs import Popularity, count
-from fill.plan import ADD, KEEP, Decision, Entry, Held, Plan, density, make_plan
+from fill.plan import ADD, KEEP, Entry, Held, Placement, Plan, density, make_plan
 from fill.stage import StagePools
 
 log = logging.getLogger("edgefleet.fill")
@@ -95,7 +96,14 @@ class FillRun:
         except StoreError as exc:
             raise ConfigError(f"store: {exc}") from None
         settings = self.serve.origin_settings()
-        self.sources = Sources.open(self.serve.origin, self.cfg.peers, settings)
+        self.sources = Sources.open(
+            self.serve.origin,
+            self.cfg.peers,
+            settings,
+            retries=self.retries,
+            breaker_failures=self.serve.breaker_failures,
+            breaker_cooldown=self.serve.breaker_cooldown,
+        )
         try:
             return await self._run(settings)
         finally:
@@ -185,7 +193,7 @@ class FillRun:
                 return Entry(key, h.size, score, h.etag)
             async with sem:
                 try:
-                    meta = await self.sources.head(key, self.retries)
+                    meta = await self.sources.head(key)
                 except OriginError as exc:
                     log.warning("fill: --from-logs: %r left out: %s", key, exc)
                     return None
@@ -208,7 +216,7 @@ class FillRun:
         # least demand first: not in the manifest at all, then by score per byte
         per_byte = {d.entry.key: density(d.entry) for d in plan.decisions}
         self.evict_queue = sorted(plan.evict, key=lambda h: (per_byte.get(h.key, -1.0), h.key))
-        work: asyncio.Queue[Decision] = asyncio.Queue()
+        work: asyncio.Queue[Placement] = asyncio.Queue()
         for d in [d for d in plan.decisions if d.verify] + plan.of(ADD):
             work.put_nowait(d)
         self.throttle = Throttle(self.cfg.rate)
@@ -252,7 +260,7 @@ class FillRun:
             self.status = status
             log.warning("fill: stopping: %s", status)
 
-    async def _worker(self, work: asyncio.Queue[Decision]) -> None:
+    async def _worker(self, work: asyncio.Queue[Placement]) -> None:
         while not work.empty():
             d = work.get_nowait()
             try:
@@ -271,7 +279,7 @@ class FillRun:
         log.error("fill: %s: %s", key, why)
         self.tally.failed.append({"key": key, "error": why})
 
-    async def _verify(self, d: Decision) -> None:
+    async def _verify(self, d: Placement) -> None:
         """A held object the manifest gives a checksum for: reread it from disk."""
         e = d.entry
         obj = await asyncio.to_thread(self.store.lookup, e.key)
@@ -294,13 +302,13 @@ class FillRun:
             {"key": e.key, "xxh3": digest, "expected": e.xxh3 or "", "from": where}
         )
 
-    async def _add(self, d: Decision, fresh: bool = False) -> None:
+    async def _add(self, d: Placement, fresh: bool = False) -> None:
         e = d.entry
         for attempt in (1, 2):
-            meta = await self.sources.head(e.key, self.retries)
+            meta = await self.sources.head(e.key)
             if meta is None:
                 return self._fail(e.key, "not found at the origin")
-            if meta.size != e.size or (e.etag is not None and meta.etag != e.etag):
+            if not same_version(meta, e):
                 return self._fail(
                     e.key,
                     f"the origin holds another version ({meta.size} bytes, ETag {meta.etag}) "

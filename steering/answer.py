@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from edge.core.signing import client_prefix, directory_of, path_url, sign_directory, token_param
 from steering.config import SteerConfig
-from steering.decide import Decision
+from steering.decide import Route
 from steering.fleet import Fleet
 from steering.prefixes import Network, address
 
@@ -62,7 +62,7 @@ def _trusted(addr: str, trusted: Sequence[Network]) -> bool:
 
 
 def urls(
-    decision: Decision, fleet: Fleet, cfg: SteerConfig, client: str, now: float
+    decision: Route, fleet: Fleet, cfg: SteerConfig, client: str, now: float
 ) -> tuple[list[str], int]:
     """The signed URLs of a decision and their expiry (Unix seconds)."""
     path = quote(decision.key, safe=_SAFE)
@@ -89,7 +89,7 @@ def origin_url(cfg: SteerConfig, key: str) -> str | None:
     return f"{cfg.origin_fallback}/{quote(key, safe=_SAFE)}"
 
 
-def document(decision: Decision, fleet: Fleet, urls_: list[str], expires: int) -> dict[str, Any]:
+def document(decision: Route, fleet: Fleet, urls_: list[str], expires: int) -> dict[str, Any]:
     """The JSON body of ``/steer``."""
     specs = fleet.specs
     return {

@@ -29,7 +29,6 @@ from steering.prefixes import Network, PrefixTable
 from steering.rendezvous import seed_for
 
 EARTH_KM = 6371.0
-OwnGroups = tuple[tuple[int, tuple[int, ...], bool], ...]
 MAX_ORDERS = 100_000
 
 

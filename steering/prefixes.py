@@ -21,7 +21,6 @@ from typing import Generic, TypeVar
 
 V = TypeVar("V")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_MAPPED = 0xFFFF << 32  # ::ffff:0:0/96
 
 
 def parse_network(text: str) -> Network:

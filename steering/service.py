@@ -28,11 +28,10 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from edge import __version__
-from edge.core.httpdate import format_http_date
-from edge.core.keys import KeyError400, check_key, parse_key, split_target
+from edge.core.keys import BadKey, check_key, parse_key, split_target
 from edge.http.accesslog import AccessLog
-from edge.http.response import build_head, text_body
-from edge.http.server import ContentServer, after_stop, stop_signal
+from edge.http.response import DateCache, build_head, text_body
+from edge.http.server import ContentServer, ListenError, after_stop, bind_listeners, stop_signal
 from edge.http.wire import Request, Response
 from steering import answer
 from steering.config import ConfigError, load_steer_config
@@ -62,8 +61,7 @@ class Steering:
         self.registry = registry(self.metrics, self._fleet_gauges)
         self.reload_lock = asyncio.Lock()
         self.loaded_at = time.time()
-        self.date_line = b""
-        self._date_sec = -1
+        self.dates = DateCache()
         self.access_log = access_log
         self.pages = {
             "/_steer/health": self.health,
@@ -102,18 +100,11 @@ class Steering:
 
     # -- responses -----------------------------------------------------------
 
-    def _date(self) -> bytes:
-        now = int(time.time())
-        if now != self._date_sec:
-            self._date_sec = now
-            self.date_line = f"Date: {format_http_date(now)}\r\n".encode()
-        return self.date_line
-
     def reply(self, req: Request | None, status: int, lines: bytes, body: bytes = b"") -> Response:
         keep = req is not None and req.keep_alive
         head = build_head(
             status,
-            self._date(),
+            self.dates.refresh(),
             lines + b"Content-Length: %d\r\n" % len(body),
             keep_alive=keep,
             http10=req is not None and req.version == "1.0",
@@ -154,7 +145,7 @@ class Steering:
     def handle(self, req: Request) -> Response:
         try:
             path_b, query_b = split_target(req.target)
-        except KeyError400 as exc:
+        except BadKey as exc:
             return self.error(req, exc.status, str(exc))
         if req.method not in ("GET", "HEAD"):
             return self.error(req, 405, f"method {req.method} not allowed", b"Allow: GET, HEAD\r\n")
@@ -182,14 +173,14 @@ class Steering:
             return self.error(req, 400, "give the object key: /steer?object=KEY")
         try:
             key = check_key(unquote_plus(raw, errors="strict"))
-        except (KeyError400, UnicodeDecodeError) as exc:
+        except (BadKey, UnicodeDecodeError) as exc:
             return self.error(req, 400, f"object: {exc}")
         return self.answer(req, key, redirect=False)
 
     def redirect(self, req: Request, path: bytes) -> Response:
         try:
             key = parse_key(path)
-        except KeyError400 as exc:
+        except BadKey as exc:
             return self.error(req, exc.status, str(exc))
         if not key:
             return self.error(req, 400, "give the object key: /r/KEY")
@@ -300,18 +291,10 @@ def settle() -> None:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        s.bind((host, port))
-    except OSError as exc:
-        s.close()
-        raise ConfigError(
-            f"--listen / listen: cannot listen on {host}:{port}: {exc.strerror}"
-        ) from None
-    s.listen(1024)
-    return s
+        return bind_listeners(host, port)[0]
+    except ListenError as exc:
+        raise ConfigError(f"--listen / listen: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -432,3 +432,29 @@ def test_one_get_an_object_and_a_broken_download_resumes_at_its_last_whole_slice
     finally:
         store.close()
     assert os.listdir(tmp_path / "store" / "tmp") == []
+
+
+def test_an_object_only_a_fallback_origin_holds_is_filled(tmp_path: Path) -> None:
+    """The fill looks objects up through the origin chain, as the miss path
+    does: the first origin's "no such object" passes the question on."""
+    first, fallback = tmp_path / "first", tmp_path / "fallback"
+    data = RNG.randbytes(100_000)
+    (fallback / "t").mkdir(parents=True)
+    first.mkdir()
+    (fallback / "t" / "seg.m4s").write_bytes(data)
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"key": "t/seg.m4s", "size": len(data), "rank": 1}) + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "fill", "--store", str(tmp_path / "store"),
+         "--capacity", str(CAPACITY), "--slice-size", "64KiB", "--origin", first.as_uri(),
+         "--origin", fallback.as_uri(), "--manifest", str(m), "--now"],
+        capture_output=True, text=True, cwd=ROOT, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["added"]["objects"] == 1 and report["failed"] == [], report
+    store = open_store(tmp_path / "store")
+    try:
+        assert store.read("t/seg.m4s") == data
+    finally:
+        store.close()

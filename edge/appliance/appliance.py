@@ -1,22 +1,21 @@
 """The appliance's request handling: hits from the store, misses from the origin.
 
 Theory of operation: ``handle`` parses the key and, for content, looks for the
-object's ``View`` (the stored object with its header lines built once). A view
-whose slices cover the request is a hit and is answered synchronously with
-``FileSpan``s (sendfile), or from memory for a small object. Anything else
-goes down the slow path (``edge.appliance.miss``, a coroutine): look the object up in
-the index or learn it from the origin, then fetch the missing slices, each
-once however many requests want it, stream them and store them.
-Preconditions and ranges are decided by the pure modules ``conditional`` and
-``ranges``; views are ``edge.appliance.view``; the operational endpoints live in ``ops``.
+object's ``View`` (the stored object with its header lines built once) in the
+``ViewCache``. A view whose slices cover the request is a hit and is answered
+synchronously with ``FileSpan``s (sendfile), or from memory for a small object.
+Anything else goes down the slow path (``MissPath.answer``, a coroutine): look
+the object up in the index or learn it from the origin, then fetch the missing
+slices, each once however many requests want it, stream them and store them.
+What to answer (304, 412, 416, 200, 206 and its ranges) is planned by the pure
+``edge.core.plan``; this module turns the plan into bytes and spans. The
+operational endpoints live in ``ops``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import itertools
 import logging
 import secrets
 import time
@@ -26,45 +25,39 @@ from typing import Any, TypeVar
 
 from edge.appliance.miss import MissPath, MissStream
 from edge.appliance.view import View
+from edge.appliance.viewcache import ViewCache
 from edge.config import ServeConfig
-from edge.core import conditional, ranges
+from edge.core import plan as plans
 from edge.core.admission import make_admission
-from edge.core.httpdate import format_http_date
-from edge.core.keys import KeyError400, is_reserved, key_for_path, split_target
-from edge.core.meta import ObjectMeta
+from edge.core.keys import BadKey, is_reserved, key_for_path, split_target
 from edge.core.signing import MESSAGES as TOKEN_MESSAGES
 from edge.core.signing import Verifier, split_path_token
 from edge.http.accesslog import AccessLog
 from edge.http.response import (
     ALLOW,
     ALLOWED_REQUEST_HEADERS,
-    SERVER_LINE,
+    DateCache,
     build_head,
     connection_line,
     cors_lines,
     status_line,
     text_body,
 )
-from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
+from edge.http.wire import FileSpan, Part, Request, Response
 from edge.origin import Origin
-from edge.origin.chain import Puller
-from edge.store import Store, StoredObject, is_device_error
+from edge.origin.chain import OriginChain
+from edge.store import Store, is_device_error
 
 log = logging.getLogger("edgefleet.appliance")
 
 T = TypeVar("T")
 
-_CONDITIONAL = frozenset(
-    (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
-)
-CRLF = "\r\n"
-MAX_VIEWS = 200_000
 HITS_FLUSH_SECONDS = 2.0
 CHANGES_POLL_SECONDS = 0.1
 PRESSURE = 0.97  # the store counts as full from here: admission applies
 
 
-class Appliance(MissPath):
+class Appliance:
     def __init__(
         self,
         cfg: ServeConfig,
@@ -83,9 +76,9 @@ class Appliance(MissPath):
         self.loop = asyncio.get_running_loop()
         self.cors = cfg.cors_origin
         self.cors_bytes = cors_lines(cfg.cors_origin)
-        self.views: dict[str, View] = {}
+        self.views = ViewCache(self.run, cfg.cors_origin)
         self.hits: dict[str, list[float]] = {}
-        self.puller = Puller(
+        self.chain = OriginChain(
             origins,
             retries=cfg.origin_retries,
             negative_ttl=cfg.negative_ttl,
@@ -94,30 +87,29 @@ class Appliance(MissPath):
             on_origin=metrics.origin,
             on_bytes=metrics.origin_bytes,
         )
-        self.revalidations: dict[str, asyncio.Future[ObjectMeta | None]] = {}
-        self.learning: dict[str, asyncio.Future[StoredObject | ObjectMeta | None]] = {}
         # Admission: sized to about the objects the store holds (a window much
         # smaller than that costs hit ratio; see bench/policy_trace.py).
         capacity = sum(cap for _, cap in cfg.root_capacities())
         self.admission = make_admission(cfg.admission, max(10_000, capacity // cfg.slice_size))
         self.store_full = False
-        # slices this process stored lately: key -> (gen, slice indexes); a
-        # stream whose view was dropped meanwhile must not fetch them again.
-        # A deletion (the change table) forgets the key here too.
-        self.landed: dict[str, tuple[str, set[int]]] = {}
+        self.miss = MissPath(
+            self.views,
+            store,
+            self.chain,
+            self.run,
+            self,
+            self._on_disk_error,
+            metrics.store_write_failed,
+        )
         self.background: set[asyncio.Future[Any]] = set()
         self.change_seq = 0
-        self.date_line = b""
-        self.date_server = b""
-        self.max_open_files = 4096
-        self._date_sec = -1
+        self.dates = DateCache()  # refreshed once a second by _tick
         self.sent_window: list[tuple[float, int]] = []
         self.egress_rate = 0.0
         self.ops: Any = None  # set by serve (edge.appliance.ops.Ops)
         # signed URLs: checked only when keys are configured
         self.verifier = Verifier(cfg.url_signing_keys) if cfg.url_signing_keys else None
         self._timers: list[asyncio.TimerHandle] = []
-        self._update_date()
 
     # -- plumbing ------------------------------------------------------------
 
@@ -148,22 +140,15 @@ class Appliance(MissPath):
     async def stop(self) -> None:
         for t in self._timers:
             t.cancel()
-        await self.puller.close()
+        await self.chain.close()
         self._flush_hits()
         if self.background:
             await asyncio.wait(list(self.background), timeout=10)
         if self.access_log is not None:
             self.access_log.flush()
 
-    def _update_date(self) -> None:
-        now = int(time.time())
-        if now != self._date_sec:
-            self._date_sec = now
-            self.date_line = f"Date: {format_http_date(now)}\r\n".encode()
-            self.date_server = self.date_line + SERVER_LINE
-
     def _tick(self) -> None:
-        self._update_date()
+        self.dates.refresh()
         now = self.loop.time()
         total = self.metrics.sent_total
         self.sent_window.append((now, total))
@@ -199,12 +184,10 @@ class Appliance(MissPath):
             return
         if "" in keys:
             self.views.clear()
-            self.landed.clear()
             await self.run(self.store.refresh_roots)
         else:
             for k in keys:
-                self.views.pop(k, None)
-                self.landed.pop(k, None)
+                self.views.forget(k)
 
     # -- responses -----------------------------------------------------------
 
@@ -217,10 +200,10 @@ class Appliance(MissPath):
 
     def head(self, req: Request, status: int, lines: bytes) -> bytes:
         if req.keep_alive and req.version == "1.1":
-            return status_line(status) + self.date_server + lines + b"\r\n"
+            return status_line(status) + self.dates.with_server + lines + b"\r\n"
         return (
             status_line(status)
-            + self.date_server
+            + self.dates.with_server
             + lines
             + connection_line(req.keep_alive, req.version == "1.0")
             + b"\r\n"
@@ -238,7 +221,7 @@ class Appliance(MissPath):
             keep = False
         head = build_head(
             status,
-            self.date_line,
+            self.dates.line,
             lines,
             keep_alive=keep,
             http10=req is not None and req.version == "1.0",
@@ -267,7 +250,7 @@ class Appliance(MissPath):
         try:
             path, query = split_target(req.target)
             key = key_for_path(path)
-        except KeyError400 as exc:
+        except BadKey as exc:
             return self.error(req, exc.status, str(exc))
         path_token = None
         if is_reserved(key):
@@ -300,10 +283,10 @@ class Appliance(MissPath):
             hit[1] = time.time()
         view = self.views.get(key)
         if view is not None:
-            resp = self._answer(req, view, fetch=False)
+            resp = self.answer(req, view, fetch=False)
             if resp is not None:
                 return resp
-        return self._slow(req, key)
+        return self.miss.answer(req, key)
 
     def _options(self, req: Request) -> Response:
         lines = (
@@ -315,43 +298,37 @@ class Appliance(MissPath):
 
     # -- the answer for a known object ----------------------------------------
 
-    def _answer(
+    def answer(
         self, req: Request, view: View, fetch: bool, check_fresh: bool = True
     ) -> Response | None:
-        """The response for ``view``. ``None`` when slices are missing and
-        ``fetch`` is false, or when it is stale; with ``fetch``, a response
-        streamed as the missing slices arrive."""
+        """The response for ``view``, as ``edge.core.plan`` plans it. ``None``
+        when slices are missing and ``fetch`` is false, or when it is stale;
+        with ``fetch``, a response streamed as the missing slices arrive."""
         if check_fresh and view.fresh_until is not None and time.time() >= view.fresh_until:
             return None
-        h = req.headers
-        method = req.method
-        raw_range = h.get(b"range") if method == "GET" else None
-        if not h.keys().isdisjoint(_CONDITIONAL) or (raw_range is not None and b"if-range" in h):
-            early, keep_range = self._preconditions(req, view, raw_range is not None)
-            if early is not None:
-                return early
-            if not keep_range:
-                raw_range = None
+        p = plans.plan(
+            req.method, req.headers, view.size, view.etag, view.last_modified, self.cfg.max_ranges
+        )
         size = view.size
-        if raw_range is None:
+        if type(p) is plans.Whole:
             head = self.view_head(req, view, 200, view.full)
-            if method == "HEAD":
+            if p.head_only:
                 return Response(200, head, key=view.key, cache="hit")
             if view.small is not None:
                 return Response(
                     200, head, [view.small], body_length=size, cache="hit", key=view.key
                 )
-            return self._body(
-                req, view, 200, head, [(0, size - 1)] if size else [], size, None, fetch
-            )
-        range_value = raw_range.decode("latin-1")
-        decision = ranges.decide(range_value, size, self.cfg.max_ranges)
-        if type(decision) is ranges.Full:
-            head = self.view_head(req, view, 200, view.full)
-            return self._body(
-                req, view, 200, head, [(0, size - 1)] if size else [], size, None, fetch
-            )
-        if type(decision) is ranges.Unsatisfiable:
+            spans: list[Any] = [(0, size - 1)] if size else []
+            return self._body(req, view, 200, head, spans, size, None, fetch)
+        if type(p) is plans.Partial:
+            return self._partial(req, view, p, fetch)
+        if type(p) is plans.NotModified:
+            head = self.view_head(req, view, 304, view.common)
+            return Response(304, head, key=view.key, cache="hit")
+        if type(p) is plans.PreconditionFailed:
+            resp = self.error(req, 412, "precondition failed", key=view.key)
+        else:
+            assert type(p) is plans.Unsatisfiable
             resp = self.error(
                 req,
                 416,
@@ -359,13 +336,16 @@ class Appliance(MissPath):
                 f"Content-Range: bytes */{size}\r\n",
                 key=view.key,
             )
-            resp.range, resp.cache = range_value, "hit"
-            return resp
-        assert isinstance(decision, ranges.Partial)
-        rs = decision.ranges
+            resp.range = p.range_value
+        resp.cache = "hit"
+        return resp
+
+    def _partial(self, req: Request, view: View, p: plans.Partial, fetch: bool) -> Response | None:
+        """206: one range with its Content-Range, or several as multipart/byteranges."""
+        size = view.size
         segments: list[Any]
-        if len(rs) == 1:
-            a, b = rs[0]
+        if len(p.ranges) == 1:
+            a, b = p.ranges[0]
             segments = [(a, b)]
             body_length = b - a + 1
             lines = (
@@ -376,19 +356,7 @@ class Appliance(MissPath):
             )
         else:
             boundary = secrets.token_hex(12)
-            segments = []
-            body_length = 0
-            for n, (a, b) in enumerate(rs):
-                part_head = (
-                    f"{'' if n == 0 else CRLF}--{boundary}\r\nContent-Type: {view.ctype}\r\n"
-                    f"Content-Range: bytes {a}-{b}/{size}\r\n\r\n"
-                ).encode("latin-1")
-                segments.append(part_head)
-                segments.append((a, b))
-                body_length += len(part_head) + b - a + 1
-            tail = f"\r\n--{boundary}--\r\n".encode()
-            segments.append(tail)
-            body_length += len(tail)
+            segments, body_length = plans.multipart(p.ranges, size, view.ctype, boundary)
             lines = (
                 view.common
                 + (
@@ -397,39 +365,9 @@ class Appliance(MissPath):
                 ).encode()
             )
         head = self.view_head(req, view, 206, lines)
-        if method == "HEAD":
-            return Response(206, head, key=view.key, cache="hit", range_=range_value)
-        return self._body(req, view, 206, head, segments, body_length, range_value, fetch)
-
-    def _preconditions(
-        self, req: Request, view: View, has_range: bool
-    ) -> tuple[Response | None, bool]:
-        """(an early 304/412, or None; whether Range still applies)."""
-
-        def header(name: bytes) -> str | None:
-            value = req.headers.get(name)
-            return None if value is None else value.decode("latin-1")
-
-        outcome = conditional.evaluate(
-            req.method,
-            view.etag,
-            view.last_modified,
-            if_match=header(b"if-match"),
-            if_none_match=header(b"if-none-match"),
-            if_modified_since=header(b"if-modified-since"),
-            if_unmodified_since=header(b"if-unmodified-since"),
-            if_range=header(b"if-range"),
-            has_range=has_range,
-        )
-        if outcome is conditional.Outcome.NOT_MODIFIED:
-            return Response(
-                304, self.view_head(req, view, 304, view.common), key=view.key, cache="hit"
-            ), True
-        if outcome is conditional.Outcome.PRECONDITION_FAILED:
-            resp = self.error(req, 412, "precondition failed", key=view.key)
-            resp.cache = "hit"
-            return resp, True
-        return None, outcome is not conditional.Outcome.PROCEED_IGNORE_RANGE
+        if p.head_only:
+            return Response(206, head, key=view.key, cache="hit", range_=p.range_value)
+        return self._body(req, view, 206, head, segments, body_length, p.range_value, fetch)
 
     def _body(
         self,
@@ -442,8 +380,8 @@ class Appliance(MissPath):
         range_value: str | None,
         fetch: bool,
     ) -> Response | None:
-        """Cut byte ranges into per-slice pieces and send them: from memory, from
-        open slice files, or, for missing slices, as they arrive from the origin."""
+        """Send byte ranges: from memory, from open slice files, or, for missing
+        slices, as they arrive from the origin (only with ``fetch``)."""
         small = view.small
         if small is not None:
             body: list[Part] = [
@@ -454,36 +392,12 @@ class Appliance(MissPath):
                 status, head, body, body_length=body_length, cache="hit", key=view.key,
                 range_=range_value,
             )  # fmt: skip
-        ss = view.slice_size
+        pieces = plans.slice_pieces(segments, view.slice_size)
         paths = view.paths
-        pieces: list[Any] = []
-        missing: list[int] = []
-        for seg in segments:
-            if type(seg) is bytes:
-                pieces.append(seg)
-                continue
-            a, b = seg
-            for idx in range(a // ss, b // ss + 1):
-                base = idx * ss
-                lo = max(a, base) - base
-                hi = min(b, base + ss - 1) - base
-                if paths[idx] is None:
-                    missing.append(idx)
-                pieces.append((idx, lo, hi - lo + 1))
+        missing = [p[0] for p in pieces if type(p) is tuple and paths[p[0]] is None]
         if not missing:
-            body = []
-            try:
-                for p in pieces:
-                    if type(p) is bytes:
-                        body.append(p)
-                    else:
-                        idx = p[0]
-                        f = view.file(idx)
-                        body.append(FileSpan(paths[idx], p[1], p[2], f, self._on_disk_error(view)))  # type: ignore[arg-type]
-            except OSError as exc:
-                # evicted or purged by another process since the view was made,
-                # or no descriptor to spare: look again on the slow path
-                self._on_disk_error(view)(exc)
+            body = self._spans(view, pieces)  # type: ignore[arg-type]
+            if body is None:
                 return None
             return Response(
                 status, head, body, body_length=body_length, cache="hit", key=view.key,
@@ -500,51 +414,42 @@ class Appliance(MissPath):
             cache="miss" if len(missing) == slices else "partial",
             key=view.key,
             range_=range_value,
-            stream=MissStream(view, pieces, missing, admit, self),
+            stream=MissStream(view, pieces, missing, admit, self.miss),
         )
+
+    def _spans(self, view: View, pieces: list[bytes | tuple[int, int, int]]) -> list[Part] | None:
+        """The body as ``FileSpan``s over the view's open slice files (bytes for
+        framing); ``None`` when a file cannot be opened (evicted or purged by
+        another process since the view was made, or no descriptor to spare):
+        the caller looks again on the slow path."""
+        body: list[Part] = []
+        paths = view.paths
+        on_error = self._on_disk_error(view)
+        try:
+            for p in pieces:
+                if type(p) is bytes:
+                    body.append(p)
+                else:
+                    idx, offset, count = p  # type: ignore[misc]
+                    f = view.file(idx)
+                    body.append(FileSpan(paths[idx], offset, count, f, on_error))  # type: ignore[arg-type]
+        except OSError as exc:
+            on_error(exc)
+            return None
+        return body
+
+    def _admit(self, key: str) -> bool:
+        """Store what this miss fetches? Always, unless the store is full and
+        the admission filter says the object has not earned a place yet."""
+        return not self.store_full or self.admission.admit(key)
 
     def _on_disk_error(self, view: View) -> Callable[[OSError], None]:
         def on_error(exc: OSError) -> None:
-            if self.views.get(view.key) is view:
-                del self.views[view.key]
+            self.views.drop(view)
             if is_device_error(exc):
                 root = view.obj.root
                 self.spawn(self.run(self.store.mark_root_failed, root.id, str(exc)))
             elif exc.errno in (errno.EMFILE, errno.ENFILE):
-                self.shed_files()
+                self.views.shed_files()
 
         return on_error
-
-    def shed_files(self) -> None:
-        """Out of file descriptors: forget half the views (their files close)."""
-        log.error("out of file descriptors: forgetting half of %d views", len(self.views))
-        self._forget_oldest(len(self.views) // 2 + 1)
-        self.max_open_files = max(64, OpenFile.count // 2)
-
-    async def _load(self, obj: StoredObject) -> View:
-        view = View(obj, self.cors)
-        if obj.slices:  # nothing to open for an object just learnt from the origin
-            with contextlib.suppress(OSError):  # a file gone meanwhile: found again when sent
-                await self.run(view.load)
-        self._remember(view)
-        return view
-
-    def _remember(self, view: View) -> None:
-        views = self.views
-        old = views.get(view.key)
-        if old is not None and old.obj.gen == view.obj.gen:
-            # made from an older look at the index: keep what was stored since
-            for idx, path in enumerate(old.paths):
-                if path is not None and view.paths[idx] is None:
-                    view.paths[idx] = path
-            if old.small is not None:
-                view.keep_small(old.small)
-        if len(views) >= MAX_VIEWS or OpenFile.count > self.max_open_files:
-            self._forget_oldest(len(views) // 10 + 1)
-        views[view.key] = view
-
-    def _forget_oldest(self, count: int) -> None:
-        """Drop the ``count`` oldest views (insertion order); their files close
-        once no response sends from them any more."""
-        for key in list(itertools.islice(self.views, count)):
-            del self.views[key]

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 from edge import __version__
 from edge.appliance import metrics as m
 from edge.core import inventory as inv
-from edge.core.keys import KeyError400, check_key
+from edge.core.keys import BadKey, check_key
 from edge.http.wire import Request, Response
 
 if TYPE_CHECKING:
@@ -226,14 +226,13 @@ in {doc["store"]["objects"]} objects</p>
         if "key" in params:
             try:
                 key = check_key(params["key"])
-            except KeyError400 as exc:
+            except BadKey as exc:
                 return self.app.error(req, 400, f"key: {exc}")
             purged = int(await self.app.run(store.remove, key))
-            self.app.views.pop(key, None)
+            self.app.views.forget(key)
         elif "prefix" in params:
             purged = await self.app.run(store.purge_prefix, params["prefix"])
-            for k in [k for k in self.app.views if k.startswith(params["prefix"])]:
-                self.app.views.pop(k, None)
+            self.app.views.forget_prefix(params["prefix"])
         else:
             return self.app.error(req, 400, "purge needs ?key=K or ?prefix=P")
         if self.workers > 1 and purged:
@@ -246,8 +245,7 @@ in {doc["store"]["objects"]} objects</p>
     async def scrub(self, req: Request, params: dict[str, str]) -> Response:
         report = await self.app.run(self.app.store.scrub)
         for key in set(report.failed_keys):  # the other workers learn it from the index
-            self.app.views.pop(key, None)
-            self.app.landed.pop(key, None)
+            self.app.views.forget(key)
         body = (
             json.dumps(
                 {

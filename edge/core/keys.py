@@ -26,8 +26,10 @@ _HEX = b"0123456789abcdefABCDEF"
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\%]")
 
 
-class KeyError400(ValueError):
-    """The request target is not an acceptable key; the message says why."""
+class BadKey(ValueError):
+    """The request target is not an acceptable key: the client's mistake. The
+    message says why; ``status`` is the answer (400, or 414 for a target that
+    is too long)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -43,10 +45,10 @@ def _percent_decode(raw: bytes) -> bytes:
         c = raw[i]
         if c == 0x25:  # '%'
             if i + 2 >= n:
-                raise KeyError400("truncated percent-encoding")
+                raise BadKey("truncated percent-encoding")
             hi, lo = raw[i + 1], raw[i + 2]
             if hi not in _HEX or lo not in _HEX:
-                raise KeyError400("invalid percent-encoding")
+                raise BadKey("invalid percent-encoding")
             out.append(int(raw[i + 1 : i + 3], 16))
             i += 3
         else:
@@ -58,7 +60,7 @@ def _percent_decode(raw: bytes) -> bytes:
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """Split a request target into (path, query), accepting absolute-form."""
     if len(target) > MAX_TARGET_BYTES:
-        raise KeyError400("request target too long", 414)
+        raise BadKey("request target too long", 414)
     if not target.startswith(b"/"):
         lower = target[:8].lower()
         if lower.startswith(b"http://") or lower.startswith(b"https:/"):
@@ -66,7 +68,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
             slash = rest.find(b"/")
             target = rest[slash:] if slash >= 0 else b"/"
         else:
-            raise KeyError400("request target must be an absolute path")
+            raise BadKey("request target must be an absolute path")
     path, _, query = target.partition(b"?")
     path = path.partition(b"#")[0]
     return path, query
@@ -75,17 +77,17 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 def parse_key(path: bytes) -> str:
     """Turn the path of a request target (starting with ``/``) into a key.
 
-    Returns ``""`` for ``/`` itself; raises ``KeyError400`` for anything hostile.
+    Returns ``""`` for ``/`` itself; raises ``BadKey`` for anything hostile.
     """
     if not path.startswith(b"/"):
-        raise KeyError400("path must start with /")
+        raise BadKey("path must start with /")
     decoded = _percent_decode(path[1:])
     if len(decoded) > MAX_KEY_BYTES:
-        raise KeyError400(f"key longer than {MAX_KEY_BYTES} bytes")
+        raise BadKey(f"key longer than {MAX_KEY_BYTES} bytes")
     try:
         key = decoded.decode("utf-8")
     except UnicodeDecodeError:
-        raise KeyError400("key is not valid UTF-8") from None
+        raise BadKey("key is not valid UTF-8") from None
     if not key:
         return ""
     check_key(key)
@@ -93,22 +95,22 @@ def parse_key(path: bytes) -> str:
 
 
 def check_key(key: str) -> str:
-    """Raise ``KeyError400`` unless ``key`` is a safe object key; return it."""
+    """Raise ``BadKey`` unless ``key`` is a safe object key; return it."""
     if not key:
-        raise KeyError400("empty key")
+        raise BadKey("empty key")
     if len(key) > MAX_KEY_BYTES or len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise KeyError400(f"key longer than {MAX_KEY_BYTES} bytes")
+        raise BadKey(f"key longer than {MAX_KEY_BYTES} bytes")
     bad = _FORBIDDEN.search(key)
     if bad is not None:
         ch = bad.group()
         if ch == "\\":
-            raise KeyError400("backslash in key")
+            raise BadKey("backslash in key")
         if ch == "%":
-            raise KeyError400("percent sign in decoded key")
-        raise KeyError400("control character in key")
+            raise BadKey("percent sign in decoded key")
+        raise BadKey("control character in key")
     segments = key.split("/")
     if "" in segments or "." in segments or ".." in segments:
-        raise KeyError400("empty, '.' or '..' path segment in key")
+        raise BadKey("empty, '.' or '..' path segment in key")
     return key
 
 

@@ -8,6 +8,7 @@ slice ``i`` of an object of ``size`` bytes cut at ``slice_size`` covers bytes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,23 @@ class ObjectMeta:
     storable: bool = True  # False: served to the one request, never stored (not indexed)
 
 
+class Versioned(Protocol):
+    """Anything that names a version of an object: stored meta, a manifest
+    entry (whose ETag may be unknown: ``None``), a held object."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def etag(self) -> str | None: ...
+
+
+def same_version(a: Versioned, b: Versioned) -> bool:
+    """The same version of an object: same size and same ETag (an ETag that
+    is not known, ``None``, matches any)."""
+    return a.size == b.size and (a.etag is None or b.etag is None or a.etag == b.etag)
+
+
 def slice_count(size: int, slice_size: int) -> int:
     return -(-size // slice_size)
 
@@ -33,8 +51,3 @@ def slice_bounds(idx: int, size: int, slice_size: int) -> tuple[int, int]:
     """``(offset, length)`` of slice ``idx``."""
     start = idx * slice_size
     return start, max(0, min(slice_size, size - start))
-
-
-def slices_for(start: int, end: int, slice_size: int) -> range:
-    """Indexes of the slices that hold inclusive byte range ``start..end``."""
-    return range(start // slice_size, end // slice_size + 1)

@@ -1,4 +1,5 @@
-"""The accept loop of the lean HTTP/1.1 server, and its stop signals.
+"""The accept loop of the lean HTTP/1.1 server, its listening sockets and its
+stop signals.
 
 ``ContentServer`` accepts on one listening socket (one of a worker's
 ``SO_REUSEPORT`` group), keeps the connections, sweeps idle ones every second,
@@ -18,6 +19,46 @@ from edge.http.connection import Connection
 from edge.http.wire import Handler
 
 log = logging.getLogger("edgefleet.http")
+
+
+class ListenError(OSError):
+    """A listening socket that could not be bound; the message says where and why."""
+
+
+def bind_listeners(
+    host: str, port: int, count: int = 1, *, reuse_port: bool = False, backlog: int = 1024
+) -> list[socket.socket]:
+    """``count`` listening sockets on ``host:port`` (IPv6 when ``host`` has a colon).
+
+    With ``reuse_port`` they form an ``SO_REUSEPORT`` group (one per worker);
+    a plain bind comes first, so a port another process holds (even another
+    appliance, with ``SO_REUSEPORT``) is an error rather than a silent share.
+    Port 0 picks one free port for the whole group."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if reuse_port:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+                port = probe.getsockname()[1]
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    socks: list[socket.socket] = []
+    for _ in range(count):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            s.close()
+            for other in socks:
+                other.close()
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        s.listen(backlog)
+        socks.append(s)
+    return socks
 
 
 class ContentServer:
@@ -112,7 +153,7 @@ class ContentServer:
                 if c.idle() and c.header_started is None:
                     c.close()
                 else:
-                    c.closing = True
+                    c.answer_last()
             if not self.connections or self.loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)

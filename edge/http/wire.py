@@ -118,6 +118,16 @@ class Response:
         self.note: Any = None  # what the handler wants to log about it
 
 
+class Host(Protocol):
+    """What a connection needs of the server that accepted it."""
+
+    loop: Any  # the running event loop
+    handler: Handler
+    stopping: bool
+
+    def forget(self, conn: Any) -> None: ...
+
+
 class Handler(Protocol):
     def handle(self, req: Request) -> Response | Awaitable[Response]: ...
 

@@ -1,13 +1,17 @@
-"""Pull-through: asking the origins, once, patiently, and not for ever.
+"""The origin chain: asking the origins, once, patiently, and not for ever.
 
-Theory of operation: ``Puller`` owns the list of origins, a circuit breaker per
-origin, the retry policy and the memory of recent 404s. ``head`` learns what an
-object is (or revalidates it); ``fetch`` returns the ``SliceFetch`` of one slice,
-started once however many requests want it. A ``SliceFetch`` runs as its own
-task and keeps what has arrived, so a request reads the bytes as they come, from
-any offset, and a request that goes away stops reading without stopping the
-fetch. Rules it keeps:
+Theory of operation: ``OriginChain`` owns the ordered list of origins, a circuit
+breaker per origin, the retry policy and the memory of recent 404s (the
+negative cache). The appliance's miss path and the nightly fill both ask
+through it. ``head`` learns what an object is (or revalidates it); ``fetch``
+returns the ``SliceFetch`` of one slice, started once however many requests
+want it. A ``SliceFetch`` runs as its own task and keeps what has arrived, so
+a request reads the bytes as they come, from any offset, and a request that
+goes away stops reading without stopping the fetch. Rules it keeps:
 - origins are tried in order; a breaker that is open skips its origin;
+- an object is absent (``None``) only when every origin answered that it has
+  no such object; an origin that fails or does not have it passes the
+  question on to the next;
 - a failed request is retried ``retries`` times with doubling, jittered backoff;
   a slice that already delivered bytes resumes at its first missing byte;
 - an answer that changes the object (``OriginChanged``) is not retried: the
@@ -27,10 +31,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from edge.core.breaker import Breaker
-from edge.core.meta import ObjectMeta, slice_bounds
+from edge.core.meta import ObjectMeta, same_version, slice_bounds
 from edge.origin import Origin, OriginChanged, OriginError, OriginTimeout
 
-log = logging.getLogger("edgefleet.pull")
+log = logging.getLogger("edgefleet.origin")
 
 T = TypeVar("T")
 
@@ -71,7 +75,7 @@ class SliceFetch:
         self.done = False
         self.store: Callable[[list[bytes]], Awaitable[None]] | None = None
         self.claimed = False  # a request has asked for it (always, but for a learnt one)
-        self.k: tuple[str, str, int] | None = None  # where ``Puller.fetches`` has it
+        self.k: tuple[str, str, int] | None = None  # where ``OriginChain.fetches`` has it
         self.learnt: tuple[str, int, ObjectMeta] | None = None  # started by ``learn``
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -141,12 +145,15 @@ class SliceFetch:
             await self._wait()
 
 
-class Puller:
+class OriginChain:
+    """The origins in order, with retries, breakers and the negative cache."""
+
     def __init__(
         self,
         origins: list[Origin],
         *,
         retries: int = 2,
+        backoff_base: float = BACKOFF_BASE,
         negative_ttl: float = 10.0,
         breaker_failures: int = 5,
         breaker_cooldown: float = 10.0,
@@ -155,6 +162,7 @@ class Puller:
     ) -> None:
         self.origins = origins
         self.retries = retries
+        self.backoff_base = backoff_base
         self.negative_ttl = negative_ttl
         self.breakers = {
             id(o): Breaker(failures=breaker_failures, cooldown=breaker_cooldown) for o in origins
@@ -190,7 +198,7 @@ class Puller:
 
     # -- retries and breakers --------------------------------------------------
 
-    def _order(self, key: str) -> list[Origin]:
+    def order(self, key: str) -> list[Origin]:
         """The origin that told us what ``key`` is first, then the others."""
         source = self.sources.get(key)
         if source is None:
@@ -231,7 +239,7 @@ class Puller:
                     log.warning("origin %s (%s, try %d): %s", origin.url, kind, n + 1, exc)
                     last = exc
                     if n < self.retries:
-                        await asyncio.sleep(backoff(n))
+                        await asyncio.sleep(backoff(n, self.backoff_base))
                     continue
                 breaker.success()
                 return result
@@ -335,7 +343,7 @@ class Puller:
         # passes the question on, as a HEAD does.
         meta: ObjectMeta | None = None
         error: OriginError | None = None
-        for origin in self._order(key):
+        for origin in self.order(key):
             try:
                 meta = await self._ask("revalidate", lambda o: o.head(key, current), [origin])
             except OriginError as exc:
@@ -349,7 +357,7 @@ class Puller:
         if meta is None:
             self._remember_missing(key)
             self.on_origin("revalidate", "not_found")
-        elif meta.etag == current.etag and meta.size == current.size:
+        elif same_version(meta, current):
             self.on_origin("revalidate", "not_modified")
         else:
             self.on_origin("revalidate", "modified")
@@ -376,7 +384,7 @@ class Puller:
             learnt = self.learnt.get((key, idx))
             if learnt is not None and learnt.learnt is not None:
                 m = learnt.learnt[2]
-                if m.etag == meta.etag and m.size == meta.size:
+                if same_version(m, meta):
                     del self.learnt[(key, idx)]
                     f = self.fetches[k] = learnt
                     f.k = k
@@ -453,7 +461,7 @@ class Puller:
                 await self._claimed(f)
                 if not f.claimed:
                     raise OriginError(f"{key!r}: slice learnt for a request that went away")
-            await self._ask("read", attempt, self._order(key), self.sources.get(key))
+            await self._ask("read", attempt, self.order(key), self.sources.get(key))
         except BaseException as exc:
             f.fail(exc)
             self._forget(f)

@@ -3,7 +3,9 @@
 The key is joined under the directory after ``edge.core.keys`` validated it, and
 the resolved path must still be inside the directory, so a symlink cannot
 lead a request out of it either. The validator is the one nginx uses: a
-strong ETag from mtime and size.
+strong ETag from mtime and size. A read checks the open file against the
+version it was asked for: a file replaced or removed since is a change
+(``OriginChanged``: learn the object again), not a failure of the origin.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import aiofiles.os
 
 from edge.core.mediatypes import guess_type
 from edge.core.meta import ObjectMeta
-from edge.origin import OriginError
+from edge.origin import OriginChanged, OriginError
 
 CHUNK = 256 * 1024
 
@@ -47,8 +49,7 @@ class FileOrigin:
             raise OriginError(f"{self.url}: cannot stat {key!r}: {exc.strerror}") from None
         if not os.path.isfile(path):
             return None
-        etag = f'"{st.st_mtime_ns // 1_000_000_000:x}-{st.st_size:x}"'
-        return ObjectMeta(st.st_size, etag, int(st.st_mtime), guess_type(key))
+        return ObjectMeta(st.st_size, _etag(st), int(st.st_mtime), guess_type(key))
 
     async def read(
         self, key: str, meta: ObjectMeta, start: int, length: int
@@ -59,9 +60,10 @@ class FileOrigin:
         try:
             async with aiofiles.open(path, "rb") as f:
                 st = await asyncio.to_thread(os.fstat, f.fileno())
-                if st.st_size != meta.size:
-                    raise OriginError(
-                        f"{key!r} changed at the origin: {st.st_size} bytes, expected {meta.size}"
+                if st.st_size != meta.size or _etag(st) != meta.etag:
+                    raise OriginChanged(
+                        f"{key!r} changed at the origin: {st.st_size} bytes, ETag {_etag(st)}"
+                        f" (asked for {meta.size} bytes, ETag {meta.etag})"
                     )
                 await f.seek(start)
                 left = length
@@ -72,9 +74,13 @@ class FileOrigin:
                     left -= len(chunk)
                     yield chunk
         except FileNotFoundError:
-            raise OriginError(f"{key!r} disappeared from the origin") from None
+            raise OriginChanged(f"{key!r} disappeared from the origin") from None
         except OSError as exc:
             raise OriginError(f"{self.url}: cannot read {key!r}: {exc.strerror}") from None
 
     async def close(self) -> None:
         return None
+
+
+def _etag(st: os.stat_result) -> str:
+    return f'"{st.st_mtime_ns // 1_000_000_000:x}-{st.st_size:x}"'
