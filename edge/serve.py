@@ -197,6 +197,7 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     metrics = RequestMetrics()
     app = Appliance(cfg, store, origins, executor, access_log, metrics)
     app.ops = Ops(app, workers)
+    app.scrub_share = cfg.scrub_rate // workers  # the workers share the scrub rate
     # slice files kept open by the views: half of what the process may open
     app.views.max_open_files = max(64, (soft - 256) // 2)
     server = ContentServer(loop, sock, app, keepalive_timeout=cfg.keepalive_timeout)

@@ -111,7 +111,7 @@ def test_sigkill_during_writes_leaves_a_consistent_store(tmp_path: Path) -> None
     app = Appliance(serve_args(tmp_path, origin)).start()
     try:
         store = tmp_path / "store"
-        assert not any((store / "tmp").iterdir()), "temp files survived recovery"
+        assert not list((store / "tmp").iterdir()), "temp files survived recovery"
         on_disk = files_under(store / "slices")
         assert app.health()["store"]["used_bytes"] == sum(on_disk.values())
         status, _, body = app.request(

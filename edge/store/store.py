@@ -187,9 +187,10 @@ class Store(Reading):
         if pinned and not row[9]:
             c.execute("UPDATE objects SET pinned=1 WHERE key=?", (key,))
         c.execute(RENEW_SQL, (*meta_values(meta), key))
-        slices = c.execute("SELECT idx, size FROM slices WHERE key=?", (key,))
-        obj = object_from_row(row, slices.fetchall(), self.roots)
+        rows = c.execute("SELECT idx, size, verified FROM slices WHERE key=?", (key,)).fetchall()
+        obj = object_from_row(row, [(i, n) for i, n, _ in rows], self.roots)
         assert obj is not None
+        obj.checked = {i for i, _, v in rows if v == self.index.boot}
         obj.pinned = obj.pinned or pinned
         obj.meta = meta
         return obj
