@@ -95,20 +95,23 @@ def scrub(cfg) -> int:  # type: ignore[no-untyped-def]
 
 
 def rebuild_index(cfg) -> int:  # type: ignore[no-untyped-def]
-    from edge.core.policy import make_policy
-    from edge.store import RootSpec, StoreError
-    from edge.store.store import rebuild_index as rebuild
+    """A new index built from the slice files on the roots; the old one (if
+    any) is moved aside as INDEX.replaced-TIME. Run it with the appliance stopped."""
+    import os
+    import time
 
-    specs = [RootSpec(path, cap) for path, cap in cfg.root_capacities()]
+    from edge.serve import make_store
+    from edge.store import StoreError
+
+    store = make_store(cfg)
+    path = store.index_path
+    stamp = time.strftime("%Y%m%dT%H%M%S")
     try:
-        report = rebuild(
-            specs,
-            cfg.index,
-            slice_size=cfg.slice_size,
-            policy=make_policy(cfg.eviction, cfg.half_life),
-            half_life=cfg.half_life,
-            index_sync=cfg.index_sync,
-        )
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.rename(path + suffix, f"{path}.replaced-{stamp}{suffix}")
+        report = store.open()
+        store.close()
     except (StoreError, OSError) as exc:
         print(f"edgefleet store rebuild-index: {exc}", file=sys.stderr)
         return 2

@@ -389,3 +389,15 @@ def room_on_disk(path: str, holds_index: bool) -> tuple[int, int]:
     total = st.f_blocks * st.f_frsize
     reserve = min(RESERVE_MAX, total // 50) + (INDEX_RESERVE if holds_index else 0)
     return st.f_bavail * st.f_frsize, reserve
+
+
+def place(root: Root, moves: list[tuple[str, str]]) -> None:
+    """Rename staged files into place, durably: each directory made and each
+    directory renamed into is fsynced (before the caller's index commit)."""
+    dirs = {os.path.dirname(final) for _, final in moves}
+    for d in dirs:
+        make_dirs(d, root.path)
+    for tmp, final in moves:
+        os.rename(tmp, final)
+    for d in dirs:
+        fsync_dir(d)

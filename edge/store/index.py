@@ -26,7 +26,7 @@ from typing import Any
 
 from edge.core.meta import ObjectMeta, slice_count
 from edge.core.policy import decayed
-from edge.store.files import Root, StoreError, slice_path, unlink_all
+from edge.store.files import NoUsableRoot, Root, Staged, StoreError, slice_path, unlink_all
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS roots (
@@ -446,3 +446,56 @@ class Reading:
     def holdings(self) -> list[Holding]:
         """Every object on a usable root, in brief."""
         return self.index.holdings([r.id for r in self.usable_roots()])
+
+
+# -- rows a write transaction changes ------------------------------------------------
+
+
+def choose_root(c: sqlite3.Connection, roots: dict[int, Root]) -> Root:
+    """Where a new object goes: the usable root with room on its disk and the
+    most free capacity."""
+    best, best_free = None, None
+    for rid, cap, used, failed in c.execute("SELECT id, capacity, used, failed FROM roots"):
+        root = roots.get(rid)
+        if root is None or root.failed or failed:
+            continue
+        free = (not root.full, cap - used)
+        if best_free is None or free > best_free:
+            best, best_free = root, free
+    if best is None:
+        raise NoUsableRoot("no usable store root")
+    return best
+
+
+def delete_object(c: sqlite3.Connection, key: str, now: float, roots: dict[int, Root]) -> list[str]:
+    """Delete an object's rows inside a write transaction; return its files
+    (doomed in the same transaction; none on a failed root: it is left alone)."""
+    row = c.execute("SELECT gen, root, stored FROM objects WHERE key=?", (key,)).fetchone()
+    if row is None:
+        return []
+    gen, rid, stored = row
+    root = roots.get(rid)
+    files = []
+    if root is not None and not root.failed:
+        files = [
+            slice_path(root.path, key, gen, idx)
+            for (idx,) in c.execute("SELECT idx FROM slices WHERE key=?", (key,))
+        ]
+    c.execute("DELETE FROM slices WHERE key=?", (key,))
+    c.execute("DELETE FROM objects WHERE key=?", (key,))
+    c.execute("UPDATE roots SET used = used - ? WHERE id=?", (stored, rid))
+    note_change(c, key, now)
+    return doom(c, files)
+
+
+def insert_slices(c: sqlite3.Connection, obj: StoredObject, staged: list[Staged], boot: int) -> int:
+    """Rows for ``staged`` slices of ``obj`` (verified in start ``boot``: just
+    written) and the bytes they add to it and its root; the bytes."""
+    c.executemany(
+        "INSERT INTO slices(key, idx, size, checksum, tail, verified) VALUES (?, ?, ?, ?, ?, ?)",
+        [(obj.key, st.idx, st.size, st.checksum, st.tail, boot) for st in staged],
+    )
+    total = sum(st.size for st in staged)
+    c.execute("UPDATE objects SET stored = stored + ? WHERE key=?", (total, obj.key))
+    c.execute("UPDATE roots SET used = used + ? WHERE id=?", (total, obj.root.id))
+    return total

@@ -51,9 +51,7 @@ from edge.store.files import (
     StoreError,
     checksum,
     discard,
-    fsync_dir,
-    make_dirs,
-    slice_path,
+    place,
     sync_staged,
     unlink_all,
 )
@@ -65,7 +63,9 @@ from edge.store.index import (
     Reading,
     StoredObject,
     bump,
-    doom,
+    choose_root,
+    delete_object,
+    insert_slices,
     meta_values,
     note_change,
     object_from_row,
@@ -164,8 +164,8 @@ class Store(Reading):
                 kept = self._keep(c, row, meta, pinned)
                 if kept is not None:
                     return kept
-                doomed = self._delete_object(c, key, now)
-            root = self._choose_root(c)
+                doomed = delete_object(c, key, now, self.roots)
+            root = choose_root(c, self.roots)
             gen = secrets.token_hex(6)
             c.execute(
                 INSERT_OBJECT_SQL,
@@ -205,39 +205,6 @@ class Store(Reading):
             note_change(c, key, self.clock())
         return True
 
-    def _choose_root(self, c: sqlite3.Connection) -> Root:
-        best, best_free = None, None
-        for rid, cap, used, failed in c.execute("SELECT id, capacity, used, failed FROM roots"):
-            root = self.roots.get(rid)
-            if root is None or root.failed or failed:
-                continue
-            free = (not root.full, cap - used)
-            if best_free is None or free > best_free:
-                best, best_free = root, free
-        if best is None:
-            raise NoUsableRoot("no usable store root")
-        return best
-
-    def _delete_object(self, c: sqlite3.Connection, key: str, now: float) -> list[str]:
-        """Delete an object's rows inside a write transaction; return its files
-        (doomed in the same transaction; none on a failed root: it is left alone)."""
-        row = c.execute("SELECT gen, root, stored FROM objects WHERE key=?", (key,)).fetchone()
-        if row is None:
-            return []
-        gen, rid, stored = row
-        root = self.roots.get(rid)
-        files = []
-        if root is not None and not root.failed:
-            files = [
-                slice_path(root.path, key, gen, idx)
-                for (idx,) in c.execute("SELECT idx FROM slices WHERE key=?", (key,))
-            ]
-        c.execute("DELETE FROM slices WHERE key=?", (key,))
-        c.execute("DELETE FROM objects WHERE key=?", (key,))
-        c.execute("UPDATE roots SET used = used - ? WHERE id=?", (stored, rid))
-        note_change(c, key, now)
-        return doom(c, files)
-
     def _unlink(self, doomed: list[str]) -> None:
         """Remove files a committed transaction doomed, then their ``doomed`` rows."""
         self.index.unlink(doomed)
@@ -276,7 +243,7 @@ class Store(Reading):
             return None
         files: list[str] = []
         for v in victims:
-            files += self._delete_object(c, v.key, now)
+            files += delete_object(c, v.key, now, self.roots)
         if victims:
             bump(c, "evictions", len(victims))
             bump(c, "evicted_bytes", sum(v.size for v in victims))
@@ -346,9 +313,9 @@ class Store(Reading):
                 doomed = self._make_room(c, obj.root, st.size, obj.key, now)
                 if doomed is None:
                     return False
-                self._place(obj.root, [(st.path, final)])
+                place(obj.root, [(st.path, final)])
                 placed = final
-                self._insert_slices(c, obj, [st])
+                insert_slices(c, obj, [st], self.index.boot)
             placed = ""
         except OSError as exc:
             self._count_write_error(exc, obj.root)
@@ -364,31 +331,6 @@ class Store(Reading):
         obj.checked.add(st.idx)
         self._unlink(doomed)
         return True
-
-    @staticmethod
-    def _place(root: Root, moves: list[tuple[str, str]]) -> None:
-        """Rename staged files into place, durably: each directory made and each
-        directory renamed into is fsynced before the index commit."""
-        dirs = {os.path.dirname(final) for _, final in moves}
-        for d in dirs:
-            make_dirs(d, root.path)
-        for tmp, final in moves:
-            os.rename(tmp, final)
-        for d in dirs:
-            fsync_dir(d)
-
-    def _insert_slices(self, c: sqlite3.Connection, obj: StoredObject, staged: list[Staged]) -> int:
-        """Rows for ``staged`` slices of ``obj`` (verified: just written) and the
-        bytes they add; the bytes."""
-        c.executemany(
-            "INSERT INTO slices(key, idx, size, checksum, tail, verified) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [(obj.key, st.idx, st.size, st.checksum, st.tail, self.index.boot) for st in staged],
-        )
-        total = sum(st.size for st in staged)
-        c.execute("UPDATE objects SET stored = stored + ? WHERE key=?", (total, obj.key))
-        c.execute("UPDATE roots SET used = used + ? WHERE id=?", (total, obj.root.id))
-        return total
 
     def _count_write_error(self, exc: OSError, root: Root) -> None:
         self.health.write_error(exc, root)
@@ -457,8 +399,8 @@ class Store(Reading):
                     return False
                 moves = [(st.path, obj.slice_path(st.idx)) for st in fresh]
                 renamed = [final for _, final in moves]
-                self._place(obj.root, moves)
-                self._insert_slices(c, obj, fresh)
+                place(obj.root, moves)
+                insert_slices(c, obj, fresh, self.index.boot)
                 c.execute(
                     "UPDATE objects SET digest = ?, pinned = ? WHERE key=?",
                     (digest, int(pinned), obj.key),
@@ -499,7 +441,7 @@ class Store(Reading):
             existed = c.execute("SELECT gen FROM objects WHERE key=?", (key,)).fetchone()
             if existed is None or (gen is not None and existed[0] != gen):
                 return False
-            files = self._delete_object(c, key, self.clock())
+            files = delete_object(c, key, self.clock(), self.roots)
         self._unlink(files)
         return True
 
@@ -512,7 +454,7 @@ class Store(Reading):
         with self._write() as c:
             keys = [obj.key for obj in objects(c, prefix, self.roots)]
             for key in keys:
-                files += self._delete_object(c, key, now)
+                files += delete_object(c, key, now, self.roots)
         self._unlink(files)
         return len(keys)
 
@@ -552,21 +494,3 @@ class Store(Reading):
             (used,) = c.execute("SELECT used FROM roots WHERE id=?", (root.id,)).fetchone()
             doomed = self._make_room(c, root, 0, key, now, capacity=max(0, used - short))
         self._unlink(doomed or [])
-
-
-def rebuild_index(
-    specs: list[RootSpec], index_path: str | None = None, **kw: Any
-) -> RecoveryReport:
-    """A new index for ``specs`` built from the slice files on the roots (the
-    old one, if any, is moved aside as ``INDEX.replaced-<time>``). Run it with
-    the appliance stopped."""
-    path = index_path or os.path.join(specs[0].path, "index.sqlite")
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.rename(path + suffix, f"{path}.replaced-{stamp}{suffix}")
-    store = Store(specs, path, **kw)
-    try:
-        return store.open()
-    finally:
-        store.close()
