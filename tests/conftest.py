@@ -92,10 +92,20 @@ class Service:
             ) from None
 
     def kill(self) -> None:
+        """SIGKILL to the whole process group; returns once every process of it
+        is gone (as a service manager waits before a restart: a worker killed
+        inside an fsync lives until the fsync returns)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
 
 
 class Appliance(Service):
