@@ -83,8 +83,8 @@ class InProcess:
     async def __aexit__(self, *exc: object) -> None:
         assert self.app is not None
         await self.app.stop()
+        self.executor.shutdown()  # first: a slice may still be being stored in a thread
         self.store.close()
-        self.executor.shutdown()
 
 
 async def ask(app: Appliance, req: Request) -> Response:
