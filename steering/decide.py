@@ -36,6 +36,7 @@ CONTENT_MISS = "content_miss"
 HEALTH_MISS = "health_miss"
 LOCATION_MISS = "location_miss"
 NO_APPLIANCE = "no_appliance"
+CLASSES = (HIT, CONTENT_MISS, HEALTH_MISS, LOCATION_MISS, NO_APPLIANCE)  # metrics, status page
 
 
 @dataclass(slots=True)

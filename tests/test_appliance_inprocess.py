@@ -83,7 +83,9 @@ class InProcess:
     async def __aexit__(self, *exc: object) -> None:
         assert self.app is not None
         await self.app.stop()
-        self.executor.shutdown()  # first: a slice may still be being stored in a thread
+        # as serve does: the threads finish their index writes before the
+        # index's connections close
+        self.executor.shutdown(wait=True)
         self.store.close()
 
 

@@ -46,6 +46,7 @@ from edge.http.response import (
 from edge.http.wire import FileSpan, Part, Request, Response
 from edge.origin import Origin
 from edge.origin.chain import OriginChain
+from edge.origin.state import OriginStates
 from edge.store import Store
 
 log = logging.getLogger("edgefleet.appliance")
@@ -66,6 +67,7 @@ class Appliance:
         executor: ThreadPoolExecutor,
         access_log: AccessLog | None,
         metrics: Any,
+        origin_states: OriginStates | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -78,6 +80,10 @@ class Appliance:
         self.cors_bytes = cors_lines(cfg.cors_origin)
         self.views = ViewCache(self.run, cfg.cors_origin)
         self.hits: dict[str, list[float]] = {}
+        # each origin's state (ok/failing, last error, when) for /_edge/health
+        self.origin_states = origin_states or OriginStates(
+            [o.url for o in origins], {}, time.time()
+        )
         self.chain = OriginChain(
             origins,
             retries=cfg.origin_retries,
@@ -86,6 +92,7 @@ class Appliance:
             breaker_cooldown=cfg.breaker_cooldown,
             on_origin=metrics.origin,
             on_bytes=metrics.origin_bytes,
+            on_state=self._origin_state,
         )
         # Admission: sized to about the objects the store holds (a window much
         # smaller than that costs hit ratio; see bench/policy_trace.py).
@@ -116,6 +123,12 @@ class Appliance:
         self._scrubbing: asyncio.Future[Any] | None = None
 
     # -- plumbing ------------------------------------------------------------
+
+    def _origin_state(self, url: str, error: Exception | None) -> None:
+        if error is None:
+            self.origin_states.answered(url, time.time())
+        else:
+            self.origin_states.failed(url, str(error), time.time())
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return self.loop.run_in_executor(self.executor, fn, *args)
@@ -253,6 +266,8 @@ class Appliance:
                 sent,
                 resp.cache,
                 duration,
+                req.tls,
+                req.sni,
             )
 
     # -- dispatch ------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from edge.appliance.view import View
 from edge.appliance.viewcache import ViewCache
 from edge.core.freshness import is_fresh, may_serve_stale_on_error
+from edge.core.keys import loggable
 from edge.core.meta import ObjectMeta, same_version
 from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
 from edge.origin import OriginChanged, OriginError, OriginTimeout
@@ -150,10 +151,21 @@ class MissPath:
             if isinstance(exc, OriginChanged) and again:
                 return await self.answer(req, key, again=False)
             if isinstance(exc, OriginTimeout):
-                return self.answers.error(req, 504, f"origin timed out: {exc}", key=key)
+                return self._failed(req, 504, "the origin did not answer in time", exc, key)
             if isinstance(exc, OriginError):
-                return self.answers.error(req, 502, f"origin failed: {exc}", key=key)
+                return self._failed(req, 502, "the origin failed to answer", exc, key)
             raise
+
+    def _failed(self, req: Request, status: int, reason: str, exc: Exception, key: str) -> Response:
+        """The player gets a short reason and a request id; the log gets the
+        details (origin URL, bucket, path, exception text) with the same id."""
+        rid = secrets.token_hex(6)
+        log.warning(
+            "request %s: %s %s: %s", rid, req.method, loggable(key), loggable(str(exc), 400)
+        )
+        return self.answers.error(
+            req, status, f"{reason} (request {rid})", f"X-Request-Id: {rid}\r\n", key=key
+        )
 
     async def _answer(self, req: Request, key: str, started: list[Response]) -> Response:
         await self.views.settled(key)
@@ -262,7 +274,7 @@ class MissPath:
             if may_serve_stale_on_error(
                 meta.fresh_until, meta.stale_if_error, meta.must_revalidate, time.time()
             ):
-                log.warning("serving stale %r: the origin failed to revalidate it", key)
+                log.warning("serving stale %s: the origin failed to revalidate it", loggable(key))
                 return view
             raise
         if new is None:
@@ -325,7 +337,7 @@ class MissPath:
         try:
             stored = await self.run(self.store.put_slice, obj, idx, chunks)
         except Exception as exc:
-            log.error("storing slice %d of %r failed: %s", idx, obj.key, exc)
+            log.error("storing slice %d of %s failed: %s", idx, loggable(obj.key), exc)
             stored = False
         if not stored:
             self.on_store_failed()

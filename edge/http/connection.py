@@ -5,14 +5,10 @@ Rules it keeps:
   order, so pipelining is safe; a request is handled only when the one before
   it has been answered (its head and body are queued);
 - a response is a head (bytes) and body parts: bytes, or ``FileSpan``s that go
-  out with ``os.sendfile`` (zero copy); a streamed response (a miss) yields
-  parts from an async iterator, throttled by the socket's drain;
-- no socket call blocks: a send or sendfile that would block arms a writer
-  callback. What can block the loop is the disk: ``sendfile`` reads pages not
-  in the page cache, and a ``FileSpan`` whose file the handler could not open
-  (it hands over the path alone when its own open failed, e.g. on ``EMFILE``)
-  is opened here with ``os.open``: one lookup of a path the store has just
-  listed, on that fallback path only;
+  out with ``os.sendfile`` (zero copy) through the connection's ``Outbox``
+  (edge.http.outbox, which says what can block: the disk, never the socket);
+  a streamed response (a miss) yields parts from an async iterator, throttled
+  by the socket's drain;
 - a response is logged when its last byte is handed to the kernel, or when the
   connection dies before that, with the body bytes that really left;
 - limits: headers 16 KiB (431), headers within ``HEADER_TIMEOUT`` s, idle
@@ -23,6 +19,9 @@ Rules it keeps:
   in the read states of ``READER_ON``, the writer exactly in ``BLOCKED``.
 
 Read states:
+- ``HANDSHAKE``: a TLS connection's handshake, within the server's
+  ``handshake_timeout`` (``tls_handshake_timeout``, 10 s);
+  what is not a TLS hello ends it at once (edge.http.tls, docs/tls.md);
 - ``READING``: bytes go to the parser;
 - ``PAUSED``: not reading, too much is queued; reading resumes when it drains;
 - ``LAST``: the last response is chosen (``Connection: close``, a stop); what
@@ -37,6 +36,9 @@ Write states: ``OPEN`` (sending straight away), ``BLOCKED`` (the socket is
 full: the writer callback is armed), ``SHUT`` (our side shut after the last
 byte), ``CLOSED``.
 
+Over TLS the socket is a non-blocking ``ssl.SSLSocket``; how parts go
+through it, with kernel TLS or without, is the outbox's business.
+
 The socket is ours, not an asyncio transport's: uvloop has no ``loop.sendfile``
 and a transport would not let a response mix its buffer with sendfile safely.
 """
@@ -46,11 +48,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import errno
-import itertools
 import logging
-import os
+import secrets
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -58,10 +59,15 @@ from typing import Any, TypeVar
 
 import httptools
 
+from edge.core.host import host_problem
+from edge.core.keys import loggable
+from edge.http.outbox import WOULD_BLOCK, DiskError, Done, Outbox, PeerGone
+from edge.http.tls import ktls_sending
 from edge.http.wire import FileSpan, Host, Request, Response
 
 
 class Read(enum.Enum):
+    HANDSHAKE = "handshake"
     READING = "reading"
     PAUSED = "paused"
     LAST = "last"
@@ -78,6 +84,7 @@ class Write(enum.Enum):
 
 
 READ_MOVES: dict[Read, frozenset[Read]] = {
+    Read.HANDSHAKE: frozenset({Read.READING, Read.CLOSED}),
     Read.READING: frozenset({Read.PAUSED, Read.LAST, Read.EOF, Read.CLOSED}),
     Read.PAUSED: frozenset({Read.READING, Read.LAST, Read.EOF, Read.CLOSED}),
     Read.LAST: frozenset({Read.EOF, Read.LINGER, Read.CLOSED}),
@@ -91,7 +98,7 @@ WRITE_MOVES: dict[Write, frozenset[Write]] = {
     Write.SHUT: frozenset({Write.CLOSED}),
     Write.CLOSED: frozenset(),
 }
-READER_ON = frozenset({Read.READING, Read.LAST, Read.LINGER})
+READER_ON = frozenset({Read.HANDSHAKE, Read.READING, Read.LAST, Read.LINGER})
 ANSWERING = frozenset({Read.READING, Read.PAUSED})  # new requests are still taken
 
 
@@ -118,12 +125,14 @@ MAX_PIPELINED = 32  # parsed requests waiting: stop reading past this
 MAX_QUEUED = 64  # parts queued for the socket: stop answering past this
 LINGER_SECONDS = 2.0  # after our last byte, read and drop what the client still sends
 STREAM_HIGH_WATER = 1 << 20
-# The head is corked (MSG_MORE) onto a large file body, so the client gets
-# full segments; measured on loopback, corking it onto a 64 KiB body cost the
-# server 6 us a request, and onto a 2 MiB body saved the client a wake-up.
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
-CORK_ABOVE = 512 * 1024
-_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
+
+
+def _internal_error(handler: Any, req: Request) -> Response:
+    """A 500 for a handler's exception: a request id for the client, the
+    traceback with the same id for the log."""
+    rid = secrets.token_hex(6)
+    log.exception("request %s: handler failed on %s", rid, loggable(req.target))
+    return handler.error(req, 500, f"internal error (request {rid})")
 
 
 class _Fail:
@@ -136,35 +145,24 @@ class _Fail:
         self.message = message
 
 
-class _Done:
-    """Queued after a response's last part: time to log it."""
-
-    __slots__ = ("req", "resp", "sent_before")
-
-    def __init__(self, req: Request, resp: Response, sent_before: int) -> None:
-        self.req = req
-        self.resp = resp
-        self.sent_before = sent_before  # connection's byte count before the head
-
-    def body_bytes(self, sent_now: int) -> int:
-        return max(0, sent_now - self.sent_before - len(self.resp.head))
-
-
 class Connection:
-    def __init__(self, server: Host, sock: socket.socket, client: str) -> None:
+    def __init__(self, server: Host, sock: socket.socket, client: str, tls: bool = False) -> None:
         self.server = server
         self.loop = server.loop
         self.sock = sock
         self.fd = sock.fileno()
         self.client = client
         self.parser = httptools.HttpRequestParser(self)
-        self.out: deque[Any] = deque()
+        self.outbox = Outbox(sock, self._log_done, tls)
+        self.out = self.outbox.parts  # what is queued for the socket
         self.pending: deque[Request] = deque()
-        self.read = Read.READING
+        self.read = Read.HANDSHAKE if tls else Read.READING
         self.write = Write.OPEN
+        self.tls = tls
+        self.tls_version: str | None = None
+        self.sni: str | None = None
         self.linger_handle: asyncio.TimerHandle | None = None
         self.response_start = 0
-        self.sent = 0  # bytes (heads and bodies) handed to the kernel on this connection
         self.last_active = self.loop.time()  # last byte in or out
         self.last_progress = self.last_active  # last byte out, or last response queued
         self.header_started: float | None = None
@@ -196,6 +194,36 @@ class Connection:
                 self.loop.add_reader(self.fd, self._on_read)
         elif old in READER_ON:
             self.loop.remove_reader(self.fd)
+        if self.tls and new is Read.READING and old is Read.PAUSED:
+            self.loop.call_soon(self._on_read)  # input OpenSSL decrypted but we did not take
+
+    def _on_writable(self) -> None:
+        if self.read is Read.HANDSHAKE:
+            self._handshake()
+        else:
+            self._flush()
+
+    def _handshake(self) -> None:
+        try:
+            self.sock.do_handshake()  # type: ignore[attr-defined]
+        except ssl.SSLWantReadError:
+            self._to_write(Write.OPEN)
+            return
+        except ssl.SSLWantWriteError:
+            self._to_write(Write.BLOCKED)
+            return
+        except (OSError, ValueError) as exc:  # not TLS, a bad hello, a reset
+            log.debug("TLS handshake with %s failed: %s", self.client, exc)
+            self.close()
+            return
+        self._to_write(Write.OPEN)
+        self.tls_version = self.sock.version()  # type: ignore[attr-defined]
+        self.sni = getattr(self.sock, "sni_name", None)
+        if ktls_sending(self.sock):
+            self.outbox.userland = False  # hits keep sendfile: the kernel encrypts
+            self.server.ktls_seen = True
+        self._to_read(Read.READING)
+        self._on_read()  # the first request may have come with the handshake's last flight
 
     def _to_write(self, new: Write) -> None:
         old = self.write
@@ -203,7 +231,7 @@ class Connection:
             return
         self.write = move(WRITE_MOVES, old, new)
         if new is Write.BLOCKED:
-            self.loop.add_writer(self.fd, self._flush)
+            self.loop.add_writer(self.fd, self._on_writable)
         elif old is Write.BLOCKED:
             self.loop.remove_writer(self.fd)
 
@@ -216,6 +244,8 @@ class Connection:
 
     def on_message_begin(self) -> None:
         self._req = Request(self.client, time.perf_counter())
+        if self.tls:
+            self._req.tls, self._req.sni = self.tls_version, self.sni
         self._url = []
         self.header_started = self.loop.time()
         self.header_bytes = 0
@@ -248,20 +278,35 @@ class Connection:
 
     def on_message_complete(self) -> None:
         if self._req is not None and self.header_bytes <= MAX_HEADER_BYTES:
-            self.pending.append(self._req)
+            # RFC 9112 §3.2: no Host in HTTP/1.1, or two, is a 400 (edge.core.host)
+            bad = host_problem(self._req.version, self._req.headers.get(b"host"))
+            self.pending.append(self._req if bad is None else _Fail(400, bad))  # type: ignore[arg-type]
             self._req = None
 
     # -- reading -------------------------------------------------------------
 
     def _on_read(self) -> None:
+        if self.read is Read.HANDSHAKE:
+            self._handshake()
+            return
         try:
             data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return
         except OSError:
             self.close()
             return
         self._received(data)
+        # OpenSSL may hold decrypted input the socket will not signal again
+        while self.tls and self.read is Read.READING and self.sock.pending():  # type: ignore[attr-defined]
+            try:
+                data = self.sock.recv(65536)
+            except WOULD_BLOCK:
+                return
+            except OSError:
+                self.close()
+                return
+            self._received(data)
 
     def _received(self, data: bytes) -> None:
         if self.read is Read.LINGER:
@@ -289,7 +334,8 @@ class Connection:
             # answered as it is, and nothing after it is read (the parser stops).
             self._to_read(Read.EOF)
             if self.pending:
-                self.pending[-1].keep_alive = False
+                if type(self.pending[-1]) is not _Fail:  # a refused one closes anyway
+                    self.pending[-1].keep_alive = False
             else:
                 self.pending.append(_Fail(400, "protocol upgrades are not supported"))  # type: ignore[arg-type]
             self._process()
@@ -327,8 +373,7 @@ class Connection:
             try:
                 result = handler.handle(req)
             except Exception:
-                log.exception("handler failed")
-                result = handler.error(req, 500, "internal error")
+                result = _internal_error(handler, req)
             if isinstance(result, Response):
                 self._emit(req, result)
             else:
@@ -370,8 +415,7 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("handler failed")
-            return self.server.handler.error(req, 500, "internal error")
+            return _internal_error(self.server.handler, req)
 
     async def _stream(self, req: Request, resp: Response) -> bool:
         """Queue a streamed body as it comes, held back by the socket's drain;
@@ -383,41 +427,29 @@ class Connection:
                     return False
                 self.out.append(part)
                 self._flush()
-                if self._backlog() > STREAM_HIGH_WATER:
+                if self.outbox.backlog() > STREAM_HIGH_WATER:
                     await self._drained()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("response to %s aborted: %s", req.target[:200], exc)
+            log.warning("response to %s aborted: %s", loggable(req.target), exc)
             self.close()
             return False
         finally:
             with contextlib.suppress(Exception):
                 await resp.stream.aclose()  # type: ignore[attr-defined]
-        self.out.append(_Done(req, resp, self.response_start))
+        self.out.append(Done(req, resp, self.response_start))
         self._flush()
         return True
 
     def _emit(self, req: Request, resp: Response, done: bool = True) -> None:
-        self.response_start = self.sent + (self._backlog() if self.out else 0)
+        self.response_start = self.outbox.sent + (self.outbox.backlog() if self.out else 0)
         self.out.append(resp.head)
         if req.method != "HEAD":
             self.out.extend(resp.body)
         if done:
-            self.out.append(_Done(req, resp, self.response_start))
+            self.out.append(Done(req, resp, self.response_start))
         self.last_active = self.last_progress = self.loop.time()
-
-    def _backlog(self) -> int:
-        n = 0
-        for item in self.out:
-            n += (
-                item.count
-                if type(item) is FileSpan
-                else len(item)
-                if type(item) is not _Done
-                else 0
-            )
-        return n
 
     def _drained(self) -> asyncio.Future[None]:
         fut = self.loop.create_future()
@@ -430,94 +462,30 @@ class Connection:
     # -- writing -------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Send what is queued until it is all out, the socket is full (the
-        writer is armed) or the connection ended."""
-        out = self.out
-        while out:
-            item = out[0]
-            t = type(item)
-            if t is _Done:
-                out.popleft()
-                self.server.handler.finished(
-                    item.req, item.resp, item.body_bytes(self.sent), time.perf_counter()
-                )
-            elif not (self._send_file(item) if t is FileSpan else self._send_bytes()):
-                return
+        """Send what is queued: until all is out, or the socket is full (the
+        writer is armed), or the connection ended."""
+        outbox = self.outbox
+        before = outbox.sent
+        try:
+            all_out = outbox.flush()
+        except PeerGone:
+            self.close()
+            return
+        except DiskError as exc:
+            self._disk_error(exc.span, exc.error)
+            return
+        finally:
+            if outbox.sent != before:
+                self.last_active = self.last_progress = self.loop.time()
+        if not all_out:
+            self._to_write(Write.BLOCKED)
+            return
         self._all_sent()
 
-    def _send_file(self, span: FileSpan) -> bool:
-        """Some of ``span`` with sendfile; False if the socket is full or the connection ended."""
-        if span.fd < 0 and not self._open(span):
-            return False
-        try:
-            n = os.sendfile(self.fd, span.fd, span.offset, span.count)
-        except (BlockingIOError, InterruptedError):
-            self._to_write(Write.BLOCKED)
-            return False
-        except OSError as exc:
-            if exc.errno in _GONE:
-                self.close()
-            else:
-                self._disk_error(span, exc)
-            return False
-        if n == 0:
-            self._disk_error(span, OSError(errno.EIO, "slice file shorter than its index row"))
-            return False
-        self._progress(n)
-        span.offset += n
-        span.count -= n
-        if span.count == 0:
-            span.close()
-            self.out.popleft()
-        return True
-
-    def _open(self, span: FileSpan) -> bool:
-        """Open a span handed over by path (see the rules: on the loop, a fallback)."""
-        try:
-            span.fd = os.open(span.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            self._disk_error(span, exc)
-            return False
-        return True
-
-    def _send_bytes(self) -> bool:
-        """The bytes at the head of the queue in one writev; False if the
-        socket is full or the connection ended."""
-        out = self.out
-        buffers = [out[0]]
-        following = None
-        for nxt in itertools.islice(out, 1, 16):
-            if type(nxt) is FileSpan or type(nxt) is _Done:
-                following = nxt
-                break
-            buffers.append(nxt)
-        flags = _MSG_MORE if type(following) is FileSpan and following.count > CORK_ABOVE else 0
-        try:
-            n = (
-                self.sock.send(buffers[0], flags)
-                if len(buffers) == 1
-                else self.sock.sendmsg(buffers, (), flags)
-            )
-        except (BlockingIOError, InterruptedError):
-            self._to_write(Write.BLOCKED)
-            return False
-        except OSError:
-            self.close()
-            return False
-        self._progress(n)
-        for buf in buffers:
-            size = len(buf)
-            if n < size:
-                out[0] = memoryview(buf)[n:]
-                self._to_write(Write.BLOCKED)
-                return False
-            out.popleft()
-            n -= size
-        return True
-
-    def _progress(self, n: int) -> None:
-        self.sent += n
-        self.last_active = self.last_progress = self.loop.time()
+    def _log_done(self, done: Done) -> None:
+        self.server.handler.finished(
+            done.req, done.resp, done.body_bytes(self.outbox.sent), time.perf_counter()
+        )
 
     def _all_sent(self) -> None:
         """Everything queued is out: wake a stream waiting to drain, take held
@@ -565,7 +533,9 @@ class Connection:
         return self.task is None and not self.out and not self.pending
 
     def expired(self, now: float, keepalive_timeout: float) -> bool:
-        """Too slow sending headers, idle too long, or a client not reading."""
+        """Too slow with the handshake or the headers, idle too long, or a client not reading."""
+        if self.read is Read.HANDSHAKE:
+            return now - self.last_active > self.server.handshake_timeout
         if self.header_started is not None and now - self.header_started > HEADER_TIMEOUT:
             return True
         if self.out:
@@ -581,13 +551,9 @@ class Connection:
         self._to_write(Write.CLOSED)
         if self.linger_handle is not None:
             self.linger_handle.cancel()
-        now = time.perf_counter()
-        for item in self.out:
-            if type(item) is FileSpan:
-                item.close()
-            elif type(item) is _Done:
-                self.server.handler.finished(item.req, item.resp, item.body_bytes(self.sent), now)
-        self.out.clear()
+        now, sent = time.perf_counter(), self.outbox.sent
+        for done in self.outbox.close():
+            self.server.handler.finished(done.req, done.resp, done.body_bytes(sent), now)
         self.pending.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()

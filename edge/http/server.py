@@ -1,8 +1,9 @@
 """The accept loop of the lean HTTP/1.1 server, its listening sockets and its
 stop signals.
 
-``ContentServer`` accepts on one listening socket (one of a worker's
-``SO_REUSEPORT`` group), keeps the connections, sweeps idle ones every second,
+``ContentServer`` accepts on its listening sockets (each one of a worker's
+``SO_REUSEPORT`` group; TLS ones wrap what they accept in the certificate
+set's context), keeps the connections, sweeps idle ones every second,
 pauses accepting for a second when the process is out of descriptors, and on
 shutdown lets in-flight responses finish within a grace period.
 """
@@ -13,9 +14,11 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from edge.http.connection import Connection
+from edge.http.tls import HANDSHAKE_TIMEOUT, CertSet
 from edge.http.wire import Handler
 
 log = logging.getLogger("edgefleet.http")
@@ -67,13 +70,23 @@ class ContentServer:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
+        sock: socket.socket | None,
         handler: Handler,
         *,
         keepalive_timeout: float = 75.0,
+        tls_socks: list[socket.socket] | None = None,
+        certs: CertSet | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
+        self.handshake_timeout = handshake_timeout
         self.loop = loop
-        self.sock = sock
+        # (listening socket, does it speak TLS?)
+        self.listeners = [(sock, False)] if sock is not None else []
+        self.listeners += [(s, True) for s in tls_socks or ()]
+        if any(tls for _, tls in self.listeners) and certs is None:
+            raise ValueError("a TLS listener needs certificates")
+        self.certs = certs
+        self.ktls_seen = False  # a connection got kernel TLS
         self.handler = handler
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[Connection] = set()
@@ -84,15 +97,31 @@ class ContentServer:
         self._sweeper: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self.sock.setblocking(False)
-        self.loop.add_reader(self.sock.fileno(), self._accept)
-        self.accepting = True
+        for sock, _ in self.listeners:
+            sock.setblocking(False)
+        self._listen(True)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
-    def _accept(self) -> None:
+    def _listen(self, on: bool) -> None:
+        if on == self.accepting:
+            return
+        self.accepting = on
+        for sock, tls in self.listeners:
+            if sock.fileno() < 0:
+                continue
+            if on:
+                self.loop.add_reader(sock.fileno(), self._accept, sock, tls)
+            else:
+                self.loop.remove_reader(sock.fileno())
+
+    @property
+    def tls_mode(self) -> str:
+        return "ktls" if self.ktls_seen else "userland"
+
+    def _accept(self, sock: socket.socket, tls: bool) -> None:
         for _ in range(64):
             try:
-                conn, addr = self.sock.accept()
+                conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -106,7 +135,16 @@ class ContentServer:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = addr[0] if isinstance(addr, tuple) else str(addr)
-            c = Connection(self, conn, client)
+            if tls:
+                assert self.certs is not None
+                try:
+                    conn = self.certs.context.wrap_socket(
+                        conn, server_side=True, do_handshake_on_connect=False
+                    )
+                except OSError:
+                    conn.close()  # gone before we could look at it
+                    continue
+            c = Connection(self, conn, client, tls)
             self.connections.add(c)
             if self.on_count:
                 self.on_count(len(self.connections))
@@ -117,6 +155,8 @@ class ContentServer:
             self.on_count(len(self.connections))
 
     def _sweep(self) -> None:
+        if self.certs is not None:
+            self.certs.rotate_tickets(time.time())
         now = self.loop.time()
         for c in list(self.connections):
             if c.expired(now, self.keepalive_timeout):
@@ -126,22 +166,19 @@ class ContentServer:
     def _pause_accepting(self, seconds: float) -> None:
         if not self.accepting:
             return
-        self.accepting = False
-        self.loop.remove_reader(self.sock.fileno())
+        self._listen(False)
 
         def resume() -> None:
-            if not self.stopping and not self.accepting:
-                self.accepting = True
-                self.loop.add_reader(self.sock.fileno(), self._accept)
+            if not self.stopping:
+                self._listen(True)
 
         self.loop.call_later(seconds, resume)
 
     def stop_accepting(self) -> None:
-        if self.accepting:
-            self.accepting = False
-            self.loop.remove_reader(self.sock.fileno())
-        if self.sock.fileno() >= 0:
-            self.sock.close()
+        self._listen(False)
+        for sock, _ in self.listeners:
+            if sock.fileno() >= 0:
+                sock.close()
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; let in-flight responses finish within ``grace`` s."""

@@ -65,7 +65,17 @@ Part = bytes | memoryview | FileSpan
 
 
 class Request:
-    __slots__ = ("client", "headers", "keep_alive", "method", "started", "target", "version")
+    __slots__ = (
+        "client",
+        "headers",
+        "keep_alive",
+        "method",
+        "sni",
+        "started",
+        "target",
+        "tls",
+        "version",
+    )
 
     def __init__(self, client: str, started: float) -> None:
         self.client = client
@@ -75,6 +85,8 @@ class Request:
         self.version = "1.1"
         self.keep_alive = True
         self.headers: dict[bytes, bytes] = {}  # lower-case names, raw values
+        self.tls: str | None = None  # the TLS version ("TLSv1.3"), None on plain HTTP
+        self.sni: str | None = None  # the name the client asked for in its TLS hello
 
 
 class Response:
@@ -124,6 +136,8 @@ class Host(Protocol):
     loop: Any  # the running event loop
     handler: Handler
     stopping: bool
+    handshake_timeout: float  # seconds a TLS handshake may take
+    ktls_seen: bool  # set once a connection got kernel TLS
 
     def forget(self, conn: Any) -> None: ...
 

@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from edge.core.breaker import Breaker
+from edge.core.keys import loggable
 from edge.core.meta import ObjectMeta, same_version, slice_bounds
 from edge.origin import Origin, OriginChanged, OriginError, OriginTimeout
 
@@ -159,6 +160,7 @@ class OriginChain:
         breaker_cooldown: float = 10.0,
         on_origin: Callable[[str, str], None] | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        on_state: Callable[[str, OriginError | None], None] | None = None,
     ) -> None:
         self.origins = origins
         self.retries = retries
@@ -169,6 +171,8 @@ class OriginChain:
         }
         self.on_origin = on_origin or (lambda kind, result: None)
         self.on_bytes = on_bytes or (lambda n: None)
+        # (origin URL, None when it answered or the error when it failed): edge.origin.state
+        self.on_state = on_state or (lambda url, error: None)
         self.negative: dict[str, float] = {}
         self.sources: dict[str, Origin] = {}  # key -> the origin its metadata came from
         self.heads: dict[str, asyncio.Future[ObjectMeta | None]] = {}
@@ -229,6 +233,7 @@ class OriginChain:
                     result = await attempt(origin)
                 except OriginChanged as exc:
                     breaker.success()  # it answered
+                    self.on_state(origin.url, None)
                     if origin is source:
                         raise
                     changed = changed or exc
@@ -236,12 +241,16 @@ class OriginChain:
                 except OriginError as exc:
                     breaker.failure(time.monotonic())
                     self.on_origin(kind, "timeout" if isinstance(exc, OriginTimeout) else "error")
-                    log.warning("origin %s (%s, try %d): %s", origin.url, kind, n + 1, exc)
+                    self.on_state(origin.url, exc)
+                    log.warning(
+                        "origin %s (%s, try %d): %s", origin.url, kind, n + 1, loggable(str(exc))
+                    )
                     last = exc
                     if n < self.retries:
                         await asyncio.sleep(backoff(n, self.backoff_base))
                     continue
                 breaker.success()
+                self.on_state(origin.url, None)
                 return result
         raise changed or last or OriginError("no origin configured")
 
