@@ -469,3 +469,26 @@ def test_store_roots_kept_on_disk_when_taken_out(tmp_path: Path) -> None:
     only = Store(store.specs[:1], str(tmp_path / "index.sqlite"), slice_size=SLICE)
     only.open()
     assert slice_files(tmp_path) == files
+
+
+def test_an_index_that_cannot_be_written_is_a_clear_error(tmp_path: Path, small_disk: Path) -> None:
+    """Something else filled the index's filesystem to the last byte (the
+    reserve protects it only from the store's own writes): start-up says which
+    file cannot be written and what to do, and deletes nothing."""
+    (tmp_path / "root0").mkdir()
+    spec = RootSpec(str(tmp_path / "root0"), 64 * SLICE)
+    store = Store([spec], str(small_disk / "index.sqlite"), slice_size=SLICE)
+    store.open()
+    held = fill(store, 2)
+    store.close()
+    files = slice_files(tmp_path / "root0")
+    weight = ballast(small_disk)
+    store = Store([spec], str(small_disk / "index.sqlite"), slice_size=SLICE)
+    with pytest.raises(StoreError, match=r"the index .*--index"):
+        store.open()
+    store.close()
+    assert slice_files(tmp_path / "root0") == files
+    weight.unlink()
+    store = Store([spec], str(small_disk / "index.sqlite"), slice_size=SLICE)
+    store.open()
+    assert {k: store.read(k) for k in held} == held

@@ -273,7 +273,10 @@ class Index:
             migrate(conn)
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
-            raise StoreError(f"cannot open the index {self.path}: {reason}") from None
+            raise StoreError(
+                f"cannot open the index {self.path}: {reason} (is its filesystem full or "
+                "read-only? free space there, or move it with --index / index)"
+            ) from None
 
     # -- reading -------------------------------------------------------------
 

@@ -125,14 +125,21 @@ class Store(Reading):
         """Create or open the index, probe the roots and (by default) recover."""
         self.index.create()
         report = RecoveryReport()
-        self.roots.clear()
-        self.roots.update(upkeep.open_roots(self.index, self.specs, recover, report, self.clock()))
-        if not self.usable_roots():
-            raise NoUsableRoot("no usable store root: " + "; ".join(report.failed_roots))
-        if recover:
-            upkeep.recover(self.index, self.roots, report, self.clock())
-        else:
-            self.index.boot = int(self.get_state("boot", "0"))
+        try:
+            found = upkeep.open_roots(self.index, self.specs, recover, report, self.clock())
+            self.roots.clear()
+            self.roots.update(found)
+            if not self.usable_roots():
+                raise NoUsableRoot("no usable store root: " + "; ".join(report.failed_roots))
+            if recover:
+                upkeep.recover(self.index, self.roots, report, self.clock())
+            else:
+                self.index.boot = int(self.get_state("boot", "0"))
+        except sqlite3.OperationalError as exc:  # a full or read-only filesystem, mostly
+            raise StoreError(
+                f"cannot write the index {self.index_path}: {exc} (free space on its "
+                "filesystem, or move it with --index / index)"
+            ) from None
         return report
 
     def tidy(self) -> tuple[int, int]:
