@@ -281,6 +281,7 @@ def reference_round(
 def fill_command(
     args: argparse.Namespace, store: Path, nginx: Server, catalog: Catalog
 ) -> list[str]:
+    store.mkdir(exist_ok=True)  # a store root must exist
     return [
         args.python,
         "-m",

@@ -214,6 +214,7 @@ def start_appliance(
     work: Path, name: str, args: argparse.Namespace, origin_port: int, cpu: int | None
 ) -> Server:
     store = work / f"store-{name}"
+    store.mkdir(exist_ok=True)  # a store root must exist
     log_path = work / f"{name}.log"
     cmd = pinned(
         [

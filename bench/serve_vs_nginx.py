@@ -206,6 +206,7 @@ def start_edgefleet(
     work: Path, name: str, exe: str, cpu: int, access_log: bool, timeout: float
 ) -> Server:
     store = work / f"store-{name}"
+    store.mkdir(exist_ok=True)  # a store root must exist
     cmd = [
         exe,
         "serve",

@@ -232,7 +232,7 @@ def _start_fleet(
 
     for a in lay.appliances:
         d = lay.dir(a.name)
-        d.mkdir(parents=True, exist_ok=True)
+        (d / "store").mkdir(parents=True, exist_ok=True)  # a store root must exist
         (d / "edge.toml").write_text(appliance_toml(lay, a, s3))
         child = spawn(a.name, ["serve", "--config", str(d / "edge.toml")], d / "serve.log")
         child.details = {"isp": a.isp, "site": a.site, "capacity": a.capacity}

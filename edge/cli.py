@@ -1,4 +1,5 @@
-"""The ``edgefleet`` command: ``serve`` an appliance, ``scrub`` its store.
+"""The ``edgefleet`` command: ``serve`` an appliance, ``scrub`` its store,
+``store rebuild-index`` (a new index built from the slice files on the roots).
 
 The other parts of the fleet add their own subcommands (``fill``, ``steer``,
 ``demo``) through the ``edgefleet.commands`` entry point group, so edge never
@@ -46,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
         "one of its roots (the index is DIR/index.sqlite unless --index says otherwise).",
     )
     add_serve_flags(scrub, only=SCRUB_READS)
+    store = sub.add_parser("store", help="operate on the store: store rebuild-index")
+    store_sub = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    rebuild = store_sub.add_parser(
+        "rebuild-index",
+        help="build a new index from the slice files on the roots (stop the appliance first; "
+        "the old index is kept as INDEX.replaced-TIME)",
+    )
+    add_serve_flags(rebuild)
     for ep in sorted(entry_points(group="edgefleet.commands"), key=lambda ep: ep.name):
         ep.load()(sub)
     return parser
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if run is not None:
         return int(run(args))
     try:
-        cfg = load_serve_config(args, need_capacity=args.command == "serve")
+        cfg = load_serve_config(args, need_capacity=args.command in ("serve", "store"))
     except ConfigError as exc:
         print(f"edgefleet {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -68,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(cfg, lambda: load_serve_config(args))
     if args.command == "scrub":
         return scrub(cfg)
+    if args.command == "store" and args.store_command == "rebuild-index":
+        return rebuild_index(cfg)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -101,6 +112,39 @@ def scrub(cfg) -> int:  # type: ignore[no-untyped-def]
         )
     )
     return 1 if report.failures else 0
+
+
+def rebuild_index(cfg) -> int:  # type: ignore[no-untyped-def]
+    """A new index built from the slice files on the roots; the old one (if
+    any) is moved aside as INDEX.replaced-TIME. Run it with the appliance stopped."""
+    import os
+    import time
+
+    from edge.serve import make_store
+    from edge.store import StoreError
+
+    store = make_store(cfg)
+    path = store.index_path
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.rename(path + suffix, f"{path}.replaced-{stamp}{suffix}")
+        report = store.open()
+        store.close()
+    except (StoreError, OSError) as exc:
+        print(f"edgefleet store rebuild-index: {exc}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "slice_files_adopted": report.adopted,
+                "slice_files_left_alone": report.unaccounted,
+                "failed_roots": report.failed_roots,
+            }
+        )
+    )
+    return 0
 
 
 def scrub_config(cfg: ServeConfig) -> ServeConfig:

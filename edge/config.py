@@ -77,6 +77,8 @@ class ServeConfig:
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
     admission: str = "doorkeeper"
+    scrub_rate: int = 16 * 1024 * 1024  # bytes/s the background scrub rereads; 0: off
+    index_sync: str = "full"  # full: a commit survives power loss; normal: may lose the last
     # key id -> secret; with any, content requests need a valid signed URL
     url_signing_keys: dict[str, bytes] = field(default_factory=dict)
 
@@ -290,6 +292,18 @@ SERVE_OPTIONS: Options = {
         "--admission",
         choice("off", "doorkeeper"),
         "store an object seen once under capacity pressure? (doorkeeper: only from its 2nd ask)",
+    ),
+    "scrub_rate": (
+        "--scrub-rate",
+        parse_size,
+        "bytes per second the background scrub rereads, shared by the workers "
+        "(default 16MiB; 0: off)",
+    ),
+    "index_sync": (
+        "--index-sync",
+        choice("full", "normal"),
+        "full: an index commit survives power loss before a slice counts as stored; "
+        "normal: faster, the last commits may roll back (docs/appliance.md)",
     ),
     "url_signing_keys": (
         "--url-signing-key",

@@ -55,6 +55,7 @@ def make_store(cfg: ServeConfig) -> Store:
         slice_size=cfg.slice_size,
         policy=make_policy(cfg.eviction, cfg.half_life),
         half_life=cfg.half_life,
+        index_sync=cfg.index_sync,
     )
 
 
@@ -324,6 +325,7 @@ async def _worker(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int
     states = origin_states(cfg, origins, boot.origin_problems)
     app = Appliance(cfg, store, origins, executor, access_log, metrics, states)
     app.ops = Ops(app, workers)
+    app.scrub_share = cfg.scrub_rate // workers  # the workers share the scrub rate
     # slice files kept open by the views: half of what the process may open
     app.views.max_open_files = max(64, (soft - 256) // 2)
     server = ContentServer(

@@ -113,8 +113,8 @@ class FillRun:
     async def _run(self, settings: Any) -> tuple[dict[str, Any], int]:
         report: dict[str, Any] = {"started": _iso(self.started)}
         if not self.dry_run:
-            temps, orphans = await asyncio.to_thread(self.store.tidy)
-            report["tidied"] = {"temp_files": temps, "orphans": orphans}
+            temps, adopted = await asyncio.to_thread(self.store.tidy)
+            report["tidied"] = {"temp_files": temps, "slice_files_adopted": adopted}
         entries = await self._manifest(settings)
         left: float | None = None
         window = self.cfg.window

@@ -188,9 +188,9 @@ class ObjectStager:
                     self.idx += 1
 
     def _hash_file(self, path: str, idx: int, length: int) -> None:
-        n = 0
+        n = 0  # the slice's bytes: its file's trailer follows them
         with open(path, "rb", buffering=0) as f:
-            while block := f.read(READ_BLOCK):
+            while n < length and (block := f.read(min(READ_BLOCK, length - n))):
                 self.hasher.update(block)
                 n += len(block)
         if n != length:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import http.client
+import itertools
 import json
 import os
 import re
@@ -76,14 +77,29 @@ class Service:
         return self.child.proc.returncode
 
     def kill(self) -> None:
+        """SIGKILL to the whole process group; returns once every process of it
+        is gone (as a service manager waits before a restart: a worker killed
+        inside an fsync lives until the fsync returns)."""
         assert self.child is not None
         self.child.kill()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.child.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
 
 
 class Appliance(Service):
-    """An ``edgefleet serve`` process on an ephemeral loopback port."""
+    """An ``edgefleet serve`` process on an ephemeral loopback port (its store
+    roots made first: edgefleet never creates one)."""
 
     command = "serve"
+
+    def start(self, timeout: float = 30.0) -> Self:
+        make_store_roots(self.args)
+        return super().start(timeout)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -105,6 +121,16 @@ class Appliance(Service):
 
     def health(self) -> dict:
         return json.loads(self.request("GET", "/_edge/health")[2])
+
+
+def make_store_roots(args: list[str]) -> None:
+    """Make the directory of each ``--store DIR[=SIZE]`` in ``args``."""
+    for flag, value in itertools.pairwise(args):
+        if flag == "--store":
+            path, eq, size = value.rpartition("=")
+            Path(path if eq and re.fullmatch(r"[0-9.]+\s*[A-Za-z]*", size) else value).mkdir(
+                parents=True, exist_ok=True
+            )
 
 
 def free_port() -> int:

@@ -12,24 +12,30 @@ from hypothesis import strategies as st
 
 from edge.core.meta import ObjectMeta
 from edge.store import ChecksumMismatch, NoUsableRoot, RootSpec, Store, checksum
+from edge.store.files import read_trailer
 
 SLICE = 64 * 1024
 
 
 def open_store(tmp: Path, caps=(10 * SLICE,), **kw) -> Store:
     roots = [RootSpec(str(tmp / f"root{i}"), cap) for i, cap in enumerate(caps)]
+    for spec in roots:
+        os.makedirs(spec.path, exist_ok=True)
     store = Store(roots, str(tmp / "index.sqlite"), slice_size=SLICE, **kw)
     store.open()
     return store
 
 
 def files_on_disk(store: Store) -> dict[str, int]:
+    """Each slice file and the slice bytes it holds (before its trailer)."""
     out = {}
     for root in store.roots.values():
         for dirpath, _, names in os.walk(root.slice_dir):
             for n in names:
                 p = os.path.join(dirpath, n)
-                out[p] = os.path.getsize(p)
+                found = read_trailer(p)
+                assert found is not None, p
+                out[p] = os.path.getsize(p) - found[1]
     return out
 
 
@@ -159,9 +165,9 @@ def test_recovery_restores_agreement(tmp_path: Path) -> None:
     orphan = Path(root.slice_dir) / "ab" / "cd" / "deadbeef.0.0"
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"orphan")
-    dead_tmp = Path(root.tmp_dir) / "999999999.abc.tmp"  # no such pid
+    dead_tmp = Path(root.tmp_dir) / "999999999.0123456789abcdef.tmp"  # no such pid
     dead_tmp.write_bytes(b"partial")
-    live_tmp = Path(root.tmp_dir) / f"{os.getppid()}.abc.tmp"  # a live writer's
+    live_tmp = Path(root.tmp_dir) / f"{os.getppid()}.0123456789abcdef.tmp"  # a live writer's
     live_tmp.write_bytes(b"in progress")
     store.close()
 
@@ -170,9 +176,10 @@ def test_recovery_restores_agreement(tmp_path: Path) -> None:
     )
     report = store.open()
     assert report.rows_dropped == 2
-    # the stray file, and the torn slice whose row was dropped
-    assert report.orphans_removed == 2 and not orphan.exists()
+    # the torn slice whose row was dropped goes; a file the store cannot
+    # account for (no trailer) is left where it is, and counted
     assert not os.path.exists(short_path)
+    assert report.unaccounted == 1 and orphan.exists()
     assert not dead_tmp.exists() and live_tmp.exists()
     assert store.read("keep") == b"k" * (SLICE + 3)
     assert not store.lookup("missing").complete
@@ -338,10 +345,10 @@ def test_a_replaced_object_is_not_committed_and_tidy_clears_what_dead_writers_le
     tmp = os.path.join(obj.root.path, "tmp")
     assert os.listdir(tmp) == []  # the staged files went with it
     # a killed writer's temp file (a pid that is not alive) and an orphan slice
-    open(os.path.join(tmp, "999999999.abc.tmp"), "wb").close()
+    open(os.path.join(tmp, "999999999.0123456789abcdef.tmp"), "wb").close()
     orphan = os.path.join(obj.root.path, "slices", "ab", "cd", "deadbeef.0.0")
     os.makedirs(os.path.dirname(orphan))
     open(orphan, "wb").close()
-    assert store.tidy() == (1, 1)
-    assert not os.path.exists(orphan) and os.listdir(tmp) == []
+    assert store.tidy() == (1, 0)  # the temp file goes; the unknown file stays
+    assert os.path.exists(orphan) and os.listdir(tmp) == []
     store.close()

@@ -47,7 +47,7 @@ from edge.http.wire import FileSpan, Part, Request, Response
 from edge.origin import Origin
 from edge.origin.chain import OriginChain
 from edge.origin.state import OriginStates
-from edge.store.store import Store, is_device_error
+from edge.store import Store
 
 log = logging.getLogger("edgefleet.appliance")
 
@@ -117,6 +117,10 @@ class Appliance:
         # signed URLs: checked only when keys are configured
         self.verifier = Verifier(cfg.url_signing_keys) if cfg.url_signing_keys else None
         self._timers: list[asyncio.TimerHandle] = []
+        # bytes/s this process's background scrub rereads (serve gives each
+        # worker its share of scrub_rate)
+        self.scrub_share = cfg.scrub_rate
+        self._scrubbing: asyncio.Future[Any] | None = None
 
     # -- plumbing ------------------------------------------------------------
 
@@ -138,6 +142,8 @@ class Appliance:
     def start(self) -> None:
         self.change_seq = self.store.last_change()
         self._every(1.0, self._tick)
+        if self.scrub_share > 0:
+            self._every(1.0, self._scrub)
         self._every(HITS_FLUSH_SECONDS, self._flush_hits)
         self._every(CHANGES_POLL_SECONDS, self._poll_changes)
 
@@ -179,6 +185,11 @@ class Appliance:
         usage = [u for u in await self.run(self.store.usage) if not u.failed]
         used, capacity = sum(u.used for u in usage), sum(u.capacity for u in usage)
         self.store_full = capacity > 0 and used >= PRESSURE * capacity
+
+    def _scrub(self) -> None:
+        """A second's share of the background scrub (one step at a time)."""
+        if self._scrubbing is None or self._scrubbing.done():
+            self._scrubbing = self.spawn(self.run(self.store.scrub_step, self.scrub_share))
 
     def _flush_hits(self) -> None:
         if not self.hits:
@@ -413,7 +424,10 @@ class Appliance:
         if not missing:
             body = self._spans(view, pieces)  # type: ignore[arg-type]
             if body is None:
-                return None
+                # a slice file could not be opened (it is dropped): with ``fetch``,
+                # the slice is fetched again like any missing one
+                return self._body(req, view, status, head, segments, body_length, range_value,
+                                  fetch) if fetch else None  # fmt: skip
             return Response(
                 status, head, body, body_length=body_length, cache="hit", key=view.key,
                 range_=range_value,
@@ -421,12 +435,14 @@ class Appliance:
         if not fetch:
             return None
         slices = sum(1 for p in pieces if type(p) is not bytes)
+        absent = sum(1 for i in missing if i not in view.unverified)  # not stored at all
+        cache = "hit" if not absent else "miss" if absent == slices else "partial"
         admit = self._admit(view.key)  # once per request: the doorkeeper counts asks
         return Response(
             status,
             head,
             body_length=body_length,
-            cache="miss" if len(missing) == slices else "partial",
+            cache=cache,
             key=view.key,
             range_=range_value,
             stream=MissStream(view, pieces, missing, admit, self.miss),
@@ -439,18 +455,19 @@ class Appliance:
         the caller looks again on the slow path."""
         body: list[Part] = []
         paths = view.paths
-        on_error = self._on_disk_error(view)
-        try:
-            for p in pieces:
-                if type(p) is bytes:
-                    body.append(p)
-                else:
-                    idx, offset, count = p  # type: ignore[misc]
-                    f = view.file(idx)
-                    body.append(FileSpan(paths[idx], offset, count, f, on_error))  # type: ignore[arg-type]
-        except OSError as exc:
-            on_error(exc)
-            return None
+        disk_error = self._on_disk_error
+        for p in pieces:
+            if type(p) is bytes:
+                body.append(p)
+                continue
+            idx, offset, count = p  # type: ignore[misc]
+            on_error = disk_error(view, idx)
+            try:
+                f = view.file(idx)
+            except OSError as exc:
+                on_error(exc)
+                return None
+            body.append(FileSpan(paths[idx], offset, count, f, on_error))  # type: ignore[arg-type]
         return body
 
     def _admit(self, key: str) -> bool:
@@ -458,13 +475,21 @@ class Appliance:
         the admission filter says the object has not earned a place yet."""
         return not self.store_full or self.admission.admit(key)
 
-    def _on_disk_error(self, view: View) -> Callable[[OSError], None]:
+    def _on_disk_error(self, view: View, idx: int) -> Callable[[OSError], None]:
+        """What to do when slice ``idx`` of ``view`` cannot be sent: out of file
+        descriptors, shed views; else forget the view and let the store judge
+        the slice (a missing, short, unreadable one is dropped and fetched
+        again; device errors on several files fail its root)."""
+
         def on_error(exc: OSError) -> None:
-            self.views.drop(view)
-            if is_device_error(exc):
-                root = view.obj.root
-                self.spawn(self.run(self.store.mark_root_failed, root.id, str(exc)))
-            elif exc.errno in (errno.EMFILE, errno.ENFILE):
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self.views.drop(view)
                 self.views.shed_files()
+                return
+            self.views.drop(view)
+            self.views.forget_slice(view, idx)
+            obj = view.obj
+            dropping = self.spawn(self.run(self.store.slice_damaged, obj.key, obj.gen, idx, exc))
+            self.views.damaged(obj.key, dropping)
 
         return on_error

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edge import __version__
-from edge.store.store import Store
+from edge.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -216,6 +216,9 @@ class StoreCollector(Collector):
             ("evicted_bytes", "Bytes evicted to make room"),
             ("checksum_failures", "Slices that failed their checksum and were dropped"),
             ("write_errors", "Slice writes that failed with an I/O error"),
+            ("damaged_slices", "Slices found missing, short or unreadable and dropped"),
+            ("device_errors", "Device errors (EIO and the like) on slice files"),
+            ("disk_full", "Times a root's disk was short of room (writes paused, eviction)"),
         ):
             c = CounterMetricFamily(f"edgefleet_{name}", help_text)
             c.add_metric([], counters.get(name, 0))

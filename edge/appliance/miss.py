@@ -18,6 +18,7 @@ appliance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -33,11 +34,12 @@ from edge.core.meta import ObjectMeta, same_version
 from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
 from edge.origin import OriginChanged, OriginError, OriginTimeout
 from edge.origin.chain import OriginChain, SliceFetch, shared
-from edge.store.store import Store, StoredObject
+from edge.store import Store, StoredObject
 
 log = logging.getLogger("edgefleet.appliance")
 
 READ_AHEAD = 2  # slices fetched ahead of the one being sent
+VERIFY_AHEAD = 4  # stored slices verified before the status line, at most
 
 
 class Answers(Protocol):
@@ -60,7 +62,7 @@ class MissPath:
         chain: OriginChain,
         run: Callable[..., asyncio.Future[Any]],
         answers: Answers,
-        on_disk_error: Callable[[View], Callable[[OSError], None]],
+        on_disk_error: Callable[[View, int], Callable[[OSError], None]],
         on_store_failed: Callable[[], None],
     ) -> None:
         self.views = views
@@ -91,7 +93,8 @@ class MissPath:
                 f = fetches[idx] = self.start_fetch(view, idx, admit)
             return f
 
-        ahead: list[int] = list(dict.fromkeys(missing))
+        # stored slices not yet verified in this start are checked as they come
+        ahead: list[int] = [i for i in dict.fromkeys(missing) if i not in view.unverified]
         for idx in ahead[1:READ_AHEAD]:
             if self.views.stored(view, idx) is None:
                 fetch(idx)
@@ -101,22 +104,24 @@ class MissPath:
                 continue
             idx, offset, count = p
             stored = self.views.stored(view, idx)
+            if stored is None and idx in view.unverified and await self.verified(view, idx):
+                stored = view
             if stored is not None:
                 path = stored.paths[idx]
                 assert path is not None
                 try:
                     f: OpenFile | None = stored.file(idx)
-                except FileNotFoundError:
-                    # dropped since (scrub, eviction) and not yet in the change
-                    # table's news: fetch it like any missing slice
-                    self.views.forget_slice(stored, idx)
+                except FileNotFoundError as exc:
+                    # gone since (a scrub, an eviction, or lost): fetch it like
+                    # any missing slice, and let the store drop its row
+                    self.on_disk_error(stored, idx)(exc)
                     f = None
                 except OSError:
                     f = None  # the connection opens it, and reports what went wrong
                 else:
                     view = stored
                 if stored.paths[idx] is not None:
-                    yield FileSpan(path, offset, count, f, self.on_disk_error(stored))
+                    yield FileSpan(path, offset, count, f, self.on_disk_error(stored, idx))
                     continue
             pos = ahead.index(idx) if idx in ahead else -1
             if pos >= 0 and pos + READ_AHEAD < len(ahead):
@@ -163,6 +168,7 @@ class MissPath:
         )
 
     async def _answer(self, req: Request, key: str, started: list[Response]) -> Response:
+        await self.views.settled(key)
         view = self.views.get(key)
         asked_origin = False
         if view is None:
@@ -203,7 +209,7 @@ class MissPath:
             resp = self.answer_unstored(req, key, learnt)
             started.append(resp)
             if isinstance(resp.stream, MissStream):
-                await resp.stream.first_fetch().started()
+                await resp.stream.prepare()
             return resp
         return await self.views.load(learnt), True
 
@@ -227,7 +233,7 @@ class MissPath:
         started.append(resp)
         if isinstance(resp.stream, MissStream):
             try:
-                await resp.stream.first_fetch().started()
+                await resp.stream.prepare()
             except OriginChanged:
                 await self.invalidate(view)
                 raise
@@ -295,6 +301,23 @@ class MissPath:
         obj = await self.run(self.store.ensure_object, key, new)
         return await self.views.load(obj)
 
+    async def verified(self, view: View, idx: int) -> bool:
+        """Check stored slice ``idx`` of ``view`` (first serve in this start, in a
+        thread): true and served from its file when its bytes match the
+        checksum recorded at commit; else the store has dropped it (and counted
+        it) and it is fetched again like any missing slice."""
+        obj = view.obj
+        good = idx in await self.run(self.store.verify, obj, [idx])
+        view.unverified.discard(idx)
+        if not good:
+            self.views.forget_slice(view, idx)
+            return False
+        view.paths[idx] = obj.slice_path(idx)
+        if idx == 0 and view.small is None and len(view.paths) == 1:
+            with contextlib.suppress(OSError):
+                await self.run(view.load)  # a small object: its bytes kept in memory
+        return True
+
     def start_fetch(self, view: View, idx: int, admit: bool = True) -> SliceFetch:
         obj = view.obj
 
@@ -351,11 +374,31 @@ class MissStream:
         self, view: View, pieces: list[Any], missing: list[int], admit: bool, miss: MissPath
     ) -> None:
         self.view = view
+        self.missing = missing
         self.first = missing[0]
         self.admit = admit
         self.miss = miss
         self.fetches: dict[int, SliceFetch] = {}
         self.gen = miss.stream(view, pieces, missing, admit, self.fetches)
+
+    async def prepare(self) -> None:
+        """Ready to send the status line: the first missing slices that are only
+        unverified are checked (``VERIFY_AHEAD`` at most; the stream checks the
+        rest as it goes), and the first really missing one has its first byte
+        (or its error)."""
+        view, miss = self.view, self.miss
+        for n, idx in enumerate(dict.fromkeys(self.missing)):
+            if idx not in view.unverified:
+                if miss.views.stored(view, idx) is None:
+                    self.first = idx
+                    await self.first_fetch().started()
+                return
+            if n >= VERIFY_AHEAD:
+                return  # the stream checks the rest as it sends them
+            if not await miss.verified(view, idx):
+                self.first = idx
+                await self.first_fetch().started()
+                return
 
     def first_fetch(self) -> SliceFetch:
         """The fetch of the first missing slice, started now: its first byte

@@ -14,7 +14,7 @@ import os
 from edge.core.httpdate import format_http_date
 from edge.http.response import cors_lines
 from edge.http.wire import OpenFile
-from edge.store.store import StoredObject
+from edge.store import StoredObject
 
 SMALL_OBJECT_MAX = 32 * 1024  # objects this small are answered from memory
 SMALL_BUDGET = 64 * 1024 * 1024  # per worker
@@ -40,6 +40,7 @@ class View:
         "slice_size",
         "small",
         "typed",
+        "unverified",
     )
     small_bytes = 0  # bytes held in ``small`` by all views of this process
 
@@ -54,9 +55,12 @@ class View:
         self.ctype = meta.content_type
         self.fresh_until = meta.fresh_until
         self.born = meta.born
+        # a stored slice is served from its file once it was verified in this
+        # start (the store checks its bytes the first time; see MissPath.verified)
         self.paths: list[str | None] = [
-            obj.slice_path(i) if i in obj.slices else None for i in range(obj.slice_count)
+            obj.slice_path(i) if i in obj.checked else None for i in range(obj.slice_count)
         ]
+        self.unverified = set(obj.slices) - obj.checked
         self.files: list[OpenFile | None] = [None] * len(self.paths)
         self.small: bytes | None = None
         lines = [
@@ -87,7 +91,10 @@ class View:
         """Slices of the same version stored since the view was made."""
         for idx in obj.slices:
             if self.paths[idx] is None:
-                self.paths[idx] = obj.slice_path(idx)
+                if idx in obj.checked:
+                    self.paths[idx] = obj.slice_path(idx)
+                else:
+                    self.unverified.add(idx)
 
     def keep_small(self, data: bytes) -> None:
         """Hold the bytes of a small single-slice object just stored."""

@@ -37,6 +37,9 @@ class ViewCache:
         self.cors = cors
         self.views: dict[str, View] = {}
         self.landed: dict[str, tuple[str, set[int]]] = {}
+        # keys with a damaged slice the store is dropping right now: the slow
+        # path waits for it before it looks the key up again
+        self.damage: dict[str, asyncio.Future[Any]] = {}
         self.max_open_files = 4096
 
     def get(self, key: str) -> View | None:
@@ -62,6 +65,7 @@ class ViewCache:
             for idx, path in enumerate(old.paths):
                 if path is not None and view.paths[idx] is None:
                     view.paths[idx] = path
+                    view.unverified.discard(idx)
             if old.small is not None:
                 view.keep_small(old.small)
         if len(views) >= MAX_VIEWS or OpenFile.count > self.max_open_files:
@@ -109,12 +113,28 @@ class ViewCache:
         if gen == view.obj.gen and idx in landed:
             # stored by this process while the view was out of ``views``
             view.paths[idx] = view.obj.slice_path(idx)
+            view.unverified.discard(idx)
             return view
         return None
 
+    def damaged(self, key: str, dropping: asyncio.Future[Any]) -> None:
+        """The store is dropping a damaged slice of ``key`` (``dropping``)."""
+        self.damage[key] = dropping
+        dropping.add_done_callback(
+            lambda f: self.damage.pop(key, None) if self.damage.get(key) is f else None
+        )
+
+    async def settled(self, key: str) -> None:
+        """Wait until no damaged slice of ``key`` is being dropped."""
+        dropping = self.damage.get(key)
+        if dropping is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(dropping)
+
     def forget_slice(self, view: View, idx: int) -> None:
-        """Slice ``idx`` of ``view``'s version is gone from disk."""
+        """Slice ``idx`` of ``view``'s version is gone from disk (or failed its check)."""
         view.paths[idx] = None
+        view.unverified.discard(idx)
         gen, landed = self.landed.get(view.key, ("", set()))
         if gen == view.obj.gen:
             landed.discard(idx)
@@ -131,5 +151,6 @@ class ViewCache:
         current = self.views.get(obj.key)
         if current is not None and current.obj.gen == obj.gen:
             current.paths[idx] = obj.slice_path(idx)
+            current.unverified.discard(idx)
             if obj.slice_count == 1 and obj.meta.size <= SMALL_OBJECT_MAX:
                 current.keep_small(b"".join(chunks))

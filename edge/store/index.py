@@ -6,7 +6,12 @@ Rules it keeps:
 - every write is one ``BEGIN IMMEDIATE`` transaction (``Index.write``), so a
   reader never sees half of a change;
 - an index made by an earlier version is brought up to date in place
-  (``migrate``: columns added, never dropped).
+  (``migrate``: columns added, never dropped);
+- ``synchronous=FULL`` by default: a commit is on disk when it returns (``NORMAL``
+  may lose the last commits on power loss, never tear them);
+- a file the index decides to delete is named in ``doomed`` in the same
+  transaction, and the row goes once the file is gone, so a crash between the
+  commit and the unlink never brings the file back as content.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from edge.core.meta import ObjectMeta, slice_count
 from edge.core.policy import decayed
-from edge.store.files import Root, StoreError, slice_path
+from edge.store.files import NoUsableRoot, Root, Staged, StoreError, slice_path, unlink_all
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS roots (
@@ -65,6 +71,7 @@ CREATE TABLE IF NOT EXISTS changes (
     key TEXT NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS doomed (path TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -76,6 +83,17 @@ ADDED_COLUMNS = (
     ("objects", "stale_if_error", "REAL NOT NULL DEFAULT 0"),
     ("objects", "must_revalidate", "INTEGER NOT NULL DEFAULT 0"),
     ("objects", "digest", "TEXT"),
+    ("roots", "uuid", "TEXT"),
+    ("slices", "tail", "INTEGER NOT NULL DEFAULT 0"),  # 0: a file without a trailer
+    ("slices", "verified", "INTEGER NOT NULL DEFAULT 0"),  # the start it was last checked in
+)
+SYNC_MODES = ("full", "normal")
+
+INSERT_OBJECT_SQL = (
+    "INSERT INTO objects(key, gen, root, size, etag, slice_size, pinned, score, score_time, "
+    "last_access, created, fresh_until, stale_if_error, must_revalidate, cache_control, "
+    "content_type, last_modified, born) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 OBJ_COLS = (
@@ -96,6 +114,7 @@ class StoredObject:
     pinned: bool = False
     score: float = 0.0
     last_access: float = 0.0
+    checked: set[int] = field(default_factory=set)  # slices verified since this start
 
     @property
     def slice_count(self) -> int:
@@ -107,6 +126,17 @@ class StoredObject:
 
     def slice_path(self, idx: int) -> str:
         return slice_path(self.root.path, self.key, self.gen, idx)
+
+    def about(self) -> dict[str, Any]:
+        """What each of its slice files says of the object (their trailer)."""
+        m = self.meta
+        return {
+            "key": self.key, "gen": self.gen, "size": m.size, "etag": m.etag,
+            "last_modified": m.last_modified, "content_type": m.content_type,
+            "cache_control": m.cache_control, "fresh_until": m.fresh_until,
+            "stale_if_error": m.stale_if_error, "must_revalidate": m.must_revalidate,
+            "born": m.born, "slice_size": self.slice_size,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -171,6 +201,12 @@ def meta_values(meta: ObjectMeta) -> tuple:
     )
 
 
+def doom(c: sqlite3.Connection, paths: list[str]) -> list[str]:
+    """Name ``paths`` for deletion in this transaction (``forget_doomed`` once gone)."""
+    c.executemany("INSERT OR IGNORE INTO doomed(path) VALUES (?)", [(p,) for p in paths])
+    return paths
+
+
 def bump(c: sqlite3.Connection, name: str, by: int = 1) -> None:
     c.execute(
         "INSERT INTO counters(name, value) VALUES (?, ?) "
@@ -187,9 +223,11 @@ def note_change(c: sqlite3.Connection, key: str, now: float) -> None:
 class Index:
     """The SQLite index: a connection per thread, write transactions."""
 
-    def __init__(self, path: str, half_life: float) -> None:
+    def __init__(self, path: str, half_life: float, sync: str = "full") -> None:
         self.path = path
         self.half_life = half_life
+        self.sync = sync
+        self.boot = 0  # this start's number (``Store.open``)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -201,8 +239,10 @@ class Index:
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
             conn.execute("PRAGMA busy_timeout=30000")
+            # the WAL shrinks back after a checkpoint (files.INDEX_RESERVE keeps its room)
+            conn.execute("PRAGMA journal_size_limit=4194304")
             hl = self.half_life
             conn.create_function(
                 "decayed", 3, lambda s, t, now: decayed(s, t, now, hl), deterministic=True
@@ -233,7 +273,10 @@ class Index:
             migrate(conn)
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
-            raise StoreError(f"cannot open the index {self.path}: {reason}") from None
+            raise StoreError(
+                f"cannot open the index {self.path}: {reason} (is its filesystem full or "
+                "read-only? free space there, or move it with --index / index)"
+            ) from None
 
     # -- reading -------------------------------------------------------------
 
@@ -242,8 +285,13 @@ class Index:
         row = conn.execute(f"SELECT {OBJ_COLS} FROM objects WHERE key=?", (key,)).fetchone()
         if row is None:
             return None
-        slices = conn.execute("SELECT idx, size FROM slices WHERE key=?", (key,)).fetchall()
-        return object_from_row(row, slices, roots)
+        slices = conn.execute(
+            "SELECT idx, size, verified FROM slices WHERE key=?", (key,)
+        ).fetchall()
+        obj = object_from_row(row, [(i, n) for i, n, _ in slices], roots)
+        if obj is not None:
+            obj.checked = {i for i, _, v in slices if v == self.boot}
+        return obj
 
     def usage(self, roots: dict[int, Root]) -> list[RootUsage]:
         conn = self.conn()
@@ -291,6 +339,18 @@ class Index:
             keys.append(key)
         return seq, keys
 
+    def unlink(self, doomed: list[str]) -> None:
+        """Remove files a committed transaction doomed, then their ``doomed`` rows."""
+        if doomed:
+            unlink_all(doomed)
+            self.forget_doomed(doomed)
+
+    def forget_doomed(self, paths: list[str]) -> None:
+        """The doomed ``paths`` are gone: their rows may go."""
+        if paths:
+            with contextlib.suppress(sqlite3.Error), self.write() as c:
+                c.executemany("DELETE FROM doomed WHERE path=?", [(p,) for p in paths])
+
     def close(self) -> None:
         with self._conns_lock:
             for conn in self._conns:
@@ -331,3 +391,114 @@ def objects(
         obj = object_from_row(row, slices.get(row[0], []), roots)
         if obj is not None and (obj.complete or not complete_only):
             yield obj
+
+
+class Reading:
+    """What a store answers from its index (``Store`` is one): ``index`` and
+    ``roots`` are the store's."""
+
+    index: Index
+    roots: dict[int, Root]
+
+    def _conn(self) -> sqlite3.Connection:
+        return self.index.conn()
+
+    def usable_roots(self) -> list[Root]:
+        return [r for r in self.roots.values() if not r.failed]
+
+    def lookup(self, key: str) -> StoredObject | None:
+        return self.index.lookup(key, self.roots)
+
+    def list_objects(self, prefix: str = "", *, complete_only: bool = False) -> list[StoredObject]:
+        return list(objects(self._conn(), prefix, self.roots, complete_only))
+
+    def usage(self) -> list[RootUsage]:
+        return self.index.usage(self.roots)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._conn().execute("SELECT name, value FROM counters"))
+
+    def get_state(self, name: str, default: str = "") -> str:
+        return self.index.get_state(name, default)
+
+    def set_state(self, name: str, value: str) -> None:
+        self.index.set_state(name, value)
+
+    def changes_since(self, seq: int) -> tuple[int, list[str]]:
+        """New change sequence and the keys deleted since ``seq`` (``""``: all)."""
+        return self.index.changes_since(seq)
+
+    def last_change(self) -> int:
+        row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+        return int(row[0])
+
+    def read_slice(self, key: str, idx: int) -> bytes:
+        obj = self.lookup(key)
+        if obj is None or idx not in obj.slices:
+            raise KeyError((key, idx))
+        with open(obj.slice_path(idx), "rb") as f:
+            return f.read(obj.slices[idx])
+
+    def read(self, key: str) -> bytes:
+        """The whole object, for tests and tools (not the serving path)."""
+        obj = self.lookup(key)
+        if obj is None or not obj.complete:
+            raise KeyError(key)
+        return b"".join(self.read_slice(key, i) for i in range(obj.slice_count))
+
+    def holdings(self) -> list[Holding]:
+        """Every object on a usable root, in brief."""
+        return self.index.holdings([r.id for r in self.usable_roots()])
+
+
+# -- rows a write transaction changes ------------------------------------------------
+
+
+def choose_root(c: sqlite3.Connection, roots: dict[int, Root]) -> Root:
+    """Where a new object goes: the usable root with room on its disk and the
+    most free capacity."""
+    best, best_free = None, None
+    for rid, cap, used, failed in c.execute("SELECT id, capacity, used, failed FROM roots"):
+        root = roots.get(rid)
+        if root is None or root.failed or failed:
+            continue
+        free = (not root.full, cap - used)
+        if best_free is None or free > best_free:
+            best, best_free = root, free
+    if best is None:
+        raise NoUsableRoot("no usable store root")
+    return best
+
+
+def delete_object(c: sqlite3.Connection, key: str, now: float, roots: dict[int, Root]) -> list[str]:
+    """Delete an object's rows inside a write transaction; return its files
+    (doomed in the same transaction; none on a failed root: it is left alone)."""
+    row = c.execute("SELECT gen, root, stored FROM objects WHERE key=?", (key,)).fetchone()
+    if row is None:
+        return []
+    gen, rid, stored = row
+    root = roots.get(rid)
+    files = []
+    if root is not None and not root.failed:
+        files = [
+            slice_path(root.path, key, gen, idx)
+            for (idx,) in c.execute("SELECT idx FROM slices WHERE key=?", (key,))
+        ]
+    c.execute("DELETE FROM slices WHERE key=?", (key,))
+    c.execute("DELETE FROM objects WHERE key=?", (key,))
+    c.execute("UPDATE roots SET used = used - ? WHERE id=?", (stored, rid))
+    note_change(c, key, now)
+    return doom(c, files)
+
+
+def insert_slices(c: sqlite3.Connection, obj: StoredObject, staged: list[Staged], boot: int) -> int:
+    """Rows for ``staged`` slices of ``obj`` (verified in start ``boot``: just
+    written) and the bytes they add to it and its root; the bytes."""
+    c.executemany(
+        "INSERT INTO slices(key, idx, size, checksum, tail, verified) VALUES (?, ?, ?, ?, ?, ?)",
+        [(obj.key, st.idx, st.size, st.checksum, st.tail, boot) for st in staged],
+    )
+    total = sum(st.size for st in staged)
+    c.execute("UPDATE objects SET stored = stored + ? WHERE key=?", (total, obj.key))
+    c.execute("UPDATE roots SET used = used + ? WHERE id=?", (total, obj.root.id))
+    return total

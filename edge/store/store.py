@@ -8,14 +8,16 @@ Rules it keeps (docs/appliance.md has the why):
 - an object lives on one root; a slice file's name carries the object's
   generation, so a replaced object never shares a file with its predecessor;
 - every deletion (evict, purge, scrub, replace) appends the key to ``changes``
-  so worker processes can drop their in-memory views (``""`` means all);
-- ``open()`` at start-up brings files and rows back into agreement (``upkeep``).
+  so worker processes can drop their in-memory views (``""`` means all), and
+  names its files in ``doomed`` in the same transaction;
+- "stored" means durable: data fsynced, renamed, the directory fsynced, the row
+  committed (``synchronous=FULL`` unless ``index_sync="normal"``);
+- ``open()`` at start-up brings files and rows back into agreement (``upkeep``);
+  full disks, damage and verification are ``health``'s.
 
 The API is synchronous and thread-safe (one SQLite connection per thread);
 the server calls it from a thread pool, the fill job and tests directly.
-The parts: ``index`` (schema, connections, rows), ``files`` (roots, slice
-paths, staging), ``upkeep`` (recovery, tidy, scrub); this module holds the
-transactions.
+Reading is ``index.Reading``'s; this module holds the transactions.
 """
 
 from __future__ import annotations
@@ -49,19 +51,21 @@ from edge.store.files import (
     StoreError,
     checksum,
     discard,
-    is_device_error,
-    slice_path,
+    place,
     sync_staged,
     unlink_all,
 )
+from edge.store.health import Health
 from edge.store.index import (
+    INSERT_OBJECT_SQL,
     OBJ_COLS,
-    Holding,
     Index,
-    RootUsage,
+    Reading,
     StoredObject,
     bump,
-    drop_root_rows,
+    choose_root,
+    delete_object,
+    insert_slices,
     meta_values,
     note_change,
     object_from_row,
@@ -77,15 +81,9 @@ RENEW_SQL = (
     "UPDATE objects SET fresh_until=?, stale_if_error=?, must_revalidate=?, "
     "cache_control=?, content_type=?, last_modified=?, born=? WHERE key=?"
 )
-INSERT_OBJECT_SQL = (
-    "INSERT INTO objects(key, gen, root, size, etag, slice_size, pinned, score, score_time, "
-    "last_access, created, fresh_until, stale_if_error, must_revalidate, cache_control, "
-    "content_type, last_modified, born) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 
-class Store:
+class Store(Reading):
     def __init__(
         self,
         roots: list[RootSpec],
@@ -97,6 +95,7 @@ class Store:
         clock: Callable[[], float] = time.time,
         evict_batch_fraction: float = 0.01,
         evict_batch_max: int = 256 * 1024 * 1024,
+        index_sync: str = "full",
     ) -> None:
         if not roots:
             raise StoreError("at least one store root is needed")
@@ -108,13 +107,11 @@ class Store:
         self.clock = clock
         self.evict_batch_fraction = evict_batch_fraction
         self.evict_batch_max = evict_batch_max
-        self.roots: dict[int, Root] = {}
-        self.index = Index(self.index_path, self.half_life)
+        self.roots: dict[int, Root] = {}  # filled in place by ``open``: ``health`` shares it
+        self.index = Index(self.index_path, self.half_life, index_sync)
+        self.health = Health(self.index, self.roots, self.clock, self._evict_for_disk)
 
     # -- connections ---------------------------------------------------------
-
-    def _conn(self) -> sqlite3.Connection:
-        return self.index.conn()
 
     def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return self.index.write()
@@ -128,69 +125,39 @@ class Store:
         """Create or open the index, probe the roots and (by default) recover."""
         self.index.create()
         report = RecoveryReport()
-        self.roots = upkeep.open_roots(self.index, self.specs, recover, report, self.clock())
-        if not self.usable_roots():
-            raise NoUsableRoot("no usable store root: " + "; ".join(report.failed_roots))
-        if recover:
-            upkeep.recover(self.index, self.roots, report, self.clock())
+        try:
+            found = upkeep.open_roots(self.index, self.specs, recover, report, self.clock())
+            self.roots.clear()
+            self.roots.update(found)
+            if not self.usable_roots():
+                raise NoUsableRoot("no usable store root: " + "; ".join(report.failed_roots))
+            if recover:
+                upkeep.recover(self.index, self.roots, report, self.clock())
+            else:
+                self.index.boot = int(self.get_state("boot", "0"))
+        except sqlite3.OperationalError as exc:  # a full or read-only filesystem, mostly
+            raise StoreError(
+                f"cannot write the index {self.index_path}: {exc} (free space on its "
+                "filesystem, or move it with --index / index)"
+            ) from None
         return report
 
     def tidy(self) -> tuple[int, int]:
-        """Temp files of dead writers and unindexed slice files removed (``upkeep.tidy``)."""
+        """(temp files of dead writers removed, unindexed slice files adopted)."""
         return upkeep.tidy(self.index, self.usable_roots(), self.clock())
 
     def scrub(self, progress: Callable[[int], None] | None = None) -> ScrubReport:
         """Reread every slice; drop and count the ones whose checksum fails."""
-        return upkeep.scrub(self.index, self.roots, self.clock, self.mark_root_failed, progress)
+        return self.health.check(upkeep.all_slices(self.index), progress)
 
-    def usable_roots(self) -> list[Root]:
-        return [r for r in self.roots.values() if not r.failed]
+    def scrub_step(self, budget: int) -> ScrubReport:
+        """Reread about ``budget`` bytes of slices after the last step's (the
+        background scrub: every process shares one cursor through the store)."""
+        return self.health.check(upkeep.next_slices(self.index, budget))
 
-    # -- reading -------------------------------------------------------------
-
-    def lookup(self, key: str) -> StoredObject | None:
-        return self.index.lookup(key, self.roots)
-
-    def list_objects(self, prefix: str = "", *, complete_only: bool = False) -> list[StoredObject]:
-        return list(objects(self._conn(), prefix, self.roots, complete_only))
-
-    def usage(self) -> list[RootUsage]:
-        return self.index.usage(self.roots)
-
-    def counters(self) -> dict[str, int]:
-        return dict(self._conn().execute("SELECT name, value FROM counters"))
-
-    def get_state(self, name: str, default: str = "") -> str:
-        return self.index.get_state(name, default)
-
-    def set_state(self, name: str, value: str) -> None:
-        self.index.set_state(name, value)
-
-    def changes_since(self, seq: int) -> tuple[int, list[str]]:
-        """New change sequence and the keys deleted since ``seq`` (``""``: all)."""
-        return self.index.changes_since(seq)
-
-    def last_change(self) -> int:
-        row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
-        return int(row[0])
-
-    def read_slice(self, key: str, idx: int) -> bytes:
-        obj = self.lookup(key)
-        if obj is None or idx not in obj.slices:
-            raise KeyError((key, idx))
-        with open(obj.slice_path(idx), "rb") as f:
-            return f.read()
-
-    def read(self, key: str) -> bytes:
-        """The whole object, for tests and tools (not the serving path)."""
-        obj = self.lookup(key)
-        if obj is None or not obj.complete:
-            raise KeyError(key)
-        return b"".join(self.read_slice(key, i) for i in range(obj.slice_count))
-
-    def holdings(self) -> list[Holding]:
-        """Every object on a usable root, in brief."""
-        return self.index.holdings([r.id for r in self.usable_roots()])
+    def verify(self, obj: StoredObject, idxs: Iterable[int]) -> set[int]:
+        """Of slices ``idxs`` of ``obj``, those whose bytes check out: see ``Health.verify``."""
+        return self.health.verify(obj, idxs)
 
     # -- objects ---------------------------------------------------------------
 
@@ -204,15 +171,15 @@ class Store:
                 kept = self._keep(c, row, meta, pinned)
                 if kept is not None:
                     return kept
-                doomed = self._delete_object(c, key, now)
-            root = self._choose_root(c)
+                doomed = delete_object(c, key, now, self.roots)
+            root = choose_root(c, self.roots)
             gen = secrets.token_hex(6)
             c.execute(
                 INSERT_OBJECT_SQL,
                 (key, gen, root.id, meta.size, meta.etag, self.slice_size, int(pinned), now, now,
                  now, *meta_values(meta)),
             )  # fmt: skip
-        unlink_all(doomed)
+        self._unlink(doomed)
         return StoredObject(key, gen, root, meta, self.slice_size, {}, pinned, 0.0, now)
 
     def _keep(
@@ -227,9 +194,10 @@ class Store:
         if pinned and not row[9]:
             c.execute("UPDATE objects SET pinned=1 WHERE key=?", (key,))
         c.execute(RENEW_SQL, (*meta_values(meta), key))
-        slices = c.execute("SELECT idx, size FROM slices WHERE key=?", (key,))
-        obj = object_from_row(row, slices.fetchall(), self.roots)
+        rows = c.execute("SELECT idx, size, verified FROM slices WHERE key=?", (key,)).fetchall()
+        obj = object_from_row(row, [(i, n) for i, n, _ in rows], self.roots)
         assert obj is not None
+        obj.checked = {i for i, _, v in rows if v == self.index.boot}
         obj.pinned = obj.pinned or pinned
         obj.meta = meta
         return obj
@@ -244,43 +212,23 @@ class Store:
             note_change(c, key, self.clock())
         return True
 
-    def _choose_root(self, c: sqlite3.Connection) -> Root:
-        best, best_free = None, None
-        for rid, cap, used, failed in c.execute("SELECT id, capacity, used, failed FROM roots"):
-            root = self.roots.get(rid)
-            if root is None or root.failed or failed:
-                continue
-            free = cap - used
-            if best_free is None or free > best_free:
-                best, best_free = root, free
-        if best is None:
-            raise NoUsableRoot("no usable store root")
-        return best
-
-    def _delete_object(self, c: sqlite3.Connection, key: str, now: float) -> list[str]:
-        """Delete an object's rows inside a write transaction; return its files."""
-        row = c.execute("SELECT gen, root, stored FROM objects WHERE key=?", (key,)).fetchone()
-        if row is None:
-            return []
-        gen, rid, stored = row
-        root = self.roots.get(rid)
-        files = []
-        if root is not None:
-            files = [
-                slice_path(root.path, key, gen, idx)
-                for (idx,) in c.execute("SELECT idx FROM slices WHERE key=?", (key,))
-            ]
-        c.execute("DELETE FROM slices WHERE key=?", (key,))
-        c.execute("DELETE FROM objects WHERE key=?", (key,))
-        c.execute("UPDATE roots SET used = used - ? WHERE id=?", (stored, rid))
-        note_change(c, key, now)
-        return files
+    def _unlink(self, doomed: list[str]) -> None:
+        """Remove files a committed transaction doomed, then their ``doomed`` rows."""
+        self.index.unlink(doomed)
 
     def _make_room(
-        self, c: sqlite3.Connection, root: Root, size: int, exclude: str, now: float
+        self,
+        c: sqlite3.Connection,
+        root: Root,
+        size: int,
+        exclude: str,
+        now: float,
+        capacity: int | None = None,
     ) -> list[str] | None:
-        """Evict so ``size`` more bytes fit on ``root``; ``None`` when they cannot."""
+        """Evict so ``size`` more bytes fit on ``root`` (in ``capacity``, when
+        the disk has less than the configured one); ``None`` when they cannot."""
         cap, used = c.execute("SELECT capacity, used FROM roots WHERE id=?", (root.id,)).fetchone()
+        cap = cap if capacity is None else capacity
 
         def candidates() -> list[Candidate]:
             return [
@@ -292,7 +240,9 @@ class Store:
                 )
             ]
 
-        batch = evict_batch(cap, self.evict_batch_fraction, self.evict_batch_max)
+        batch = evict_batch(
+            min(cap, root.capacity), self.evict_batch_fraction, self.evict_batch_max
+        )
         victims = make_room(
             self.policy, candidates, used=used, size=size, capacity=cap, batch=batch, now=now
         )
@@ -300,7 +250,7 @@ class Store:
             return None
         files: list[str] = []
         for v in victims:
-            files += self._delete_object(c, v.key, now)
+            files += delete_object(c, v.key, now, self.roots)
         if victims:
             bump(c, "evictions", len(victims))
             bump(c, "evicted_bytes", sum(v.size for v in victims))
@@ -324,8 +274,8 @@ class Store:
         _, length = slice_bounds(idx, obj.meta.size, obj.slice_size)
         if not 0 <= idx < obj.slice_count or size != length:
             raise StoreError(f"slice {idx} of {obj.key!r} must be {length} bytes, got {size}")
-        if obj.root.failed:
-            return False
+        if not self.health.writable(obj.root, size, obj.key):
+            return False  # the miss is served without being stored
         staged = self._stage(obj, idx, chunks)
         if staged is None:
             return False
@@ -370,10 +320,9 @@ class Store:
                 doomed = self._make_room(c, obj.root, st.size, obj.key, now)
                 if doomed is None:
                     return False
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                os.rename(st.path, final)
+                place(obj.root, [(st.path, final)])
                 placed = final
-                self._insert_slices(c, obj, [st])
+                insert_slices(c, obj, [st], self.index.boot)
             placed = ""
         except OSError as exc:
             self._count_write_error(exc, obj.root)
@@ -386,27 +335,12 @@ class Store:
                 with contextlib.suppress(OSError):
                     os.unlink(placed)
         obj.slices[st.idx] = st.size
-        unlink_all(doomed)
+        obj.checked.add(st.idx)
+        self._unlink(doomed)
         return True
 
-    @staticmethod
-    def _insert_slices(c: sqlite3.Connection, obj: StoredObject, staged: list[Staged]) -> int:
-        """Rows for ``staged`` slices of ``obj`` and the bytes they add; the bytes."""
-        c.executemany(
-            "INSERT INTO slices(key, idx, size, checksum) VALUES (?, ?, ?, ?)",
-            [(obj.key, st.idx, st.size, st.checksum) for st in staged],
-        )
-        total = sum(st.size for st in staged)
-        c.execute("UPDATE objects SET stored = stored + ? WHERE key=?", (total, obj.key))
-        c.execute("UPDATE roots SET used = used + ? WHERE id=?", (total, obj.root.id))
-        return total
-
     def _count_write_error(self, exc: OSError, root: Root) -> None:
-        log.error("store write on %s failed: %s", root.path, exc)
-        with contextlib.suppress(sqlite3.Error), self._write() as c:
-            bump(c, "write_errors")
-        if is_device_error(exc):
-            self.mark_root_failed(root.id, exc.strerror or str(exc))
+        self.health.write_error(exc, root)
 
     def put(
         self,
@@ -445,9 +379,7 @@ class Store:
         outside the index: nothing serves it until ``commit_object``."""
         if not 0 <= idx < obj.slice_count:
             raise StoreError(f"{obj.key!r} has no slice {idx}")
-        return StageFile(
-            obj.root, obj.key, obj.meta.size, obj.slice_size, idx, self._count_write_error
-        )
+        return StageFile(obj.root, obj.about(), idx, self._count_write_error)
 
     sync_staged = staticmethod(sync_staged)
     discard = staticmethod(discard)
@@ -472,12 +404,10 @@ class Store:
                 doomed = self._make_room(c, obj.root, sum(st.size for st in fresh), obj.key, now)
                 if doomed is None:
                     return False
-                for st in fresh:
-                    final = obj.slice_path(st.idx)
-                    os.makedirs(os.path.dirname(final), exist_ok=True)
-                    os.rename(st.path, final)
-                    renamed.append(final)
-                self._insert_slices(c, obj, fresh)
+                moves = [(st.path, obj.slice_path(st.idx)) for st in fresh]
+                renamed = [final for _, final in moves]
+                place(obj.root, moves)
+                insert_slices(c, obj, fresh, self.index.boot)
                 c.execute(
                     "UPDATE objects SET digest = ?, pinned = ? WHERE key=?",
                     (digest, int(pinned), obj.key),
@@ -492,8 +422,9 @@ class Store:
             discard(st for st in staged if os.path.exists(st.path))
         for st in staged:
             obj.slices.setdefault(st.idx, st.size)
+            obj.checked.add(st.idx)
         obj.pinned = pinned
-        unlink_all(doomed or [])
+        self._unlink(doomed or [])
         return True
 
     def set_digest(self, key: str, gen: str, digest: str) -> bool:
@@ -517,8 +448,8 @@ class Store:
             existed = c.execute("SELECT gen FROM objects WHERE key=?", (key,)).fetchone()
             if existed is None or (gen is not None and existed[0] != gen):
                 return False
-            files = self._delete_object(c, key, self.clock())
-        unlink_all(files)
+            files = delete_object(c, key, self.clock(), self.roots)
+        self._unlink(files)
         return True
 
     def purge_prefix(self, prefix: str) -> int:
@@ -530,8 +461,8 @@ class Store:
         with self._write() as c:
             keys = [obj.key for obj in objects(c, prefix, self.roots)]
             for key in keys:
-                files += self._delete_object(c, key, now)
-        unlink_all(files)
+                files += delete_object(c, key, now, self.roots)
+        self._unlink(files)
         return len(keys)
 
     def record_hits(self, hits: dict[str, tuple[int, float]]) -> None:
@@ -546,27 +477,27 @@ class Store:
                 [(now, n, now, last, key) for key, (n, last) in hits.items()],
             )
 
-    # -- roots ---------------------------------------------------------------
+    # -- roots: full disks, damage, failures (``health``) -------------------------
+
+    def slice_damaged(
+        self, key: str, gen: str, idx: int, exc: OSError | None = None, **kw: bool
+    ) -> str:
+        """A slice could not be served as its row says: see ``Health.slice_damaged``."""
+        return self.health.slice_damaged(key, gen, idx, exc, **kw)
 
     def mark_root_failed(self, root_id: int, reason: str) -> None:
-        root = self.roots.get(root_id)
-        if root is None or root.failed:
-            return
-        log.error("store root %s failed (%s): its content is dropped", root.path, reason)
-        root.failed, root.reason = True, reason
-        with contextlib.suppress(sqlite3.Error), self._write() as c:
-            drop_root_rows(c, root_id, self.clock())
-            c.execute("UPDATE roots SET failed=1, used=0 WHERE id=?", (root_id,))
-            bump(c, "failed_roots")
+        self.health.mark_root_failed(root_id, reason)
 
     def refresh_roots(self) -> None:
-        """Agree with the index on which roots have failed (another process may
-        have marked one failed, or a restart's recovery found it working again)."""
-        for rid, failed in self._conn().execute("SELECT id, failed FROM roots"):
-            root = self.roots.get(rid)
-            if root is None:
-                continue
-            if failed and not root.failed:
-                root.failed, root.reason = True, "marked failed by another process"
-            elif not failed and root.failed:
-                root.failed, root.reason = False, ""
+        self.health.refresh_roots()
+
+    def _evict_for_disk(self, root: Root, short: int, key: str) -> None:
+        """Evict objects other than ``key`` from ``root`` to free ``short`` bytes
+        of its disk (whatever the configured capacity says)."""
+        now = self.clock()
+        doomed: list[str] | None = None
+        with contextlib.suppress(sqlite3.Error), self._write() as c:
+            bump(c, "disk_full")
+            (used,) = c.execute("SELECT used FROM roots WHERE id=?", (root.id,)).fetchone()
+            doomed = self._make_room(c, root, 0, key, now, capacity=max(0, used - short))
+        self._unlink(doomed or [])
