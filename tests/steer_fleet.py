@@ -14,9 +14,12 @@ from conftest import SLICE, Appliance, Service
 SECRET = "steer-test-secret-0123456789"
 
 
-def start_appliance(tmp: Path, name: str, origin: Path, port: int) -> Appliance:
+def start_appliance(
+    tmp: Path, name: str, origin: Path, port: int, extra: tuple[str, ...] = ()
+) -> Appliance:
     return Appliance(
         [
+            *extra,
             "--listen", f"127.0.0.1:{port}",
             "--store", str(tmp / f"store-{name}"),
             "--capacity", "64MiB",

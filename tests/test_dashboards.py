@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import trustme
 from conftest import ROOT, free_port, make_catalog
 from prometheus_client.parser import text_string_to_metric_families
 from steer_fleet import Steering, appliance_toml, start_appliance
@@ -118,7 +119,13 @@ def test_every_query_names_a_metric_the_services_expose_from_start(tmp_path: Pat
     origin.mkdir()
     make_catalog(origin)
     port = free_port()
-    app = start_appliance(tmp_path, "a1", origin, port)
+    # with an HTTPS listener too, so the certificate's expiry is exported
+    cert = tmp_path / "edge.pem"
+    trustme.CA().issue_cert(
+        "edge.test", key_type=trustme.KeyType.ECDSA
+    ).private_key_and_cert_chain_pem.write_to_path(str(cert))
+    tls = ("--tls-listen", "127.0.0.1:0", "--tls-cert", str(cert))
+    app = start_appliance(tmp_path, "a1", origin, port, tls)
     config = tmp_path / "steer.toml"
     config.write_text(appliance_toml("a1", port, "ams", 52.0, ["127.1.0.0/16"]))
     steer = Steering(config).start()
@@ -137,6 +144,7 @@ def test_every_query_names_a_metric_the_services_expose_from_start(tmp_path: Pat
     assert 'edgefleet_origin_requests_total{kind="read",result="error"} 0.0' in edge_text
     assert 'edgefleet_steer_answers_total{class="hit",site="ams"} 0.0' in steer_text
     assert "edgefleet_fill_last_update_timestamp_seconds 0.0" in edge_text
+    assert 'edgefleet_tls_cert_expiry_seconds{name="edge.test"}' in edge_text
 
 
 def test_the_dashboard_is_importable_json() -> None:
