@@ -77,6 +77,7 @@ class SteerConfig:
     coverage_zones: str | None = None
     geoip: str | None = None
     default_location: tuple[float, float] | None = None
+    cors_origin: str = "*"  # Access-Control-Allow-Origin on /steer and /r/ answers
     url_signing_keys: dict[str, bytes] = field(default_factory=dict)
     signing_key_id: str | None = None
     token_ttl: float = 6 * 3600.0
@@ -175,6 +176,11 @@ STEER_OPTIONS: Options = {
     ),
     "coverage_zones": ("--coverage-zones", str, "coverage zone JSON file (Traffic Control format)"),
     "geoip": ("--geoip", str, "MaxMind .mmdb database, the last resort to localize a client"),
+    "cors_origin": (
+        "--cors-origin",
+        str,
+        "Access-Control-Allow-Origin on /steer and /r/ answers, for web players (default *)",
+    ),
     "default_location": (
         "--default-location",
         _location,

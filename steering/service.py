@@ -30,7 +30,7 @@ from typing import Any
 from edge import __version__
 from edge.core.keys import BadKey, is_reserved, parse_key, split_target
 from edge.http.accesslog import AccessLog
-from edge.http.response import DateCache, build_head, text_body
+from edge.http.response import DateCache, build_head, cors_lines, text_body
 from edge.http.server import ContentServer, ListenError, after_stop, bind_listeners, stop_signal
 from edge.http.tls import CertError, CertSet
 from edge.http.wire import Request, Response
@@ -242,6 +242,7 @@ class Steering:
             urls, expires = [fallback], int(now + cfg.token_ttl)
         else:
             urls, expires = answer.urls(decision, fleet, cfg, client, now)
+        cors = cors_lines(cfg.cors_origin)  # a web player asks from its page's origin
         if redirect:
             lines = f"Location: {urls[0]}\r\nCache-Control: no-store\r\n"
             if len(urls) > 1:
@@ -249,13 +250,13 @@ class Steering:
                     f"<{u}>; rel=duplicate; pri={n}" for n, u in enumerate(urls[1:], 2)
                 )
                 lines += f"Link: {links}\r\n"
-            resp = self.reply(req, 302, lines.encode("latin-1"))
+            resp = self.reply(req, 302, lines.encode("latin-1") + cors)
             resp.note = note
             return resp
         doc = answer.document(decision, fleet, urls, expires)
         if decision.klass == NO_APPLIANCE:
             doc["origin"] = True
-        resp = self.reply(req, 200, JSON_LINES, json.dumps(doc).encode())
+        resp = self.reply(req, 200, JSON_LINES + cors, json.dumps(doc).encode())
         resp.note = note
         return resp
 

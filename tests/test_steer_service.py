@@ -135,6 +135,12 @@ def test_redirect(fleet: Fleet) -> None:
     assert headers["location"].startswith(f"http://127.0.0.1:{fleet.ports['s1']}/{KEY}?token=k1~")
     assert headers["link"].count("rel=duplicate") == 2 and "pri=2" in headers["link"]
     assert headers["cache-control"] == "no-store"
+    # a web player's fetch follows the redirect only when the answer allows its origin
+    assert headers["access-control-allow-origin"] == "*"
+    assert (
+        fleet.steering.request(f"/steer?object={KEY}", SOUTH)[1]["access-control-allow-origin"]
+        == "*"
+    )
     assert fetch(headers["location"], SOUTH)[0] == 200
     assert fleet.steering.request("/r/a/../b", SOUTH)[0] == 400
     assert fleet.steering.request("/steer", SOUTH)[0] == 400
