@@ -69,6 +69,9 @@ class ServeConfig:
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
     admission: str = "doorkeeper"
+    # HTTP origins (a shared cache): query parameters left out of the cache key
+    cache_key_ignore: list[str] = field(default_factory=lambda: ["token"])
+    max_request_body: int = 1024 * 1024  # an unsafe method's body, forwarded
     # key id -> secret; with any, content requests need a valid signed URL
     url_signing_keys: dict[str, bytes] = field(default_factory=dict)
 
@@ -137,6 +140,17 @@ def _origins(value: Any) -> list[str]:
         if not re.match(r"^(file|s3|https?)://", url):
             raise ValueError(f"{url!r} is not an origin URL (file:///dir, s3://bucket, http://…)")
         out.append(url)
+    return out
+
+
+def _param_names(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        name = str(item)
+        if not re.fullmatch(r"[^&=\s]+", name):
+            raise ValueError(f"{name!r} is not a query parameter name")
+        out.append(name)
     return out
 
 
@@ -226,13 +240,23 @@ SERVE_OPTIONS: Options = {
         choice("off", "doorkeeper"),
         "store an object seen once under capacity pressure? (doorkeeper: only from its 2nd ask)",
     ),
+    "cache_key_ignore": (
+        "--cache-key-ignore",
+        _param_names,
+        "query parameter left out of the cache key for HTTP origins (repeat; default token)",
+    ),
+    "max_request_body": (
+        "--max-request-body",
+        parse_size,
+        "largest body of a POST/PUT/PATCH/DELETE forwarded to an HTTP origin (default 1MiB)",
+    ),
     "url_signing_keys": (
         "--url-signing-key",
         parse_keys,
         "KID=SECRET a signed URL may use (repeat for rotation; with none, URLs are not checked)",
     ),
 }
-_REPEATABLE = {"store", "origin", "url_signing_keys"}
+_REPEATABLE = {"store", "origin", "url_signing_keys", "cache_key_ignore"}
 _SECRET = {"url_signing_keys"}
 
 

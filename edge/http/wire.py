@@ -65,9 +65,19 @@ Part = bytes | memoryview | FileSpan
 
 
 class Request:
-    __slots__ = ("client", "headers", "keep_alive", "method", "started", "target", "version")
+    __slots__ = (
+        "body",
+        "client",
+        "headers",
+        "keep_alive",
+        "method",
+        "started",
+        "target",
+        "version",
+    )
 
     def __init__(self, client: str, started: float) -> None:
+        self.body = b""  # kept up to the handler's ``max_request_body``, else 413
         self.client = client
         self.started = started
         self.method = ""
