@@ -19,7 +19,8 @@ as the suite's own result pages count it. Tests only a browser can run are left
 out. Every request goes through the cache: the suite's ``/config/`` PUTs reach
 the origin as forwarded unsafe methods, its ``/state/`` GETs as uncacheable
 responses. The appliance runs without retries and with a breaker that never
-opens: the suite's origin answers 5xx on purpose. ``--json`` writes every test's result for both caches.
+opens: the suite's origin answers 5xx on purpose. ``--json`` writes every
+test's result for both caches.
 """
 
 from __future__ import annotations
@@ -251,7 +252,9 @@ def bench(args: argparse.Namespace, work: Path, servers: list[Server]) -> int:
         try:
             results[name] = json.loads(text[text.index("{") :])
         except ValueError:
-            raise RuntimeError(f"{name}: the suite's client printed no results:\n{text[-2000:]}")
+            raise RuntimeError(
+                f"{name}: the suite's client printed no results:\n{text[-2000:]}"
+            ) from None
     print(f"http-cache-tests {SUITE_VERSION}: tests passed / run, per kind")
     print(f"{'cache':<10} " + " ".join(f"{k:>10}" for k in KINDS))
     counts = {name: count(tests, r) for name, r in results.items()}

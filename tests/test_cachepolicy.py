@@ -29,7 +29,7 @@ def test_different_queries_never_share_a_key(p1: list, p2: list) -> None:
 
 @given(params)
 def test_ignored_parameters_do_not_fragment_the_cache(ps: list) -> None:
-    with_token = ps + [("token", "k1~123~~sig")]
+    with_token = [*ps, ("token", "k1~123~~sig")]
     ignored = frozenset({"token"})
     assert cp.cache_key("k", query_of(with_token), ignored) == cp.cache_key(
         "k", query_of(ps), ignored
@@ -63,8 +63,10 @@ def test_a_variant_answers_only_requests_that_match_it(v1: str | None, v2: str |
     assert cp.vary_matches(stored, h2) == (norm[v1] == norm[v2])
 
 
-@given(st.integers(100, 599), st.sampled_from(["", "max-age=60", "no-store", "private", "s-maxage=5"]),
-       st.booleans())  # fmt: skip
+CONTROLS = ["", "max-age=60", "no-store", "private", "s-maxage=5"]
+
+
+@given(st.integers(100, 599), st.sampled_from(CONTROLS), st.booleans())
 def test_what_may_be_stored(status: int, cc: str, expires: bool) -> None:
     ok = cp.storable(status, parse_cache_control(cc), expires)
     if status < 200 or status in (206, 304) or cc in ("no-store", "private"):
