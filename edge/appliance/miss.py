@@ -302,7 +302,9 @@ class MissPath:
         headers = _str_headers(req) if req is not None else None
         try:
             new = await shared(
-                self.revalidations, key, lambda: self.chain.revalidate(key, meta, headers)
+                self.revalidations,
+                key,
+                lambda: self.chain.revalidate(key, meta, headers, self.store.slice_size),
             )
         except OriginError:
             if may_serve_stale_on_error(

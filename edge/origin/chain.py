@@ -404,16 +404,23 @@ class OriginChain:
                 continue
             self._remember_source(key, origin)
             if stream is not None:
-                _, length = slice_bounds(idx, meta.size, slice_size)
-                if length:
-                    f = SliceFetch(length)
-                    f.learnt = (key, idx, meta)
-                    self.learnt[(key, idx)] = f
-                    self._start(f, key, meta, start, length, stream)
-                else:
-                    await stream.aclose()  # type: ignore[attr-defined]
+                await self._keep_learnt(key, idx, meta, stream, slice_size)
             return self._negative(meta)
         return self._none_has(key, error, absent)
+
+    async def _keep_learnt(
+        self, key: str, idx: int, meta: ObjectMeta, stream: AsyncIterator[Any], slice_size: int
+    ) -> None:
+        """The rest of a learning GET's answer, kept as slice ``idx``'s fetch
+        until a request for that version asks for it."""
+        start, length = slice_bounds(idx, meta.size, slice_size)
+        if not length:
+            await stream.aclose()  # type: ignore[attr-defined]
+            return
+        f = SliceFetch(length)
+        f.learnt = (key, idx, meta)
+        self.learnt[(key, idx)] = f
+        self._start(f, key, meta, start, length, stream)
 
     @staticmethod
     async def _open_first(
@@ -422,11 +429,15 @@ class OriginChain:
         start: int,
         length: int,
         request_headers: Mapping[str, str] | None = None,
+        current: ObjectMeta | None = None,
     ) -> tuple[ObjectMeta | None, AsyncIterator[Any] | None] | None:
         """(metadata, the rest of the answer: the bytes) from ``read_first``;
         (None, None) when the origin has no such object; None when the GET
-        cannot tell (ask HEAD)."""
-        stream = origin.read_first(key, start, length, **_asking(origin, request_headers))  # type: ignore[attr-defined]
+        cannot tell (ask HEAD). With ``current``, a conditional GET."""
+        kw = _asking(origin, request_headers)
+        if current is not None:
+            kw["current"] = current
+        stream = origin.read_first(key, start, length, **kw)  # type: ignore[attr-defined]
         try:
             first = await anext(stream)
         except StopAsyncIteration:
@@ -441,6 +452,7 @@ class OriginChain:
         key: str,
         current: ObjectMeta,
         request_headers: Mapping[str, str] | None = None,
+        slice_size: int = 0,
     ) -> ObjectMeta | None:
         """``current`` renewed (304), or what replaced it, or ``None`` (gone).
         An HTTP origin is asked with a conditional GET."""
@@ -451,12 +463,28 @@ class OriginChain:
         error: OriginError | None = None
         for origin in self.order(key):
             try:
-                meta = await self._ask(
-                    "revalidate",
-                    lambda o: o.head(key, current, **_asking(o, request_headers)),
-                    [origin],
-                    failed=_answer_failed,
-                )
+                if getattr(origin, "shared_cache", False) and slice_size:
+                    # a conditional GET of the first slice: a new version's
+                    # bytes go on to the request, as a cold miss's do
+                    opened = await self._ask(
+                        "revalidate",
+                        lambda o: self._open_first(o, key, 0, slice_size, request_headers, current),
+                        [origin],
+                        failed=_answer_failed,
+                    )
+                    meta, stream = opened or (None, None)
+                    if meta is not None and stream is not None:
+                        if same_version(meta, current) and meta.status == current.status:
+                            await stream.aclose()  # type: ignore[attr-defined]
+                        else:
+                            await self._keep_learnt(key, 0, meta, stream, slice_size)
+                else:
+                    meta = await self._ask(
+                        "revalidate",
+                        lambda o: o.head(key, current, **_asking(o, request_headers)),
+                        [origin],
+                        failed=_answer_failed,
+                    )
             except OriginRefused:
                 raise
             except OriginError as exc:

@@ -21,6 +21,7 @@ carries an unsafe method (POST, PUT, …) to the origin and its answer back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
@@ -48,6 +49,12 @@ class Forwarded:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+
+
+def _joined(h: Any, name: str) -> str | None:
+    """All of a header's field lines as one list (RFC 9110 §5.3)."""
+    values = h.getall(name, [])
+    return ", ".join(values) if values else None
 
 
 def is_strong(etag: str) -> bool:
@@ -88,6 +95,25 @@ class HTTPOrigin:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    @contextlib.asynccontextmanager
+    async def _get(self, key: str, headers: dict[str, str]) -> AsyncIterator[Any]:
+        """The answer to a GET. A kept-alive connection the origin closed
+        meanwhile, or left unusable (a body longer than its Content-Length),
+        fails before any answer: the GET is sent once more on a new one."""
+        url = self._target(key)
+        try:
+            resp = await self._client().get(url, headers=headers, allow_redirects=False)
+        except (
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientOSError,
+            aiohttp.ClientResponseError,
+        ):
+            resp = await self._client().get(url, headers=headers, allow_redirects=False)
+        try:
+            yield resp
+        finally:
+            resp.release()
 
     # -- metadata --------------------------------------------------------------
 
@@ -130,7 +156,7 @@ class HTTPOrigin:
         # the appliance always asks for identity: Accept-Encoding selects nothing here
         vary = () if names is None else tuple(n for n in names if n != "accept-encoding")
         f = freshness.evaluate(
-            cache_control=h.get("Cache-Control"),
+            cache_control=_joined(h, "Cache-Control"),
             expires=h.get("Expires"),
             date=h.get("Date"),
             age=h.get("Age"),
@@ -139,7 +165,7 @@ class HTTPOrigin:
             response_time=response_time,
             status=200 if status == 206 else status,
         )
-        cc = freshness.parse_cache_control(h.get("Cache-Control"))
+        cc = freshness.parse_cache_control(_joined(h, "Cache-Control"))
         storable = (
             f.storable
             and names is not None
@@ -150,7 +176,7 @@ class HTTPOrigin:
             etag=etag,
             last_modified=lm or 0,
             content_type=h.get("Content-Type") or guess_type(cachepolicy.split_key(key)[0]),
-            cache_control=h.get("Cache-Control"),
+            cache_control=_joined(h, "Cache-Control"),
             fresh_until=f.fresh_until,
             stale_if_error=f.stale_if_error,
             must_revalidate=f.must_revalidate,
@@ -245,9 +271,7 @@ class HTTPOrigin:
                 headers["If-Modified-Since"] = format_http_date(current.last_modified)
         request_time = time.time()
         try:
-            async with self._client().get(
-                self._target(key), headers=headers, allow_redirects=False
-            ) as resp:
+            async with self._get(key, headers) as resp:
                 status, h = resp.status, resp.headers
                 if status == 416:
                     if start > 0:
@@ -391,9 +415,7 @@ class HTTPOrigin:
     ) -> AsyncIterator[bytes]:
         end = start + length - 1
         try:
-            async with self._client().get(
-                self._target(key), headers=headers, allow_redirects=False
-            ) as resp:
+            async with self._get(key, headers) as resp:
                 skip = 0
                 if resp.status == 412:
                     raise OriginChanged(f"{self.url}: {key!r} changed at the origin")
@@ -430,9 +452,7 @@ class HTTPOrigin:
         self, key: str, meta: ObjectMeta, start: int, length: int, headers: dict[str, str]
     ) -> AsyncIterator[bytes]:
         try:
-            async with self._client().get(
-                self._target(key), headers=headers, allow_redirects=False
-            ) as resp:
+            async with self._get(key, headers) as resp:
                 if resp.status != meta.status or resp.content_length not in (None, meta.size):
                     raise OriginChanged(f"{self.url}: {key!r} answered {resp.status} now")
                 self._same_version(key, meta, resp.headers)
