@@ -112,3 +112,17 @@ def test_cache_status_members() -> None:
     assert cp.cache_status("edgefleet", fwd="miss", detail="origin-error") == (
         "edgefleet; fwd=miss; detail=origin-error"
     )
+
+
+@given(
+    st.sampled_from(
+        ["max-age=60", "public, max-age=60", "s-maxage=5", "max-age=5, must-revalidate"]
+    )
+)
+def test_an_authorized_request_is_stored_only_when_the_origin_says_so(cc: str) -> None:
+    parsed = parse_cache_control(cc)
+    shared = cp.has_directive(cc, "public") or "s-maxage" in cc or "must-revalidate" in cc
+    assert (
+        cp.storable(200, parsed, False, cp.has_directive(cc, "public"), authorized=True) == shared
+    )
+    assert cp.storable(200, parsed, False, cp.has_directive(cc, "public"))

@@ -232,3 +232,16 @@ async def test_age_and_cache_status_on_every_answer(tmp_path: Path, origin: Orig
         assert header(none, "Cache-Status") is not None
         bad = await ask(app, request("/a.ts\x01"))
         assert header(bad, "Cache-Status") == "edgefleet; detail=edge"
+
+
+async def test_an_answer_to_an_authorized_request_is_not_shared(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    origin.put("mine.json", b"secret", cache_control="max-age=60")
+    origin.put("public.json", b"for all", cache_control="public, max-age=60")
+    async with InProcess(tmp_path, origin.url) as app:
+        for _ in range(2):
+            assert (await get(app, "/mine.json", authorization="Bearer a"))[1] == b"secret"
+            assert (await get(app, "/public.json", authorization="Bearer a"))[1] == b"for all"
+        assert len(origin.asked("GET", "/mine.json")) == 2  # RFC 9111 §3.5
+        assert len(origin.asked("GET", "/public.json")) == 1

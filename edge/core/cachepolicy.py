@@ -16,7 +16,9 @@ What it decides, each as one function of its inputs:
     may this response be stored?              storable            a final status, not 206 or 304,
                                                                   no no-store/private, and either
                                                                   a heuristically cacheable status
-                                                                  or explicit freshness
+                                                                  or explicit freshness; asked with
+                                                                  Authorization: only if public,
+                                                                  s-maxage or must-revalidate
     which response headers are stored?        end_to_end          all but hop-by-hop ones, those
                                                                   Connection names, and the framing
                                                                   the appliance writes itself
@@ -144,11 +146,21 @@ def vary_matches(stored: tuple[tuple[str, str | None], ...], headers: Mapping[st
 # -- storing -------------------------------------------------------------------------
 
 
-def storable(status: int, cc: CacheControl, has_expires: bool, public: bool = False) -> bool:
-    """RFC 9111 §3: may a shared cache store a response to a GET?"""
+def storable(
+    status: int,
+    cc: CacheControl,
+    has_expires: bool,
+    public: bool = False,
+    authorized: bool = False,
+) -> bool:
+    """RFC 9111 §3: may a shared cache store a response to a GET? A request
+    that carried ``Authorization`` only when the response says ``public``,
+    ``s-maxage`` or ``must-revalidate`` (§3.5)."""
     if status < 200 or status in (206, 304):
         return False
     if cc.no_store or cc.private:
+        return False
+    if authorized and not (public or cc.must_revalidate or cc.s_maxage is not None):
         return False
     explicit = cc.max_age is not None or cc.s_maxage is not None or has_expires
     return explicit or public or status in HEURISTIC_STATUSES
@@ -161,6 +173,14 @@ def explicitly_fresh(cache_control: str | None, headers: Iterable[tuple[str, str
     if cc.max_age is not None or cc.s_maxage is not None or cc.no_cache:
         return True
     return any(n.lower() in ("expires", "last-modified") for n, _ in headers)
+
+
+def has_directive(value: str | None, name: str) -> bool:
+    """Does a Cache-Control value hold directive ``name`` (any case)?"""
+    return bool(value) and any(
+        d.split("=", 1)[0].strip().lower() == name
+        for d in value.split(",")  # type: ignore[union-attr]
+    )
 
 
 def end_to_end(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

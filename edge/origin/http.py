@@ -169,7 +169,13 @@ class HTTPOrigin:
         storable = (
             f.storable
             and names is not None
-            and cachepolicy.storable(200 if status == 206 else status, cc, "Expires" in h)
+            and cachepolicy.storable(
+                200 if status == 206 else status,
+                cc,
+                "Expires" in h,
+                public=cachepolicy.has_directive(_joined(h, "Cache-Control"), "public"),
+                authorized="authorization" in request_headers,
+            )
         )
         return ObjectMeta(
             size=size,
