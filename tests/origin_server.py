@@ -52,7 +52,7 @@ class Faults:
     fail: int = 0  # answer this many requests with 500
     fail_gets: int = 0  # answer this many GETs (not HEADs) with 500
     hang: bool = False  # accept, never answer
-    drop_after: int | None = None  # send this many body bytes, then cut the connection
+    drop_after: int | None = None  # send this many body bytes, then cut (a longer body)
     hold: threading.Event | None = None  # send 1 KiB of a body, wait for this
     no_head: bool = False  # 405 to HEAD
     head_without_length: bool = False  # a HEAD answer without Content-Length
@@ -183,7 +183,7 @@ class OriginServer:
             hold = faults.hold
             await asyncio.get_running_loop().run_in_executor(None, hold.wait, 30)
             data = data[1024:]
-        if faults.drop_after is not None:
+        if faults.drop_after is not None and len(data) > faults.drop_after:
             await resp.write(data[: faults.drop_after])
             faults.drop_after = None
             assert request.transport is not None
