@@ -1,8 +1,9 @@
 """Pieces the benchmark scripts share: server processes, CPU accounting, output.
 
 The scripts in ``bench/`` run ``edgefleet serve`` and nginx as child processes
-on loopback, read CPU time from ``/proc``, print fixed-width tables and write
-their results as JSON. What they do alike lives here; what each measures stays
+on loopback (through demo/processes.py, the harness the demo and the tests
+use), read CPU time from ``/proc``, print fixed-width tables and write their
+results as JSON. What they do alike lives here; what each measures stays
 in the script. Import it as ``from benchlib import ...``: a script run as
 ``python bench/X.py`` has ``bench/`` first on ``sys.path``.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -19,16 +19,17 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, NamedTuple
+
+from demo.processes import Process, child_setup, free_port, start
+from demo.processes import tail as tail  # the scripts import it from here
 
 HOST = "127.0.0.1"  # loopback only, by design
 KIB = 1024
@@ -127,15 +128,15 @@ def allowed_cpus(pid: int) -> set[str]:
     return lists
 
 
-# -- processes ----------------------------------------------------------------------
+# -- processes: demo/processes.py runs them ------------------------------------------
+#
+# The benchmarks' children get SIGKILL when the benchmark dies (not SIGTERM as the
+# demo's): nginx runs without a master and an interrupted measurement has nothing
+# worth finishing. edgefleet is found listening by its banner line, nginx (which
+# prints none) by probing the port it was given.
 
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_us() -> None:
-    """In the child, before exec: killed if this script dies without cleaning up."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+die_with_us = child_setup(signal.SIGKILL)
+"""In a child, before exec: killed if this script dies without cleaning up."""
 
 
 def pinned(cmd: list[str], cpu: int | None) -> list[str]:
@@ -143,72 +144,34 @@ def pinned(cmd: list[str], cpu: int | None) -> list[str]:
     return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
 
 
-def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start a server in its own session, stdout and stderr into ``log_path``."""
-    with open(log_path, "wb") as out:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            preexec_fn=die_with_us,
-        )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def wait_listening(
-    port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log_path)}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"server not listening on {HOST}:{port} after {timeout:.0f} s")
-
-
 @dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    kind: str = ""  # "edgefleet" or "nginx"
-    store: Path | None = None  # edgefleet's store directory
+class Server(Process):
+    """A server the benchmark started: ``kind`` is "edgefleet", "nginx" or "relay";
+    ``store`` is edgefleet's store directory."""
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    kind: str = ""
+    store: Path | None = None
 
 
-LISTENING = re.compile(r"edgefleet serve: listening on http://127\.0\.0\.1:(\d+)")
+def launch(
+    name: str, cmd: list[str], log_path: Path, kind: str, *, command: str = "", **fields: Any
+) -> Server:
+    """Start ``cmd`` (already pinned, if it should be) as a ``Server``."""
+    proc = start(name, cmd, log_path, parent_death=signal.SIGKILL, command=command)
+    return Server(**vars(proc), kind=kind, **fields)
+
+
+def launch_listening(
+    name: str, cmd: list[str], log_path: Path, kind: str, port: int, timeout: float = 30.0
+) -> Server:
+    """``launch``, then wait until ``port`` accepts connections; stopped if it does not."""
+    server = launch(name, cmd, log_path, kind)
+    try:
+        server.wait_port(port, timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def spawn_edgefleet(
@@ -216,32 +179,19 @@ def spawn_edgefleet(
     cmd: list[str],
     log_path: Path,
     *,
+    command: str = "serve",
     store: Path | None = None,
     timeout: float = 60.0,
-    listen_timeout: float = 30.0,
 ) -> Server:
-    """Run an ``edgefleet serve --listen 127.0.0.1:0`` command line; its port is the
-    one it reports in its log. A process that does not come up is stopped."""
-    proc = spawn(cmd, log_path)
-    server = Server(name, proc, 0, log_path, "edgefleet", store)
-    deadline = time.monotonic() + timeout
+    """Run an ``edgefleet COMMAND --listen 127.0.0.1:0`` command line; its port is the
+    one its banner names. A process that does not come up is stopped."""
+    server = launch(name, cmd, log_path, "edgefleet", command=command, store=store)
     try:
-        while time.monotonic() < deadline:
-            m = LISTENING.search(log_path.read_text(errors="replace"))
-            if m:
-                server.port = int(m.group(1))
-                wait_listening(server.port, proc, log_path, listen_timeout)
-                return server
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log_path)}")
-            time.sleep(0.05)
-        proc.kill()
-        raise RuntimeError(
-            f"{name} did not report listening within {timeout:.0f} s:\n{tail(log_path)}"
-        )
+        server.wait_banner(timeout)
     except BaseException:
         server.stop()
         raise
+    return server
 
 
 NGINX_CONF = """\
@@ -294,17 +244,10 @@ def start_nginx(
     conf.write_text(
         NGINX_CONF.format(work=work, name=name, host=HOST, port=port, directives=directives)
     )
-    log_path = work / f"{name}.log"
     cmd = pinned(
         [exe, "-p", str(work), "-c", str(conf), "-e", str(work / f"{name}-error.log")], cpu
     )
-    server = Server(name, spawn(cmd, log_path), port, log_path, "nginx")
-    try:
-        wait_listening(port, server.proc, log_path, timeout)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return launch_listening(name, cmd, work / f"{name}.log", "nginx", port, timeout)
 
 
 def metric_samples(text: str, names: Iterable[str]) -> Iterator[tuple[str, dict[str, str], float]]:
@@ -391,7 +334,7 @@ def run_in_workdir(
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (RuntimeError, ValueError, OSError) as exc:
+    except (RuntimeError, ValueError, OSError) as exc:  # StartError included
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
 

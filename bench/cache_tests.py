@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,13 +40,14 @@ from benchlib import (
     Server,
     add_executable_args,
     free_port,
+    launch_listening,
     log,
     run_in_workdir,
-    spawn,
     spawn_edgefleet,
-    wait_listening,
     write_json,
 )
+
+from demo.processes import start
 
 SUITE = "http-cache-tests"
 SUITE_VERSION = "0.4.5"
@@ -130,25 +132,22 @@ def suite_package(args: argparse.Namespace) -> Path:
 
 
 def start_origin(work: Path, pkg: Path, node: str) -> Server:
+    """The suite's Node origin; its settings come as npm would pass them."""
     port = free_port()
     env = {
-        **os.environ,
         "npm_config_port": str(port),
         "npm_config_protocol": "http",
         "npm_config_pidfile": str(work / "origin.pid"),
     }
-    log_path = work / "origin.log"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [node, "server/server.mjs"], cwd=pkg, env=env, stdout=out, stderr=out,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    server = Server("origin", proc, port, log_path, "node")
+    proc = start("origin", [node, str(pkg / "server" / "server.mjs")], work / "origin.log",
+                 parent_death=signal.SIGKILL, env=env, cwd=pkg)  # fmt: skip
+    server = Server(**vars(proc), kind="node")
     try:
-        wait_listening(port, proc, log_path, 30)
+        server.wait_port(port, 30)
     except BaseException:
         server.stop()
         raise
+    server.port = port
     return server
 
 
@@ -157,14 +156,9 @@ def start_nginx_peer(work: Path, exe: str, origin: int) -> Server:
     (work / "nginx-tmp").mkdir()
     conf = work / "nginx.conf"
     conf.write_text(NGINX_PEER.format(work=work, host=HOST, port=port, origin=origin))
-    log_path = work / "nginx.log"
     cmd = [exe, "-p", str(work), "-c", str(conf), "-e", str(work / "nginx-error.log")]
-    server = Server("nginx", spawn(cmd, log_path), port, log_path, "nginx")
-    try:
-        wait_listening(port, server.proc, log_path, 30)
-    except BaseException:
-        server.stop()
-        raise
+    server = launch_listening("nginx", cmd, work / "nginx.log", "nginx", port)
+    server.port = port
     return server
 
 

@@ -30,7 +30,7 @@ from locust import HttpUser, events, task
 from requests.adapters import HTTPAdapter
 
 from demo.catalog import title_prefix
-from demo.player import Player, base_of
+from demo.player import DEFAULT_BUFFER_TARGET, Player, base_of, buffer_for
 
 TIMEOUT = (2.0, 5.0)  # connect, read: a dead appliance must not hold a player long
 
@@ -42,7 +42,12 @@ def _options(parser: Any) -> None:
         "--player-rendition", choices=("hi", "lo", "any"), default="any", help="rendition"
     )
     parser.add_argument("--playback-speed", type=float, default=1.0, help="media s per wall s")
-    parser.add_argument("--buffer-target", type=float, default=30.0, help="seconds to buffer")
+    parser.add_argument(
+        "--buffer-target",
+        type=float,
+        default=DEFAULT_BUFFER_TARGET,
+        help="seconds to buffer ahead (at most a third of the title)",
+    )
     parser.add_argument(
         "--watch-seconds", type=float, default=0.0, help="stop a session after this much (0: all)"
     )
@@ -208,6 +213,8 @@ class VideoPlayer(HttpUser):
         variant = pick or random.choice(variants)
         media_url = urljoin(master_url, variant.uri)
         media = m3u8.loads(self._get(player, media_url, "playlist", {}).decode(), uri=media_url)
+        title = sum(float(seg.duration or 0) for seg in media.segments)
+        player.buffer_target = buffer_for(opts.buffer_target, title)
         watched = 0.0
         next_offset = 0
         for seg in media.segments:

@@ -70,6 +70,7 @@ from benchlib import (
     cpu_ticks,
     die_with_us,
     free_port,
+    launch_listening,
     log,
     machine,
     metric_samples,
@@ -78,12 +79,10 @@ from benchlib import (
     proc_stat,
     run_in_workdir,
     rusage_seconds,
-    spawn,
     spawn_edgefleet,
     start_nginx,
     tail,
     version,
-    wait_listening,
     write_json,
     write_synced,
 )
@@ -261,13 +260,7 @@ def start_relay(work: Path, args: argparse.Namespace, nginx: Server, cpu: int | 
         ],
         cpu,
     )
-    relay = Server("relay", spawn(cmd, log_path), port, log_path, "relay")
-    try:
-        wait_listening(port, relay.proc, log_path, 30)
-    except BaseException:
-        relay.stop()
-        raise
-    return relay
+    return launch_listening("relay", cmd, log_path, "relay", port)
 
 
 def wan_label(args: argparse.Namespace) -> str:
@@ -310,7 +303,7 @@ def start_appliance(
         ],
         cpu,
     )
-    return spawn_edgefleet(name, cmd, log_path, store=store, timeout=60, listen_timeout=30)
+    return spawn_edgefleet(name, cmd, log_path, store=store, timeout=60)
 
 
 def check_pinning(server: Server, cpu: int | None) -> str:

@@ -235,7 +235,6 @@ def start_edgefleet(
         work / f"{name}.log",
         store=store,
         timeout=timeout,
-        listen_timeout=timeout,
     )
 
 
@@ -793,6 +792,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_executable_args(p)
     p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="wrk")
+    p.add_argument("--https", action="store_true", help="HTTPS instead (bench/https_mode.py)")
     add_output_args(p)
     args = p.parse_args(argv)
     quick = (3.0, 1, 1.0)
@@ -991,6 +991,15 @@ def bench(args: argparse.Namespace, work: Path, servers: list[Server]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.https:  # HTTPS: its own scenarios and targets (bench/https_mode.py)
+        import https_mode
+
+        return run_in_workdir(
+            "serve_vs_nginx --https",
+            "edgefleet-bench-",
+            args.keep,
+            lambda work, servers: https_mode.main(args, work, servers),
+        )
     return run_in_workdir(
         "serve_vs_nginx",
         "edgefleet-bench-",

@@ -34,7 +34,6 @@ import ipaddress
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import threading
@@ -57,9 +56,8 @@ from benchlib import (
     pinned,
     print_header,
     run_in_workdir,
-    spawn,
+    spawn_edgefleet,
     start_nginx,
-    tail,
     version,
     write_json,
 )
@@ -308,19 +306,7 @@ def start_steer(work: Path, exe: str, cpu: int, timeout: float) -> Server:
     log_path = work / "steer.log"
     cmd = pinned([exe, "steer", "--config", str(work / "steer.toml"), "--listen", f"{HOST}:0",
                   "--log-level", "warning"], cpu)  # fmt: skip
-    proc = spawn(cmd, log_path)
-    server = Server("edgefleet steer", proc, 0, log_path, "edgefleet")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(r"edgefleet steer: listening on http://127\.0\.0\.1:(\d+)", tail(log_path))
-        if m:
-            server.port = int(m.group(1))
-            return server
-        if proc.poll() is not None:
-            raise RuntimeError(f"edgefleet steer exited:\n{tail(log_path)}")
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"edgefleet steer did not start within {timeout:.0f} s:\n{tail(log_path)}")
+    return spawn_edgefleet("edgefleet steer", cmd, log_path, command="steer", timeout=timeout)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.config import parse_listen
+from edge.core.sizes import human_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -55,6 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--s3-region", metavar="REGION")
     p.add_argument("--s3-addressing-style", choices=("auto", "path", "virtual"))
     p.add_argument("--no-fill", action="store_true", help="start with empty stores")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="run the fleet on HTTPS with a throwaway CA (WORKDIR/pki/ca.pem: trust it)",
+    )
     p.add_argument("--state-file", metavar="PATH", help="write what runs where as JSON here")
     p.set_defaults(run=main)
 
@@ -101,7 +108,11 @@ def main(args: argparse.Namespace) -> int:
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    temp = None if args.workdir else tempfile.mkdtemp(prefix="edgefleet-demo-")
+    temp = None
+    if not args.workdir:
+        sweep_stale_temp_dirs()
+        temp = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+        (Path(temp) / OWNER_FILE).write_text(f"{os.getpid()}\n")
     workdir = Path(args.workdir or temp or ".").resolve()
     try:
         return _run(args, workdir, host, port, stop)
@@ -112,6 +123,32 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+TEMP_PREFIX = "edgefleet-demo-"
+OWNER_FILE = "demo.pid"
+
+
+def sweep_stale_temp_dirs(tmp: str | None = None) -> list[str]:
+    """Remove the temp directories of demos that were killed (SIGKILL leaves
+    no chance to clean up): ours carry the owner's pid; a directory whose owner
+    is gone is removed, one without the file or with a live owner is left."""
+    removed = []
+    for d in Path(tmp or tempfile.gettempdir()).glob(TEMP_PREFIX + "*"):
+        try:
+            pid = int((d / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(str(d))
+    return removed
 
 
 def _say(text: str) -> None:
@@ -143,7 +180,7 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
         raise DemoError(f"catalog: {exc}") from None
     total = sum(o.size for o in objects)
     _say(
-        f"edgefleet demo: catalog: {len(objects)} objects, {total / 1e6:.1f} MB "
+        f"edgefleet demo: catalog: {len(objects)} objects, {human_size(total)} "
         f"({kind} segments, {time.monotonic() - t0:.1f}s)"
     )
     s3: dict[str, str] = {}
@@ -159,6 +196,13 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
             raise DemoError(f"--origin {args.origin}: {exc}") from None
         _say(f"edgefleet demo: {sent} objects uploaded, {len(objects) - sent} already there")
     lay = layout(workdir, host, port, origin, total)
+    if args.tls:
+        from dataclasses import replace
+
+        from demo.pki import make_pki
+
+        lay = replace(lay, tls=make_pki(workdir / "pki", host))
+        _say(f"edgefleet demo: HTTPS with a throwaway CA: trust {lay.tls[0]}")
     children: list[Child] = []
     steer: Child | None = None
     try:
@@ -178,7 +222,7 @@ def _run(args: argparse.Namespace, workdir: Path, host: str, port: int, stop: _S
         )
         wait_listening(steer, stop.wanted)
         fills = {} if args.no_fill else _fill(lay, objects, urls, stop)
-        _wait_for_steering(steer.url, urls, stop)
+        _wait_for_steering(steer.url, urls, stop, lay.tls[0] if lay.tls else None)
         if stop.wanted():
             return 0
         state = _state(lay, children, steer, fills, objects, kind)
@@ -234,13 +278,16 @@ def _fill(lay: Any, objects: Any, urls: dict[str, str], stop: _Stop) -> dict[str
 
 
 def _wait_for_steering(
-    steer: str, urls: dict[str, str], stop: _Stop, timeout: float = 15.0
+    steer: str, urls: dict[str, str], stop: _Stop, ca: Path | None, timeout: float = 15.0
 ) -> None:
     """Until steering sees every appliance up and knows all it holds (its next polls)."""
+    import ssl
     import urllib.request
 
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+
     def get(url: str) -> bytes:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(url, timeout=5, context=context) as r:
             return bytes(r.read())
 
     try:
@@ -276,7 +323,7 @@ def _added(report: dict[str, Any]) -> int:
 def _fill_summary(report: dict[str, Any]) -> str:
     added = report.get("added", {})
     sources = ", ".join(
-        f"{n / 1e6:.1f} MB from {src}" for src, n in sorted(added.get("from", {}).items())
+        f"{human_size(n)} from {src}" for src, n in sorted(added.get("from", {}).items())
     )
     plan = report.get("plan", {})
     covered = plan.get("demand_covered")
@@ -295,6 +342,7 @@ def _state(
     return {
         "workdir": str(lay.workdir),
         "origin": lay.origin,
+        "ca_file": str(lay.tls[0]) if lay.tls else None,  # trust it to play over HTTPS
         "catalog": {"objects": len(objects), "bytes": sum(o.size for o in objects), "kind": kind},
         "steer": {
             "url": steer.url,
@@ -318,30 +366,62 @@ def _state(
             for c in children
         ],
         "play": [f"{steer.url}/r/{t}/master.m3u8" for t in titles],
+        "players": f"{as_typed('locust')} -f {as_typed_path(LOCUSTFILE)} --host {steer.url}",
     }
 
 
+LOCUSTFILE = Path(__file__).resolve().parent.parent / "bench" / "locustfile.py"
+
+
+def as_typed(name: str, bindir: Path | None = None, cwd: Path | None = None) -> str:
+    """A command installed beside this Python as the user can type it here: its
+    bare name when the shell finds this very one, else its path (relative under
+    the current directory: ``.venv/bin/locust`` after ``python -m venv .venv``)."""
+    bindir = bindir or Path(sys.executable).parent  # not resolved: the venv's own bin
+    beside = bindir / name
+    if not beside.exists():
+        return name
+    found = shutil.which(name)
+    if found is not None and Path(found).resolve() == beside.resolve():
+        return name
+    return as_typed_path(beside, cwd)
+
+
+def as_typed_path(path: Path, cwd: Path | None = None) -> str:
+    """``path`` relative to the current directory when under it, else absolute."""
+    try:
+        return str(path.relative_to(cwd or Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _print_table(state: dict[str, Any]) -> None:
-    rows = [("steer", "steering", state["steer"]["url"], state["steer"]["pid"], "")]
+    rows = [("steer", "steering", state["steer"]["url"], state["steer"]["pid"], "", "")]
     for a in state["appliances"]:
-        held = f"{a['capacity'] / 2**20:.1f} MiB, holds {a['held']} objects"
-        rows.append((a["name"], f"{a['isp']} site {a['site']}", a["url"], a["pid"], held))
+        rows.append(
+            (a["name"], f"{a['isp']} site {a['site']}", a["url"], a["pid"],
+             human_size(a["capacity"]), f"{a['held']} objects")
+        )  # fmt: skip
     out = ["", "edgefleet demo: the fleet is up", ""]
-    out.append(f"  {'name':10} {'role':18} {'url':26} {'pid':>7}  store")
-    for name, role, url, pid, held in rows:
-        out.append(f"  {name:10} {role:18} {url:26} {pid:>7}  {held}")
+    out.append(f"  {'name':10} {'role':18} {'url':26} {'pid':>7}  {'store capacity':>14}  holds")
+    for name, role, url, pid, capacity, held in rows:
+        out.append(f"  {name:10} {role:18} {url:26} {pid:>7}  {capacity:>14}  {held}")
+    ca = state.get("ca_file")
+    curl = f"curl --cacert {ca}" if ca else "curl"
+    ffplay = f"ffplay -ca_file {ca} -tls_verify 1" if ca else "ffplay"
     out += [
         "",
         f"  origin   {state['origin']}",
         f"  workdir  {state['workdir']} (configs, stores, logs)",
+        *([f"  CA       {ca} (throwaway: trust it in the player)"] if ca else []),
         "",
         "Play a title (steering redirects to the nearest appliance that holds it):",
-        f"  ffplay {state['play'][0]}",
-        f"  curl -sL {state['play'][0]}",
-        f"Ask steering:   curl '{state['steer']['url']}/steer?object="
+        f"  {ffplay} {state['play'][0]}",
+        f"  {curl} -sL {state['play'][0]}",
+        f"Ask steering:   {curl} '{state['steer']['url']}/steer?object="
         f"{state['play'][0].split('/r/', 1)[1]}'",
-        f"Fleet state:    curl {state['steer']['url']}/_steer/fleet",
-        f"Players:        locust -f bench/locustfile.py --host {state['steer']['url']}",
+        f"Fleet state:    {curl} {state['steer']['url']}/_steer/fleet",
+        f"Players:        {state['players']}",
         "",
         "Ctrl-C stops everything.",
         "",

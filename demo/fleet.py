@@ -6,8 +6,9 @@ Rules it keeps:
   the base port and the catalog's size; the configuration files are rendered
   from it as text;
 - every part runs as its own ``edgefleet`` process started the way an operator
-  starts it (``serve``, ``steer``, ``fill`` with a TOML file), in its own
-  session with a parent-death signal, so a killed demo leaves nothing behind;
+  starts it (``serve``, ``steer``, ``fill`` with a TOML file), through
+  demo/processes.py: in its own session with SIGTERM as its parent-death
+  signal, so a killed demo leaves nothing behind;
 - a child that dies is reported, not restarted; stopping signals steering
   first, then the appliances (SIGTERM: each finishes its in-flight
   responses), and waits for all of them.
@@ -15,21 +16,17 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from demo.catalog import CatalogObject
-from edge.serve import die_with_parent
+from demo.processes import Process, StartError, edgefleet, start_edgefleet, stop_all, tail
+
+__all__ = ["Child", "DemoError", "edgefleet", "spawn", "stop_all", "tail", "wait_listening"]
 
 MIB = 1 << 20
 SLICE = 256 * 1024
@@ -55,6 +52,7 @@ class Layout:
     steer_port: int
     origin: str
     appliances: tuple[ApplianceSite, ...]
+    tls: tuple[Path, Path] | None = None  # (ca.pem, edge.pem): the fleet speaks HTTPS
 
     def dir(self, name: str) -> Path:
         return self.workdir / name
@@ -87,11 +85,20 @@ def _toml(value: Any) -> str:
     return json.dumps(value)  # strings, numbers and lists of them are the same in TOML
 
 
+def _listen(lay: Layout, port: int) -> str:
+    """The listening lines: plain HTTP, or HTTPS with the demo's certificate."""
+    address = _toml(f"{lay.host}:{port}")
+    if lay.tls is None:
+        return f"listen = {address}"
+    ca, cert = lay.tls
+    return f"tls_listen = [{address}]\ntls_cert = {_toml([str(cert)])}\nca_file = {_toml(str(ca))}"
+
+
 def appliance_toml(lay: Layout, a: ApplianceSite, s3: dict[str, str]) -> str:
     d = lay.dir(a.name)
     lines = [
         f"# {a.name}: an appliance of {a.isp} (site {a.site}), written by edgefleet demo",
-        f"listen = {_toml(f'{lay.host}:{a.port}')}",
+        _listen(lay, a.port),
         f"origin = {_toml([lay.origin])}",
         f"index = {_toml(str(d / 'index.sqlite'))}",
         f"access_log = {_toml(str(d / 'access.log'))}",
@@ -115,7 +122,7 @@ def appliance_toml(lay: Layout, a: ApplianceSite, s3: dict[str, str]) -> str:
 def steer_toml(lay: Layout, urls: dict[str, str]) -> str:
     lines = [
         "# the demo fleet's steering, written by edgefleet demo",
-        f"listen = {_toml(f'{lay.host}:{lay.steer_port}')}",
+        _listen(lay, lay.steer_port),
         "answers = 3",
         'health_interval = "1s"',
         'health_timeout = "1s"',
@@ -149,83 +156,17 @@ def manifest_lines(objects: Sequence[CatalogObject]) -> str:
     return "\n".join(out) + "\n"
 
 
-# --- processes ---------------------------------------------------------------
+# --- processes: demo/processes.py; the demo's children die with it by SIGTERM ---
 
-
-@dataclass
-class Child:
-    name: str
-    command: str
-    log: Path
-    proc: subprocess.Popen[bytes]
-    log_from: int = 0  # where this run's lines start in an appended log
-    url: str = ""
-    exited: int | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class DemoError(RuntimeError):
-    """A part of the fleet could not start; the message names it and its log."""
-
-
-def edgefleet(*args: str) -> list[str]:
-    return [sys.executable, "-m", "edge.cli", *args]
+Child = Process
+DemoError = StartError  # a part of the fleet could not start; names it and its log
 
 
 def spawn(name: str, args: list[str], log: Path) -> Child:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    out: IO[bytes] = open(log, "ab")  # noqa: SIM115 (the child keeps it)
-    start = out.tell()
-    try:
-        proc = subprocess.Popen(
-            edgefleet(*args),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    finally:
-        out.close()
-    return Child(name, args[0], log, proc, log_from=start)
+    """``edgefleet ARGS`` as the fleet's part ``name``, its output appended to ``log``."""
+    return start_edgefleet(name, args, log, parent_death=signal.SIGTERM)
 
 
 def wait_listening(child: Child, stopping: Callable[[], bool], timeout: float = 60.0) -> str:
     """The URL from the child's ``listening on`` line, or a DemoError naming its log."""
-    banner = re.compile(rf"edgefleet {child.command}: listening on (http://\S+)")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not stopping():
-        with open(child.log, "rb") as f:
-            f.seek(child.log_from)
-            m = banner.search(f.read().decode(errors="replace"))
-        if m:
-            child.url = m.group(1)
-            return child.url
-        if child.proc.poll() is not None:
-            raise DemoError(f"{child.name} exited with {child.proc.returncode}: {tail(child.log)}")
-        time.sleep(0.05)
-    raise DemoError(f"{child.name} did not start within {timeout:.0f}s: {tail(child.log)}")
-
-
-def tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
-    except OSError:
-        return f"(no log at {path})"
-    return f"{path.name}: " + " | ".join(text)
-
-
-def stop_all(children: Sequence[Child], timeout: float = 15.0) -> None:
-    for c in children:
-        if c.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(c.proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for c in children:
-        try:
-            c.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(c.proc.pid, signal.SIGKILL)
-            c.proc.wait(5)
+    return child.wait_banner(timeout, stopping)

@@ -9,7 +9,8 @@ Rules it keeps (pure: the clock is passed in, no I/O):
   the buffer ran dry (not when the player noticed) and ends when a segment
   arrives; ``rebuffer_ratio`` is stalled time over stalled plus played time;
 - the player asks for the next segment only while the buffer is below
-  ``buffer_target``; ``wait`` says how long to sleep before asking;
+  ``buffer_target``; ``wait`` says how long to sleep before asking; a title
+  is buffered at most a third ahead (``buffer_for``);
 - steering's URLs are tried in order: ``fail`` moves to the next one and says
   where to go, or None when every URL has failed; ``rebase`` rewrites a URL
   under the current appliance (relative playlist URLs keep working on another
@@ -21,6 +22,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_BUFFER_TARGET = 30.0  # seconds ahead, as hls.js keeps by default
+BUFFER_SHARE = 1 / 3  # of a title at most: a short title is streamed, not fetched at once
+
+
+def buffer_for(target: float, title_seconds: float) -> float:
+    """The buffer a player keeps for a title: ``target``, but at most a third
+    of the title (and at least nothing), so a session asks for segments through
+    most of its playback instead of all of them in its first seconds."""
+    return max(0.0, min(target, title_seconds * BUFFER_SHARE))
 
 
 def base_of(url: str, key: str) -> str:
@@ -37,7 +48,7 @@ def base_of(url: str, key: str) -> str:
 class Player:
     bases: Sequence[str]  # appliance bases from steering, best first
     started: float  # wall clock at the session's start (before asking steering)
-    buffer_target: float = 30.0
+    buffer_target: float = DEFAULT_BUFFER_TARGET
     start_after: float = 0.0  # media seconds buffered before playback starts (0: first segment)
     speed: float = 1.0
     current: int = 0

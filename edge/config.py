@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ from edge.core.policy import POLICIES
 from edge.core.signing import parse_keys
 from edge.core.sizes import parse_duration, parse_size
 from edge.origin import OriginSettings
-from edge.store.store import DEFAULT_SLICE_SIZE
+from edge.store import DEFAULT_SLICE_SIZE
 
 
 class ConfigError(ValueError):
@@ -41,7 +43,13 @@ class StoreRootConfig:
 
 @dataclass
 class ServeConfig:
-    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    id: str = field(default_factory=socket.gethostname)
+    site: str = ""
+    listen: tuple[str, int] | None = ("127.0.0.1", 8080)  # None: TLS only
+    tls_listen: list[tuple[str, int]] = field(default_factory=list)
+    tls_cert: list[tuple[str, str | None]] = field(default_factory=list)
+    tls_handshake_timeout: float = 10.0
+    ca_file: str | None = None
     store: list[StoreRootConfig] = field(default_factory=list)
     capacity: int | None = None
     index: str | None = None
@@ -84,7 +92,14 @@ class ServeConfig:
             s3_addressing_style=self.s3_addressing_style,
             s3_access_key_id=self.s3_access_key_id,
             s3_secret_access_key=self.s3_secret_access_key,
+            signing_key=self.signing_key(),
+            ca_file=self.ca_file,
         )
+
+    def signing_key(self) -> tuple[str, bytes] | None:
+        """The key that signs this appliance's (and its fill's) requests to
+        parent and peer appliances: the first of ``url_signing_keys``."""
+        return next(iter(self.url_signing_keys.items()), None)
 
     def root_capacities(self) -> list[tuple[str, int]]:
         """Each root with its capacity, the total split over roots that name none."""
@@ -107,6 +122,16 @@ class ServeConfig:
 
 
 # option name -> (flag, parser). Parsers raise ValueError with the reason.
+def listen_list(value: Any) -> list[tuple[str, int]]:
+    return [parse_listen(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def cert_list(value: Any) -> list[tuple[str, str | None]]:
+    from edge.http.tls import parse_cert_option
+
+    return [parse_cert_option(v) for v in (value if isinstance(value, list) else [value])]
+
+
 def _store_roots(value: Any) -> list[StoreRootConfig]:
     items = value if isinstance(value, list) else [value]
     out = []
@@ -154,19 +179,24 @@ def _param_names(value: Any) -> list[str]:
     return out
 
 
-def positive_int(value: Any) -> int:
-    if isinstance(value, bool):
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError("expected a whole number")
-    n = int(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a whole number") from None
+
+
+def positive_int(value: Any) -> int:
+    n = _whole(value)
     if n < 1:
         raise ValueError("must be at least 1")
     return n
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a whole number")
-    n = int(value)
+    n = _whole(value)
     if n < 0:
         raise ValueError("cannot be negative")
     return n
@@ -192,11 +222,41 @@ def choice(*names: str):  # type: ignore[no-untyped-def]
             raise ValueError(f"{value!r}: choose from {', '.join(names)}")
         return str(value)
 
+    parse.choices = names  # type: ignore[attr-defined]  # shown in --help
     return parse
 
 
+def _name(value: Any) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ValueError("use 1 to 64 letters, digits, '.', '-' or '_'")
+    return text
+
+
 SERVE_OPTIONS: Options = {
+    "id": ("--id", _name, "this appliance's name in health and status (default: the host name)"),
+    "site": ("--site", _name, "the site it stands in, as steering names it (shown in status)"),
     "listen": ("--listen", parse_listen, "HOST:PORT to serve content and /_edge/ on"),
+    "tls_listen": (
+        "--tls-listen",
+        listen_list,
+        "HOST:PORT to serve HTTPS on (repeat; without --listen, HTTPS only)",
+    ),
+    "tls_cert": (
+        "--tls-cert",
+        cert_list,
+        "CERT.pem[:KEY.pem] (repeat: chosen by SNI, the first is the default)",
+    ),
+    "tls_handshake_timeout": (
+        "--tls-handshake-timeout",
+        parse_duration,
+        "a TLS handshake not finished by then is closed (default 10s)",
+    ),
+    "ca_file": (
+        "--ca-file",
+        str,
+        "CA certificates (PEM) for https:// origins, parents and fill peers (default: system)",
+    ),
     "store": ("--store", _store_roots, "store root DIR or DIR=SIZE (repeat: one per disk)"),
     "capacity": ("--capacity", parse_size, "total capacity, split over roots naming none"),
     "index": ("--index", str, "the SQLite index (default FIRST_ROOT/index.sqlite)"),
@@ -256,20 +316,69 @@ SERVE_OPTIONS: Options = {
         "KID=SECRET a signed URL may use (repeat for rotation; with none, URLs are not checked)",
     ),
 }
-_REPEATABLE = {"store", "origin", "url_signing_keys", "cache_key_ignore"}
+_REPEATABLE = {"store", "origin", "url_signing_keys", "tls_listen", "tls_cert", "cache_key_ignore"}
 _SECRET = {"url_signing_keys"}
 
 
 Options = dict[str, tuple[str, Any, str]]  # name -> (flag, parser, help)
 
 
+# what --help shows after a flag, by the parser that reads its value
+METAVARS: dict[Any, str] = {
+    parse_listen: "HOST:PORT",
+    _store_roots: "DIR[=SIZE]",
+    parse_size: "SIZE",
+    _slice_size: "SIZE",
+    parse_duration: "DURATION",
+    positive_int: "N",
+    _count: "N",
+    _origins: "URL",
+    _http_url: "URL",
+    parse_keys: "KID=SECRET",
+    _name: "NAME",
+}
+# ... and for options read as plain text, by name
+NAMED_METAVARS = {
+    "index": "PATH",
+    "access_log": "PATH|-",
+    "admin_token": "TOKEN",
+    "cors_origin": "ORIGIN",
+    "s3_region": "REGION",
+    "s3_access_key_id": "KEY_ID",
+    "s3_secret_access_key": "SECRET",
+}
+
+
+def metavar(name: str, flag: str, parse: Any) -> str:
+    """A readable placeholder: the choices, the value's shape, or the flag's name."""
+    names = getattr(parse, "choices", None)
+    if names:
+        return "{" + ",".join(names) + "}"
+    shown = METAVARS.get(parse) or NAMED_METAVARS.get(name)
+    return shown or flag.lstrip("-").upper().replace("-", "_")
+
+
 def add_option_flags(
-    target: Any, options: Options, repeatable: set[str], dest_prefix: str = ""
+    target: Any,
+    options: Options,
+    repeatable: set[str],
+    dest_prefix: str = "",
+    only: Iterable[str] | None = None,
 ) -> None:
-    """A flag per option on ``target`` (a parser or an argument group)."""
-    for name, (flag, _, help_text) in options.items():
+    """A flag per option on ``target`` (a parser or an argument group); with
+    ``only``, just those options (a command shows the flags it reads)."""
+    wanted = set(options if only is None else only)
+    for name, (flag, parse, help_text) in options.items():
+        if name not in wanted:
+            continue
         action = "append" if name in repeatable else None
-        target.add_argument(flag, dest=dest_prefix + name, action=action, help=help_text)
+        target.add_argument(
+            flag,
+            dest=dest_prefix + name,
+            action=action,
+            help=help_text,
+            metavar=metavar(name, flag, parse),
+        )
 
 
 def apply_options(
@@ -289,7 +398,7 @@ def apply_options(
         if value is not None:
             raw[name] = value
     for name, value in raw.items():
-        flag, parse, _ = options[name]
+        flag, parse = options[name][0], options[name][1]
         try:
             setattr(cfg, name, parse(value))
         except (ValueError, TypeError) as exc:
@@ -297,12 +406,57 @@ def apply_options(
             raise ConfigError(f"invalid {flag} / {name} = {shown}: {exc}") from None
 
 
-def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+# The options each command reads (the file may hold them all: ``edge.toml`` is
+# shared by serve, fill and scrub; a command ignores what it does not read).
+STORE_OPTIONS = ("store", "capacity", "index", "slice_size", "eviction", "half_life")
+ORIGIN_OPTIONS = (
+    "origin",
+    "s3_endpoint",
+    "s3_region",
+    "s3_addressing_style",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "origin_connect_timeout",
+    "origin_read_timeout",
+    "origin_retries",
+)
+FILL_READS = (*STORE_OPTIONS, *ORIGIN_OPTIONS, "url_signing_keys", "log_level")
+SCRUB_READS = ("store", "index")
+
+
+def check_tls(tls_listen: list[Any], tls_cert: list[Any]) -> None:
+    """TLS listeners need certificates, and certificates loading."""
+    if tls_listen and not tls_cert:
+        raise ConfigError(
+            "--tls-listen / tls_listen needs a certificate: give --tls-cert / tls_cert"
+        )
+    if tls_cert and not tls_listen:
+        raise ConfigError("--tls-cert / tls_cert is given but no --tls-listen / tls_listen")
+    if tls_cert:
+        from edge.http.tls import CertError, CertSet
+
+        try:
+            CertSet(tls_cert)
+        except CertError as exc:
+            raise ConfigError(f"invalid --tls-cert / tls_cert: {exc}") from None
+
+
+def check_ca_file(ca_file: str | None) -> None:
+    if ca_file is not None:
+        from edge.http.tls import CertError, client_context
+
+        try:
+            client_context(ca_file)
+        except CertError as exc:
+            raise ConfigError(f"invalid --ca-file / ca_file: {exc}") from None
+
+
+def add_serve_flags(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    add_option_flags(parser, SERVE_OPTIONS, _REPEATABLE)
+    add_option_flags(parser, SERVE_OPTIONS, _REPEATABLE, only=only)
 
 
-def load_serve_config(args: argparse.Namespace) -> ServeConfig:
+def load_serve_config(args: argparse.Namespace, *, need_capacity: bool = True) -> ServeConfig:
     raw: dict[str, Any] = {}
     if getattr(args, "config", None):
         try:
@@ -322,12 +476,18 @@ def load_serve_config(args: argparse.Namespace) -> ServeConfig:
                 f"(known: {', '.join(sorted(SERVE_OPTIONS))})"
             )
     cfg = ServeConfig()
+    listen_given = "listen" in raw or getattr(args, "listen", None) is not None
     apply_options(cfg, SERVE_OPTIONS, raw, args, secret=_SECRET)
+    check_tls(cfg.tls_listen, cfg.tls_cert)
+    if cfg.tls_listen and not listen_given:
+        cfg.listen = None  # HTTPS only, unless --listen asks for plain HTTP too
+    check_ca_file(cfg.ca_file)
     if not cfg.store:
         raise ConfigError("no store: give --store DIR (repeat per disk) or [[store]] in the file")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:
         raise ConfigError("--admin-token / admin_token must be at least 16 characters")
-    cfg.root_capacities()
+    if need_capacity:
+        cfg.root_capacities()
     if cfg.origin:
         from edge.origin import check_origin_url
 

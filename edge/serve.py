@@ -3,7 +3,18 @@
 The main process recovers the store, binds the listening sockets (one per
 worker, ``SO_REUSEPORT``) and runs the worker itself when there is one, or forks
 and supervises N workers. Workers die with the main process; SIGTERM/SIGINT
-drain them within ``grace``; SIGHUP reopens the access log.
+drain them within ``grace``; SIGHUP reopens the access log, reloads the URL
+signing keys (``edge.appliance.signing_keys``) and rereads the TLS
+certificates. The certificates are first loaded here, before the fork, so the
+workers of a box share OpenSSL's session-ticket keys (docs/tls.md).
+
+What can be checked before listening is checked by the main process, so a
+mistake is one message and exit status 2, never a worker's traceback: the
+store, the ports, the access log (opened here; the workers inherit it). An
+origin that cannot work is a warning (``edge.origin.preflight``). A worker
+that exits within ``START_WINDOW`` seconds of its start ``START_FAILURES``
+times in a row stops the service (exit status 1) instead of being restarted
+for ever.
 """
 
 from __future__ import annotations
@@ -20,13 +31,21 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-from edge.config import ServeConfig
+from edge.config import ConfigError, ServeConfig
 from edge.core.policy import make_policy
-from edge.store.store import RootSpec, Store, StoreError
+from edge.http.accesslog import AccessLog
+from edge.http.tls import CertSet
+from edge.store import RootSpec, Store, StoreError
 
 log = logging.getLogger("edgefleet.serve")
+
+START_WINDOW = 10.0  # a worker that exits sooner than this after its start failed at start
+START_FAILURES = 3  # ... this many times in a row (one slot): the service stops
 
 
 def make_store(cfg: ServeConfig) -> Store:
@@ -39,37 +58,51 @@ def make_store(cfg: ServeConfig) -> Store:
     )
 
 
-def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """One listening socket per worker, sharing the port with SO_REUSEPORT.
-    A plain bind comes first, so a port another process holds (even another
-    appliance, with SO_REUSEPORT) is an error rather than a silent share."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def bind_sockets(host: str, port: int, count: int, option: str = "--listen") -> list[socket.socket]:
+    """One listening socket per worker, sharing the port with SO_REUSEPORT."""
+    from edge.http.server import ListenError, bind_listeners
+
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-            port = probe.getsockname()[1]
-    except OSError as exc:
-        raise SystemExit(
-            f"edgefleet serve: cannot listen on {host}:{port} (--listen): {exc.strerror}"
-        ) from None
-    socks: list[socket.socket] = []
-    for _ in range(count):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            s.close()
-            for other in socks:
-                other.close()
-            raise SystemExit(
-                f"edgefleet serve: cannot listen on {host}:{port} (--listen): {exc.strerror}"
-            ) from None
-        s.listen(1024)
-        socks.append(s)
-    return socks
+        return bind_listeners(host, port, count, reuse_port=True)
+    except ListenError as exc:
+        raise SystemExit(f"edgefleet serve: {exc} ({option})") from None
+
+
+@dataclass(frozen=True)
+class Boot:
+    """What the main process prepared before the fork, for every worker."""
+
+    load: Callable[[], ServeConfig] | None  # rereads the configuration (SIGHUP)
+    access_log: AccessLog | None  # opened once, inherited
+    origin_problems: dict[str, str]  # origin URL -> why it cannot work
+    certs: CertSet | None  # loaded before the fork: shared session-ticket keys
+
+
+class Listeners:
+    """Each worker slot's listening sockets: plain HTTP (at most one) and TLS."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        n = cfg.workers
+        self.plain = bind_sockets(*cfg.listen, n) if cfg.listen is not None else []
+        self.tls = [bind_sockets(h, p, n, "--tls-listen") for h, p in cfg.tls_listen]
+
+    def slot(self, i: int) -> tuple[socket.socket | None, list[socket.socket]]:
+        return (self.plain[i] if self.plain else None), [group[i] for group in self.tls]
+
+    def close_others(self, keep: int) -> None:
+        for group in [self.plain, *self.tls]:
+            for i, s in enumerate(group):
+                if i != keep:
+                    s.close()
+
+    def banner(self) -> str:
+        urls = [_url("http", self.plain[0])] if self.plain else []
+        return " and ".join(urls + [_url("https", group[0]) for group in self.tls])
+
+
+def _url(scheme: str, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def die_with_parent() -> None:
@@ -79,7 +112,8 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def run(cfg: ServeConfig) -> int:
+def run(cfg: ServeConfig, load: Callable[[], ServeConfig] | None = None) -> int:
+    """``load`` reads the configuration again (for SIGHUP); none: keys stay."""
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
@@ -98,12 +132,20 @@ def run(cfg: ServeConfig) -> int:
             store.close()
         for failed in report.failed_roots:
             log.error("store root failed: %s", failed)
-        host, port = cfg.listen
-        socks = bind_sockets(host, port, cfg.workers)
-        bound = socks[0].getsockname()
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        try:
+            access_log = open_access_log(cfg)
+        except ConfigError as exc:
+            print(f"edgefleet serve: {exc}", file=sys.stderr)
+            return 2
+        boot = Boot(
+            load=load,
+            access_log=access_log,
+            origin_problems=check_origins(cfg),
+            certs=CertSet(cfg.tls_cert) if cfg.tls_cert else None,
+        )
+        listeners = Listeners(cfg)
         print(
-            f"edgefleet serve: listening on http://{shown}:{bound[1]} "
+            f"edgefleet serve: listening on {listeners.banner()} "
             f"({cfg.workers} worker{'s' if cfg.workers > 1 else ''}, "
             f"{len(cfg.store)} store root{'s' if len(cfg.store) > 1 else ''}, "
             f"origin {', '.join(cfg.origin) or 'none'})",
@@ -111,14 +153,45 @@ def run(cfg: ServeConfig) -> int:
             flush=True,
         )
         if cfg.workers == 1:
-            return worker_main(cfg, socks[0], 1)
-        return supervise(cfg, socks)
+            return worker_main(cfg, listeners.slot(0), 1, boot)
+        try:
+            return supervise(cfg, listeners, boot)
+        finally:
+            if access_log is not None:
+                access_log.close()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
+def open_access_log(cfg: ServeConfig) -> AccessLog | None:
+    """The access log, opened once for every worker; ``ConfigError`` naming the option."""
+    if not cfg.access_log:
+        return None
+    try:
+        return AccessLog(cfg.access_log)
+    except OSError as exc:
+        raise ConfigError(
+            f"--access-log / access_log: cannot open {cfg.access_log}: {exc.strerror or exc}"
+        ) from None
+
+
+def check_origins(cfg: ServeConfig) -> dict[str, str]:
+    """Origin URL → why it cannot work, for the origins that cannot (each warned)."""
+    from edge.origin.preflight import start_problem
+
+    problems = {}
+    for url in cfg.origin:
+        problem = start_problem(url, cfg.origin_settings())
+        if problem is not None:
+            log.warning("origin %s cannot work: %s; every miss it serves will fail", url, problem)
+            problems[url] = problem
+    return problems
+
+
+def supervise(cfg: ServeConfig, listeners: Listeners, boot: Boot) -> int:
     children: dict[int, int] = {}  # pid -> slot
+    started: dict[int, float] = {}  # slot -> when its worker started
+    failed_starts: dict[int, int] = {}  # slot -> exits soon after start, in a row
     stopping = False
 
     handled = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -135,15 +208,14 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
-                for i, s in enumerate(socks):
-                    if i != slot:
-                        s.close()
-                code = worker_main(cfg, socks[slot], len(socks))
+                listeners.close_others(slot)
+                code = worker_main(cfg, listeners.slot(slot), cfg.workers, boot)
             except BaseException:
                 log.exception("worker crashed")
             finally:
                 os._exit(code)
         children[pid] = slot
+        started[slot] = time.monotonic()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
 
     def forward(signum: int, _frame: object) -> None:
@@ -157,7 +229,7 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)
-    for slot in range(len(socks)):
+    for slot in range(cfg.workers):
         spawn(slot)
     from prometheus_client import multiprocess
 
@@ -177,6 +249,22 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
             if exit_code != 0:
                 status = 1
             continue
+        if time.monotonic() - started[slot] < START_WINDOW:
+            failed_starts[slot] = failed_starts.get(slot, 0) + 1
+        else:
+            failed_starts[slot] = 0
+        if failed_starts[slot] >= START_FAILURES:
+            print(
+                f"edgefleet serve: a worker exited {failed_starts[slot]} times in a row within "
+                f"{START_WINDOW:.0f}s of its start (last exit status {exit_code}); stopping "
+                "(its errors are above)",
+                file=sys.stderr,
+                flush=True,
+            )
+            stopping = True
+            forward(signal.SIGTERM, None)
+            status = 1
+            continue
         log.error("worker %d exited with %d; starting another", pid, exit_code)
         time.sleep(0.5)
         if not stopping:
@@ -184,25 +272,42 @@ def supervise(cfg: ServeConfig, socks: list[socket.socket]) -> int:
     return status
 
 
-def worker_main(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
+def origin_states(cfg: ServeConfig, origins: list[Any], problems: dict[str, str]) -> Any:
+    """Each origin's state, shared by the workers through the run's metrics
+    directory; ``problems`` (by configured URL) make an origin start failing."""
+    from edge.origin.state import OriginStates, SharedOriginStates
+
+    urls = [o.url for o in origins]  # an origin's own URL may differ from the configured one
+    found = {o.url: problems[u] for o, u in zip(origins, cfg.origin, strict=True) if u in problems}
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # this run's, made by ``run``
+    if not directory:
+        return OriginStates(urls, found, time.time())
+    return SharedOriginStates(urls, found, time.time(), directory, str(os.getpid()))
+
+
+Slot = tuple[socket.socket | None, list[socket.socket]]
+
+
+def worker_main(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int:
     import uvloop
 
     from edge.http.server import after_stop
 
     try:
-        return uvloop.run(_worker(cfg, sock, workers))
+        return uvloop.run(_worker(cfg, slot, workers, boot))
     finally:
         after_stop()
 
 
-async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
+async def _worker(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int:
     from edge.appliance.appliance import Appliance
     from edge.appliance.metrics import RequestMetrics
     from edge.appliance.ops import Ops
-    from edge.http.accesslog import AccessLog
+    from edge.appliance.signing_keys import reload_signing_keys
     from edge.http.server import ContentServer, stop_signal
     from edge.origin import open_origin
 
+    access_log, certs = boot.access_log, boot.certs
     loop = asyncio.get_running_loop()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
@@ -215,22 +320,48 @@ async def _worker(cfg: ServeConfig, sock: socket.socket, workers: int) -> int:
     store = make_store(cfg)
     store.open(recover=False)
     origins = [open_origin(url, cfg.origin_settings()) for url in cfg.origin]
-    access_log = AccessLog(cfg.access_log) if cfg.access_log else None
     metrics = RequestMetrics()
-    app = Appliance(cfg, store, origins, executor, access_log, metrics)
+    states = origin_states(cfg, origins, boot.origin_problems)
+    app = Appliance(cfg, store, origins, executor, access_log, metrics, states)
     app.ops = Ops(app, workers)
     # slice files kept open by the views: half of what the process may open
     app.views.max_open_files = max(64, (soft - 256) // 2)
-    server = ContentServer(loop, sock, app, keepalive_timeout=cfg.keepalive_timeout)
+    server = ContentServer(
+        loop,
+        slot[0],
+        app,
+        keepalive_timeout=cfg.keepalive_timeout,
+        tls_socks=slot[1],
+        certs=certs,
+        handshake_timeout=cfg.tls_handshake_timeout,
+    )
+    if certs is not None:
+        app.tls_status = lambda: certs.summary(server.tls_mode)  # for /_edge/health
+
+        def export_expiry(cs: CertSet) -> None:
+            from edge.appliance.metrics import set_tls_expiry
+
+            set_tls_expiry([(c.name, c.not_after) for c in cs.certs])
+
+        export_expiry(certs)
+        certs.on_reload.append(export_expiry)
     server.on_count = metrics.set_connections
     server.on_fd_pressure = app.views.shed_files
     app.start()
     server.start()
     stop = stop_signal(loop)
-    # SIGHUP (systemctl reload, logrotate) reopens the log; without one it is harmless
-    loop.add_signal_handler(
-        signal.SIGHUP, access_log.reopen if access_log is not None else (lambda: None)
-    )
+
+    # SIGHUP (systemctl reload, logrotate, an ACME deploy hook): reopen the log,
+    # reload the signing keys, reread the certificates
+    def on_hup() -> None:
+        if access_log is not None:
+            access_log.reopen()
+        if boot.load is not None:
+            reload_signing_keys(app, boot.load)
+        if certs is not None:
+            certs.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     log.info("stopping: finishing in-flight responses (grace %.0fs)", cfg.grace)
     await server.shutdown(cfg.grace)

@@ -14,7 +14,7 @@ import sys
 
 import uvloop
 
-from edge.config import ConfigError, add_serve_flags, load_serve_config
+from edge.config import FILL_READS, ConfigError, add_serve_flags, load_serve_config
 from fill.config import add_fill_flags, load_fill_config
 
 
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument(
         "words", nargs="*", metavar="explain KEY", help="explain one object's place in the plan"
     )
-    add_serve_flags(parser)
+    add_serve_flags(parser, only=FILL_READS)
     add_fill_flags(parser)
     parser.set_defaults(run=main)
 

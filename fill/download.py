@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from edge.core.meta import ObjectMeta, slice_bounds
+from edge.http.tls import client_context
 from edge.origin import Origin, OriginChanged, OriginError, OriginSettings, open_origin
 from edge.origin.chain import OriginChain, backoff
-from edge.store.store import Staged, Store, StoredObject
+from edge.store import Staged, Store, StoredObject
 from fill.budget import TokenBucket
 from fill.stage import ObjectStager, StagePools, runs
 
@@ -89,7 +90,9 @@ class Sources:
         timeout = aiohttp.ClientTimeout(
             sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
         )
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        verify = client_context(settings.ca_file) if settings.ca_file else True
+        connector = aiohttp.TCPConnector(ssl=verify)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             for peer in self.peers:
                 url = peer.origin.url.rstrip("/") + "/_edge/inventory"
                 holds: dict[str, tuple[int, str]] = {}

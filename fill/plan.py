@@ -80,10 +80,6 @@ class Placement:
         """Bytes to download for it."""
         return self.entry.size - self.held if self.decision == ADD else 0
 
-    @property
-    def density(self) -> float:
-        return density(self.entry)
-
 
 @dataclass
 class Plan:

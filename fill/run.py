@@ -33,7 +33,7 @@ from edge.core.meta import same_version
 from edge.core.sizes import human_size
 from edge.origin import OriginChanged, OriginError
 from edge.serve import make_store
-from edge.store.store import Holding, StoredObject, StoreError
+from edge.store import Holding, StoredObject, StoreError
 from fill import manifest as manifests
 from fill.config import FillConfig
 from fill.download import Fetched, Sources, Throttle, fetch_object

@@ -33,7 +33,7 @@ from typing import Any
 
 import xxhash
 
-from edge.store.store import Staged, StageFile, Store, StoredObject, StoreError
+from edge.store import Staged, StageFile, Store, StoredObject, StoreError
 
 BATCH = 1024 * 1024  # bytes gathered on the event loop before a thread writes them
 WRITERS = 2  # threads that write and hash, for all of a run's downloads together

@@ -12,6 +12,7 @@ too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import tomllib
@@ -23,7 +24,11 @@ from edge.config import (
     Options,
     add_option_flags,
     apply_options,
+    cert_list,
+    check_ca_file,
+    check_tls,
     choice,
+    listen_list,
     parse_listen,
     positive_int,
 )
@@ -65,7 +70,10 @@ class ApplianceSpec:
 
 @dataclass
 class SteerConfig:
-    listen: tuple[str, int] = ("127.0.0.1", 8090)
+    listen: tuple[str, int] | None = ("127.0.0.1", 8090)  # None: HTTPS only
+    tls_listen: list[tuple[str, int]] = field(default_factory=list)
+    tls_cert: list[tuple[str, str | None]] = field(default_factory=list)
+    ca_file: str | None = None  # verifies https:// appliances (None: the system store)
     appliances: list[ApplianceSpec] = field(default_factory=list)
     coverage_zones: str | None = None
     geoip: str | None = None
@@ -160,12 +168,27 @@ def _http_base(value: Any) -> str:
 
 STEER_OPTIONS: Options = {
     "listen": ("--listen", parse_listen, "HOST:PORT to serve /steer, /r/ and /_steer/ on"),
+    "tls_listen": (
+        "--tls-listen",
+        listen_list,
+        "HOST:PORT to serve HTTPS on (repeat; without --listen, HTTPS only)",
+    ),
+    "tls_cert": (
+        "--tls-cert",
+        cert_list,
+        "CERT.pem[:KEY.pem] (repeat: chosen by SNI, the first is the default)",
+    ),
+    "ca_file": (
+        "--ca-file",
+        str,
+        "CA certificates (PEM) that https:// appliances are verified against (default: system)",
+    ),
     "coverage_zones": ("--coverage-zones", str, "coverage zone JSON file (Traffic Control format)"),
     "geoip": ("--geoip", str, "MaxMind .mmdb database, the last resort to localize a client"),
     "default_location": (
         "--default-location",
         _location,
-        "LAT,LON for clients that cannot be localized (default: the fleet's centroid)",
+        "LAT,LON for clients that cannot be localized (default: the centroid of the sites)",
     ),
     "url_signing_keys": (
         "--url-signing-key",
@@ -217,7 +240,7 @@ STEER_OPTIONS: Options = {
     "log_level": ("--log-level", choice("debug", "info", "warning", "error"), "log level"),
     "access_log": ("--access-log", str, "JSON-lines access log: a path, or - for stdout"),
 }
-_REPEATABLE = {"url_signing_keys", "trusted_proxies"}
+_REPEATABLE = {"url_signing_keys", "trusted_proxies", "tls_listen", "tls_cert"}
 _SECRET = {"url_signing_keys"}
 _APPLIANCE_KEYS = {
     "id",
@@ -236,7 +259,7 @@ def add_steer_flags(parser: argparse.ArgumentParser) -> None:
     add_option_flags(parser, STEER_OPTIONS, _REPEATABLE)
 
 
-def _appliance(i: int, item: Any) -> ApplianceSpec:
+def parse_appliance(i: int, item: Any) -> ApplianceSpec:
     where = f"appliance[{i}]"
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: expected a table ([[appliance]])")
@@ -245,7 +268,7 @@ def _appliance(i: int, item: Any) -> ApplianceSpec:
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_APPLIANCE_KEYS))})"
         )
-    for required in ("id", "url", "site", "latitude", "longitude"):
+    for required in ("id", "url", "site"):
         if required not in item:
             raise ConfigError(f"{where}: {required} is required")
     name = str(item["id"])
@@ -261,7 +284,8 @@ def _appliance(i: int, item: Any) -> ApplianceSpec:
         "capacity": parse_bitrate,
         "weight": float,
     }
-    values: dict[str, Any] = {"id": name}
+    # without coordinates, an appliance stands at its site's (``place``)
+    values: dict[str, Any] = {"id": name, "latitude": math.nan, "longitude": math.nan}
     for key, parse in parsers.items():
         if key in item:
             try:
@@ -273,7 +297,62 @@ def _appliance(i: int, item: Any) -> ApplianceSpec:
         raise ConfigError(f"{where}: weight must be a positive number")
     if not values["site"]:
         raise ConfigError(f"{where}: site must not be empty")
+    if math.isnan(values["latitude"]) != math.isnan(values["longitude"]):
+        raise ConfigError(f"{where}: give latitude and longitude together")
     return ApplianceSpec(**values)
+
+
+def fleet_problems(specs: list[ApplianceSpec]) -> list[str]:
+    """What stops a fleet from loading, each named: an id used twice, a site
+    none of whose appliances has coordinates."""
+    problems = []
+    seen: set[str] = set()
+    for a in specs:
+        if a.id in seen:
+            problems.append(f"appliance {a.id!r} is configured twice (ids must be unique)")
+        seen.add(a.id)
+    placed = {a.site for a in specs if not math.isnan(a.latitude)}
+    for a in specs:
+        if a.site not in placed:
+            problems.append(
+                f"appliance {a.id!r} has no latitude/longitude and no appliance of site "
+                f"{a.site!r} has any to stand by"
+            )
+    return problems
+
+
+def prefix_conflicts(specs: list[ApplianceSpec]) -> list[str]:
+    """Prefixes announced by appliances of different sites. Steering serves
+    them (the announcers share the clients), but it is seldom what an ISP
+    meant: ``steer check`` names each. Nested prefixes are fine: the longest
+    match wins."""
+    problems = []
+    announced: dict[Network, dict[str, list[str]]] = {}
+    for a in specs:
+        for net in a.prefixes:
+            announced.setdefault(net, {}).setdefault(a.site, []).append(a.id)
+    for net, sites in announced.items():
+        if len(sites) > 1:
+            who = "; ".join(f"site {s!r}: {', '.join(ids)}" for s, ids in sorted(sites.items()))
+            problems.append(f"prefix {net} is announced by appliances of different sites ({who})")
+    return problems
+
+
+def place(specs: list[ApplianceSpec]) -> list[ApplianceSpec]:
+    """Appliances without coordinates take their site's: the mean of its placed ones."""
+    known: dict[str, list[tuple[float, float]]] = {}
+    for a in specs:
+        if not math.isnan(a.latitude):
+            known.setdefault(a.site, []).append((a.latitude, a.longitude))
+    out = []
+    for a in specs:
+        if math.isnan(a.latitude) and a.site in known:
+            points = known[a.site]
+            lat = sum(p[0] for p in points) / len(points)
+            lon = sum(p[1] for p in points) / len(points)
+            a = dataclasses.replace(a, latitude=lat, longitude=lon)
+        out.append(a)
+    return out
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -305,17 +384,21 @@ def load_steer_config(args: argparse.Namespace) -> SteerConfig:
     else:
         appliances = []
     cfg = SteerConfig()
+    listen_given = "listen" in raw or getattr(args, "listen", None) is not None
     apply_options(cfg, STEER_OPTIONS, raw, args, secret=_SECRET)
+    check_tls(cfg.tls_listen, cfg.tls_cert)
+    if cfg.tls_listen and not listen_given:
+        cfg.listen = None  # HTTPS only, unless --listen asks for plain HTTP too
+    check_ca_file(cfg.ca_file)
     if not isinstance(appliances, list):
         raise ConfigError("appliance: expected an array of tables ([[appliance]])")
-    cfg.appliances = [_appliance(i, item) for i, item in enumerate(appliances)]
-    if not cfg.appliances:
+    specs = [parse_appliance(i, item) for i, item in enumerate(appliances)]
+    if not specs:
         raise ConfigError("no appliances: add [[appliance]] tables (id, url, site, ...)")
-    seen: set[str] = set()
-    for a in cfg.appliances:
-        if a.id in seen:
-            raise ConfigError(f"appliance {a.id!r} is configured twice (ids must be unique)")
-        seen.add(a.id)
+    problems = fleet_problems(specs)
+    if problems:
+        raise ConfigError(problems[0])
+    cfg.appliances = place(specs)
     if cfg.signing_key_id is not None and cfg.signing_key_id not in cfg.url_signing_keys:
         raise ConfigError(
             f"--signing-key-id / signing_key_id = {cfg.signing_key_id!r} names no key "

@@ -23,28 +23,26 @@ the health and inventory state. Rules it keeps:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-
-from xxhash import xxh3_64_intdigest
 
 from edge.core.inventory import key_hash_bytes
 from steering.fleet import Fleet
 from steering.health import FleetState
 from steering.localize import PREFIX, Location
+from steering.rendezvous import score
 
 HIT = "hit"
 CONTENT_MISS = "content_miss"
 HEALTH_MISS = "health_miss"
 LOCATION_MISS = "location_miss"
 NO_APPLIANCE = "no_appliance"
-CLASSES = (HIT, CONTENT_MISS, HEALTH_MISS, LOCATION_MISS, NO_APPLIANCE)
-
-_TWO64 = float(1 << 64)
+CLASSES = (HIT, CONTENT_MISS, HEALTH_MISS, LOCATION_MISS, NO_APPLIANCE)  # metrics, status page
 
 
 @dataclass(slots=True)
-class Decision:
+class Route:
+    """Where a client is steered for a key: the appliances, in answer order."""
+
     key: str
     location: Location
     chosen: list[int]  # appliance indexes, in answer order
@@ -68,20 +66,20 @@ def _rank_group(
     candidate = state.candidate
     filters = state.filters
     seeds = fleet.seeds
+    weights = fleet.weights
     scored: list[tuple[bool, float, int]] = []
     for i in members:
         if not candidate[i]:
             continue
         f = filters[i]
-        h = xxh3_64_intdigest(kb, seeds[i])
-        score = h if uniform else fleet.weights[i] / -math.log((h + 0.5) / _TWO64)
-        scored.append((f is not None and f.holds(h1, h2), score, i))
+        s = score(kb, seeds[i], None if uniform else weights[i])
+        scored.append((f is not None and f.holds(h1, h2), s, i))
     if len(scored) > 1:
         scored.sort(reverse=True)
     return scored
 
 
-def decide(fleet: Fleet, state: FleetState, key: str, location: Location, answers: int) -> Decision:
+def decide(fleet: Fleet, state: FleetState, key: str, location: Location, answers: int) -> Route:
     kb = key.encode("utf-8", "surrogatepass")
     h1, h2 = key_hash_bytes(kb)
     site_of = fleet.site_of
@@ -142,4 +140,4 @@ def decide(fleet: Fleet, state: FleetState, key: str, location: Location, answer
         klass = CONTENT_MISS
     else:
         klass = HIT
-    return Decision(key, location, [c[2] for c in chosen], [c[0] for c in chosen], klass, label)
+    return Route(key, location, [c[2] for c in chosen], [c[0] for c in chosen], klass, label)

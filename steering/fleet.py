@@ -13,6 +13,7 @@ distance (computed on first use and remembered). Rules it keeps:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -28,9 +29,12 @@ from steering.localize import (
 from steering.prefixes import Network, PrefixTable
 from steering.rendezvous import seed_for
 
+log = logging.getLogger("edgefleet.steer")
+
 EARTH_KM = 6371.0
-OwnGroups = tuple[tuple[int, tuple[int, ...], bool], ...]
 MAX_ORDERS = 100_000
+# per site among a prefix's announcers: (site, its announcing appliances, same weights)
+OwnGroups = tuple[tuple[int, tuple[int, ...], bool], ...]
 
 
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -70,40 +74,59 @@ class Fleet:
         self.cfg = cfg
         self.specs: list[ApplianceSpec] = list(cfg.appliances)
         self.index = {a.id: i for i, a in enumerate(self.specs)}
-        self.sites: list[str] = []
-        site_idx: dict[str, int] = {}
-        self.site_of: list[int] = []
-        self.members: list[list[int]] = []
-        for i, a in enumerate(self.specs):
-            s = site_idx.get(a.site)
-            if s is None:
-                s = site_idx[a.site] = len(self.sites)
-                self.sites.append(a.site)
-                self.members.append([])
-            self.site_of.append(s)
-            self.members[s].append(i)
-        self.site_index = site_idx
-        self.site_pos = [
-            centroid([(self.specs[i].latitude, self.specs[i].longitude) for i in m])
-            for m in self.members
-        ]
+        self._group_sites()
         self.seeds = [seed_for(a.id) for a in self.specs]
         self.weights = [a.weight for a in self.specs]
         self.urls = [a.url for a in self.specs]
-
+        # a site whose boxes weigh the same ranks by the raw hash (no logarithm)
+        self.uniform = [len({self.weights[i] for i in m}) == 1 for m in self.members]
         announced: dict[Network, list[int]] = {}
         for i, a in enumerate(self.specs):
             for net in a.prefixes:
                 announced.setdefault(net, []).append(i)
-        # a site whose boxes weigh the same ranks by the raw hash (no logarithm)
-        self.uniform = [len({self.weights[i] for i in m}) == 1 for m in self.members]
-        groups_of: dict[
-            tuple[int, ...], tuple[tuple[tuple[int, tuple[int, ...], bool], ...], frozenset[int]]
-        ] = {}
-        prefix_items = []
+        default = cfg.default_location or centroid(self.site_pos)
+        self.localizer = Localizer(
+            PrefixTable(self._prefix_locations(announced)),
+            PrefixTable(zones or []),
+            geoip,
+            Location(UNKNOWN, default[0], default[1]),
+        )
+        self.prefix_count = len(announced)
+        self.zone_count = len(zones or [])
+        self._close = close
+        self._orders: dict[tuple[float, float], tuple[int, ...]] = {}
+
+    def _group_sites(self) -> None:
+        """Sites in the order the configuration first names them, each with its
+        members and its position (the centroid of its appliances)."""
+        self.sites: list[str] = []
+        self.site_index: dict[str, int] = {}
+        self.site_of: list[int] = []
+        self.members: list[list[int]] = []
+        for i, a in enumerate(self.specs):
+            s = self.site_index.get(a.site)
+            if s is None:
+                s = self.site_index[a.site] = len(self.sites)
+                self.sites.append(a.site)
+                self.members.append([])
+            self.site_of.append(s)
+            self.members[s].append(i)
+        self.site_pos = [
+            centroid([(self.specs[i].latitude, self.specs[i].longitude) for i in m])
+            for m in self.members
+        ]
+
+    def _prefix_locations(
+        self, announced: dict[Network, list[int]]
+    ) -> list[tuple[Network, Location]]:
+        """Each announced prefix as a ``Location``: at its first announcer's
+        site, with its announcers grouped by site (an ISP's prefixes share their
+        announcers, so the groups are made once per set of announcers)."""
+        groups_of: dict[tuple[int, ...], tuple[OwnGroups, frozenset[int]]] = {}
+        items = []
         for net, own in announced.items():
             key = tuple(own)
-            if key not in groups_of:  # an ISP's prefixes share their announcers
+            if key not in groups_of:
                 by_site: dict[int, list[int]] = {}
                 for i in own:
                     by_site.setdefault(self.site_of[i], []).append(i)
@@ -116,32 +139,11 @@ class Fleet:
             groups, full = groups_of[key]
             site = self.site_of[own[0]]
             lat, lon = self.site_pos[site]
-            prefix_items.append(
-                (
-                    net,
-                    Location(
-                        PREFIX,
-                        lat,
-                        lon,
-                        str(net),
-                        self.sites[site],
-                        key,
-                        own_groups=groups,
-                        own_sites=full,
-                    ),
-                )
+            where = Location(
+                PREFIX, lat, lon, str(net), self.sites[site], key, own_groups=groups, own_sites=full
             )
-        default = cfg.default_location or centroid(self.site_pos)
-        self.localizer = Localizer(
-            PrefixTable(prefix_items),
-            PrefixTable(zones or []),
-            geoip,
-            Location(UNKNOWN, default[0], default[1]),
-        )
-        self.prefix_count = len(announced)
-        self.zone_count = len(zones or [])
-        self._close = close
-        self._orders: dict[tuple[float, float], tuple[int, ...]] = {}
+            items.append((net, where))
+        return items
 
     def site_order(self, lat: float, lon: float) -> tuple[int, ...]:
         """Site indexes by distance from (lat, lon), then by name."""
@@ -172,8 +174,9 @@ def compile_fleet(cfg: SteerConfig) -> Fleet:
     site_positions = {s: centroid(p) for s, p in positions.items()}
     zones = None
     if cfg.coverage_zones:
+        warnings: list[str] = []
         try:
-            zones = load_coverage_zones(cfg.coverage_zones, site_positions)
+            zones = load_coverage_zones(cfg.coverage_zones, site_positions, warnings)
         except OSError as exc:
             raise ConfigError(
                 f"--coverage-zones / coverage_zones: cannot read {cfg.coverage_zones}: "
@@ -183,6 +186,8 @@ def compile_fleet(cfg: SteerConfig) -> Fleet:
             raise ConfigError(
                 f"--coverage-zones / coverage_zones: {cfg.coverage_zones}: {exc}"
             ) from None
+        for note in warnings:
+            log.warning("--coverage-zones / coverage_zones: %s: %s", cfg.coverage_zones, note)
     geoip = close = None
     if cfg.geoip:
         try:

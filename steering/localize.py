@@ -16,6 +16,7 @@ GeoIP reader is passed in as a function.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -84,48 +85,87 @@ class Localizer:
 
 
 def parse_coverage_zones(
-    doc: Any, site_positions: Mapping[str, tuple[float, float]]
+    doc: Any,
+    site_positions: Mapping[str, tuple[float, float]],
+    warnings: list[str] | None = None,
 ) -> list[tuple[Network, Location]]:
     """Apache Traffic Control's coverage zone JSON (``{"coverageZones": {NAME:
     {"coordinates": {"latitude", "longitude"}, "network": [...], "network6":
-    [...]}}}``). A zone without coordinates takes the position of the site of
-    its name. ``ValueError`` names the zone at fault."""
+    [...]}}}``; other top-level keys, such as ``revision``, are ignored). A zone
+    without coordinates takes the position of the site of its name.
+    ``ValueError`` names the zone at fault.
+
+    As Traffic Router does, a network with host bits set is masked
+    (``2001:CAFE:F00D:1::/37`` is ``2001:cafe:f000::/37``): its file is what
+    operators moving from Traffic Control have. Each masked entry, and each
+    network a second zone claims again (the first zone keeps it), adds a line
+    naming it to ``warnings``."""
     if not isinstance(doc, dict) or not isinstance(doc.get("coverageZones"), dict):
         raise ValueError('expected an object with "coverageZones"')
     out: list[tuple[Network, Location]] = []
+    owner: dict[Network, str] = {}
+    notes = warnings if warnings is not None else []
     for name, zone in doc["coverageZones"].items():
         if not isinstance(zone, dict):
             raise ValueError(f"zone {name!r}: expected an object")
-        coords = zone.get("coordinates")
-        site = name if name in site_positions else None
-        if isinstance(coords, dict) and "latitude" in coords and "longitude" in coords:
-            lat, lon = float(coords["latitude"]), float(coords["longitude"])
-            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-                raise ValueError(f"zone {name!r}: coordinates out of range")
-        elif site is not None:
-            lat, lon = site_positions[site]
-        else:
-            raise ValueError(f"zone {name!r}: no coordinates and no site of that name")
+        lat, lon, site = _zone_position(name, zone, site_positions)
         for field in ("network", "network6"):
             nets = zone.get(field, [])
             if not isinstance(nets, list):
                 raise ValueError(f"zone {name!r}: {field} must be a list")
             for text in nets:
-                try:
-                    net = parse_network(str(text))
-                except ValueError as exc:
-                    raise ValueError(f"zone {name!r}: {exc}") from None
+                net = _zone_network(name, field, str(text), notes)
+                if net in owner:
+                    notes.append(
+                        f"zone {name!r}: {field} {str(text)!r} is {net}, already in zone "
+                        f"{owner[net]!r}: that zone keeps it"
+                    )
+                    continue
+                owner[net] = str(name)
                 out.append(
                     (net, Location(ZONE, lat, lon, prefix=str(net), site=site, zone=str(name)))
                 )
     return out
 
 
+def _zone_position(
+    name: str, zone: dict[str, Any], site_positions: Mapping[str, tuple[float, float]]
+) -> tuple[float, float, str | None]:
+    coords = zone.get("coordinates")
+    site = name if name in site_positions else None
+    if isinstance(coords, dict) and "latitude" in coords and "longitude" in coords:
+        try:
+            lat, lon = float(coords["latitude"]), float(coords["longitude"])
+        except (TypeError, ValueError):
+            raise ValueError(f"zone {name!r}: coordinates are not numbers") from None
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise ValueError(f"zone {name!r}: coordinates out of range")
+        return lat, lon, site
+    if site is not None:
+        lat, lon = site_positions[site]
+        return lat, lon, site
+    raise ValueError(f"zone {name!r}: no coordinates and no site of that name")
+
+
+def _zone_network(name: str, field: str, text: str, notes: list[str]) -> Network:
+    try:
+        return parse_network(text)
+    except ValueError as strict:
+        try:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"zone {name!r}: {strict}") from None
+    notes.append(f"zone {name!r}: {field} {text!r} has host bits set; using {net}")
+    return net
+
+
 def load_coverage_zones(
-    path: str, site_positions: Mapping[str, tuple[float, float]]
+    path: str,
+    site_positions: Mapping[str, tuple[float, float]],
+    warnings: list[str] | None = None,
 ) -> list[tuple[Network, Location]]:
     with open(path, "rb") as f:
-        return parse_coverage_zones(json.load(f), site_positions)
+        return parse_coverage_zones(json.load(f), site_positions, warnings)
 
 
 def geoip_reader(path: str) -> tuple[GeoLookup, Callable[[], None]]:

@@ -3,6 +3,9 @@
 One process, one event loop: the request path adds to dicts (no lock, no
 prometheus-client call per request) and a collector on the service's own
 registry turns them into metric families when ``/_steer/metrics`` is scraped.
+Every family and its usual series are there from the first scrape, at 0 (every
+answer class for every site, every appliance's states), so dashboards and
+alerts (deploy/) find them before the first event.
 """
 
 from __future__ import annotations
@@ -19,8 +22,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from edge import __version__
+from steering.decide import CLASSES, NO_APPLIANCE
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STATES = ("up", "down", "draining", "failing")  # what the poller tells (steering.poller)
+FIRST_REQUESTS = (("steer", 200), ("redirect", 302), ("ops", 200), ("steer", 503))
+FIRST_POLLS = (("health", "ok"), ("health", "error"), ("inventory", "ok"),
+               ("inventory", "not_modified"), ("inventory", "error"))  # fmt: skip
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 
 
@@ -67,19 +75,25 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         m = self.m
+        view = self.fleet_view()
+        sites = sorted({site for _, site, _, _ in view})
         answers = CounterMetricFamily(
             "edgefleet_steer_answers",
             "Steering answers by miss class and the site they count against",
             labels=["class", "site"],
         )
-        for (klass, site), n in sorted(m.answers.items()):
+        counted = {(k, s): 0 for k in CLASSES for s in sites}
+        counted[(NO_APPLIANCE, "none")] = 0  # a client no prefix places, and no appliance
+        counted.update(m.answers)
+        for (klass, site), n in sorted(counted.items()):
             answers.add_metric([klass, site], n)
         yield answers
         requests = CounterMetricFamily(
             "edgefleet_steer_requests", "HTTP requests by endpoint and status",
             labels=["endpoint", "status"],
         )  # fmt: skip
-        for (endpoint, status), n in sorted(m.requests.items()):
+        for (endpoint, status), n in sorted({**dict.fromkeys(FIRST_REQUESTS, 0),
+                                             **m.requests}.items()):  # fmt: skip
             requests.add_metric([endpoint, str(status)], n)
         yield requests
         buckets, total = [], 0
@@ -101,7 +115,7 @@ class _Collector(Collector):
             "1 when the appliance may get new players (up, ok, under its load limit)",
             labels=["appliance", "site"],
         )
-        for name, site, is_up, is_cand in self.fleet_view():
+        for name, site, is_up, is_cand in view:
             up.add_metric([name, site], int(is_up))
             cand.add_metric([name, site], int(is_cand))
         yield up
@@ -110,20 +124,22 @@ class _Collector(Collector):
             "edgefleet_steer_health_transitions", "Appliance state changes",
             labels=["appliance", "to"],
         )  # fmt: skip
-        for (name, to), n in sorted(m.transitions.items()):
+        told = {(name, to): 0 for name, _, _, _ in view for to in STATES}
+        told.update(m.transitions)
+        for (name, to), n in sorted(told.items()):
             trans.add_metric([name, to], n)
         yield trans
         polls = CounterMetricFamily(
             "edgefleet_steer_polls", "Polls of appliances by kind and result",
             labels=["kind", "result"],
         )  # fmt: skip
-        for (kind, result), n in sorted(m.polls.items()):
+        for (kind, result), n in sorted({**dict.fromkeys(FIRST_POLLS, 0), **m.polls}.items()):
             polls.add_metric([kind, result], n)
         yield polls
         reloads = CounterMetricFamily(
             "edgefleet_steer_reloads", "Configuration reloads (SIGHUP)", labels=["result"]
         )
-        for result, n in sorted(m.reloads.items()):
+        for result, n in sorted({"ok": 0, "error": 0, **m.reloads}.items()):
             reloads.add_metric([result], n)
         yield reloads
         info = GaugeMetricFamily("edgefleet_steer_info", "Version", labels=["version"])

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +25,10 @@ from typing import Any
 import aiohttp
 
 from edge.core.inventory import KeyFilter
+from edge.http.tls import client_context
 from steering.config import ApplianceSpec, SteerConfig
 from steering.fleet import Fleet
-from steering.health import DOWN, UP, FleetState, Health
+from steering.health import DOWN, UNKNOWN, UP, FleetState, Health
 from steering.metrics import SteerMetrics
 
 log = logging.getLogger("edgefleet.steer")
@@ -41,6 +43,7 @@ class Record:
     etag: str | None = None
     inventory_at: float | None = None
     inventory_error: str = ""
+    told: str = ""  # the state last logged: up, down, draining, failing
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -58,6 +61,7 @@ class Poller:
         self.metrics = metrics
         self.records: dict[str, Record] = {a.id: Record(a, i) for i, a in enumerate(fleet.specs)}
         self.session: aiohttp.ClientSession | None = None
+        self._tls: tuple[str | None, ssl.SSLContext] | None = None  # (ca_file, context)
         self.background: set[asyncio.Future[None]] = set()
 
     @property
@@ -114,6 +118,12 @@ class Poller:
         self.state.candidate[rec.idx] = reason == ""
         self.state.filters[rec.idx] = rec.filter
 
+    def tls_for(self, cfg: SteerConfig) -> ssl.SSLContext:
+        """What https:// appliances are verified with: ``ca_file`` or the system store."""
+        if self._tls is None or self._tls[0] != cfg.ca_file:
+            self._tls = (cfg.ca_file, client_context(cfg.ca_file))
+        return self._tls[1]
+
     async def poll_health(self, rec: Record, cfg: SteerConfig | None = None) -> None:
         assert self.session is not None
         cfg = cfg or self.fleet.cfg
@@ -121,6 +131,7 @@ class Poller:
         try:
             async with self.session.get(
                 rec.spec.url + "/_edge/health",
+                ssl=self.tls_for(cfg),
                 timeout=aiohttp.ClientTimeout(total=cfg.health_timeout),
             ) as resp:
                 doc = await resp.json(content_type=None)
@@ -130,23 +141,30 @@ class Poller:
             rec.health.last_error = _describe(exc)
         self.metrics.poll("health", "ok" if ok else "error")
         changed = rec.health.observe(ok, time.time(), cfg.rise, cfg.fall)
-        if changed is not None:
-            self.metrics.transition(rec.spec.id, changed)
-            if changed == DOWN:
-                log.warning(
-                    "appliance %s (%s) is down: %s",
-                    rec.spec.id, rec.spec.url, rec.health.last_error,
-                )  # fmt: skip
-                # whatever it held may be gone (a disk, a wiped store): ask again when it is back
-                rec.filter = None
-                rec.etag = None
-            else:
-                log.info("appliance %s (%s) is up", rec.spec.id, rec.spec.url)
-                if rec.health.transitions > 1:  # back: what does it hold now?
-                    task = asyncio.ensure_future(self.poll_inventory(rec))
-                    self.background.add(task)
-                    task.add_done_callback(self.background.discard)
+        if changed == DOWN:
+            # whatever it held may be gone (a disk, a wiped store): ask again when it is back
+            rec.filter = None
+            rec.etag = None
+        elif changed is not None and rec.health.transitions > 1:  # back: what does it hold now?
+            task = asyncio.ensure_future(self.poll_inventory(rec))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+        self._tell(rec)
         self._publish(rec)
+
+    def _tell(self, rec: Record) -> None:
+        """Log an appliance's state once each time it changes (up, down,
+        draining, failing), at INFO: what an operator greps for, not an alarm
+        (alerts come from the metrics); and count it."""
+        h = rec.health
+        told = h.state if h.state != UP or h.status in ("", "ok") else h.status
+        if told == UNKNOWN or told == rec.told:
+            return
+        rec.told = told
+        self.metrics.transition(rec.spec.id, told)
+        why = f": {h.last_error}" if told == DOWN and h.last_error else ""
+        spec = rec.spec
+        log.info("appliance %s (%s, site %s) is %s%s", spec.id, spec.url, spec.site, told, why)
 
     async def poll_inventory(self, rec: Record, cfg: SteerConfig | None = None) -> None:
         if rec.health.state != UP:
@@ -158,6 +176,7 @@ class Poller:
             async with self.session.get(
                 rec.spec.url + "/_edge/inventory?format=bloom",
                 headers=headers,
+                ssl=self.tls_for(cfg),
                 timeout=aiohttp.ClientTimeout(total=max(5.0, cfg.health_timeout)),
             ) as resp:
                 if resp.status == 304:

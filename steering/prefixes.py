@@ -21,7 +21,6 @@ from typing import Generic, TypeVar
 
 V = TypeVar("V")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_MAPPED = 0xFFFF << 32  # ::ffff:0:0/96
 
 
 def parse_network(text: str) -> Network:
@@ -38,11 +37,11 @@ def address(text: str) -> tuple[int, int]:
     parser: ``ipaddress`` costs several microseconds an address, on every request.)"""
     try:
         return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the text
         pass
     try:
         n = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
-    except OSError:
+    except (OSError, ValueError):
         raise ValueError(f"{text!r} is not an IP address") from None
     if n >> 32 == 0xFFFF:
         return 4, n & 0xFFFFFFFF

@@ -10,6 +10,7 @@ the order of the rest. Rules it keeps:
   Schomaker's logarithmic method);
 - removing an appliance only moves the keys it held; adding one only takes
   keys to it;
+- equal weights rank by the raw hash (the same order, no logarithm);
 - pure.
 """
 
@@ -26,12 +27,13 @@ def seed_for(appliance_id: str) -> int:
     return xxhash.xxh3_64_intdigest(appliance_id.encode("utf-8"))
 
 
-def score(key: bytes, seed: int, weight: float = 1.0) -> float:
-    u = (xxhash.xxh3_64_intdigest(key, seed) + 0.5) / _TWO64
-    return weight / -math.log(u)
+def score(key: bytes, seed: int, weight: float | None = None) -> float:
+    """The key's score on the appliance with ``seed``: the highest wins.
 
-
-def ranked(key: bytes, members: list[tuple[int, float]]) -> list[int]:
-    """Indexes of ``members`` ((seed, weight) each), best first."""
-    scores = [score(key, seed, weight) for seed, weight in members]
-    return sorted(range(len(members)), key=scores.__getitem__, reverse=True)
+    ``weight=None`` when every appliance in the group has the same weight: the
+    raw hash then ranks them in the same order as ``weight / -ln(u)`` would,
+    without a logarithm."""
+    h = xxhash.xxh3_64_intdigest(key, seed)
+    if weight is None:
+        return h
+    return weight / -math.log((h + 0.5) / _TWO64)

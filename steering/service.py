@@ -9,7 +9,8 @@ same one the appliance's content port uses: aiohttp's server measured about
 kept one process under the 5,000 answers/s target (docs/steering.md). aiohttp
 still polls the appliances (``steering.poller``).
 
-SIGHUP reloads the configuration beside the running one and swaps it in;
+SIGHUP reloads the configuration beside the running one and swaps it in, and
+rereads the TLS certificates (docs/tls.md);
 SIGTERM/SIGINT stop listening, let in-flight requests finish and exit 0.
 """
 
@@ -25,17 +26,16 @@ import socket
 import sys
 import time
 from typing import Any
-from urllib.parse import unquote_plus
 
 from edge import __version__
-from edge.core.httpdate import format_http_date
-from edge.core.keys import BadKey, check_key, parse_key, split_target
+from edge.core.keys import BadKey, is_reserved, parse_key, split_target
 from edge.http.accesslog import AccessLog
-from edge.http.response import build_head, text_body
-from edge.http.server import ContentServer, after_stop, stop_signal
+from edge.http.response import DateCache, build_head, text_body
+from edge.http.server import ContentServer, ListenError, after_stop, bind_listeners, stop_signal
+from edge.http.tls import CertError, CertSet
 from edge.http.wire import Request, Response
-from steering import answer
-from steering.config import ConfigError, load_steer_config
+from steering import answer, status
+from steering.config import ConfigError, SteerConfig, load_steer_config
 from steering.decide import NO_APPLIANCE, decide
 from steering.fleet import Fleet, compile_fleet
 from steering.health import UP
@@ -62,13 +62,13 @@ class Steering:
         self.registry = registry(self.metrics, self._fleet_gauges)
         self.reload_lock = asyncio.Lock()
         self.loaded_at = time.time()
-        self.date_line = b""
-        self._date_sec = -1
+        self.dates = DateCache()
         self.access_log = access_log
         self.pages = {
             "/_steer/health": self.health,
             "/_steer/metrics": self.metrics_page,
             "/_steer/fleet": self.fleet_page,
+            "/_steer/status": self.status_page,
         }
 
     def _fleet_gauges(self) -> list[tuple[str, str, bool, bool]]:
@@ -89,8 +89,16 @@ class Steering:
                 self.metrics.reload("error")
                 log.error("reload failed, keeping the running configuration: %s", exc)
                 return
-            if cfg.listen != self.poller.fleet.cfg.listen:
-                log.warning("reload: listen changed; it takes effect at the next start")
+            old = self.poller.fleet.cfg
+            if (cfg.listen, cfg.tls_listen, cfg.tls_cert) != (
+                old.listen,
+                old.tls_listen,
+                old.tls_cert,
+            ):
+                log.warning(
+                    "reload: listen, tls_listen or tls_cert changed; "
+                    "it takes effect at the next start (the certificate files are reread now)"
+                )
             await self.poller.swap(fleet)
             settle()
             self.loaded_at = time.time()
@@ -102,18 +110,11 @@ class Steering:
 
     # -- responses -----------------------------------------------------------
 
-    def _date(self) -> bytes:
-        now = int(time.time())
-        if now != self._date_sec:
-            self._date_sec = now
-            self.date_line = f"Date: {format_http_date(now)}\r\n".encode()
-        return self.date_line
-
     def reply(self, req: Request | None, status: int, lines: bytes, body: bytes = b"") -> Response:
         keep = req is not None and req.keep_alive
         head = build_head(
             status,
-            self._date(),
+            self.dates.refresh(),
             lines + b"Content-Length: %d\r\n" % len(body),
             keep_alive=keep,
             http10=req is not None and req.version == "1.0",
@@ -124,19 +125,21 @@ class Steering:
         return self.reply(req, status, TEXT_LINES + extra, text_body(status, message))
 
     def finished(self, req: Request, resp: Response, sent: int, now: float) -> None:
+        """``now`` is the connection's monotonic clock (``req.started``'s): it
+        times the request; the log line's ``time`` is the wall clock's."""
         endpoint = resp.key or "other"
         timed = endpoint in ("steer", "redirect")
         self.metrics.request(endpoint, resp.status, now - req.started if timed else None)
         if self.access_log is not None:
-            self.access_log.write(self._log_line(self.access_log, req, resp, now))
+            self.access_log.write(self._log_line(self.access_log, req, resp, now, time.time()))
 
     @staticmethod
-    def _log_line(log: AccessLog, req: Request, resp: Response, now: float) -> str:
+    def _log_line(log: AccessLog, req: Request, resp: Response, now: float, wall: float) -> str:
         """One JSON line (docs/steering.md, Access log)."""
         note: dict[str, Any] = resp.note or {}
         target = req.target.decode("latin-1")
         doc = {
-            "time": log.timestamp(now),
+            "time": log.timestamp(wall),
             "client": note.get("client", req.client),
             "method": req.method,
             "key": note.get("key", target.split("?", 1)[0]),
@@ -147,6 +150,8 @@ class Steering:
             "location": note.get("location"),
             "duration_ms": round((now - req.started) * 1000, 3),
         }
+        if req.tls is not None:
+            doc["tls"], doc["sni"] = req.tls, req.sni
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
 
     # -- dispatch --------------------------------------------------------------
@@ -159,7 +164,7 @@ class Steering:
         if req.method not in ("GET", "HEAD"):
             return self.error(req, 405, f"method {req.method} not allowed", b"Allow: GET, HEAD\r\n")
         if path_b == b"/steer":
-            resp = self.steer(req, query_b.decode("latin-1"))
+            resp = self.steer(req, query_b)
             resp.key = resp.key or "steer"
             return resp
         if path_b.startswith(b"/r/"):
@@ -173,27 +178,31 @@ class Steering:
             return resp
         return self.error(req, 404, "ask for /steer?object=KEY or /r/KEY")
 
-    def steer(self, req: Request, query: str) -> Response:
+    def steer(self, req: Request, query: bytes) -> Response:
         raw = None
-        for part in query.split("&"):
-            if part.startswith("object="):
-                raw = part[len("object=") :]
+        for part in query.split(b"&"):
+            if part.startswith(b"object="):
+                raw = part[len(b"object=") :]
         if not raw:
             return self.error(req, 400, "give the object key: /steer?object=KEY")
-        try:
-            key = check_key(unquote_plus(raw, errors="strict"))
-        except (BadKey, UnicodeDecodeError) as exc:
-            return self.error(req, 400, f"object: {exc}")
-        return self.answer(req, key, redirect=False)
+        return self._object(req, b"/" + raw, "object: ", redirect=False)
 
     def redirect(self, req: Request, path: bytes) -> Response:
+        return self._object(req, path, "", redirect=True)
+
+    def _object(self, req: Request, path: bytes, where: str, redirect: bool) -> Response:
+        """The key as the appliance reads a path (``parse_key``: percent-decoded
+        once, ``+`` is a plus), in ``/steer?object=`` as in ``/r/``; the
+        appliance's own ``_edge/`` namespace is no object."""
         try:
             key = parse_key(path)
         except BadKey as exc:
-            return self.error(req, exc.status, str(exc))
+            return self.error(req, exc.status, f"{where}{exc}")
         if not key:
-            return self.error(req, 400, "give the object key: /r/KEY")
-        return self.answer(req, key, redirect=True)
+            return self.error(req, 400, "give the object key: /steer?object=KEY or /r/KEY")
+        if is_reserved(key):
+            return self.error(req, 400, f"{where}_edge/ is the appliances' own namespace")
+        return self.answer(req, key, redirect=redirect)
 
     # -- the decision ---------------------------------------------------------
 
@@ -283,6 +292,15 @@ class Steering:
         lines = f"Content-Type: {CONTENT_TYPE}\r\nCache-Control: no-store\r\n".encode()
         return self.reply(req, 200, lines, render(self.registry))
 
+    def status_page(self, req: Request) -> Response:
+        fleet, _ = self.poller.current
+        records = list(self.poller.records.values())
+        doc = status.document(records, self.metrics.answers, fleet.cfg, time.time())
+        if req.target.partition(b"?")[2] == b"format=json":
+            return self.reply(req, 200, JSON_LINES, _dumps(doc))
+        lines = b"Content-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\n"
+        return self.reply(req, 200, lines, status.render(doc))
+
     def fleet_page(self, req: Request) -> Response:
         return self.reply(req, 200, JSON_LINES, _dumps({"appliances": self.poller.view()}))
 
@@ -299,19 +317,29 @@ def settle() -> None:
     gc.freeze()
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _bind(host: str, port: int, option: str = "--listen / listen") -> socket.socket:
     try:
-        s.bind((host, port))
-    except OSError as exc:
-        s.close()
-        raise ConfigError(
-            f"--listen / listen: cannot listen on {host}:{port}: {exc.strerror}"
-        ) from None
-    s.listen(1024)
-    return s
+        return bind_listeners(host, port)[0]
+    except ListenError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
+
+
+class Listening:
+    """Steering's sockets: plain HTTP (at most one), HTTPS, and the certificates."""
+
+    def __init__(self, cfg: SteerConfig) -> None:
+        self.certs = CertSet(cfg.tls_cert) if cfg.tls_cert else None
+        self.plain = _bind(*cfg.listen) if cfg.listen is not None else None
+        self.tls = [_bind(h, p, "--tls-listen / tls_listen") for h, p in cfg.tls_listen]
+
+    def banner(self) -> str:
+        urls = [_url("http", self.plain)] if self.plain is not None else []
+        return " and ".join(urls + [_url("https", s) for s in self.tls])
+
+
+def _url(scheme: str, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -332,8 +360,8 @@ def run(args: argparse.Namespace) -> int:
                     f"--access-log / access_log: cannot open {cfg.access_log}: "
                     f"{exc.strerror or exc}"
                 ) from None
-        sock = _bind(*cfg.listen)
-    except ConfigError as exc:
+        sock = Listening(cfg)
+    except (ConfigError, CertError) as exc:
         print(f"edgefleet steer: {exc}", file=sys.stderr)
         return 2
     import uvloop
@@ -353,7 +381,7 @@ async def _flush_every_second(log: AccessLog) -> None:
 
 
 async def _main(
-    args: argparse.Namespace, fleet: Fleet, sock: socket.socket, access_log: AccessLog | None
+    args: argparse.Namespace, fleet: Fleet, sock: Listening, access_log: AccessLog | None
 ) -> int:
     loop = asyncio.get_running_loop()
     service = Steering(args, fleet, access_log)
@@ -364,6 +392,8 @@ async def _main(
     def on_hup() -> None:
         if access_log is not None:
             access_log.reopen()  # logrotate
+        if sock.certs is not None:
+            sock.certs.reload()
         task = asyncio.ensure_future(service.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -371,13 +401,11 @@ async def _main(
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await service.poller.start()
     settle()
-    server = ContentServer(loop, sock, service)
+    server = ContentServer(loop, sock.plain, service, tls_socks=sock.tls, certs=sock.certs)
     server.start()
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
     fleet, state = service.poller.current
     print(
-        f"edgefleet steer: listening on http://{shown}:{port} "
+        f"edgefleet steer: listening on {sock.banner()} "
         f"({len(fleet.specs)} appliances in {len(fleet.sites)} sites, "
         f"{sum(state.candidate)} candidates, {fleet.prefix_count} prefixes)",
         file=sys.stderr,

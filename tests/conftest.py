@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 from typing import Self
 
 import pytest
 
+from demo.processes import Process, StartError, start_edgefleet
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# every service's log, removed when the test run ends
+LOGS = Path(tempfile.mkdtemp(prefix="edgefleet-test-logs-"))
+atexit.register(shutil.rmtree, LOGS, True)
 
 
 class Service:
     """An ``edgefleet COMMAND`` process on an ephemeral loopback port, found by
-    the ``listening on`` line it prints; its stderr is kept in ``stderr``."""
+    the ``listening on`` line it prints (demo/processes.py runs it); what it
+    printed is in ``stderr``, one string a line, also after it stopped."""
 
     command = ""
 
@@ -32,69 +41,43 @@ class Service:
         self.args = args
         self.env = env
         self.max_files = max_files
-        self.proc: subprocess.Popen[str] | None = None
+        self.child: Process | None = None
         self.port = 0
-        self.stderr: list[str] = []
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.child.proc if self.child else None
+
+    @property
+    def stderr(self) -> list[str]:
+        return self.child.lines() if self.child else []
 
     def start(self, timeout: float = 30.0) -> Self:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
-        self.stderr = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", self.command, "--listen", "127.0.0.1:0", *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=self._limit if self.max_files else None,
+        fd, log = tempfile.mkstemp(prefix=f"{self.command}-", suffix=".log", dir=LOGS)
+        os.close(fd)
+        args = [self.command, "--listen", "127.0.0.1:0", *self.args]
+        self.child = start_edgefleet(
+            self.command, args, Path(log), env=self.env, cwd=ROOT, max_files=self.max_files
         )
-        deadline = time.monotonic() + timeout
-        assert self.proc.stderr is not None
-        banner = re.compile(rf"edgefleet {self.command}: listening on http://127\.0\.0\.1:(\d+)")
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise RuntimeError(f"edgefleet {self.command} exited: " + "".join(self.stderr))
-            self.stderr.append(line)
-            m = banner.search(line)
-            if m:
-                self.port = int(m.group(1))
-                break
-        else:
-            raise RuntimeError(f"edgefleet {self.command} did not start: " + "".join(self.stderr))
-        threading.Thread(target=self._drain, daemon=True).start()
+        try:
+            self.child.wait_banner(timeout)
+        except StartError as exc:
+            raise RuntimeError(f"edgefleet {self.command}: {exc}") from None
+        self.port = self.child.port
         return self
 
-    def _limit(self) -> None:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_files, self.max_files))
-
-    def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        assert self.child is not None
+        if not self.child.stop(sig, timeout):
             raise AssertionError(
                 f"edgefleet {self.command} ignored signal {sig} for {timeout}s; it said:\n"
                 + "".join(self.stderr[-30:])
-            ) from None
+            )
+        return self.child.proc.returncode
 
     def kill(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        assert self.child is not None
+        self.child.kill()
 
 
 class Appliance(Service):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -76,5 +75,5 @@ class Steering(Service):
         return self.request("/_steer/metrics")[2].decode()
 
     def send(self, sig: int) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, sig)
+        assert self.child is not None
+        self.child.send(sig)

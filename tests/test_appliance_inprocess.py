@@ -83,8 +83,10 @@ class InProcess:
     async def __aexit__(self, *exc: object) -> None:
         assert self.app is not None
         await self.app.stop()
+        # as serve does: the threads finish their index writes before the
+        # index's connections close
+        self.executor.shutdown(wait=True)
         self.store.close()
-        self.executor.shutdown()
 
 
 async def ask(app: Appliance, req: Request) -> Response:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +27,8 @@ from typing import Any
 import pytest
 from conftest import ROOT, wait_for
 from s3server import CREDENTIALS, REGION, s3_client, s3_endpoint  # noqa: F401
+
+from demo.processes import start_edgefleet
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(
@@ -37,17 +41,11 @@ class Demo:
     def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.state_file = tmp / "demo-state.json"
         self.log = tmp / "demo.log"
-        cmd = [sys.executable, "-m", "edge.cli", "demo", "--listen", "127.0.0.1:0"]
-        cmd += ["--state-file", str(self.state_file), *args]
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,
-            )
+        cmd = ["demo", "--listen", "127.0.0.1:0", "--state-file", str(self.state_file), *args]
+        # a demo without --workdir makes its temp dir under the test's, not in /tmp
+        env = {"TMPDIR": str(tmp), **(env or {})}
+        self.child = start_edgefleet("demo", cmd, self.log, cwd=ROOT, env=env)
+        self.proc = self.child.proc
         deadline = time.monotonic() + 90
         while not self.state_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -77,13 +75,9 @@ class Demo:
         return json.loads(body)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            raise AssertionError("the demo ignored SIGTERM:\n" + self.log.read_text()) from None
+        if not self.child.stop(signal.SIGTERM, 30):
+            raise AssertionError("the demo ignored SIGTERM:\n" + self.log.read_text())
+        return self.proc.returncode
 
 
 def alive(pid: int) -> bool:
@@ -101,6 +95,14 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.status, r.read()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_temp_dirs_left_behind() -> Iterator[None]:
+    pattern = "edgefleet-demo-*"
+    before = set(Path(tempfile.gettempdir()).glob(pattern))
+    yield
+    assert set(Path(tempfile.gettempdir()).glob(pattern)) - before == set()
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +201,21 @@ def test_the_fill_put_the_top_of_the_plan_on_each_appliance(demo: Demo) -> None:
     # what it lacks it pulls through from the origin
     status, body = fetch(f"{b_url}/titles/0003/master.m3u8")
     assert status == 200 and body == (workdir / "origin/titles/0003/master.m3u8").read_bytes()
+
+
+def test_the_printed_commands_run_as_printed(demo: Demo) -> None:
+    text = demo.log.read_text()
+    assert re.search(r"name +role +url +pid +store capacity +holds", text)
+    assert re.search(r"isp-a-1 .* \d+\.\d MiB +\d+ objects", text)
+    assert not re.search(r"\d MB\b", text)  # one unit style: binary
+    players = re.search(r"^Players: +(.*)$", text, re.M)
+    assert players, text
+    out = subprocess.run(
+        f"{players.group(1)} --headless -u 1 -r 1 -t 3s --only-summary --player-titles 1",
+        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"players players=1 sessions=[1-9]", out.stdout + out.stderr)
 
 
 def test_players_fail_over_when_their_appliance_dies(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from demo.catalog import (
     segment_durations,
 )
 from demo.fleet import appliance_toml, layout, manifest_lines, steer_toml
-from demo.player import Player, base_of
+from demo.player import DEFAULT_BUFFER_TARGET, Player, base_of, buffer_for
 
 segments = st.lists(
     st.builds(
@@ -219,3 +219,66 @@ def test_the_demo_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> Non
     assert "--segment" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo", "--titles", "0"])
+
+
+def request_times(title: float, segment: float, target: float) -> list[float]:
+    """When a player with the locustfile's defaults asks for each segment of a
+    title, segments arriving at once (a fast appliance)."""
+    p = Player(["http://a/"], started=0.0, buffer_target=buffer_for(target, title))
+    now, asked = 0.0, []
+    for _ in range(round(title / segment)):
+        now += p.wait(now, segment)
+        asked.append(now)
+        p.arrived(now, segment)
+    return asked
+
+
+@pytest.mark.parametrize("title", [8.0, 30.0, 120.0])
+def test_players_keep_streaming_through_a_title(title: float) -> None:
+    asked = request_times(title, 2.0, DEFAULT_BUFFER_TARGET)
+    # not everything in the first seconds: the last segments are asked for late
+    assert asked[-1] >= title * 0.6
+    assert buffer_for(DEFAULT_BUFFER_TARGET, 300.0) == DEFAULT_BUFFER_TARGET
+
+
+@given(st.floats(0.0, 600.0), st.floats(0.0, 10_000.0))
+def test_the_buffer_never_exceeds_a_third_of_the_title(target: float, title: float) -> None:
+    kept = buffer_for(target, title)
+    assert 0.0 <= kept <= target and kept <= title / 3 + 1e-9
+
+
+def test_printed_commands_name_the_locust_that_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from demo.cli import as_typed
+
+    bindir = tmp_path / ".venv" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "locust").write_text("#!/bin/sh\n")
+    (bindir / "locust").chmod(0o755)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert as_typed("locust", bindir, cwd=tmp_path) == ".venv/bin/locust"
+    assert as_typed("locust", bindir, cwd=tmp_path / "elsewhere") == str(bindir / "locust")
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    assert as_typed("locust", bindir, cwd=tmp_path) == "locust"
+    assert as_typed("not-installed", bindir, cwd=tmp_path) == "not-installed"
+
+
+def test_killed_demos_temp_dirs_are_swept(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from demo.cli import OWNER_FILE, sweep_stale_temp_dirs
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    owners = {"dead": gone.pid, "alive": os.getpid(), "unowned": None}
+    for name, pid in owners.items():
+        d = tmp_path / f"edgefleet-demo-{name}"
+        d.mkdir()
+        if pid is not None:
+            (d / OWNER_FILE).write_text(f"{pid}\n")
+    (tmp_path / "other-dead").mkdir()
+    assert sweep_stale_temp_dirs(str(tmp_path)) == [str(tmp_path / "edgefleet-demo-dead")]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["edgefleet-demo-alive", "edgefleet-demo-unowned", "other-dead"]

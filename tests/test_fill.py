@@ -19,7 +19,7 @@ import xxhash
 from conftest import ROOT, Appliance, wait_for
 from s3server import CREDENTIALS, REGION, put_objects, s3_endpoint  # noqa: F401
 
-from edge.store.store import RootSpec, Store, key_hash
+from edge.store import RootSpec, Store, slice_name
 
 BUCKET = "fill-origin"
 RNG = random.Random(11)
@@ -111,7 +111,7 @@ def check_consistent(path: Path) -> None:
         rows = store._conn().execute(
             "SELECT s.key, s.idx, o.gen FROM slices s JOIN objects o USING (key)"
         )
-        names = {f"{key_hash(k)}.{g}.{i}" for k, i, g in rows}
+        names = {f"{slice_name(k)}.{g}.{i}" for k, i, g in rows}
     finally:
         store.close()
     files = {f for _, _, fs in os.walk(path / "slices") for f in fs}

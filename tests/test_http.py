@@ -241,7 +241,8 @@ def test_an_upgrade_is_ignored(app, catalog) -> None:
     """RFC 9110 7.8: a server may ignore Upgrade; the request is answered as is."""
     raw = raw_request(
         app.port,
-        f"GET /{KEY} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".encode(),
+        f"GET /{KEY} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        "Connection: upgrade\r\n\r\n".encode(),
     )
     assert statuses(raw) == [200]
     assert raw.split(b"\r\n\r\n", 1)[1] == catalog[KEY]
@@ -261,7 +262,7 @@ def test_pipelined_requests_are_not_mistaken_for_huge_headers(app) -> None:
         for i in range(12):
             chunk = one[len(one) // 2 :] if i else b""
             s.sendall(chunk + one[: len(one) // 2])
-        s.sendall(one[len(one) // 2 :] + b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        s.sendall(one[len(one) // 2 :] + b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         got = b""
         while chunk := s.recv(65536):
             got += chunk

@@ -95,3 +95,61 @@ def test_check_key_agrees_with_parse(text: str) -> None:
         checked = None
     if text:
         assert parsed == checked
+
+
+def test_long_segments_are_the_clients_mistake() -> None:
+    """A segment over 255 bytes cannot name a file at a file origin: a 414 here,
+    before any origin is asked (it was a 502 after three origin tries, counted
+    against the origin's circuit breaker)."""
+    assert key_of(b"/" + b"a" * 255 + b"/x.ts") == "a" * 255 + "/x.ts"
+    for target in (b"/" + b"a" * 256, b"/t/" + b"b" * 300 + b".ts", b"/t/" + b"%C3%BC" * 128):
+        with pytest.raises(BadKey) as err:
+            key_of(target)
+        assert err.value.status == 414 and "255 bytes" in str(err.value)
+    assert check_key("ü" * 127) and check_key("x/" + "ü" * 127)  # 254 bytes a segment
+
+
+@given(
+    st.lists(
+        st.text(
+            st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=300
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_segment_limit_in_bytes(segments: list[str]) -> None:
+    key = "/".join(segments)
+    try:
+        check_key(key)
+    except BadKey:
+        longest = max(len(s.encode()) for s in segments)
+        assert (
+            longest > 255
+            or len(key.encode()) > 1024
+            or any(
+                s in ("", ".", "..") or "/" in s or "\\" in s or "%" in s or "\x7f" in s
+                for s in segments
+            )
+        )
+    else:
+        assert all(len(s.encode()) <= 255 for s in key.split("/"))
+
+
+def test_loggable_keys_are_bounded_and_escaped() -> None:
+    from edge.core.keys import loggable
+
+    assert loggable("titles/a.ts") == "titles/a.ts"
+    line = loggable("a" * 7000 + "the cause")
+    assert len(line) < 200 and "…(+6850 chars)…" in line and line.endswith("the cause")
+    assert "\n" not in loggable("x\ny\r\n") and loggable("x\ny") == "x\\ny"
+    assert loggable(b"/\xff\x00%2e") == "/\\\\xff\\x00%2e"
+
+
+@given(st.one_of(st.text(max_size=3000), st.binary(max_size=3000)))
+def test_loggable_is_one_short_printable_line(text: str | bytes) -> None:
+    from edge.core.keys import loggable
+
+    line = loggable(text)
+    assert len(line) <= 160 + 20
+    assert line.isprintable()

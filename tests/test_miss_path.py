@@ -275,7 +275,7 @@ def test_a_hanging_origin_gets_504(tmp_path: Path, origin: OriginServer) -> None
     app = start(tmp_path, origin.url, extra=("--origin-read-timeout", "0.5"))
     try:
         status, _, body = app.get("/x.ts")
-        assert status == 504 and b"timed out" in body
+        assert status == 504 and b"did not answer in time" in body
         assert used(app) == 0
     finally:
         assert app.stop() == 0

@@ -179,3 +179,14 @@ def test_access_log_lines(appliance, catalog, tmp_path: Path) -> None:
         }
         assert line["client"] == "127.0.0.1"
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+
+
+def test_purge_takes_a_key_written_as_a_path(appliance, catalog) -> None:
+    appliance.get("/" + KEY)
+    wait_for(lambda: appliance.health()["store"]["objects"] == 1)
+    status, _, body = appliance.request("POST", f"/_edge/admin/purge?key=/{KEY}", AUTH)
+    assert status == 200 and json.loads(body) == {"purged": 1}
+    appliance.get("/" + KEY)
+    wait_for(lambda: appliance.health()["store"]["objects"] == 1)
+    status, _, body = appliance.request("POST", "/_edge/admin/purge?prefix=/titles/", AUTH)
+    assert status == 200 and json.loads(body) == {"purged": 1}

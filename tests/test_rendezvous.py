@@ -5,12 +5,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from steering.rendezvous import ranked, seed_for
+from steering.rendezvous import score, seed_for
 
 
 def owner(key: bytes, boxes: list[str], weights: dict[str, float]) -> str:
-    members = [(seed_for(b), weights.get(b, 1.0)) for b in boxes]
-    return boxes[ranked(key, members)[0]]
+    return max(boxes, key=lambda b: score(key, seed_for(b), weights.get(b, 1.0)))
 
 
 @given(
@@ -42,3 +41,16 @@ def test_spread_and_weight() -> None:
         heavy[owner(f"titles/{i}/seg.m4s".encode(), boxes, {"a": 2.0})] += 1
     # weight 2 of a total of 5: about 40%
     assert 2800 < heavy["a"] < 3600, heavy
+
+
+@given(
+    st.lists(st.text(min_size=1, max_size=8), min_size=2, max_size=8, unique=True),
+    st.binary(min_size=1, max_size=30),
+    st.sampled_from([0.5, 1.0, 3.0]),
+)
+def test_equal_weights_rank_by_the_raw_hash_in_the_same_order(
+    boxes: list[str], key: bytes, weight: float
+) -> None:
+    weighted = sorted(boxes, key=lambda b: score(key, seed_for(b), weight), reverse=True)
+    raw = sorted(boxes, key=lambda b: score(key, seed_for(b)), reverse=True)
+    assert weighted == raw

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 from edge.cli import build_parser
-from steering.config import ConfigError, load_steer_config, parse_bitrate
+from steering.config import (
+    ApplianceSpec,
+    ConfigError,
+    fleet_problems,
+    load_steer_config,
+    parse_bitrate,
+    place,
+    prefix_conflicts,
+)
 from steering.decide import decide
 from steering.fleet import compile_fleet
 from steering.health import FleetState
-from steering.prefixes import address
+from steering.prefixes import address, parse_network
 
 ROOT = Path(__file__).resolve().parent.parent
 APPLIANCE = """
@@ -178,3 +189,40 @@ def test_geoip_is_the_last_resort(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--geoip / geoip"):
         compile_fleet(cfg)
     fleet.close()
+
+
+def _spec(i: int, site: str, placed: bool, prefixes: tuple[str, ...] = ()) -> ApplianceSpec:
+    lat, lon = (float(i % 80), float(i % 170)) if placed else (math.nan, math.nan)
+    nets = tuple(parse_network(p) for p in prefixes)
+    return ApplianceSpec(f"a{i}", f"http://10.0.0.{i}:8080", site, lat, lon, nets)
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.booleans()), min_size=1, max_size=12))
+def test_appliances_without_coordinates_stand_at_their_site(boxes: list[tuple[str, bool]]) -> None:
+    specs = [_spec(i, site, placed) for i, (site, placed) in enumerate(boxes)]
+    problems = fleet_problems(specs)
+    placed_sites = {s.site for s in specs if not math.isnan(s.latitude)}
+    # a problem exactly for each box of a site that has no coordinates at all
+    assert len(problems) == sum(1 for s in specs if s.site not in placed_sites)
+    for before, after in zip(specs, place(specs), strict=True):
+        if not math.isnan(before.latitude):
+            assert after == before  # placed boxes keep theirs
+        elif before.site in placed_sites:
+            lats = [s.latitude for s in specs if s.site == before.site]
+            lats = [x for x in lats if not math.isnan(x)]
+            assert min(lats) <= after.latitude <= max(lats)
+        else:
+            assert math.isnan(after.latitude)
+
+
+def test_a_prefix_of_two_sites_is_named_nested_ones_are_not() -> None:
+    specs = [
+        _spec(1, "ams", True, ("10.0.0.0/8",)),
+        _spec(2, "ams", True, ("10.0.0.0/8",)),
+        _spec(3, "fra", True, ("10.1.0.0/16",)),
+    ]
+    assert prefix_conflicts(specs) == []
+    specs.append(_spec(4, "fra", True, ("10.0.0.0/8",)))
+    (problem,) = prefix_conflicts(specs)
+    assert "10.0.0.0/8" in problem
+    assert "site 'ams': a1, a2" in problem and "site 'fra': a4" in problem

@@ -247,11 +247,29 @@ def test_kill_drain_restart(fleet: Fleet) -> None:
     view = s.fleet()[victim]
     assert view["ok_streak"] >= RISE and view["transitions"] == before + 2
     wait_for(lambda: s.first(KEY, NORTH) == victim, 10)
+    # each change is logged once, at INFO, however many polls saw it
+    said = told(s.stderr)
+    assert said[victim][-3:] == ["up", "down", "up"]
+    assert said["s1"][-3:] == ["up", "draining", "up"]
+    assert all(level == "INFO" for level in told(s.stderr, levels=True))
     text = s.metrics()
     assert f'edgefleet_steer_health_transitions_total{{appliance="{victim}",to="down"}}' in text
+    assert 'edgefleet_steer_health_transitions_total{appliance="s1",to="draining"} 1.0' in text
     assert re.search(
         r'edgefleet_steer_answers_total\{class="health_miss",site="south"\} [1-9]', text
     )
+
+
+def told(lines: list[str], levels: bool = False) -> Any:
+    """What the log said of each appliance's state, in order (or the levels)."""
+    said: dict[str, list[str]] = {}
+    found = []
+    for line in lines:
+        m = re.search(r" (\w+) edgefleet\.steer\[\d+\]: appliance (\S+) \(.*\) is (\w+)", line)
+        if m:
+            found.append(m.group(1))
+            said.setdefault(m.group(2), []).append(m.group(3))
+    return found if levels else said
 
 
 def test_reload_without_dropping_requests(fleet: Fleet) -> None:

@@ -1,4 +1,4 @@
-"""edge.store.store: crash-safe slices and index, capacity, eviction, recovery, scrub."""
+"""edge.store: crash-safe slices and index, capacity, eviction, recovery, scrub."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.core.meta import ObjectMeta
-from edge.store.store import ChecksumMismatch, NoUsableRoot, RootSpec, Store, checksum
+from edge.store import ChecksumMismatch, NoUsableRoot, RootSpec, Store, checksum
 
 SLICE = 64 * 1024
 

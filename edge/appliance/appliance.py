@@ -31,7 +31,6 @@ from edge.config import ServeConfig
 from edge.core import plan as plans
 from edge.core.admission import make_admission
 from edge.core.cachepolicy import cache_key
-from edge.core.httpdate import format_http_date
 from edge.core.keys import BadKey, is_reserved, key_for_path, split_target
 from edge.core.signing import MESSAGES as TOKEN_MESSAGES
 from edge.core.signing import Verifier, split_path_token
@@ -39,7 +38,7 @@ from edge.http.accesslog import AccessLog
 from edge.http.response import (
     ALLOW,
     ALLOWED_REQUEST_HEADERS,
-    SERVER_LINE,
+    DateCache,
     build_head,
     connection_line,
     cors_lines,
@@ -49,6 +48,7 @@ from edge.http.response import (
 from edge.http.wire import FileSpan, Part, Request, Response
 from edge.origin import Origin
 from edge.origin.chain import OriginChain
+from edge.origin.state import OriginStates
 from edge.store.store import Store, is_device_error
 
 log = logging.getLogger("edgefleet.appliance")
@@ -72,6 +72,7 @@ class Appliance:
         executor: ThreadPoolExecutor,
         access_log: AccessLog | None,
         metrics: Any,
+        origin_states: OriginStates | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -90,6 +91,10 @@ class Appliance:
         )
         self.key_ignore = frozenset(cfg.cache_key_ignore)
         self.max_request_body = cfg.max_request_body
+        # each origin's state (ok/failing, last error, when) for /_edge/health
+        self.origin_states = origin_states or OriginStates(
+            [o.url for o in origins], {}, time.time()
+        )
         self.chain = OriginChain(
             origins,
             retries=cfg.origin_retries,
@@ -98,6 +103,7 @@ class Appliance:
             breaker_cooldown=cfg.breaker_cooldown,
             on_origin=metrics.origin,
             on_bytes=metrics.origin_bytes,
+            on_state=self._origin_state,
         )
         # Admission: sized to about the objects the store holds (a window much
         # smaller than that costs hit ratio; see bench/policy_trace.py).
@@ -115,18 +121,21 @@ class Appliance:
         )
         self.background: set[asyncio.Future[Any]] = set()
         self.change_seq = 0
-        self.date_line = b""
-        self.date_server = b""
-        self._date_sec = -1
+        self.dates = DateCache()  # refreshed once a second by _tick
         self.sent_window: list[tuple[float, int]] = []
         self.egress_rate = 0.0
         self.ops: Any = None  # set by serve (edge.appliance.ops.Ops)
         # signed URLs: checked only when keys are configured
         self.verifier = Verifier(cfg.url_signing_keys) if cfg.url_signing_keys else None
         self._timers: list[asyncio.TimerHandle] = []
-        self._update_date()
 
     # -- plumbing ------------------------------------------------------------
+
+    def _origin_state(self, url: str, error: Exception | None) -> None:
+        if error is None:
+            self.origin_states.answered(url, time.time())
+        else:
+            self.origin_states.failed(url, str(error), time.time())
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return self.loop.run_in_executor(self.executor, fn, *args)
@@ -162,15 +171,8 @@ class Appliance:
         if self.access_log is not None:
             self.access_log.flush()
 
-    def _update_date(self) -> None:
-        now = int(time.time())
-        if now != self._date_sec:
-            self._date_sec = now
-            self.date_line = f"Date: {format_http_date(now)}\r\n".encode()
-            self.date_server = self.date_line + SERVER_LINE
-
     def _tick(self) -> None:
-        self._update_date()
+        self.dates.refresh()
         now = self.loop.time()
         total = self.metrics.sent_total
         self.sent_window.append((now, total))
@@ -223,10 +225,10 @@ class Appliance:
 
     def head(self, req: Request, status: int, lines: bytes) -> bytes:
         if req.keep_alive and req.version == "1.1":
-            return status_line(status) + self.date_server + lines + b"\r\n"
+            return status_line(status) + self.dates.with_server + lines + b"\r\n"
         return (
             status_line(status)
-            + self.date_server
+            + self.dates.with_server
             + lines
             + connection_line(req.keep_alive, req.version == "1.0")
             + b"\r\n"
@@ -246,7 +248,7 @@ class Appliance:
             keep = False
         head = build_head(
             status,
-            self.date_line,
+            self.dates.line,
             lines,
             keep_alive=keep,
             http10=req is not None and req.version == "1.0",
@@ -284,6 +286,8 @@ class Appliance:
                 sent,
                 resp.cache,
                 duration,
+                req.tls,
+                req.sni,
             )
 
     # -- dispatch ------------------------------------------------------------

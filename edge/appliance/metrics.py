@@ -5,6 +5,10 @@ prometheus-client's multiprocess mode keeps each worker's values in files under
 them. That variable must be set before this module is imported (``serve`` does
 it). Store figures (bytes, objects, evictions, checksum failures, drain) are not
 per-process: they are read from the index at scrape time (``StoreCollector``).
+
+Every family is there from the first scrape, its usual series at 0 (``start``),
+so a dashboard or an alert never waits for a first event to find its metric;
+deploy/ queries only these names (tests/test_dashboards.py holds it to that).
 """
 
 from __future__ import annotations
@@ -64,6 +68,52 @@ EGRESS_RATE = Gauge(
     "Body bytes sent per second over the last few seconds",
     multiprocess_mode="livesum",
 )
+TLS_EXPIRY = Gauge(
+    "edgefleet_tls_cert_expiry_seconds",
+    "When each TLS certificate expires (Unix time of its notAfter)",
+    ["name"],
+    multiprocess_mode="max",
+)
+
+
+def set_tls_expiry(certs: list[tuple[str, float]]) -> None:
+    """(name, notAfter) of the certificates in use."""
+    for name, not_after in certs:
+        TLS_EXPIRY.labels(name).set(not_after)
+
+
+# the series each family has from the start (others appear as they happen)
+ORIGIN_OUTCOMES = {
+    "head": ("ok", "not_found", "error", "timeout", "breaker_open"),
+    "read": ("ok", "not_found", "error", "timeout", "breaker_open"),
+    "revalidate": ("not_modified", "modified", "not_found", "error", "timeout", "breaker_open"),
+}
+FIRST_STATUSES = {"hit": ("200", "206", "304"), "miss": ("200", "206"), "partial": ("200", "206")}
+ERROR_STATUSES = ("400", "403", "404", "416", "502", "503", "504")
+# what ``edgefleet fill`` leaves in the index (fill.run.FillRun.figures), 0 before any
+FILL_FIGURES = (
+    "running", "objects_planned", "bytes_planned", "objects_added", "bytes_downloaded",
+    "bytes_per_second", "objects_verified", "objects_evicted", "errors",
+    "checksum_mismatches", "last_update_timestamp_seconds", "last_run_success",
+)  # fmt: skip
+
+
+def start() -> None:
+    """Make every labelled series this process may write, at 0."""
+    from edge.core.signing import REASONS
+
+    for cache in _CACHE_RESULTS:
+        SENT.labels(cache)
+        LATENCY.labels(cache)
+        for status in FIRST_STATUSES.get(cache, ()):
+            REQUESTS.labels(status, cache)
+    for status in ERROR_STATUSES:
+        REQUESTS.labels(status, "none")
+    for kind, results in ORIGIN_OUTCOMES.items():
+        for result in results:
+            ORIGIN_REQUESTS.labels(kind, result)
+    for reason in REASONS:
+        TOKEN_REJECTIONS.labels(reason)
 
 
 class RequestMetrics:
@@ -72,6 +122,7 @@ class RequestMetrics:
     request costs no lock, no mmap write and no getpid."""
 
     def __init__(self) -> None:
+        start()
         self.sent_total = 0
         self._counts: dict[tuple[int, str], int] = {}
         self._sent = dict.fromkeys(_CACHE_RESULTS, 0)
@@ -178,19 +229,27 @@ class StoreCollector(Collector):
         yield info
 
 
-def _fill_figures(text: str) -> Iterator[GaugeMetricFamily]:
-    """The last fill's figures, as ``edgefleet fill`` left them in the index."""
+def fill_figures(text: str) -> dict[str, float]:
+    """The last fill's figures as ``edgefleet fill`` left them in the index,
+    every one of ``FILL_FIGURES`` (0 before the first fill)."""
     try:
         figures = json.loads(text) if text else {}
     except ValueError:
-        return
+        figures = {}
     if not isinstance(figures, dict):
-        return
-    for name, value in sorted(figures.items()):
+        figures = {}
+    out = dict.fromkeys(FILL_FIGURES, 0.0)
+    for name, value in figures.items():
         if isinstance(value, int | float) and re.fullmatch(r"[a-z_]+", str(name)):
-            g = GaugeMetricFamily(f"edgefleet_fill_{name}", f"Fill: {name.replace('_', ' ')}")
-            g.add_metric([], float(value))
-            yield g
+            out[str(name)] = float(value)
+    return out
+
+
+def _fill_figures(text: str) -> Iterator[GaugeMetricFamily]:
+    for name, value in sorted(fill_figures(text).items()):
+        g = GaugeMetricFamily(f"edgefleet_fill_{name}", f"Fill: {name.replace('_', ' ')}")
+        g.add_metric([], value)
+        yield g
 
 
 def registry_for(store: Store) -> CollectorRegistry:
@@ -202,6 +261,19 @@ def registry_for(store: Store) -> CollectorRegistry:
 
 def render(store: Store) -> bytes:
     return generate_latest(registry_for(store))
+
+
+def totals() -> dict[str, dict[tuple[str, ...], float]]:
+    """Every sample summed over workers: name -> label values -> value."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    out: dict[str, dict[tuple[str, ...], float]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = tuple(v for k, v in sorted(sample.labels.items()))
+            series = out.setdefault(sample.name, {})
+            series[labels] = series.get(labels, 0.0) + sample.value
+    return out
 
 
 def live_totals() -> dict[str, float]:

@@ -31,6 +31,7 @@ from edge.appliance.view import CACHE_NAME, HIT_STATUS, View
 from edge.appliance.viewcache import ViewCache
 from edge.core import cachepolicy
 from edge.core.freshness import is_fresh, may_serve_stale_on_error
+from edge.core.keys import loggable
 from edge.core.meta import ObjectMeta, same_version
 from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
 from edge.origin import OriginChanged, OriginError, OriginRefused, OriginTimeout
@@ -158,12 +159,21 @@ class MissPath:
                 return await self.answer(req, key, again=False)
             if isinstance(exc, OriginRefused):
                 return self.answers.error(req, exc.status, str(exc), key=key)
-            failed = f"Cache-Status: {CACHE_NAME}; fwd=miss; detail=origin-error\r\n"
             if isinstance(exc, OriginTimeout):
-                return self.answers.error(req, 504, f"origin timed out: {exc}", failed, key=key)
+                return self._failed(req, 504, "the origin did not answer in time", exc, key)
             if isinstance(exc, OriginError):
-                return self.answers.error(req, 502, f"origin failed: {exc}", failed, key=key)
+                return self._failed(req, 502, "the origin failed to answer", exc, key)
             raise
+
+    def _failed(self, req: Request, status: int, reason: str, exc: Exception, key: str) -> Response:
+        """The player gets a short reason and a request id; the log gets the
+        details (origin URL, bucket, path, exception text) with the same id."""
+        rid = secrets.token_hex(6)
+        log.warning(
+            "request %s: %s %s: %s", rid, req.method, loggable(key), loggable(str(exc), 400)
+        )
+        extra = f"X-Request-Id: {rid}\r\n{ORIGIN_FAILED}"
+        return self.answers.error(req, status, f"{reason} (request {rid})", extra, key=key)
 
     async def _answer(self, req: Request, key: str, started: list[Response]) -> Response:
         view = self.views.get(key)
@@ -310,7 +320,7 @@ class MissPath:
             if may_serve_stale_on_error(
                 meta.fresh_until, meta.stale_if_error, meta.must_revalidate, time.time()
             ):
-                log.warning("serving stale %r: the origin failed to revalidate it", key)
+                log.warning("serving stale %s: the origin failed to revalidate it", loggable(key))
                 return view
             raise
         if new is None:
@@ -361,7 +371,7 @@ class MissPath:
         try:
             stored = await self.run(self.store.put_slice, obj, idx, chunks)
         except Exception as exc:
-            log.error("storing slice %d of %r failed: %s", idx, obj.key, exc)
+            log.error("storing slice %d of %s failed: %s", idx, loggable(obj.key), exc)
             stored = False
         if not stored:
             self.on_store_failed()
@@ -383,10 +393,10 @@ class MissPath:
         origin = next(o for o in self.chain.origins if hasattr(o, "forward"))
         try:
             got = await origin.forward(req.method, key, _str_headers(req), req.body)  # type: ignore[attr-defined]
+        except OriginTimeout as exc:
+            return self._failed(req, 504, "the origin did not answer in time", exc, key)
         except OriginError as exc:
-            failed = f"Cache-Status: {CACHE_NAME}; fwd=method; detail=origin-error\r\n"
-            status = 504 if isinstance(exc, OriginTimeout) else 502
-            return self.answers.error(req, status, f"origin failed: {exc}", failed, key=key)
+            return self._failed(req, 502, "the origin failed to answer", exc, key)
         if got.status < 400:
             view = self.views.get(key)
             if view is not None:
@@ -404,6 +414,7 @@ def _relabel(resp: Response, fwd: str, fwd_status: int | None, stored: bool) -> 
 
 
 NEGATIVE = f"Cache-Status: {CACHE_NAME}; hit; detail=negative-cache\r\n"
+ORIGIN_FAILED = f"Cache-Status: {CACHE_NAME}; fwd=miss; detail=origin-error\r\n"
 
 
 def _str_headers(req: Request) -> dict[str, str]:

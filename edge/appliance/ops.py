@@ -3,7 +3,9 @@
 - ``GET /_edge/health``: JSON for steering and load balancers (200 when ok,
   503 when draining or failing);
 - ``GET /_edge/metrics``: Prometheus text, summed over workers;
-- ``GET /_edge/status``: an HTML page for the operator at 3 a.m.;
+- ``GET /_edge/status``: an HTML page for the operator at 3 a.m. (``?format=json``:
+  the document it shows; ``edge.appliance.status``);
+- ``GET /_edge/verify?key=K&token=T``: whether the token is valid for K (JSON);
 - ``GET /_edge/inventory[?prefix=P]``: complete objects, one JSON object a line;
   ``?format=bloom``: the same keys as a Bloom filter (``edge.core.inventory``) with an
   ETag, rebuilt at most once a second, 304 for a matching ``If-None-Match``;
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import html
 import json
 import time
 from collections.abc import Awaitable
@@ -24,6 +25,8 @@ from urllib.parse import parse_qs
 
 from edge import __version__
 from edge.appliance import metrics as m
+from edge.appliance.status import Status
+from edge.appliance.status import render as render_status
 from edge.core import inventory as inv
 from edge.core.keys import BadKey, check_key
 from edge.http.wire import Request, Response
@@ -43,6 +46,7 @@ class Ops:
         self.workers = workers
         self._bloom: tuple[float, bytes, str] | None = None  # (built at, body, ETag)
         self._bloom_building: asyncio.Future[tuple[float, bytes, str]] | None = None
+        self.status_page = Status(app)
 
     def handle(self, req: Request, key: str, query: bytes) -> Response | Awaitable[Response]:
         app = self.app
@@ -53,6 +57,7 @@ class Ops:
             "metrics": self.metrics,
             "status": self.status,
             "inventory": self.inventory,
+            "verify": self.verify,
         }
         if name in reads:
             if req.method not in ("GET", "HEAD"):
@@ -107,6 +112,8 @@ class Ops:
         draining = app.store.get_state("draining") == "1"
         status = "failing" if not usable else "draining" if draining else "ok"
         return {
+            "id": app.cfg.id,
+            "site": app.cfg.site,
             "status": status,
             "draining": draining,
             "version": __version__,
@@ -127,12 +134,16 @@ class Ops:
                     for u in usage
                 ],
             },
+            "origins": app.origin_states.as_json(),
             "connections": int(live.get("edgefleet_open_connections", 0)),
             "egress_bytes_per_second": round(live.get("edgefleet_egress_bytes_per_second", 0.0)),
         }
 
     async def health(self, req: Request, params: dict[str, str]) -> Response:
         doc = await self.app.run(self._health_doc)
+        tls_status = getattr(self.app, "tls_status", None)  # set by serve with TLS listeners
+        if tls_status is not None:
+            doc["tls"] = tls_status()
         body = (json.dumps(doc, indent=1) + "\n").encode()
         return self._reply(req, 200 if doc["status"] == "ok" else 503, body, JSON, "_edge/health")
 
@@ -142,29 +153,31 @@ class Ops:
         return self._reply(req, 200, body, m.CONTENT_TYPE, "_edge/metrics")
 
     async def status(self, req: Request, params: dict[str, str]) -> Response:
-        doc = await self.app.run(self._health_doc)
-        rows = "".join(
-            f"<tr><td>{html.escape(r['path'])}</td><td>{r['state']}</td>"
-            f"<td>{_human(r['used_bytes'])}</td><td>{_human(r['capacity_bytes'])}</td>"
-            f"<td>{r['objects']}</td></tr>"
-            for r in doc["store"]["roots"]
-        )
-        page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>edgefleet appliance</title>
-<meta http-equiv="refresh" content="10">
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em 1em;text-align:left}}
-.ok{{color:#070}}.draining{{color:#a60}}.failing{{color:#b00}}</style></head>
-<body><h1>edgefleet appliance <span class="{doc["status"]}">{doc["status"]}</span></h1>
-<p>version {doc["version"]} · {doc["workers"]} worker(s) · up {int(doc["uptime_seconds"])} s ·
-{doc["connections"]} connections · egress {_human(doc["egress_bytes_per_second"])}/s</p>
-<h2>Store</h2><p>{_human(doc["store"]["used_bytes"])} of {_human(doc["store"]["capacity_bytes"])}
-in {doc["store"]["objects"]} objects</p>
-<table><tr><th>root</th><th>state</th><th>used</th><th>capacity</th><th>objects</th></tr>
-{rows}</table>
-<p><a href="/_edge/health">health</a> · <a href="/_edge/metrics">metrics</a> ·
-<a href="/_edge/inventory">inventory</a></p></body></html>
-"""
-        return self._reply(req, 200, page.encode(), "text/html; charset=utf-8", "_edge/status")
+        self.app.metrics.flush()
+        health = await self.app.run(self._health_doc)
+        doc = await self.app.run(self.status_page.document, health)
+        if params.get("format") == "json":
+            body = (json.dumps(doc, indent=1) + "\n").encode()
+            return self._reply(req, 200, body, JSON, "_edge/status")
+        return self._reply(req, 200, render_status(doc), "text/html; charset=utf-8", "_edge/status")
+
+    def verify(self, req: Request, params: dict[str, str]) -> Response:
+        """``?key=K&token=T``: would this token let K through? Nothing is read
+        or fetched; ``edgefleet steer check`` asks it to learn whether steering
+        and the appliance share signing keys."""
+        verifier = self.app.verifier
+        if verifier is None:
+            doc: dict[str, Any] = {"checked": False}
+        else:
+            token = params.get("token")
+            query = f"token={token}" if token is not None else ""
+            reason = verifier.check(params.get("key", ""), query, req.client, time.time())
+            doc = {"checked": True, "valid": reason is None}
+            if reason is not None:
+                doc["reason"] = reason
+        body = (json.dumps(doc) + "\n").encode()
+        status = 403 if doc.get("valid") is False else 200
+        return self._reply(req, status, body, JSON, "_edge/verify")
 
     async def inventory(self, req: Request, params: dict[str, str]) -> Response:
         if params.get("format") == "bloom":
@@ -225,14 +238,17 @@ in {doc["store"]["objects"]} objects</p>
         store = self.app.store
         if "key" in params:
             try:
-                key = check_key(params["key"])
+                # keys are written as the URL path (/show/movie.mp4) as often as
+                # without its slash: both name the same object
+                key = check_key(params["key"].removeprefix("/"))
             except BadKey as exc:
                 return self.app.error(req, 400, f"key: {exc}")
             purged = int(await self.app.run(store.remove, key))
             self.app.views.forget(key)
         elif "prefix" in params:
-            purged = await self.app.run(store.purge_prefix, params["prefix"])
-            self.app.views.forget_prefix(params["prefix"])
+            prefix = params["prefix"].removeprefix("/")
+            purged = await self.app.run(store.purge_prefix, prefix)
+            self.app.views.forget_prefix(prefix)
         else:
             return self.app.error(req, 400, "purge needs ?key=K or ?prefix=P")
         if self.workers > 1 and purged:
@@ -258,11 +274,3 @@ in {doc["store"]["objects"]} objects</p>
             + b"\n"
         )
         return self._reply(req, 200, body, JSON, "_edge/admin/scrub")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"

@@ -8,7 +8,11 @@ rules it keeps:
   no NUL or control characters, no backslash, no ``.``/``..``/empty segments
   (so no absolute paths and no trailing ``/``), no decoded ``%`` (a
   double-encoded key is rejected rather than left for a later hop to decode);
-- keys are at most ``MAX_KEY_BYTES`` long (S3's limit);
+- keys are at most ``MAX_KEY_BYTES`` long (S3's limit), and each path segment
+  at most ``MAX_SEGMENT_BYTES`` (a file name's limit, ``NAME_MAX``, on the
+  file systems of file origins and most HTTP origins): longer is the client's
+  mistake, a 414 before any origin is asked, never an origin failure that
+  would count against its circuit breaker;
 - the ``_edge/`` namespace is the appliance's own (``is_reserved``).
 
 Nothing here touches a socket, a file or a clock.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import re
 
 MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
 MAX_TARGET_BYTES = 8192
 RESERVED_PREFIX = "_edge/"
 
@@ -111,6 +116,10 @@ def check_key(key: str) -> str:
     segments = key.split("/")
     if "" in segments or "." in segments or ".." in segments:
         raise BadKey("empty, '.' or '..' path segment in key")
+    for segment in segments:
+        # a character is at most 4 bytes: only a long segment needs encoding
+        if len(segment) * 4 > MAX_SEGMENT_BYTES and len(segment.encode()) > MAX_SEGMENT_BYTES:
+            raise BadKey(f"path segment longer than {MAX_SEGMENT_BYTES} bytes in key", 414)
     return key
 
 
@@ -128,6 +137,26 @@ def key_for_path(path: bytes) -> str:
             _cache.clear()
         _cache[path] = key
     return key
+
+
+LOG_CHARS = 160
+
+
+def loggable(text: str | bytes, limit: int = LOG_CHARS) -> str:
+    """A key, target or error text as a log line may show it: escaped (control
+    characters, quotes and backslashes as Python writes them; bytes that are
+    not UTF-8 as ``\\xNN``) and, past ``limit`` characters, its middle left
+    out with a count (the start and the end say the most: where and why). A
+    hostile client's 8 KiB target makes ~200 characters of log line, and cannot
+    break the line or forge another."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    shown = repr(text)[1:-1] if len(text) <= 4 * limit else ""
+    if shown and len(shown) <= limit:
+        return shown
+    head, tail = limit * 2 // 3, limit // 3
+    start, end = repr(text[:head])[1:-1][:head], repr(text[-tail:])[1:-1][-tail:]
+    return f"{start}…(+{len(text) - head - tail} chars)…{end}"
 
 
 def is_reserved(key: str) -> bool:

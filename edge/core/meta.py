@@ -57,8 +57,3 @@ def slice_bounds(idx: int, size: int, slice_size: int) -> tuple[int, int]:
     """``(offset, length)`` of slice ``idx``."""
     start = idx * slice_size
     return start, max(0, min(slice_size, size - start))
-
-
-def slices_for(start: int, end: int, slice_size: int) -> range:
-    """Indexes of the slices that hold inclusive byte range ``start..end``."""
-    return range(start // slice_size, end // slice_size + 1)

@@ -48,7 +48,7 @@ class Partial(NamedTuple):
     ranges: tuple[tuple[int, int], ...]
 
 
-Decision = Full | Unsatisfiable | Partial
+RangeAnswer = Full | Unsatisfiable | Partial
 
 FULL = Full()
 UNSATISFIABLE = Unsatisfiable()
@@ -99,7 +99,7 @@ def parse_range(value: str, max_ranges: int = MAX_RANGES) -> list[Spec] | None:
     return specs
 
 
-def resolve(specs: list[Spec] | None, length: int) -> Decision:
+def resolve(specs: list[Spec] | None, length: int) -> RangeAnswer:
     """Apply parsed specs to a representation of ``length`` bytes."""
     if specs is None:
         return FULL
@@ -140,7 +140,7 @@ def coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 _ONE_RANGE = re.compile(r"[Bb][Yy][Tt][Ee][Ss]=([0-9]*)-([0-9]*)")
 
 
-def decide(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> Decision:
+def decide(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> RangeAnswer:
     """The whole decision for a request's ``Range`` header (``None``: absent)."""
     if value is None:
         return FULL

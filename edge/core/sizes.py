@@ -68,8 +68,9 @@ def format_size(n: int) -> str:
 
 def human_size(n: float) -> str:
     """Rounded for a report: ``512 B``, ``1.5 MiB``, ``2.0 TiB``."""
+    unit = "B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1024
-    return f"{n:.1f} TiB"
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -6,7 +6,10 @@ thread would make every request wait for that thread's turn at the GIL.
 
 One object a line: ``time`` (UTC, ISO 8601 with ms), ``client``, ``method``,
 ``key``, ``range``, ``status``, ``bytes`` (body bytes sent), ``cache``
-(hit/miss/partial/none) and ``duration_ms``. Workers append to the same file
+(hit/miss/partial/none) and ``duration_ms``; over TLS also ``tls`` (the
+version, e.g. ``TLSv1.3``) and ``sni`` (the name the client asked for, or
+null). What a client wrote is escaped as JSON does; ``range`` is cut to
+``RANGE_CHARS`` (a range flood is 16 KiB). Workers append to the same file
 (``O_APPEND``, whole lines per write); ``reopen`` follows logrotate.
 """
 
@@ -27,6 +30,7 @@ def _string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False) if _UNSAFE.search(text) else f'"{text}"'
 
 
+RANGE_CHARS = 200  # a Range header is logged up to this; keys are at most 1024 bytes
 FLUSH_LINES = 256  # about 50 KB: written as soon as it is there, and once a second
 
 
@@ -61,12 +65,19 @@ class AccessLog:
         sent: int,
         cache: str,
         duration: float,
+        tls: str | None = None,
+        sni: str | None = None,
     ) -> None:
+        if range_ is not None and len(range_) > RANGE_CHARS:  # a client's, up to 16 KiB
+            range_ = f"{range_[:RANGE_CHARS]}…(+{len(range_) - RANGE_CHARS} chars)"
+        over_tls = (
+            "" if tls is None else f',"tls":"{tls}","sni":{"null" if sni is None else _string(sni)}'
+        )
         self._lines.append(
             f'{{"time":"{self.timestamp(now)}","client":"{client}",'
             f'"method":"{method}","key":{_string(key)},'
             f'"range":{"null" if range_ is None else _string(range_)},"status":{status},'
-            f'"bytes":{sent},"cache":"{cache}","duration_ms":{duration * 1000:.3f}}}\n'
+            f'"bytes":{sent},"cache":"{cache}","duration_ms":{duration * 1000:.3f}{over_tls}}}\n'
         )
         if len(self._lines) >= FLUSH_LINES:
             self.flush()

@@ -5,13 +5,39 @@ Rules it keeps:
   order, so pipelining is safe; a request is handled only when the one before
   it has been answered (its head and body are queued);
 - a response is a head (bytes) and body parts: bytes, or ``FileSpan``s that go
-  out with ``os.sendfile`` (zero copy); a streamed response (a miss) yields
-  parts from an async iterator, throttled by the socket's drain;
-- nothing blocks: a send or sendfile that would block arms a writer callback;
+  out with ``os.sendfile`` (zero copy) through the connection's ``Outbox``
+  (edge.http.outbox, which says what can block: the disk, never the socket);
+  a streamed response (a miss) yields parts from an async iterator, throttled
+  by the socket's drain;
 - a response is logged when its last byte is handed to the kernel, or when the
   connection dies before that, with the body bytes that really left;
 - limits: headers 16 KiB (431), headers within ``HEADER_TIMEOUT`` s, idle
-  keep-alive ``keepalive_timeout`` s, no progress sending for ``SEND_TIMEOUT`` s.
+  keep-alive ``keepalive_timeout`` s, no progress sending for ``SEND_TIMEOUT`` s;
+- the connection is in one read state and one write state, and moves only
+  along ``READ_MOVES`` and ``WRITE_MOVES`` (staying put is always allowed; any
+  other move raises ``StateError``). The reader callback is registered exactly
+  in the read states of ``READER_ON``, the writer exactly in ``BLOCKED``.
+
+Read states:
+- ``HANDSHAKE``: a TLS connection's handshake, within the server's
+  ``handshake_timeout`` (``tls_handshake_timeout``, 10 s);
+  what is not a TLS hello ends it at once (edge.http.tls, docs/tls.md);
+- ``READING``: bytes go to the parser;
+- ``PAUSED``: not reading, too much is queued; reading resumes when it drains;
+- ``LAST``: the last response is chosen (``Connection: close``, a stop); what
+  arrives is dropped, and the peer's end of input is still noticed;
+- ``EOF``: read no more: the peer closed its side, or sent what we cannot
+  parse or an upgrade; the connection closes once its answers are out;
+- ``LINGER``: our last byte is out and our side shut; what the peer still
+  sends is dropped until it closes or ``LINGER_SECONDS`` pass;
+- ``CLOSED``.
+
+Write states: ``OPEN`` (sending straight away), ``BLOCKED`` (the socket is
+full: the writer callback is armed), ``SHUT`` (our side shut after the last
+byte), ``CLOSED``.
+
+Over TLS the socket is a non-blocking ``ssl.SSLSocket``; how parts go
+through it, with kernel TLS or without, is the outbox's business.
 
 The socket is ours, not an asyncio transport's: uvloop has no ``loop.sendfile``
 and a transport would not let a response mix its buffer with sendfile safely.
@@ -21,19 +47,74 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import itertools
+import enum
 import logging
-import os
+import secrets
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 import httptools
 
+from edge.core.host import host_problem
+from edge.core.keys import loggable
+from edge.http.outbox import WOULD_BLOCK, DiskError, Done, Outbox, PeerGone
+from edge.http.tls import ktls_sending
 from edge.http.wire import FileSpan, Host, Request, Response
+
+
+class Read(enum.Enum):
+    HANDSHAKE = "handshake"
+    READING = "reading"
+    PAUSED = "paused"
+    LAST = "last"
+    EOF = "eof"
+    LINGER = "linger"
+    CLOSED = "closed"
+
+
+class Write(enum.Enum):
+    OPEN = "open"
+    BLOCKED = "blocked"
+    SHUT = "shut"
+    CLOSED = "closed"
+
+
+READ_MOVES: dict[Read, frozenset[Read]] = {
+    Read.HANDSHAKE: frozenset({Read.READING, Read.CLOSED}),
+    Read.READING: frozenset({Read.PAUSED, Read.LAST, Read.EOF, Read.CLOSED}),
+    Read.PAUSED: frozenset({Read.READING, Read.LAST, Read.EOF, Read.CLOSED}),
+    Read.LAST: frozenset({Read.EOF, Read.LINGER, Read.CLOSED}),
+    Read.EOF: frozenset({Read.CLOSED}),
+    Read.LINGER: frozenset({Read.CLOSED}),
+    Read.CLOSED: frozenset(),
+}
+WRITE_MOVES: dict[Write, frozenset[Write]] = {
+    Write.OPEN: frozenset({Write.BLOCKED, Write.SHUT, Write.CLOSED}),
+    Write.BLOCKED: frozenset({Write.OPEN, Write.CLOSED}),
+    Write.SHUT: frozenset({Write.CLOSED}),
+    Write.CLOSED: frozenset(),
+}
+READER_ON = frozenset({Read.HANDSHAKE, Read.READING, Read.LAST, Read.LINGER})
+ANSWERING = frozenset({Read.READING, Read.PAUSED})  # new requests are still taken
+
+
+class StateError(RuntimeError):
+    """A move the state tables do not allow."""
+
+
+S = TypeVar("S", Read, Write)
+
+
+def move(table: dict[S, frozenset[S]], now: S, new: S) -> S:
+    """``new`` if the table allows going there from ``now`` (or it is ``now``)."""
+    if new is not now and new not in table[now]:
+        raise StateError(f"{type(now).__name__} state cannot go from {now.name} to {new.name}")
+    return new
+
 
 log = logging.getLogger("edgefleet.http")
 
@@ -44,11 +125,14 @@ MAX_PIPELINED = 32  # parsed requests waiting: stop reading past this
 MAX_QUEUED = 64  # parts queued for the socket: stop answering past this
 LINGER_SECONDS = 2.0  # after our last byte, read and drop what the client still sends
 STREAM_HIGH_WATER = 1 << 20
-# The head is corked (MSG_MORE) onto a large file body, so the client gets
-# full segments; measured on loopback, corking it onto a 64 KiB body cost the
-# server 6 us a request, and onto a 2 MiB body saved the client a wake-up.
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
-CORK_ABOVE = 512 * 1024
+
+
+def _internal_error(handler: Any, req: Request) -> Response:
+    """A 500 for a handler's exception: a request id for the client, the
+    traceback with the same id for the log."""
+    rid = secrets.token_hex(6)
+    log.exception("request %s: handler failed on %s", rid, loggable(req.target))
+    return handler.error(req, 500, f"internal error (request {rid})")
 
 
 class _Fail:
@@ -61,56 +145,108 @@ class _Fail:
         self.message = message
 
 
-class _Done:
-    """Queued after a response's last part: time to log it."""
-
-    __slots__ = ("req", "resp", "sent_before")
-
-    def __init__(self, req: Request, resp: Response, sent_before: int) -> None:
-        self.req = req
-        self.resp = resp
-        self.sent_before = sent_before  # connection's byte count before the head
-
-    def body_bytes(self, sent_now: int) -> int:
-        return max(0, sent_now - self.sent_before - len(self.resp.head))
-
-
 class Connection:
-    def __init__(self, server: Host, sock: socket.socket, client: str) -> None:
+    def __init__(self, server: Host, sock: socket.socket, client: str, tls: bool = False) -> None:
         self.server = server
         self.loop = server.loop
         self.sock = sock
         self.fd = sock.fileno()
         self.client = client
         self.parser = httptools.HttpRequestParser(self)
-        self.out: deque[Any] = deque()
+        self.outbox = Outbox(sock, self._log_done, tls)
+        self.out = self.outbox.parts  # what is queued for the socket
         self.pending: deque[Request] = deque()
-        self.busy = False
-        self.closing = False
-        self.closed = False
-        self.writer_armed = False
-        self.reading = True
-        self.read_eof = False
-        self.lingering = False
+        self.read = Read.HANDSHAKE if tls else Read.READING
+        self.write = Write.OPEN
+        self.tls = tls
+        self.tls_version: str | None = None
+        self.sni: str | None = None
         self.linger_handle: asyncio.TimerHandle | None = None
         self.response_start = 0
-        self.sent = 0  # bytes (heads and bodies) handed to the kernel on this connection
         self.last_active = self.loop.time()  # last byte in or out
         self.last_progress = self.last_active  # last byte out, or last response queued
         self.header_started: float | None = None
         self.header_bytes = 0
         self.raw_header_bytes = 0
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # the handler answering, when it awaits
         self.drain_waiter: asyncio.Future[None] | None = None
         self._req: Request | None = None
         self.body_over = False  # the request's body is larger than the handler takes
         self._url: list[bytes] = []
         self.loop.add_reader(self.fd, self._on_read)
 
+    @property
+    def closed(self) -> bool:
+        return self.read is Read.CLOSED
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None
+
+    # -- states ----------------------------------------------------------------
+
+    def _to_read(self, new: Read) -> None:
+        old = self.read
+        if new is old:
+            return
+        self.read = move(READ_MOVES, old, new)
+        if new in READER_ON:
+            if old not in READER_ON:
+                self.loop.add_reader(self.fd, self._on_read)
+        elif old in READER_ON:
+            self.loop.remove_reader(self.fd)
+        if self.tls and new is Read.READING and old is Read.PAUSED:
+            self.loop.call_soon(self._on_read)  # input OpenSSL decrypted but we did not take
+
+    def _on_writable(self) -> None:
+        if self.read is Read.HANDSHAKE:
+            self._handshake()
+        else:
+            self._flush()
+
+    def _handshake(self) -> None:
+        try:
+            self.sock.do_handshake()  # type: ignore[attr-defined]
+        except ssl.SSLWantReadError:
+            self._to_write(Write.OPEN)
+            return
+        except ssl.SSLWantWriteError:
+            self._to_write(Write.BLOCKED)
+            return
+        except (OSError, ValueError) as exc:  # not TLS, a bad hello, a reset
+            log.debug("TLS handshake with %s failed: %s", self.client, exc)
+            self.close()
+            return
+        self._to_write(Write.OPEN)
+        self.tls_version = self.sock.version()  # type: ignore[attr-defined]
+        self.sni = getattr(self.sock, "sni_name", None)
+        if ktls_sending(self.sock):
+            self.outbox.userland = False  # hits keep sendfile: the kernel encrypts
+            self.server.ktls_seen = True
+        self._to_read(Read.READING)
+        self._on_read()  # the first request may have come with the handshake's last flight
+
+    def _to_write(self, new: Write) -> None:
+        old = self.write
+        if new is old:
+            return
+        self.write = move(WRITE_MOVES, old, new)
+        if new is Write.BLOCKED:
+            self.loop.add_writer(self.fd, self._on_writable)
+        elif old is Write.BLOCKED:
+            self.loop.remove_writer(self.fd)
+
+    def answer_last(self) -> None:
+        """Take no more requests: answer the ones taken, then close."""
+        if self.read in ANSWERING:
+            self._to_read(Read.LAST)
+
     # -- parser callbacks ----------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._req = Request(self.client, time.perf_counter())
+        if self.tls:
+            self._req.tls, self._req.sni = self.tls_version, self.sni
         self._url = []
         self.header_started = self.loop.time()
         self.header_bytes = 0
@@ -156,38 +292,53 @@ class Connection:
         if self.body_over:
             self.body_over = False
             self._req = None
-            self._stop_reading()
-            self.read_eof = True  # the rest of the stream cannot be trusted to frame
+            self._to_read(Read.EOF)  # read no more: answer what came before, then close
             self.pending.append(_Fail(413, "request body too large"))  # type: ignore[arg-type]
             return
         if self._req is not None and self.header_bytes <= MAX_HEADER_BYTES:
-            self.pending.append(self._req)
+            # RFC 9112 §3.2: no Host in HTTP/1.1, or two, is a 400 (edge.core.host)
+            bad = host_problem(self._req.version, self._req.headers.get(b"host"))
+            self.pending.append(self._req if bad is None else _Fail(400, bad))  # type: ignore[arg-type]
             self._req = None
 
     # -- reading -------------------------------------------------------------
 
     def _on_read(self) -> None:
+        if self.read is Read.HANDSHAKE:
+            self._handshake()
+            return
         try:
             data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return
         except OSError:
             self.close()
             return
-        if self.lingering:
+        self._received(data)
+        # OpenSSL may hold decrypted input the socket will not signal again
+        while self.tls and self.read is Read.READING and self.sock.pending():  # type: ignore[attr-defined]
+            try:
+                data = self.sock.recv(65536)
+            except WOULD_BLOCK:
+                return
+            except OSError:
+                self.close()
+                return
+            self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        if self.read is Read.LINGER:
             if not data:
                 self.close()
             return  # what a client sends after our last byte is dropped
         if not data:
-            self.read_eof = True
-            self._stop_reading()
-            self.closing = True  # answer what was asked, then close
+            self._to_read(Read.EOF)  # answer what was asked, then close
             if self.idle():
                 self.close()
             return
         self.last_active = self.loop.time()
-        if self.closing:
-            return
+        if self.read is not Read.READING:
+            return  # LAST: the last response is chosen; the rest is dropped
         if self.header_started is not None:
             # still in one request's headers: a guard against an endless header line
             self.raw_header_bytes += len(data)
@@ -199,10 +350,10 @@ class Connection:
         except httptools.HttpParserUpgrade:
             # RFC 9110 §7.8: an Upgrade we do not do is ignored; the request is
             # answered as it is, and nothing after it is read (the parser stops).
-            self._stop_reading()
-            self.read_eof = True
+            self._to_read(Read.EOF)
             if self.pending:
-                self.pending[-1].keep_alive = False
+                if type(self.pending[-1]) is not _Fail:  # a refused one closes anyway
+                    self.pending[-1].keep_alive = False
             else:
                 self.pending.append(_Fail(400, "protocol upgrades are not supported"))  # type: ignore[arg-type]
             self._process()
@@ -215,20 +366,9 @@ class Connection:
             return
         self._process()
 
-    def _stop_reading(self) -> None:
-        if self.reading:
-            self.reading = False
-            self.loop.remove_reader(self.fd)
-
-    def _resume_reading(self) -> None:
-        if not self.reading and not self.read_eof and not self.closed and not self.closing:
-            self.reading = True
-            self.loop.add_reader(self.fd, self._on_read)
-
     def _fail(self, status: int, message: str) -> None:
         """Answer a request we cannot parse after the good ones before it, then close."""
-        self._stop_reading()
-        self.read_eof = True  # read no more
+        self._to_read(Read.EOF)  # read no more
         self.pending.append(_Fail(status, message))  # type: ignore[arg-type]
         self._process()
 
@@ -236,7 +376,7 @@ class Connection:
 
     def _process(self) -> None:
         handler = self.server.handler
-        while self.pending and not self.busy and not self.closed:
+        while self.pending and self.task is None and self.read is not Read.CLOSED:
             if len(self.out) > MAX_QUEUED:
                 break  # a client that asks faster than it reads waits for the socket
             req = self.pending.popleft()
@@ -244,95 +384,90 @@ class Connection:
                 failed = Request(self.client, time.perf_counter())
                 failed.method, failed.keep_alive = "-", False
                 self._emit(failed, handler.error(None, req.status, req.message))
-                self.closing = True
-                self.pending.clear()
+                self._answer_none_after()
                 break
             if self.server.stopping:
                 req.keep_alive = False
             try:
                 result = handler.handle(req)
             except Exception:
-                log.exception("handler failed")
-                result = handler.error(req, 500, "internal error")
+                result = _internal_error(handler, req)
             if isinstance(result, Response):
                 self._emit(req, result)
             else:
-                self.busy = True
                 self.task = self.loop.create_task(self._run(req, result))
                 break
             if not req.keep_alive or result.close:
-                self.closing = True
-                self.pending.clear()
+                self._answer_none_after()
                 break
         if len(self.pending) > MAX_PIPELINED or len(self.out) > MAX_QUEUED:
-            self._stop_reading()
-        elif not self.pending:
-            self._resume_reading()
+            if self.read is Read.READING:
+                self._to_read(Read.PAUSED)
+        elif not self.pending and self.read is Read.PAUSED:
+            self._to_read(Read.READING)
         self._flush()
 
+    def _answer_none_after(self) -> None:
+        self.answer_last()
+        self.pending.clear()
+
     async def _run(self, req: Request, pending: Awaitable[Response]) -> None:
-        handler = self.server.handler
         try:
-            try:
-                resp = await pending
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("handler failed")
-                resp = handler.error(req, 500, "internal error")
+            resp = await self._response(req, pending)
             if self.closed:
                 return
             self._emit(req, resp, done=resp.stream is None)
             self._flush()
-            if resp.stream is not None:
-                try:
-                    async for part in resp.stream:
-                        if self.closed:
-                            return
-                        self.out.append(part)
-                        self._flush()
-                        if self._backlog() > STREAM_HIGH_WATER:
-                            await self._drained()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("response to %s aborted: %s", req.target[:200], exc)
-                    self.close()
-                    return
-                finally:
-                    with contextlib.suppress(Exception):
-                        await resp.stream.aclose()  # type: ignore[attr-defined]
-                self.out.append(_Done(req, resp, self.response_start))
-                self._flush()
+            if resp.stream is not None and not await self._stream(req, resp):
+                return
             if not req.keep_alive or resp.close:
-                self.closing = True
-                self.pending.clear()
+                self._answer_none_after()
         finally:
-            self.busy = False
             self.task = None
         if not self.closed:
             self._process()
 
+    async def _response(self, req: Request, pending: Awaitable[Response]) -> Response:
+        try:
+            return await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return _internal_error(self.server.handler, req)
+
+    async def _stream(self, req: Request, resp: Response) -> bool:
+        """Queue a streamed body as it comes, held back by the socket's drain;
+        False if the connection ended first."""
+        assert resp.stream is not None
+        try:
+            async for part in resp.stream:
+                if self.closed:
+                    return False
+                self.out.append(part)
+                self._flush()
+                if self.outbox.backlog() > STREAM_HIGH_WATER:
+                    await self._drained()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("response to %s aborted: %s", loggable(req.target), exc)
+            self.close()
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await resp.stream.aclose()  # type: ignore[attr-defined]
+        self.out.append(Done(req, resp, self.response_start))
+        self._flush()
+        return True
+
     def _emit(self, req: Request, resp: Response, done: bool = True) -> None:
-        self.response_start = self.sent + (self._backlog() if self.out else 0)
+        self.response_start = self.outbox.sent + (self.outbox.backlog() if self.out else 0)
         self.out.append(resp.head)
         if req.method != "HEAD":
             self.out.extend(resp.body)
         if done:
-            self.out.append(_Done(req, resp, self.response_start))
+            self.out.append(Done(req, resp, self.response_start))
         self.last_active = self.last_progress = self.loop.time()
-
-    def _backlog(self) -> int:
-        n = 0
-        for item in self.out:
-            n += (
-                item.count
-                if type(item) is FileSpan
-                else len(item)
-                if type(item) is not _Done
-                else 0
-            )
-        return n
 
     def _drained(self) -> asyncio.Future[None]:
         fut = self.loop.create_future()
@@ -344,122 +479,65 @@ class Connection:
 
     # -- writing -------------------------------------------------------------
 
-    def _on_writable(self) -> None:
-        self._flush()
-
     def _flush(self) -> None:
-        out = self.out
-        sock = self.sock
-        while out:
-            item = out[0]
-            t = type(item)
-            if t is FileSpan:
-                if item.fd < 0:
-                    try:
-                        item.fd = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
-                    except OSError as exc:
-                        self._disk_error(item, exc)
-                        return
-                try:
-                    n = os.sendfile(self.fd, item.fd, item.offset, item.count)
-                except (BlockingIOError, InterruptedError):
-                    self._arm_writer()
-                    return
-                except OSError as exc:
-                    if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                        self.close()
-                    else:
-                        self._disk_error(item, exc)
-                    return
-                if n == 0:
-                    self._disk_error(
-                        item, OSError(errno.EIO, "slice file shorter than its index row")
-                    )
-                    return
-                self.sent += n
+        """Send what is queued: until all is out, or the socket is full (the
+        writer is armed), or the connection ended."""
+        outbox = self.outbox
+        before = outbox.sent
+        try:
+            all_out = outbox.flush()
+        except PeerGone:
+            self.close()
+            return
+        except DiskError as exc:
+            self._disk_error(exc.span, exc.error)
+            return
+        finally:
+            if outbox.sent != before:
                 self.last_active = self.last_progress = self.loop.time()
-                item.offset += n
-                item.count -= n
-                if item.count == 0:
-                    item.close()
-                    out.popleft()
-            elif t is _Done:
-                out.popleft()
-                self.server.handler.finished(
-                    item.req, item.resp, item.body_bytes(self.sent), time.perf_counter()
-                )
-            else:
-                # Gather the bytes that are next into one writev.
-                buffers = [item]
-                following = None
-                for nxt in itertools.islice(out, 1, 16):
-                    if type(nxt) is FileSpan or type(nxt) is _Done:
-                        following = nxt
-                        break
-                    buffers.append(nxt)
-                flags = (
-                    _MSG_MORE if type(following) is FileSpan and following.count > CORK_ABOVE else 0
-                )
-                try:
-                    if len(buffers) == 1:
-                        n = sock.send(item, flags)
-                    else:
-                        n = sock.sendmsg(buffers, (), flags)
-                except (BlockingIOError, InterruptedError):
-                    self._arm_writer()
-                    return
-                except OSError:
-                    self.close()
-                    return
-                self.sent += n
-                self.last_active = self.last_progress = self.loop.time()
-                for buf in buffers:
-                    size = len(buf)
-                    if n >= size:
-                        out.popleft()
-                        n -= size
-                    else:
-                        out[0] = memoryview(buf)[n:]
-                        self._arm_writer()
-                        return
-        if self.writer_armed:
-            self.writer_armed = False
-            self.loop.remove_writer(self.fd)
+        if not all_out:
+            self._to_write(Write.BLOCKED)
+            return
+        self._all_sent()
+
+    def _log_done(self, done: Done) -> None:
+        self.server.handler.finished(
+            done.req, done.resp, done.body_bytes(self.outbox.sent), time.perf_counter()
+        )
+
+    def _all_sent(self) -> None:
+        """Everything queued is out: wake a stream waiting to drain, take held
+        requests, or close after the last response."""
+        if self.write is Write.BLOCKED:
+            self._to_write(Write.OPEN)
         if self.drain_waiter is not None:
             waiter, self.drain_waiter = self.drain_waiter, None
             if not waiter.done():
                 waiter.set_result(None)
-        if self.busy:
+        if self.task is not None:
             return
         if self.pending:
             self._process()  # requests held back while the socket was full
-        elif self.closing:
+        elif self.read is Read.LAST or self.read is Read.EOF:
             self._linger()
 
     def _linger(self) -> None:
         """Close after our last byte without a reset: half-close, then drop what
         the client still sends for a while (a close with unread input would make
         the kernel reset the connection and discard what it has not sent yet)."""
-        if self.closed or self.lingering:
-            return
-        if self.read_eof:
+        if self.read is Read.EOF:
             self.close()
+            return
+        if self.read is not Read.LAST:
             return
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self.close()
             return
-        self.lingering = True
-        if not self.reading:
-            self.reading = True
-            self.loop.add_reader(self.fd, self._on_read)
+        self._to_write(Write.SHUT)
+        self._to_read(Read.LINGER)
         self.linger_handle = self.loop.call_later(LINGER_SECONDS, self.close)
-
-    def _arm_writer(self) -> None:
-        if not self.writer_armed:
-            self.writer_armed = True
-            self.loop.add_writer(self.fd, self._on_writable)
 
     def _disk_error(self, span: FileSpan, exc: OSError) -> None:
         log.error("cannot send %s: %s", span.path, exc)
@@ -470,35 +548,30 @@ class Connection:
     # -- lifecycle -----------------------------------------------------------
 
     def idle(self) -> bool:
-        return not self.busy and not self.out and not self.pending
+        return self.task is None and not self.out and not self.pending
 
     def expired(self, now: float, keepalive_timeout: float) -> bool:
-        """Too slow sending headers, idle too long, or a client not reading."""
+        """Too slow with the handshake or the headers, idle too long, or a client not reading."""
+        if self.read is Read.HANDSHAKE:
+            return now - self.last_active > self.server.handshake_timeout
         if self.header_started is not None and now - self.header_started > HEADER_TIMEOUT:
             return True
         if self.out:
             return now - self.last_progress > SEND_TIMEOUT
-        if self.idle() and not self.lingering:
+        if self.idle() and self.read is not Read.LINGER:
             return now - self.last_active > keepalive_timeout
         return False
 
     def close(self) -> None:
-        if self.closed:
+        if self.read is Read.CLOSED:
             return
-        self.closed = True
+        self._to_read(Read.CLOSED)
+        self._to_write(Write.CLOSED)
         if self.linger_handle is not None:
             self.linger_handle.cancel()
-        if self.reading:
-            self.loop.remove_reader(self.fd)
-        if self.writer_armed:
-            self.loop.remove_writer(self.fd)
-        now = time.perf_counter()
-        for item in self.out:
-            if type(item) is FileSpan:
-                item.close()
-            elif type(item) is _Done:
-                self.server.handler.finished(item.req, item.resp, item.body_bytes(self.sent), now)
-        self.out.clear()
+        now, sent = time.perf_counter(), self.outbox.sent
+        for done in self.outbox.close():
+            self.server.handler.finished(done.req, done.resp, done.body_bytes(sent), now)
         self.pending.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()

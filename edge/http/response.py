@@ -1,15 +1,18 @@
 """Response heads and bodies for the content port: pure byte building.
 
-Rules it keeps: every response has ``Date`` and ``Server``; every content
+Rules it keeps: every response has ``Date`` and ``Server`` (the ``Date`` line
+is built once a second, by ``DateCache``); every content
 response carries the CORS headers; ``Connection: close`` when the connection
 ends after it; error bodies are one short plain-text line naming the problem.
 """
 
 from __future__ import annotations
 
+import time
 from http import HTTPStatus
 
 from edge import __version__
+from edge.core.httpdate import format_http_date
 
 SERVER = f"edgefleet/{__version__}"
 SERVER_LINE = f"Server: {SERVER}\r\n".encode()
@@ -21,6 +24,28 @@ ALLOWED_REQUEST_HEADERS = (
 ALLOW = "GET, HEAD, OPTIONS"
 
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+
+
+class DateCache:
+    """The ``Date:`` line of the current second, built when the second changes;
+    ``with_server`` is it followed by the ``Server:`` line."""
+
+    __slots__ = ("_sec", "line", "with_server")
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self.line = b""
+        self.with_server = b""
+        self.refresh()
+
+    def refresh(self, now: float | None = None) -> bytes:
+        """The ``Date:`` line for ``now`` (default: the clock)."""
+        sec = int(time.time() if now is None else now)
+        if sec != self._sec:
+            self._sec = sec
+            self.line = f"Date: {format_http_date(sec)}\r\n".encode()
+            self.with_server = self.line + SERVER_LINE
+        return self.line
 
 
 def status_line(status: int) -> bytes:

@@ -1,7 +1,9 @@
-"""The accept loop of the lean HTTP/1.1 server, and its stop signals.
+"""The accept loop of the lean HTTP/1.1 server, its listening sockets and its
+stop signals.
 
-``ContentServer`` accepts on one listening socket (one of a worker's
-``SO_REUSEPORT`` group), keeps the connections, sweeps idle ones every second,
+``ContentServer`` accepts on its listening sockets (each one of a worker's
+``SO_REUSEPORT`` group; TLS ones wrap what they accept in the certificate
+set's context), keeps the connections, sweeps idle ones every second,
 pauses accepting for a second when the process is out of descriptors, and on
 shutdown lets in-flight responses finish within a grace period.
 """
@@ -12,12 +14,54 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from edge.http.connection import Connection
+from edge.http.tls import HANDSHAKE_TIMEOUT, CertSet
 from edge.http.wire import Handler
 
 log = logging.getLogger("edgefleet.http")
+
+
+class ListenError(OSError):
+    """A listening socket that could not be bound; the message says where and why."""
+
+
+def bind_listeners(
+    host: str, port: int, count: int = 1, *, reuse_port: bool = False, backlog: int = 1024
+) -> list[socket.socket]:
+    """``count`` listening sockets on ``host:port`` (IPv6 when ``host`` has a colon).
+
+    With ``reuse_port`` they form an ``SO_REUSEPORT`` group (one per worker);
+    a plain bind comes first, so a port another process holds (even another
+    appliance, with ``SO_REUSEPORT``) is an error rather than a silent share.
+    Port 0 picks one free port for the whole group."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if reuse_port:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+                port = probe.getsockname()[1]
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    socks: list[socket.socket] = []
+    for _ in range(count):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            s.close()
+            for other in socks:
+                other.close()
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        s.listen(backlog)
+        socks.append(s)
+    return socks
 
 
 class ContentServer:
@@ -26,13 +70,23 @@ class ContentServer:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
+        sock: socket.socket | None,
         handler: Handler,
         *,
         keepalive_timeout: float = 75.0,
+        tls_socks: list[socket.socket] | None = None,
+        certs: CertSet | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
+        self.handshake_timeout = handshake_timeout
         self.loop = loop
-        self.sock = sock
+        # (listening socket, does it speak TLS?)
+        self.listeners = [(sock, False)] if sock is not None else []
+        self.listeners += [(s, True) for s in tls_socks or ()]
+        if any(tls for _, tls in self.listeners) and certs is None:
+            raise ValueError("a TLS listener needs certificates")
+        self.certs = certs
+        self.ktls_seen = False  # a connection got kernel TLS
         self.handler = handler
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[Connection] = set()
@@ -43,15 +97,31 @@ class ContentServer:
         self._sweeper: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self.sock.setblocking(False)
-        self.loop.add_reader(self.sock.fileno(), self._accept)
-        self.accepting = True
+        for sock, _ in self.listeners:
+            sock.setblocking(False)
+        self._listen(True)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
-    def _accept(self) -> None:
+    def _listen(self, on: bool) -> None:
+        if on == self.accepting:
+            return
+        self.accepting = on
+        for sock, tls in self.listeners:
+            if sock.fileno() < 0:
+                continue
+            if on:
+                self.loop.add_reader(sock.fileno(), self._accept, sock, tls)
+            else:
+                self.loop.remove_reader(sock.fileno())
+
+    @property
+    def tls_mode(self) -> str:
+        return "ktls" if self.ktls_seen else "userland"
+
+    def _accept(self, sock: socket.socket, tls: bool) -> None:
         for _ in range(64):
             try:
-                conn, addr = self.sock.accept()
+                conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -65,7 +135,16 @@ class ContentServer:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = addr[0] if isinstance(addr, tuple) else str(addr)
-            c = Connection(self, conn, client)
+            if tls:
+                assert self.certs is not None
+                try:
+                    conn = self.certs.context.wrap_socket(
+                        conn, server_side=True, do_handshake_on_connect=False
+                    )
+                except OSError:
+                    conn.close()  # gone before we could look at it
+                    continue
+            c = Connection(self, conn, client, tls)
             self.connections.add(c)
             if self.on_count:
                 self.on_count(len(self.connections))
@@ -76,6 +155,8 @@ class ContentServer:
             self.on_count(len(self.connections))
 
     def _sweep(self) -> None:
+        if self.certs is not None:
+            self.certs.rotate_tickets(time.time())
         now = self.loop.time()
         for c in list(self.connections):
             if c.expired(now, self.keepalive_timeout):
@@ -85,22 +166,19 @@ class ContentServer:
     def _pause_accepting(self, seconds: float) -> None:
         if not self.accepting:
             return
-        self.accepting = False
-        self.loop.remove_reader(self.sock.fileno())
+        self._listen(False)
 
         def resume() -> None:
-            if not self.stopping and not self.accepting:
-                self.accepting = True
-                self.loop.add_reader(self.sock.fileno(), self._accept)
+            if not self.stopping:
+                self._listen(True)
 
         self.loop.call_later(seconds, resume)
 
     def stop_accepting(self) -> None:
-        if self.accepting:
-            self.accepting = False
-            self.loop.remove_reader(self.sock.fileno())
-        if self.sock.fileno() >= 0:
-            self.sock.close()
+        self._listen(False)
+        for sock, _ in self.listeners:
+            if sock.fileno() >= 0:
+                sock.close()
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; let in-flight responses finish within ``grace`` s."""
@@ -112,7 +190,7 @@ class ContentServer:
                 if c.idle() and c.header_started is None:
                     c.close()
                 else:
-                    c.closing = True
+                    c.answer_last()
             if not self.connections or self.loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)

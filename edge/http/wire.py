@@ -71,8 +71,10 @@ class Request:
         "headers",
         "keep_alive",
         "method",
+        "sni",
         "started",
         "target",
+        "tls",
         "version",
     )
 
@@ -85,6 +87,8 @@ class Request:
         self.version = "1.1"
         self.keep_alive = True
         self.headers: dict[bytes, bytes] = {}  # lower-case names, raw values
+        self.tls: str | None = None  # the TLS version ("TLSv1.3"), None on plain HTTP
+        self.sni: str | None = None  # the name the client asked for in its TLS hello
 
 
 class Response:
@@ -134,6 +138,8 @@ class Host(Protocol):
     loop: Any  # the running event loop
     handler: Handler
     stopping: bool
+    handshake_timeout: float  # seconds a TLS handshake may take
+    ktls_seen: bool  # set once a connection got kernel TLS
 
     def forget(self, conn: Any) -> None: ...
 

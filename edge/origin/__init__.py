@@ -58,6 +58,10 @@ class OriginSettings:
     s3_addressing_style: str = "auto"
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
+    # (key id, secret): HTTP origins get signed requests (a parent or peer
+    # appliance of the same fleet checks them; a plain web server ignores them)
+    signing_key: tuple[str, bytes] | None = None
+    ca_file: str | None = None  # verifies https:// origins, parents and peers (None: system)
 
 
 class Origin(Protocol):

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from edge.core.breaker import Breaker
 from edge.core.cachepolicy import explicitly_fresh, origin_failed
+from edge.core.keys import loggable
 from edge.core.meta import ObjectMeta, same_version, slice_bounds
 from edge.origin import Origin, OriginChanged, OriginError, OriginRefused, OriginTimeout
 
@@ -186,6 +187,7 @@ class OriginChain:
         breaker_cooldown: float = 10.0,
         on_origin: Callable[[str, str], None] | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        on_state: Callable[[str, OriginError | None], None] | None = None,
     ) -> None:
         self.origins = origins
         self.retries = retries
@@ -196,6 +198,8 @@ class OriginChain:
         }
         self.on_origin = on_origin or (lambda kind, result: None)
         self.on_bytes = on_bytes or (lambda n: None)
+        # (origin URL, None when it answered or the error when it failed): edge.origin.state
+        self.on_state = on_state or (lambda url, error: None)
         self.negative: dict[str, float] = {}
         self.sources: dict[str, Origin] = {}  # key -> the origin its metadata came from
         self.heads: dict[str, asyncio.Future[ObjectMeta | None]] = {}
@@ -265,6 +269,7 @@ class OriginChain:
                     raise
                 except OriginChanged as exc:
                     breaker.success()  # it answered
+                    self.on_state(origin.url, None)
                     if origin is source:
                         raise
                     changed = changed or exc
@@ -272,7 +277,10 @@ class OriginChain:
                 except OriginError as exc:
                     breaker.failure(time.monotonic())
                     self.on_origin(kind, "timeout" if isinstance(exc, OriginTimeout) else "error")
-                    log.warning("origin %s (%s, try %d): %s", origin.url, kind, n + 1, exc)
+                    self.on_state(origin.url, exc)
+                    log.warning(
+                        "origin %s (%s, try %d): %s", origin.url, kind, n + 1, loggable(str(exc))
+                    )
                     last = exc
                     if n < self.retries:
                         await asyncio.sleep(backoff(n, self.backoff_base))
@@ -280,6 +288,7 @@ class OriginChain:
                 if failed is not None and failed(result):
                     breaker.failure(time.monotonic())
                     self.on_origin(kind, "error")
+                    self.on_state(origin.url, OriginError(f"{origin.url}: a 5xx answer"))
                     if n < self.retries:
                         await _discard(result)
                         await asyncio.sleep(backoff(n, self.backoff_base))
@@ -287,6 +296,7 @@ class OriginChain:
                     return result
                 if count_success:
                     breaker.success()
+                    self.on_state(origin.url, None)
                 return result
         raise changed or last or OriginError("no origin configured")
 

@@ -35,9 +35,12 @@ from edge.core import cachepolicy, freshness
 from edge.core.httpdate import format_http_date, parse_http_date
 from edge.core.mediatypes import guess_type
 from edge.core.meta import ObjectMeta
+from edge.core.signing import token_param
 from edge.http.response import SERVER
+from edge.http.tls import client_context
 from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
 
+SIGNED_FOR = 300  # seconds a request's token is valid
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 UNSIZED_MAX = 16 * 1024 * 1024  # an answer without a length is read whole, up to this
 
@@ -70,6 +73,8 @@ class HTTPOrigin:
         self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self.signing_key = settings.signing_key  # replaced when the keys are reloaded
+        self._key_prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -80,7 +85,11 @@ class HTTPOrigin:
                     sock_connect=self.settings.connect_timeout,
                     sock_read=self.settings.read_timeout,
                 ),
-                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(
+                    limit=256,
+                    ttl_dns_cache=300,
+                    ssl=client_context(self.settings.ca_file) if self.settings.ca_file else True,
+                ),
                 auto_decompress=False,
                 headers={"User-Agent": SERVER, "Accept-Encoding": "identity"},
                 skip_auto_headers=("Content-Type",),
@@ -90,6 +99,11 @@ class HTTPOrigin:
     def _target(self, key: str) -> str:
         path, query = cachepolicy.split_key(key)
         url = self.base + "/" + quote(path, safe="/!$&'()*+,;=:@-._~")
+        if self.signing_key is not None:
+            kid, secret = self.signing_key  # the key as the parent names it, prefix and all
+            expires = int(time.time()) + SIGNED_FOR
+            token = token_param(self._key_prefix + path, kid, secret, expires)
+            query = f"{query}&{token}" if query else token
         return url + "?" + query if query else url
 
     async def close(self) -> None:

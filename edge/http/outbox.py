@@ -1,0 +1,228 @@
+"""What a connection has queued to send, and sending it without blocking.
+
+Rules it keeps:
+- parts leave in order: bytes (gathered into one ``sendmsg``), ``FileSpan``s
+  with ``os.sendfile`` (zero copy), and ``Done`` markers, which are handed to
+  ``on_done`` when every byte queued before them is with the kernel;
+- the head is corked (``MSG_MORE``) onto a large file body, so the client gets
+  full segments; measured on loopback, corking it onto a 64 KiB body cost the
+  server 6 us a request, and onto a 2 MiB body saved the client a wake-up;
+- over TLS the socket is an ``ssl.SSLSocket``: parts are gathered (up to
+  ``TLS_CHUNK``) into one ``send``, and on userland TLS file spans are read
+  into that buffer (``os.pread``) to be encrypted; with kernel TLS they keep
+  ``sendfile``, which the kernel encrypts. A TLS send that would block is
+  retried with the same buffer, as OpenSSL requires;
+- ``flush`` never blocks on the socket: it returns False when the socket is
+  full. It raises ``PeerGone`` when the peer went away and ``DiskError``
+  when a file cannot be read; what can block is the disk (a page not in the
+  page cache, and the ``open`` of a span handed over by path: a fallback when
+  the handler could not open it itself, e.g. on ``EMFILE``).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from edge.http.wire import FileSpan, Request, Response
+
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+CORK_ABOVE = 512 * 1024
+TLS_CHUNK = 128 * 1024  # bytes gathered (and read from files) into one TLS send
+_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class PeerGone(Exception):
+    """The peer closed or reset the connection while we were sending."""
+
+
+class DiskError(Exception):
+    def __init__(self, span: FileSpan, error: OSError) -> None:
+        super().__init__(f"{span.path}: {error}")
+        self.span = span
+        self.error = error
+
+
+class Done:
+    """Queued after a response's last part: time to log it."""
+
+    __slots__ = ("req", "resp", "sent_before")
+
+    def __init__(self, req: Request, resp: Response, sent_before: int) -> None:
+        self.req = req
+        self.resp = resp
+        self.sent_before = sent_before  # the outbox's byte count before the head
+
+    def body_bytes(self, sent_now: int) -> int:
+        return max(0, sent_now - self.sent_before - len(self.resp.head))
+
+
+class Outbox:
+    def __init__(self, sock: socket.socket, on_done: Callable[[Done], None], tls: bool) -> None:
+        self.parts: deque[Any] = deque()
+        self.sent = 0  # bytes (heads and bodies) handed to the kernel
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.on_done = on_done
+        self.tls = tls  # bytes go through the SSLSocket
+        self.userland = tls  # ... and so do files, unless the kernel encrypts (kTLS)
+        self._retry = False  # the TLS buffer at the head must be sent again as it is
+
+    def backlog(self) -> int:
+        """Bytes queued and not yet with the kernel."""
+        n = 0
+        for item in self.parts:
+            t = type(item)
+            n += item.count if t is FileSpan else 0 if t is Done else len(item)
+        return n
+
+    def flush(self) -> bool:
+        """Send until everything is out (True) or the socket is full (False)."""
+        parts = self.parts
+        while parts:
+            item = parts[0]
+            t = type(item)
+            if t is Done:
+                parts.popleft()
+                self.on_done(item)
+            elif self.tls and (t is not FileSpan or self.userland):
+                if not self._send_tls():
+                    return False
+            elif not (self._send_file(item) if t is FileSpan else self._send_bytes()):
+                return False
+        return True
+
+    def close(self) -> list[Done]:
+        """Drop what is queued; the ``Done`` markers that will not be reached."""
+        lost = []
+        for item in self.parts:
+            if type(item) is FileSpan:
+                item.close()
+            elif type(item) is Done:
+                lost.append(item)
+        self.parts.clear()
+        return lost
+
+    def _send_file(self, span: FileSpan) -> bool:
+        if span.fd < 0:
+            _open(span)
+        try:
+            n = os.sendfile(self.fd, span.fd, span.offset, span.count)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if exc.errno in _GONE:
+                raise PeerGone from exc
+            raise DiskError(span, exc) from exc
+        if n == 0:
+            raise DiskError(span, OSError(errno.EIO, "slice file shorter than its index row"))
+        self.sent += n
+        span.offset += n
+        span.count -= n
+        if span.count == 0:
+            span.close()
+            self.parts.popleft()
+        return True
+
+    def _send_bytes(self) -> bool:
+        parts = self.parts
+        buffers = [parts[0]]
+        following = None
+        for nxt in itertools.islice(parts, 1, 16):
+            if type(nxt) is FileSpan or type(nxt) is Done:
+                following = nxt
+                break
+            buffers.append(nxt)
+        flags = _MSG_MORE if type(following) is FileSpan and following.count > CORK_ABOVE else 0
+        try:
+            if len(buffers) == 1:
+                n = self.sock.send(buffers[0], flags)
+            else:
+                n = self.sock.sendmsg(buffers, (), flags)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            raise PeerGone from exc
+        self.sent += n
+        for buf in buffers:
+            size = len(buf)
+            if n < size:
+                parts[0] = memoryview(buf)[n:]
+                return False
+            parts.popleft()
+            n -= size
+        return True
+
+    def _send_tls(self) -> bool:
+        parts = self.parts
+        data = parts[0]
+        if not self._retry and (
+            type(data) is FileSpan or (len(data) < TLS_CHUNK and len(parts) > 1)
+        ):
+            data = self._gather()
+        try:
+            n = self.sock.send(data)
+        except WOULD_BLOCK:
+            self._retry = True
+            return False
+        except OSError as exc:
+            raise PeerGone from exc
+        self._retry = False
+        self.sent += n
+        if n < len(data):
+            parts[0] = memoryview(data)[n:]
+            return False
+        parts.popleft()
+        return True
+
+    def _gather(self) -> bytes:
+        """Join the parts at the head, up to ``TLS_CHUNK``, into one buffer at
+        the head; on userland TLS file spans are read into it."""
+        parts = self.parts
+        got: list[Any] = []
+        size = 0
+        while parts and size < TLS_CHUNK:
+            item = parts[0]
+            if type(item) is Done or (type(item) is FileSpan and not self.userland):
+                break
+            if type(item) is not FileSpan:
+                got.append(parts.popleft())
+                size += len(item)
+                continue
+            got.append(data := _read(item, TLS_CHUNK - size))
+            size += len(data)
+            if item.count:
+                break
+            item.close()
+            parts.popleft()
+        joined = got[0] if len(got) == 1 else b"".join(got)
+        parts.appendleft(joined)
+        return joined
+
+
+def _open(span: FileSpan) -> None:
+    try:
+        span.fd = os.open(span.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DiskError(span, exc) from exc
+
+
+def _read(span: FileSpan, most: int) -> bytes:
+    if span.fd < 0:
+        _open(span)
+    try:
+        data = os.pread(span.fd, min(most, span.count), span.offset)
+    except OSError as exc:
+        raise DiskError(span, exc) from exc
+    if not data:
+        raise DiskError(span, OSError(errno.EIO, "slice file shorter than its index row"))
+    span.offset += len(data)
+    span.count -= len(data)
+    return data

@@ -1,0 +1,333 @@
+"""The store's index: the SQLite schema, its connections, rows <-> objects.
+
+Rules it keeps:
+- one connection per thread, in WAL mode, so worker processes, the fill job and
+  the appliance's threads read while one of them writes;
+- every write is one ``BEGIN IMMEDIATE`` transaction (``Index.write``), so a
+  reader never sees half of a change;
+- an index made by an earlier version is brought up to date in place
+  (``migrate``: columns added, never dropped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from edge.core.meta import ObjectMeta, slice_count
+from edge.core.policy import decayed
+from edge.store.files import Root, StoreError, slice_path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS roots (
+    id INTEGER PRIMARY KEY,
+    path TEXT UNIQUE NOT NULL,
+    capacity INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS objects (
+    key TEXT PRIMARY KEY,
+    gen TEXT NOT NULL,
+    root INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    last_modified INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    cache_control TEXT,
+    fresh_until REAL,
+    born REAL,
+    stale_if_error REAL NOT NULL DEFAULT 0,
+    must_revalidate INTEGER NOT NULL DEFAULT 0,
+    digest TEXT,
+    slice_size INTEGER NOT NULL,
+    stored INTEGER NOT NULL DEFAULT 0,
+    pinned INTEGER NOT NULL DEFAULT 0,
+    score REAL NOT NULL DEFAULT 0,
+    score_time REAL NOT NULL,
+    last_access REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_root ON objects(root);
+CREATE TABLE IF NOT EXISTS slices (
+    key TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    PRIMARY KEY (key, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+# columns added since the first version: (table, column, declaration)
+ADDED_COLUMNS = (
+    ("objects", "fresh_until", "REAL"),
+    ("objects", "born", "REAL"),
+    ("objects", "stale_if_error", "REAL NOT NULL DEFAULT 0"),
+    ("objects", "must_revalidate", "INTEGER NOT NULL DEFAULT 0"),
+    ("objects", "digest", "TEXT"),
+)
+
+OBJ_COLS = (
+    "key, gen, root, size, etag, last_modified, content_type, cache_control, "
+    "slice_size, pinned, score, last_access, fresh_until, stale_if_error, must_revalidate, "
+    "born"
+)
+
+
+@dataclass
+class StoredObject:
+    key: str
+    gen: str
+    root: Root
+    meta: ObjectMeta
+    slice_size: int
+    slices: dict[int, int] = field(default_factory=dict)  # idx -> size
+    pinned: bool = False
+    score: float = 0.0
+    last_access: float = 0.0
+
+    @property
+    def slice_count(self) -> int:
+        return slice_count(self.meta.size, self.slice_size)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.slices) == self.slice_count
+
+    def slice_path(self, idx: int) -> str:
+        return slice_path(self.root.path, self.key, self.gen, idx)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What the store holds of one object, in brief (for the fill's plan)."""
+
+    key: str
+    size: int
+    etag: str
+    stored: int
+    pinned: bool
+    digest: str | None  # xxh3-64 of the whole object, once a fill verified it
+    root: int
+
+    @property
+    def complete(self) -> bool:
+        return self.stored == self.size
+
+
+@dataclass(frozen=True)
+class RootUsage:
+    id: int
+    path: str
+    capacity: int
+    used: int
+    objects: int
+    failed: bool
+
+
+def object_from_row(
+    row: tuple, slices: Iterable[tuple[int, int]], roots: dict[int, Root]
+) -> StoredObject | None:
+    """The object a row of ``OBJ_COLS`` describes; ``None`` on a failed root."""
+    key, gen, rid, size, etag, lm, ctype, cc, ss, pinned, score, last_access = row[:12]
+    fu, sie, mr, born = row[12:]
+    root = roots.get(rid)
+    if root is None or root.failed:
+        return None
+    return StoredObject(
+        key=key,
+        gen=gen,
+        root=root,
+        meta=ObjectMeta(size, etag, lm, ctype, cc, fu, sie, bool(mr), born=born),
+        slice_size=ss,
+        slices=dict(slices),
+        pinned=bool(pinned),
+        score=score,
+        last_access=last_access,
+    )
+
+
+def meta_values(meta: ObjectMeta) -> tuple:
+    """The freshness columns an ``UPDATE ... WHERE key=?`` renews, in ``renew`` order."""
+    return (
+        meta.fresh_until,
+        meta.stale_if_error,
+        int(meta.must_revalidate),
+        meta.cache_control,
+        meta.content_type,
+        meta.last_modified,
+        meta.born,
+    )
+
+
+def bump(c: sqlite3.Connection, name: str, by: int = 1) -> None:
+    c.execute(
+        "INSERT INTO counters(name, value) VALUES (?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+        (name, by),
+    )
+
+
+def note_change(c: sqlite3.Connection, key: str, now: float) -> None:
+    """Tell worker processes ``key`` changed (``""``: everything did)."""
+    c.execute("INSERT INTO changes(key, at) VALUES (?, ?)", (key, now))
+
+
+class Index:
+    """The SQLite index: a connection per thread, write transactions."""
+
+    def __init__(self, path: str, half_life: float) -> None:
+        self.path = path
+        self.half_life = half_life
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            hl = self.half_life
+            conn.create_function(
+                "decayed", 3, lambda s, t, now: decayed(s, t, now, hl), deterministic=True
+            )
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def create(self) -> None:
+        """Create the index (or bring an older one up to date)."""
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            conn = self.conn()
+            conn.executescript(SCHEMA)
+            migrate(conn)
+        except (OSError, sqlite3.Error) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise StoreError(f"cannot open the index {self.path}: {reason}") from None
+
+    # -- reading -------------------------------------------------------------
+
+    def lookup(self, key: str, roots: dict[int, Root]) -> StoredObject | None:
+        conn = self.conn()
+        row = conn.execute(f"SELECT {OBJ_COLS} FROM objects WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        slices = conn.execute("SELECT idx, size FROM slices WHERE key=?", (key,)).fetchall()
+        return object_from_row(row, slices, roots)
+
+    def usage(self, roots: dict[int, Root]) -> list[RootUsage]:
+        conn = self.conn()
+        counts = dict(
+            conn.execute("SELECT root, COUNT(*) FROM objects WHERE stored > 0 GROUP BY root")
+        )
+        out = []
+        for rid, path, cap, used, failed in conn.execute(
+            "SELECT id, path, capacity, used, failed FROM roots ORDER BY id"
+        ):
+            failed = bool(failed) or (rid in roots and roots[rid].failed)
+            out.append(RootUsage(rid, path, cap, used, counts.get(rid, 0), failed))
+        return out
+
+    def holdings(self, root_ids: list[int]) -> list[Holding]:
+        if not root_ids:
+            return []
+        marks = ",".join("?" * len(root_ids))
+        rows = self.conn().execute(
+            "SELECT key, size, etag, stored, pinned, digest, root FROM objects "
+            f"WHERE root IN ({marks})",
+            root_ids,
+        )
+        return [Holding(k, sz, et, st, bool(p), d, r) for k, sz, et, st, p, d, r in rows]
+
+    def get_state(self, name: str, default: str = "") -> str:
+        row = self.conn().execute("SELECT value FROM state WHERE name=?", (name,)).fetchone()
+        return row[0] if row else default
+
+    def set_state(self, name: str, value: str) -> None:
+        with self.write() as c:
+            c.execute(
+                "INSERT INTO state(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                (name, value),
+            )
+
+    def changes_since(self, seq: int) -> tuple[int, list[str]]:
+        rows = self.conn().execute(
+            "SELECT seq, key FROM changes WHERE seq > ? ORDER BY seq", (seq,)
+        )
+        keys = []
+        for s, key in rows:
+            seq = s
+            keys.append(key)
+        return seq, keys
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for conn in self._conns:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    for table, column, decl in ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:  # an index made by an earlier version
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
+def drop_root_rows(c: sqlite3.Connection, root_id: int, now: float) -> None:
+    """Forget what a root holds (its files are left where they are)."""
+    c.execute("DELETE FROM slices WHERE key IN (SELECT key FROM objects WHERE root=?)", (root_id,))
+    c.execute("DELETE FROM objects WHERE root=?", (root_id,))
+    note_change(c, "", now)
+
+
+def objects(
+    conn: sqlite3.Connection, prefix: str, roots: dict[int, Root], complete_only: bool = False
+) -> Iterator[StoredObject]:
+    """The objects whose key starts with ``prefix``, on usable roots, by key."""
+    like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    rows = conn.execute(
+        f"SELECT {OBJ_COLS} FROM objects WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (like,)
+    ).fetchall()
+    slices: dict[str, list[tuple[int, int]]] = {}
+    for key, idx, size in conn.execute(
+        "SELECT key, idx, size FROM slices WHERE key LIKE ? ESCAPE '\\'", (like,)
+    ):
+        slices.setdefault(key, []).append((idx, size))
+    for row in rows:
+        obj = object_from_row(row, slices.get(row[0], []), roots)
+        if obj is not None and (obj.complete or not complete_only):
+            yield obj

@@ -1,0 +1,118 @@
+"""edge.http.outbox on real sockets: parts leave in order, whole, with a small
+send buffer forcing partial sends; over userland TLS files are read in; a
+short file is a DiskError."""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+import trustme
+
+from edge.http.outbox import DiskError, Done, Outbox
+from edge.http.wire import FileSpan, Response
+
+
+def queue(outbox: Outbox, file: Path, data: bytes) -> list[bytes]:
+    """Two responses: a head and a file span, then a head and bytes."""
+    head1, head2 = b"HTTP/1.1 200 OK\r\n\r\n", b"HTTP/1.1 206 Partial\r\n\r\n"
+    r1, r2 = Response(200, head1), Response(206, head2)
+    outbox.parts.extend([head1, FileSpan(str(file), 1000, 300_000), Done(None, r1, 0)])  # type: ignore[arg-type]
+    start = len(head1) + 300_000
+    outbox.parts.extend([head2, b"tail-" * 1000, Done(None, r2, start)])  # type: ignore[arg-type]
+    return [head1 + data[1000:301_000], head2 + b"tail-" * 1000]
+
+
+def pump(outbox: Outbox, sock: socket.socket, receiver: socket.socket | None) -> bytes:
+    """Flush until all is out; read what arrives (unless a thread reads)."""
+    got = b""
+    while not outbox.flush():
+        if receiver is not None:
+            got += receiver.recv(1 << 20)  # the socket is full: there is something to read
+        else:
+            select.select([], [sock], [], 5)
+    return got
+
+
+@pytest.fixture
+def file(tmp_path: Path) -> tuple[Path, bytes]:
+    data = bytes(range(256)) * 2000
+    path = tmp_path / "slice"
+    path.write_bytes(data)
+    return path, data
+
+
+def test_parts_leave_in_order_and_done_counts_body_bytes(file) -> None:
+    path, data = file
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.setblocking(False)
+    done: list[tuple[int, int]] = []
+    outbox = Outbox(a, lambda d: done.append((d.resp.status, d.body_bytes(outbox.sent))), False)
+    expected = queue(outbox, path, data)
+    got = pump(outbox, a, b)
+    a.close()
+    while chunk := b.recv(1 << 20):
+        got += chunk
+    assert got == b"".join(expected)
+    assert done == [(200, 300_000), (206, 5000)]
+    assert outbox.backlog() == 0
+
+
+def test_userland_tls_reads_files_in_and_encrypts_them(file) -> None:
+    path, data = file
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("edge.test").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    received = bytearray()
+
+    def client() -> None:
+        with client_ctx.wrap_socket(b, server_hostname="edge.test") as c:
+            while chunk := c.recv(1 << 20):
+                received.extend(chunk)
+
+    t = threading.Thread(target=client)
+    t.start()
+    a.setblocking(False)
+    tls = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            select.select([tls], [], [], 5)
+        except ssl.SSLWantWriteError:
+            select.select([], [tls], [], 5)
+    done: list[int] = []
+    outbox = Outbox(tls, lambda d: done.append(d.resp.status), True)
+    expected = queue(outbox, path, data)
+    pump(outbox, tls, None)
+    tls.close()
+    t.join(10)
+    assert bytes(received) == b"".join(expected)
+    assert done == [200, 206]
+
+
+def test_a_file_shorter_than_its_span_is_a_disk_error(file) -> None:
+    path, _ = file
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    for tls in (False, True):  # sendfile, or read in (the socket is not TLS: not reached)
+        outbox = Outbox(a, lambda d: None, tls)
+        outbox.parts.append(FileSpan(str(path), 500_000, 100_000))
+        with pytest.raises(DiskError, match="shorter than its index row"):
+            outbox.flush()
+    outbox = Outbox(a, lambda d: None, False)
+    outbox.parts.append(FileSpan(str(path.with_name("gone")), 0, 10))
+    with pytest.raises(DiskError, match="No such file"):
+        outbox.flush()
+    a.close()
+    b.close()
