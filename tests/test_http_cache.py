@@ -87,7 +87,8 @@ async def test_the_origins_headers_are_stored_and_no_validator_is_invented(
 ) -> None:
     origin.put("h.txt", b"hello", cache_control="max-age=60", validators=False,
                headers={"X-Custom": "kept", "Connection": "X-Hop", "X-Hop": "dropped",
-                        "Content-Disposition": "inline"})  # fmt: skip
+                        "Content-Disposition": "inline",
+                        "Access-Control-Allow-Origin": "https://parent"})  # fmt: skip
     async with InProcess(tmp_path, origin.url) as app:
         await get(app, "/h.txt")
         resp, body = await get(app, "/h.txt")
@@ -96,6 +97,9 @@ async def test_the_origins_headers_are_stored_and_no_validator_is_invented(
         assert header(resp, "Content-Disposition") == "inline"
         assert header(resp, "X-Hop") is None  # named by Connection: hop-by-hop
         assert header(resp, "ETag") is None and header(resp, "Last-Modified") is None
+        # the appliance's CORS line, once (a parent appliance sends its own)
+        assert resp.head.lower().count(b"access-control-allow-origin:") == 1
+        assert header(resp, "Access-Control-Allow-Origin") == "*"
 
 
 # -- statuses -------------------------------------------------------------------------------

@@ -79,6 +79,8 @@ class View:
                 f"{n}: {v}"
                 for n, v in meta.headers
                 if n.lower() not in ("content-type", "content-range", "accept-ranges")
+                # the appliance's own CORS lines replace an origin's (one value each)
+                and not (cors and n.lower().startswith("access-control-"))
             ]
             own_range = "".join(
                 f"{n}: {v}\r\n" for n, v in meta.headers if n.lower() == "content-range"
