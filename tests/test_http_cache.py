@@ -249,3 +249,25 @@ async def test_an_answer_to_an_authorized_request_is_not_shared(
             assert (await get(app, "/public.json", authorization="Bearer a"))[1] == b"for all"
         assert len(origin.asked("GET", "/mine.json")) == 2  # RFC 9111 §3.5
         assert len(origin.asked("GET", "/public.json")) == 1
+
+
+async def test_a_5xx_passes_the_question_on_to_the_next_origin(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    failing = OriginServer().start()
+    try:
+        failing.put("x.ts", b"never")
+        failing.faults.fail = 1000
+        origin.put("x.ts", b"from the second origin")
+        origin.put("y.ts", b"y")
+        async with InProcess(tmp_path, failing.url) as app:
+            # only the failing one: its own 500 is the answer
+            assert status_of((await get(app, "/x.ts"))[0]) == 500
+        (tmp_path / "two").mkdir()
+        two = InProcess(tmp_path / "two", failing.url)
+        two.cfg.origin.append(origin.url)
+        async with two as app:
+            resp, body = await get(app, "/x.ts")
+            assert status_of(resp) == 200 and body == b"from the second origin"
+    finally:
+        failing.stop()

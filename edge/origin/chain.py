@@ -85,6 +85,11 @@ def _is_absent(meta: ObjectMeta | None) -> bool:
     return meta is None or meta.status in (404, 410)
 
 
+def _status(result: Any) -> int | None:
+    meta = result[0] if isinstance(result, tuple) else result
+    return meta.status if isinstance(meta, ObjectMeta) else None
+
+
 def _answer_failed(result: Any) -> bool:
     """A 5xx answer: the chain counts it against the origin."""
     meta = result[0] if isinstance(result, tuple) else result
@@ -288,7 +293,9 @@ class OriginChain:
                 if failed is not None and failed(result):
                     breaker.failure(time.monotonic())
                     self.on_origin(kind, "error")
-                    self.on_state(origin.url, OriginError(f"{origin.url}: a 5xx answer"))
+                    self.on_state(
+                        origin.url, OriginError(f"{origin.url}: answered {_status(result)}")
+                    )
                     if n < self.retries:
                         await _discard(result)
                         await asyncio.sleep(backoff(n, self.backoff_base))
@@ -314,6 +321,7 @@ class OriginChain:
         # question on. 404 only when every origin answered that it has nothing.
         error: OriginError | None = None
         absent: ObjectMeta | None = None  # an HTTP origin's own 404 or 410
+        failed: ObjectMeta | None = None  # an HTTP origin's 5xx
         for origin in self.origins:
             try:
                 meta = await self._ask(
@@ -332,9 +340,12 @@ class OriginChain:
                 absent = absent or meta
                 continue
             assert meta is not None
+            if origin_failed(meta.status) and origin is not self.origins[-1]:
+                failed = failed or meta  # a 5xx: the next origin may do better
+                continue
             self._remember_source(key, origin)
             return meta
-        return self._none_has(key, error, absent)
+        return self._none_has(key, error, absent, failed)
 
     def _negative(self, meta: ObjectMeta | None) -> ObjectMeta | None:
         """An HTTP origin's 404 or 410 that says nothing of its freshness:
@@ -351,12 +362,19 @@ class OriginChain:
         self.sources[key] = origin
 
     def _none_has(
-        self, key: str, error: OriginError | None, absent: ObjectMeta | None
+        self,
+        key: str,
+        error: OriginError | None,
+        absent: ObjectMeta | None,
+        failed: ObjectMeta | None = None,
     ) -> ObjectMeta | None:
         """No origin has ``key``: an HTTP origin's own answer saying so, else
-        the last error, else ``None`` (remembered for ``negative_ttl``)."""
+        an origin's 5xx answer, else the last error, else ``None``
+        (remembered for ``negative_ttl``)."""
         if absent is not None:
             return self._negative(absent)
+        if failed is not None:
+            return failed
         if error is not None:
             raise error
         self._remember_missing(key)
@@ -377,6 +395,7 @@ class OriginChain:
         (the player's) go on to an HTTP origin."""
         error: OriginError | None = None
         absent: ObjectMeta | None = None
+        failed: ObjectMeta | None = None
         start = idx * slice_size
         for origin in self.origins:
             stream: AsyncIterator[Any] | None = None
@@ -412,11 +431,15 @@ class OriginChain:
                 continue
             if meta is None:
                 continue
+            if origin_failed(meta.status) and origin is not self.origins[-1]:
+                failed = failed or meta  # a 5xx: the next origin may do better
+                await _discard((meta, stream))
+                continue
             self._remember_source(key, origin)
             if stream is not None:
                 await self._keep_learnt(key, idx, meta, stream, slice_size)
             return self._negative(meta)
-        return self._none_has(key, error, absent)
+        return self._none_has(key, error, absent, failed)
 
     async def _keep_learnt(
         self, key: str, idx: int, meta: ObjectMeta, stream: AsyncIterator[Any], slice_size: int
