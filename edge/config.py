@@ -79,6 +79,9 @@ class ServeConfig:
     admission: str = "doorkeeper"
     scrub_rate: int = 16 * 1024 * 1024  # bytes/s the background scrub rereads; 0: off
     index_sync: str = "full"  # full: a commit survives power loss; normal: may lose the last
+    # HTTP origins (a shared cache): query parameters left out of the cache key
+    cache_key_ignore: list[str] = field(default_factory=lambda: ["token"])
+    max_request_body: int = 1024 * 1024  # an unsafe method's body, forwarded
     # key id -> secret; with any, content requests need a valid signed URL
     url_signing_keys: dict[str, bytes] = field(default_factory=dict)
 
@@ -164,6 +167,17 @@ def _origins(value: Any) -> list[str]:
         if not re.match(r"^(file|s3|https?)://", url):
             raise ValueError(f"{url!r} is not an origin URL (file:///dir, s3://bucket, http://…)")
         out.append(url)
+    return out
+
+
+def _param_names(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        name = str(item)
+        if not re.fullmatch(r"[^&=\s]+", name):
+            raise ValueError(f"{name!r} is not a query parameter name")
+        out.append(name)
     return out
 
 
@@ -305,13 +319,23 @@ SERVE_OPTIONS: Options = {
         "full: an index commit survives power loss before a slice counts as stored; "
         "normal: faster, the last commits may roll back (docs/appliance.md)",
     ),
+    "cache_key_ignore": (
+        "--cache-key-ignore",
+        _param_names,
+        "query parameter left out of the cache key for HTTP origins (repeat; default token)",
+    ),
+    "max_request_body": (
+        "--max-request-body",
+        parse_size,
+        "largest body of a POST/PUT/PATCH/DELETE forwarded to an HTTP origin (default 1MiB)",
+    ),
     "url_signing_keys": (
         "--url-signing-key",
         parse_keys,
         "KID=SECRET a signed URL may use (repeat for rotation; with none, URLs are not checked)",
     ),
 }
-_REPEATABLE = {"store", "origin", "url_signing_keys", "tls_listen", "tls_cert"}
+_REPEATABLE = {"store", "origin", "url_signing_keys", "tls_listen", "tls_cert", "cache_key_ignore"}
 _SECRET = {"url_signing_keys"}
 
 

@@ -4,7 +4,9 @@ Real HTTP on loopback (aiohttp's server in a thread of the test process), servin
 objects from memory with the few things an origin does: ``HEAD``, ``GET`` with a
 single ``Range``, ``ETag``/``Last-Modified``, ``If-Match``,
 ``If-Unmodified-Since``, ``If-None-Match``, ``If-Modified-Since`` and
-``Cache-Control``. Faults on demand: answer 500, hang, or drop the connection
+``Cache-Control``, any status and headers, Vary'd variants, queries (a key
+``a?x=1`` is its own object), and unsafe methods (recorded, answered 200).
+Faults on demand: answer 500, hang, or drop the connection
 after some bytes; hold a body after its first bytes until released.
 """
 
@@ -28,6 +30,11 @@ class Obj:
     last_modified: int = 1_700_000_000
     cache_control: str | None = None
     content_type: str = "video/mp4"
+    status: int = 200  # an answer that is not the object (a redirect, a 404 page)
+    headers: dict[str, str] = field(default_factory=dict)  # more response headers
+    vary: str | None = None  # with ``variants``: the request header choosing the body
+    variants: dict[str, bytes] = field(default_factory=dict)  # that header's value -> body
+    validators: bool = True  # False: no ETag, no Last-Modified
 
 
 @dataclass
@@ -37,6 +44,7 @@ class Asked:
     range: str | None
     headers: dict[str, str]
     status: int = 0
+    body: bytes = b""
 
 
 @dataclass
@@ -44,9 +52,10 @@ class Faults:
     fail: int = 0  # answer this many requests with 500
     fail_gets: int = 0  # answer this many GETs (not HEADs) with 500
     hang: bool = False  # accept, never answer
-    drop_after: int | None = None  # send this many body bytes, then cut the connection
+    drop_after: int | None = None  # send this many body bytes, then cut (a longer body)
     hold: threading.Event | None = None  # send 1 KiB of a body, wait for this
     no_head: bool = False  # 405 to HEAD
+    head_without_length: bool = False  # a HEAD answer without Content-Length
     ignore_preconditions: bool = False  # If-Match and friends, as some origins do
 
 
@@ -78,6 +87,8 @@ class OriginServer:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
+        if request.query_string:
+            key += "?" + request.query_string
         asked = Asked(
             request.method,
             "/" + key,
@@ -85,6 +96,10 @@ class OriginServer:
             dict(request.headers),
         )
         self.log.append(asked)
+        if request.method not in ("GET", "HEAD"):
+            asked.body = await request.read()
+            asked.status = 200
+            return web.Response(status=200, text=f"{request.method} done\n")
         faults = self.faults
         if faults.hang:
             await asyncio.sleep(3600)
@@ -110,8 +125,16 @@ class OriginServer:
             "Accept-Ranges": "bytes",
             "Date": format_http_date(time.time()),
         }
+        if not obj.validators:
+            del headers["ETag"], headers["Last-Modified"]
         if obj.cache_control:
             headers["Cache-Control"] = obj.cache_control
+        headers.update(obj.headers)
+        if obj.vary is not None:
+            headers["Vary"] = obj.vary
+        if obj.status != 200:
+            asked.status = obj.status
+            return web.Response(status=obj.status, headers=headers, body=obj.data)
         h = {} if faults.ignore_preconditions else request.headers
         if "If-Match" in h and h["If-Match"] not in ("*", obj.etag):
             asked.status = 412
@@ -128,6 +151,8 @@ class OriginServer:
             asked.status = 304
             return web.Response(status=304, headers=headers)
         data = obj.data
+        if obj.vary is not None and obj.variants:
+            data = obj.variants.get(request.headers.get(obj.vary, ""), data)
         status = 200
         rng = request.headers.get("Range")
         if rng and request.method == "GET":
@@ -143,6 +168,11 @@ class OriginServer:
             status = 206
         asked.status = status
         if request.method == "HEAD":
+            if faults.head_without_length:
+                resp = web.StreamResponse(status=200, headers=headers)
+                resp.enable_chunked_encoding()
+                await resp.prepare(request)
+                return resp
             headers["Content-Length"] = str(len(obj.data))
             return web.Response(status=200, headers=headers)
         resp = web.StreamResponse(status=status, headers=headers)
@@ -153,7 +183,7 @@ class OriginServer:
             hold = faults.hold
             await asyncio.get_running_loop().run_in_executor(None, hold.wait, 30)
             data = data[1024:]
-        if faults.drop_after is not None:
+        if faults.drop_after is not None and len(data) > faults.drop_after:
             await resp.write(data[: faults.drop_after])
             faults.drop_after = None
             assert request.transport is not None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -24,11 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from edge.appliance.miss import MissPath, MissStream
-from edge.appliance.view import View
+from edge.appliance.view import CACHE_NAME, HIT_STATUS, View
 from edge.appliance.viewcache import ViewCache
 from edge.config import ServeConfig
 from edge.core import plan as plans
 from edge.core.admission import make_admission
+from edge.core.cachepolicy import cache_key
 from edge.core.keys import BadKey, is_reserved, key_for_path, split_target
 from edge.core.signing import MESSAGES as TOKEN_MESSAGES
 from edge.core.signing import Verifier, split_path_token
@@ -52,6 +54,9 @@ from edge.store import Store
 log = logging.getLogger("edgefleet.appliance")
 
 T = TypeVar("T")
+
+FORWARDED_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 HITS_FLUSH_SECONDS = 2.0
 CHANGES_POLL_SECONDS = 0.1
@@ -80,6 +85,12 @@ class Appliance:
         self.cors_bytes = cors_lines(cfg.cors_origin)
         self.views = ViewCache(self.run, cfg.cors_origin)
         self.hits: dict[str, list[float]] = {}
+        # a shared HTTP cache (docs/miss-path.md) when every origin is an HTTP one
+        self.shared_cache = bool(origins) and all(
+            getattr(o, "shared_cache", False) for o in origins
+        )
+        self.key_ignore = frozenset(cfg.cache_key_ignore)
+        self.max_request_body = cfg.max_request_body
         # each origin's state (ok/failing, last error, when) for /_edge/health
         self.origin_states = origin_states or OriginStates(
             [o.url for o in origins], {}, time.time()
@@ -217,10 +228,11 @@ class Appliance:
 
     def view_head(self, req: Request, view: View, status: int, lines: bytes) -> bytes:
         """``head`` plus, for content with a freshness lifetime, its ``Age``
-        (RFC 9111 §4: a cache that answers from store says how old it is)."""
+        (RFC 9111 §4: a cache that answers from store says how old it is), and
+        its ``Cache-Status`` (RFC 9211: a hit; the miss path says otherwise)."""
         if view.born is not None:
             lines = f"Age: {max(0, int(time.time() - view.born))}\r\n".encode() + lines
-        return self.head(req, status, lines)
+        return self.head(req, status, lines + HIT_STATUS)
 
     def head(self, req: Request, status: int, lines: bytes) -> bytes:
         if req.keep_alive and req.version == "1.1":
@@ -237,6 +249,8 @@ class Appliance:
         self, req: Request | None, status: int, message: str, extra: str = "", key: str = ""
     ) -> Response:
         body = text_body(status, message)
+        if "Cache-Status:" not in extra:
+            extra += f"Cache-Status: {CACHE_NAME}; detail=edge\r\n"  # answered here
         lines = (
             f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n{extra}"
         ).encode("latin-1") + self.cors_bytes
@@ -251,6 +265,23 @@ class Appliance:
             http10=req is not None and req.version == "1.0",
         )
         return Response(status, head, [body], body_length=len(body), key=key, close=not keep)
+
+    def forwarded(
+        self,
+        req: Request,
+        key: str,
+        status: int,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
+    ) -> Response:
+        """The origin's answer to a forwarded unsafe method, as it gave it."""
+        lines = "".join(f"{n}: {v}\r\n" for n, v in headers)
+        if status not in (204, 304) and not 100 <= status < 200:
+            lines += f"Content-Length: {len(body)}\r\n"
+        lines += f"Cache-Status: {CACHE_NAME}; fwd=method\r\n"
+        head = self.head(req, status, lines.encode("latin-1", "replace") + self.cors_bytes)
+        parts: list[Part] = [body] if body and req.method != "HEAD" else []
+        return Response(status, head, parts, body_length=len(body) if parts else 0, key=key)
 
     def finished(self, req: Request, resp: Response, sent: int, now: float) -> None:
         duration = now - req.started
@@ -290,7 +321,8 @@ class Appliance:
         if method not in ("GET", "HEAD"):
             if method == "OPTIONS":
                 return self._options(req)
-            return self.error(req, 405, f"method {method} not allowed", f"Allow: {ALLOW}\r\n")
+            if not (self.shared_cache and key and method in FORWARDED_METHODS):
+                return self.error(req, 405, f"method {method} not allowed", f"Allow: {ALLOW}\r\n")
         if not key:
             return self.error(req, 404, "no object named; ask for /<key>")
         if self.verifier is not None:
@@ -301,6 +333,12 @@ class Appliance:
             if reason is not None:
                 self.metrics.token_rejected(reason)
                 return self.error(req, 403, TOKEN_MESSAGES[reason], key=key)
+        if self.shared_cache and query:
+            if _CONTROL.search(query):
+                return self.error(req, 400, "control character in the query string")
+            key = cache_key(key, query.decode("latin-1"), self.key_ignore)
+        if method not in ("GET", "HEAD"):
+            return self.miss.forward(req, key)
         hit = self.hits.get(key)
         if hit is None:
             self.hits[key] = [1.0, time.time()]
@@ -308,7 +346,7 @@ class Appliance:
             hit[0] += 1.0
             hit[1] = time.time()
         view = self.views.get(key)
-        if view is not None:
+        if view is not None and (not view.obj.meta.vary or self.miss.selects(view, req)):
             resp = self.answer(req, view, fetch=False)
             if resp is not None:
                 return resp
@@ -332,6 +370,8 @@ class Appliance:
         with ``fetch``, a response streamed as the missing slices arrive."""
         if check_fresh and view.fresh_until is not None and time.time() >= view.fresh_until:
             return None
+        if view.status != 200:
+            return self._answer_as_is(req, view, fetch)
         p = plans.plan(
             req.method, req.headers, view.size, view.etag, view.last_modified, self.cfg.max_ranges
         )
@@ -365,6 +405,15 @@ class Appliance:
             resp.range = p.range_value
         resp.cache = "hit"
         return resp
+
+    def _answer_as_is(self, req: Request, view: View, fetch: bool) -> Response | None:
+        """An origin's answer that is not a 200 (a redirect, a 404, a 204):
+        replayed whole, status and headers, without ranges or preconditions."""
+        head = self.view_head(req, view, view.status, view.full)
+        if req.method == "HEAD" or view.size == 0:
+            return Response(view.status, head, key=view.key, cache="hit")
+        size = view.size
+        return self._body(req, view, view.status, head, [(0, size - 1)], size, None, fetch)
 
     def _partial(self, req: Request, view: View, p: plans.Partial, fetch: bool) -> Response | None:
         """206: one range with its Content-Range, or several as multipart/byteranges."""

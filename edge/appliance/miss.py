@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import re
 import secrets
@@ -26,13 +28,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from edge.appliance.view import View
+from edge.appliance.view import CACHE_NAME, HIT_STATUS, View
 from edge.appliance.viewcache import ViewCache
+from edge.core import cachepolicy
 from edge.core.freshness import is_fresh, may_serve_stale_on_error
 from edge.core.keys import loggable
 from edge.core.meta import ObjectMeta, same_version
 from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
-from edge.origin import OriginChanged, OriginError, OriginTimeout
+from edge.origin import OriginChanged, OriginError, OriginRefused, OriginTimeout
 from edge.origin.chain import OriginChain, SliceFetch, shared
 from edge.store import Store, StoredObject
 
@@ -51,6 +54,15 @@ class Answers(Protocol):
 
     def error(
         self, req: Request | None, status: int, message: str, extra: str = "", key: str = ""
+    ) -> Response: ...
+
+    def forwarded(
+        self,
+        req: Request,
+        key: str,
+        status: int,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
     ) -> Response: ...
 
 
@@ -150,6 +162,8 @@ class MissPath:
                     await resp.stream.aclose()  # type: ignore[attr-defined]
             if isinstance(exc, OriginChanged) and again:
                 return await self.answer(req, key, again=False)
+            if isinstance(exc, OriginRefused):
+                return self.answers.error(req, exc.status, str(exc), key=key)
             if isinstance(exc, OriginTimeout):
                 return self._failed(req, 504, "the origin did not answer in time", exc, key)
             if isinstance(exc, OriginError):
@@ -163,30 +177,53 @@ class MissPath:
         log.warning(
             "request %s: %s %s: %s", rid, req.method, loggable(key), loggable(str(exc), 400)
         )
-        return self.answers.error(
-            req, status, f"{reason} (request {rid})", f"X-Request-Id: {rid}\r\n", key=key
-        )
+        extra = f"X-Request-Id: {rid}\r\n{ORIGIN_FAILED}"
+        return self.answers.error(req, status, f"{reason} (request {rid})", extra, key=key)
 
     async def _answer(self, req: Request, key: str, started: list[Response]) -> Response:
         await self.views.settled(key)
         view = self.views.get(key)
         asked_origin = False
+        fwd = "miss"
+        if view is not None and view.obj.meta.vary and not self.selects(view, req):
+            view, fwd = None, "vary-miss"
         if view is None:
             found = await self._find(req, key, started)
             if isinstance(found, Response):
                 return found
             view, asked_origin = found
-        if not is_fresh(view.fresh_until, time.time()):
-            fresh = await self.revalidated(view)
+            if asked_origin and fwd == "miss":
+                fwd = "uri-miss"
+        fwd_status: int | None = None
+        # a response just fetched answers the request it was fetched for
+        if not asked_origin and not is_fresh(view.fresh_until, time.time()):
+            fresh = await self.revalidated(view, req)
             if fresh is None:
                 return self.answers.error(req, 404, "gone from the origin", key=key)
+            fwd, fwd_status = "stale", (304 if same_version(fresh.obj.meta, view.obj.meta) else 200)
             view = fresh
         resp = self.answers.answer(req, view, fetch=False, check_fresh=False)
         if resp is None:
             resp = await self._fetching(req, view, asked_origin, started)
         if asked_origin and resp.cache == "hit":
             resp.cache = "miss"  # an empty object, or a HEAD: still learnt from the origin
+        if resp.cache == "partial" and fwd == "miss":
+            fwd = "partial"
+        if asked_origin or fwd_status is not None or resp.cache != "hit":
+            _relabel(resp, fwd, fwd_status, view.obj.meta.storable)
         return resp
+
+    def selects(self, view: View, req: Request) -> bool:
+        """May ``view`` (a variant: its Vary named request headers) answer ``req``?"""
+        return cachepolicy.vary_matches(view.obj.meta.vary, _str_headers(req))
+
+    async def _lookup(self, key: str) -> StoredObject | None:
+        """The index's object, with its HTTP origin's answer head when it has one."""
+        return await self.run(_lookup_with_head, self.store, key)
+
+    async def _index(self, key: str, meta: ObjectMeta) -> StoredObject:
+        """Index ``meta`` as the object's version (with its answer head)."""
+        return await self.run(_index_with_head, self.store, key, meta)
 
     async def _find(
         self, req: Request, key: str, started: list[Response]
@@ -194,19 +231,23 @@ class MissPath:
         """The object's view from the index, or learnt from the origins
         (``True``: the origin was asked); a response when there is none, or
         when the object is not to be stored (answered as it streams)."""
-        obj = await self.run(self.store.lookup, key)
+        obj = await self._lookup(key)
+        if obj is not None and obj.meta.vary and not _selects(obj.meta, req):
+            await self.run(self.store.remove, key, obj.gen)  # another variant: replaced
+            obj = None
         if obj is not None:
             return await self.views.load(obj), False
         error = self.answers.error
         if not self.chain.origins:
             return error(req, 404, "not in the store, and no origin", key=key)
         if self.chain.known_missing(key):
-            return error(req, 404, "not found at the origin", key=key)
-        learnt = await self.learn(key, first_slice(req, self.store.slice_size))
+            return error(req, 404, "not found at the origin", NEGATIVE, key=key)
+        learnt = await self.learn(key, first_slice(req, self.store.slice_size), req)
         if learnt is None:
             return error(req, 404, "not found at the origin", key=key)
         if isinstance(learnt, ObjectMeta):
             resp = self.answer_unstored(req, key, learnt)
+            _relabel(resp, "uri-miss", None, False)
             started.append(resp)
             if isinstance(resp.stream, MissStream):
                 await resp.stream.prepare()
@@ -222,7 +263,8 @@ class MissPath:
         key = view.key
         # Slices may have arrived from another process: look again (not for an
         # object this request has just learnt of).
-        obj = None if asked_origin else await self.run(self.store.lookup, key)
+        look = not asked_origin and view.obj.meta.storable  # an unstored answer is not there
+        obj = await self._lookup(key) if look else None
         if obj is not None and obj.gen == view.obj.gen and self.views.get(key) is view:
             view.add_slices(obj)
         elif obj is not None:
@@ -239,22 +281,27 @@ class MissPath:
                 raise
         return resp
 
-    async def learn(self, key: str, idx: int | None) -> StoredObject | ObjectMeta | None:
+    async def learn(
+        self, key: str, idx: int | None, req: Request | None = None
+    ) -> StoredObject | ObjectMeta | None:
         """Ask the origins what ``key`` is and index it (``ObjectMeta`` alone for
         what may not be stored; ``None``: no origin has it). Concurrent misses
         share one: until the index has the object, a second request would be
         waste. With ``idx`` (the slice the request starts with), the answer to
         that slice's GET tells, and its bytes keep coming for the request."""
-        return await shared(self.learning, key, lambda: self._learn_now(key, idx))
+        headers = _str_headers(req) if req is not None else None
+        return await shared(self.learning, key, lambda: self._learn_now(key, idx, headers))
 
-    async def _learn_now(self, key: str, idx: int | None) -> StoredObject | ObjectMeta | None:
+    async def _learn_now(
+        self, key: str, idx: int | None, headers: dict[str, str] | None
+    ) -> StoredObject | ObjectMeta | None:
         if idx is None:
-            meta = await self.chain.head(key)
+            meta = await self.chain.head(key, headers)
         else:
-            meta = await self.chain.learn(key, idx, self.store.slice_size)
+            meta = await self.chain.learn(key, idx, self.store.slice_size, headers)
         if meta is None or not meta.storable:
             return meta
-        return await self.run(self.store.ensure_object, key, meta)
+        return await self._index(key, meta)
 
     def answer_unstored(self, req: Request, key: str, meta: ObjectMeta) -> Response:
         """``no-store``/``private`` content: fetched for this request only."""
@@ -264,12 +311,17 @@ class MissPath:
         assert resp is not None
         return resp
 
-    async def revalidated(self, view: View) -> View | None:
+    async def revalidated(self, view: View, req: Request | None = None) -> View | None:
         """A stale view made fresh (304), replaced (200), or ``None`` (gone);
         on an origin error, the stale view when RFC 9111 allows it."""
         key, meta = view.key, view.obj.meta
+        headers = _str_headers(req) if req is not None else None
         try:
-            new = await shared(self.revalidations, key, lambda: self.chain.revalidate(key, meta))
+            new = await shared(
+                self.revalidations,
+                key,
+                lambda: self.chain.revalidate(key, meta, headers, self.store.slice_size),
+            )
         except OriginError:
             if may_serve_stale_on_error(
                 meta.fresh_until, meta.stale_if_error, meta.must_revalidate, time.time()
@@ -280,6 +332,11 @@ class MissPath:
         if new is None:
             await self.invalidate(view)
             return None
+        if new.status >= 500 and may_serve_stale_on_error(
+            meta.fresh_until, meta.stale_if_error, meta.must_revalidate, time.time()
+        ):
+            log.warning("serving stale %r: the origin answered %d", key, new.status)
+            return view
         current = self.views.get(key)
         if (
             current is not None
@@ -287,10 +344,10 @@ class MissPath:
             and is_fresh(current.fresh_until, time.time())
         ):
             return current  # another request renewed it meanwhile
-        if same_version(new, meta):
+        if same_version(new, meta) and new.status == meta.status:
             obj = view.obj
-            if new.storable and not await self.run(self.store.renew, key, obj.gen, new):
-                obj = await self.run(self.store.ensure_object, key, new)
+            if new.storable and not await self.run(_renew_with_head, self.store, key, obj.gen, new):
+                obj = await self._index(key, new)
             obj.meta = new
             return await self.views.load(obj)
         if not new.storable:
@@ -298,7 +355,7 @@ class MissPath:
                 StoredObject(key, "u" + secrets.token_hex(8), view.obj.root, new, view.slice_size),
                 self.views.cors,
             )
-        obj = await self.run(self.store.ensure_object, key, new)
+        obj = await self._index(key, new)
         return await self.views.load(obj)
 
     async def verified(self, view: View, idx: int) -> bool:
@@ -349,6 +406,83 @@ class MissPath:
         self.views.drop(view)
         if view.obj.meta.storable:
             await self.run(self.store.remove, view.key, view.obj.gen)
+
+    # -- unsafe methods --------------------------------------------------------
+
+    async def forward(self, req: Request, key: str) -> Response:
+        """An unsafe method to the first HTTP origin, once (never retried), its
+        answer passed back; a non-error answer invalidates what is stored
+        under ``key`` (RFC 9111 §4.4)."""
+        origin = next(o for o in self.chain.origins if hasattr(o, "forward"))
+        try:
+            got = await origin.forward(req.method, key, _str_headers(req), req.body)  # type: ignore[attr-defined]
+        except OriginTimeout as exc:
+            return self._failed(req, 504, "the origin did not answer in time", exc, key)
+        except OriginError as exc:
+            return self._failed(req, 502, "the origin failed to answer", exc, key)
+        if got.status < 400:
+            view = self.views.get(key)
+            if view is not None:
+                self.views.drop(view)
+            await self.run(self.store.remove, key)
+        return self.answers.forwarded(req, key, got.status, got.headers, got.body)
+
+
+def _relabel(resp: Response, fwd: str, fwd_status: int | None, stored: bool) -> None:
+    """Say in the answer's ``Cache-Status`` that the origin was asked."""
+    value = cachepolicy.cache_status(
+        CACHE_NAME, fwd=fwd, fwd_status=fwd_status, stored=stored and resp.status < 300
+    )
+    resp.head = resp.head.replace(HIT_STATUS, f"Cache-Status: {value}\r\n".encode())
+
+
+NEGATIVE = f"Cache-Status: {CACHE_NAME}; hit; detail=negative-cache\r\n"
+ORIGIN_FAILED = f"Cache-Status: {CACHE_NAME}; fwd=miss; detail=origin-error\r\n"
+
+
+def _str_headers(req: Request) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers.items()}
+
+
+def _selects(meta: ObjectMeta, req: Request) -> bool:
+    return cachepolicy.vary_matches(meta.vary, _str_headers(req))
+
+
+# -- in the store's thread: an object and its answer head together ---------------
+
+
+def _lookup_with_head(store: Store, key: str) -> StoredObject | None:
+    obj = store.lookup(key)
+    if obj is None:
+        return None
+    head = store.http_head(key, obj.gen)
+    if head is not None:
+        status, headers, vary = head
+        obj.meta = dataclasses.replace(
+            obj.meta,
+            status=status,
+            headers=tuple((n, v) for n, v in json.loads(headers)),
+            vary=tuple((n, v) for n, v in json.loads(vary)),
+        )
+    return obj
+
+
+def _put_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> None:
+    if meta.headers is not None:
+        store.put_http_head(key, gen, meta.status, json.dumps(meta.headers), json.dumps(meta.vary))
+
+
+def _index_with_head(store: Store, key: str, meta: ObjectMeta) -> StoredObject:
+    obj = store.ensure_object(key, meta)
+    _put_head(store, key, obj.gen, meta)
+    return obj
+
+
+def _renew_with_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> bool:
+    if not store.renew(key, gen, meta):
+        return False
+    _put_head(store, key, gen, meta)
+    return True
 
 
 _FIRST_BYTE = re.compile(rb"\s*bytes\s*=\s*(\d+)\s*-")

@@ -16,6 +16,8 @@ from edge.http.response import cors_lines
 from edge.http.wire import OpenFile
 from edge.store import StoredObject
 
+CACHE_NAME = "edgefleet"  # how Cache-Status (RFC 9211) names this cache
+HIT_STATUS = f"Cache-Status: {CACHE_NAME}; hit\r\n".encode()
 SMALL_OBJECT_MAX = 32 * 1024  # objects this small are answered from memory
 SMALL_BUDGET = 64 * 1024 * 1024  # per worker
 
@@ -39,6 +41,7 @@ class View:
         "size",
         "slice_size",
         "small",
+        "status",
         "typed",
         "unverified",
     )
@@ -63,16 +66,35 @@ class View:
         self.unverified = set(obj.slices) - obj.checked
         self.files: list[OpenFile | None] = [None] * len(self.paths)
         self.small: bytes | None = None
-        lines = [
-            "Accept-Ranges: bytes",
-            f"ETag: {meta.etag}",
-            f"Last-Modified: {format_http_date(meta.last_modified)}",
-        ]
-        if meta.cache_control:
-            lines.append(f"Cache-Control: {meta.cache_control}")
-        self.common = ("\r\n".join(lines) + "\r\n").encode("latin-1") + cors_lines(cors)
-        self.typed = self.common + f"Content-Type: {meta.content_type}\r\n".encode("latin-1")
-        self.full = self.typed + f"Content-Length: {meta.size}\r\n".encode()
+        self.status = meta.status
+        if meta.headers is None:
+            lines = [
+                "Accept-Ranges: bytes",
+                f"ETag: {meta.etag}",
+                f"Last-Modified: {format_http_date(meta.last_modified)}",
+            ]
+            if meta.cache_control:
+                lines.append(f"Cache-Control: {meta.cache_control}")
+            own_range = ""
+        else:
+            # from an HTTP origin: its own end-to-end headers, as it sent them
+            lines = ["Accept-Ranges: bytes"] if meta.status == 200 else []
+            lines += [
+                f"{n}: {v}"
+                for n, v in meta.headers
+                if n.lower() not in ("content-type", "content-range", "accept-ranges")
+                # the appliance's own CORS lines replace an origin's (one value each)
+                and not (cors and n.lower().startswith("access-control-"))
+            ]
+            own_range = "".join(
+                f"{n}: {v}\r\n" for n, v in meta.headers if n.lower() == "content-range"
+            )
+        self.common = "\r\n".join([*lines, ""]).encode("latin-1", "replace") + cors_lines(cors)
+        self.typed = self.common + f"Content-Type: {meta.content_type}\r\n".encode(
+            "latin-1", "replace"
+        )
+        length = "" if meta.status in (204, 304) else f"Content-Length: {meta.size}\r\n"
+        self.full = self.typed + (own_range + length).encode("latin-1")
 
     def file(self, idx: int) -> OpenFile:
         """Slice ``idx``'s file, opened once per view. The open runs on the event

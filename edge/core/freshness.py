@@ -7,7 +7,8 @@ past that an origin error still allows serving it (``stale-if-error``), and
 whether it must never be served stale. Rules it keeps:
 - ``no-store`` and ``private`` are not stored (a shared cache);
 - lifetime: ``s-maxage``, else ``max-age``, else ``Expires - Date``, else a
-  heuristic 10% of ``Date - Last-Modified`` capped at a day, else 0;
+  heuristic 10% of ``Date - Last-Modified`` capped at a day for a
+  heuristically cacheable status (RFC 9110 §15.1), else 0;
 - an invalid ``max-age`` or ``Expires`` makes the response stale, as §4.2.1
   advises;
 - age: the larger of ``Date``'s apparent age and ``Age`` plus the time in
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 from edge.core.httpdate import parse_http_date
 
+# RFC 9110 §15.1: statuses a cache may give heuristic freshness to
+HEURISTIC_STATUSES = frozenset((200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501))
 HEURISTIC_FRACTION = 0.1
 HEURISTIC_MAX = 86400.0
 
@@ -130,6 +133,7 @@ def evaluate(
     last_modified: str | None,
     request_time: float,
     response_time: float,
+    status: int = 200,
 ) -> Freshness:
     cc = parse_cache_control(cache_control)
     date_value = parse_http_date(date)
@@ -153,7 +157,7 @@ def evaluate(
         lifetime = 0.0 if expires_value is None else max(0.0, expires_value - date_value)
     else:
         lm = parse_http_date(last_modified)
-        if lm is not None and lm < date_value:
+        if lm is not None and lm < date_value and status in HEURISTIC_STATUSES:
             lifetime = min(HEURISTIC_MAX, HEURISTIC_FRACTION * (date_value - lm))
         else:
             lifetime = 0.0

@@ -24,6 +24,12 @@ class ObjectMeta:
     must_revalidate: bool = False
     born: float | None = None  # when the origin made this response (now - its age)
     storable: bool = True  # False: served to the one request, never stored (not indexed)
+    # From HTTP origins only (``None``/defaults elsewhere): the answer as the
+    # origin gave it (edge.core.cachepolicy): its status, its end-to-end
+    # headers, and the request's values of the headers its Vary names.
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] | None = None
+    vary: tuple[tuple[str, str | None], ...] = ()
 
 
 class Versioned(Protocol):

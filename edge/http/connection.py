@@ -171,6 +171,7 @@ class Connection:
         self.task: asyncio.Task[None] | None = None  # the handler answering, when it awaits
         self.drain_waiter: asyncio.Future[None] | None = None
         self._req: Request | None = None
+        self.body_over = False  # the request's body is larger than the handler takes
         self._url: list[bytes] = []
         self.loop.add_reader(self.fd, self._on_read)
 
@@ -276,7 +277,24 @@ class Connection:
         req.target = b"".join(self._url)
         self.header_started = None
 
+    def on_body(self, body: bytes) -> None:
+        req = self._req
+        limit = getattr(self.server.handler, "max_request_body", None)
+        if req is None or self.body_over or limit is None:
+            return  # a handler that takes no bodies: they are read and dropped
+        if len(req.body) + len(body) > limit:
+            self.body_over = True
+            req.body = b""
+            return
+        req.body += body
+
     def on_message_complete(self) -> None:
+        if self.body_over:
+            self.body_over = False
+            self._req = None
+            self._to_read(Read.EOF)  # read no more: answer what came before, then close
+            self.pending.append(_Fail(413, "request body too large"))  # type: ignore[arg-type]
+            return
         if self._req is not None and self.header_bytes <= MAX_HEADER_BYTES:
             # RFC 9112 §3.2: no Host in HTTP/1.1, or two, is a 400 (edge.core.host)
             bad = host_problem(self._req.version, self._req.headers.get(b"host"))

@@ -66,6 +66,7 @@ Part = bytes | memoryview | FileSpan
 
 class Request:
     __slots__ = (
+        "body",
         "client",
         "headers",
         "keep_alive",
@@ -78,6 +79,7 @@ class Request:
     )
 
     def __init__(self, client: str, started: float) -> None:
+        self.body = b""  # kept up to the handler's ``max_request_body``, else 413
         self.client = client
         self.started = started
         self.method = ""

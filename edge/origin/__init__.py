@@ -4,7 +4,8 @@ Every origin answers two questions about a key: what is it (``head``: size,
 ETag, Last-Modified, type, Cache-Control, or ``None`` when it does not exist)
 and what are bytes ``start..start+length`` (``read``, an async iterator of
 chunks that must add up to exactly ``length`` bytes). Errors are
-``OriginError`` (a bad answer → 502) and ``OriginTimeout`` (→ 504). An origin
+``OriginError`` (a bad answer → 502), ``OriginTimeout`` (→ 504) and
+``OriginRefused`` (a request the origin cannot be asked, → its 4xx). An origin
 may also offer ``read_first(key, start, length)``: both at once, the metadata
 learnt from the answer to a GET of the first bytes (the HTTP origin does), so a
 cold miss needs one round trip, not two. Keys reach
@@ -34,6 +35,16 @@ class OriginTimeout(OriginError):
 
 class OriginChanged(OriginError):
     """The object changed at the origin (its ETag no longer matches)."""
+
+
+class OriginRefused(OriginError):
+    """The request cannot be asked of the origin, through no fault of the
+    origin's (a name too long for its file system): answered with ``status``
+    (4xx), never retried, never counted against the origin."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)

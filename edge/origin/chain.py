@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from edge.core.breaker import Breaker
+from edge.core.cachepolicy import explicitly_fresh, origin_failed
 from edge.core.keys import loggable
 from edge.core.meta import ObjectMeta, same_version, slice_bounds
-from edge.origin import Origin, OriginChanged, OriginError, OriginTimeout
+from edge.origin import Origin, OriginChanged, OriginError, OriginRefused, OriginTimeout
 
 log = logging.getLogger("edgefleet.origin")
 
@@ -62,6 +64,36 @@ async def shared(
         table[key] = fut
         fut.add_done_callback(lambda _f: table.pop(key, None))
     return await asyncio.shield(fut)
+
+
+async def _discard(result: Any) -> None:
+    """Close the body of an answer that is not going to be used."""
+    if isinstance(result, tuple) and result[1] is not None:
+        await result[1].aclose()
+
+
+def _asking(origin: Origin, request_headers: Mapping[str, str] | None) -> dict[str, Any]:
+    """The player's request headers, for an origin behind which the appliance
+    is a shared cache (HTTP); nothing for the others."""
+    if request_headers is None or not getattr(origin, "shared_cache", False):
+        return {}
+    return {"request_headers": request_headers}
+
+
+def _is_absent(meta: ObjectMeta | None) -> bool:
+    """No such object: ``None``, or an HTTP origin's 404 or 410."""
+    return meta is None or meta.status in (404, 410)
+
+
+def _status(result: Any) -> int | None:
+    meta = result[0] if isinstance(result, tuple) else result
+    return meta.status if isinstance(meta, ObjectMeta) else None
+
+
+def _answer_failed(result: Any) -> bool:
+    """A 5xx answer: the chain counts it against the origin."""
+    meta = result[0] if isinstance(result, tuple) else result
+    return isinstance(meta, ObjectMeta) and origin_failed(meta.status)
 
 
 class SliceFetch:
@@ -215,22 +247,31 @@ class OriginChain:
         attempt: Callable[[Origin], Awaitable[T]],
         origins: list[Origin] | None = None,
         source: Origin | None = None,
+        failed: Callable[[T], bool] | None = None,
+        count_success: bool = True,
+        admitted: bool = False,
     ) -> T:
         """``attempt`` on each origin in turn, with retries; the first answer wins.
         ``OriginChanged`` from ``source`` (the origin the object was learnt
         from) ends it; from another origin (which may hold another version, or
-        none) it passes the question on, and is raised only if nobody answers."""
+        none) it passes the question on, and is raised only if nobody answers.
+        ``OriginRefused`` ends it at once and touches no breaker. An answer
+        ``failed`` calls a failure (an HTTP 5xx) counts and is retried like an
+        error, and is the answer when the retries are spent."""
         last: OriginError | None = None
         changed: OriginChanged | None = None
         for origin in self.origins if origins is None else origins:
             breaker = self.breakers[id(origin)]
             for n in range(self.retries + 1):
-                if not breaker.allow(time.monotonic()):
+                # ``admitted``: the first try continues an answer already let through
+                if not (admitted and n == 0) and not breaker.allow(time.monotonic()):
                     self.on_origin(kind, "breaker_open")
                     last = last or OriginError(f"{origin.url}: circuit breaker open")
                     break
                 try:
                     result = await attempt(origin)
+                except OriginRefused:
+                    raise
                 except OriginChanged as exc:
                     breaker.success()  # it answered
                     self.on_state(origin.url, None)
@@ -249,46 +290,112 @@ class OriginChain:
                     if n < self.retries:
                         await asyncio.sleep(backoff(n, self.backoff_base))
                     continue
-                breaker.success()
-                self.on_state(origin.url, None)
+                if failed is not None and failed(result):
+                    breaker.failure(time.monotonic())
+                    self.on_origin(kind, "error")
+                    self.on_state(
+                        origin.url, OriginError(f"{origin.url}: answered {_status(result)}")
+                    )
+                    if n < self.retries:
+                        await _discard(result)
+                        await asyncio.sleep(backoff(n, self.backoff_base))
+                        continue
+                    return result
+                if count_success:
+                    breaker.success()
+                    self.on_state(origin.url, None)
                 return result
         raise changed or last or OriginError("no origin configured")
 
     # -- metadata --------------------------------------------------------------
 
-    async def head(self, key: str) -> ObjectMeta | None:
+    async def head(
+        self, key: str, request_headers: Mapping[str, str] | None = None
+    ) -> ObjectMeta | None:
         """What ``key`` is at the first origin that has it; ``None``: no origin has it.
         Concurrent calls for one key share one request."""
-        return await shared(self.heads, key, lambda: self._head(key))
+        return await shared(self.heads, key, lambda: self._head(key, request_headers))
 
-    async def _head(self, key: str) -> ObjectMeta | None:
+    async def _head(self, key: str, request_headers: Mapping[str, str] | None) -> ObjectMeta | None:
         # Each origin in turn: one that does not have it, or fails, passes the
         # question on. 404 only when every origin answered that it has nothing.
         error: OriginError | None = None
+        absent: ObjectMeta | None = None  # an HTTP origin's own 404 or 410
+        failed: ObjectMeta | None = None  # an HTTP origin's 5xx
         for origin in self.origins:
             try:
-                meta = await self._ask("head", lambda o: o.head(key), [origin])
+                meta = await self._ask(
+                    "head",
+                    lambda o: o.head(key, **_asking(o, request_headers)),
+                    [origin],
+                    failed=_answer_failed,
+                )
+            except OriginRefused:
+                raise
             except OriginError as exc:
                 error = exc
                 continue
-            self.on_origin("head", "ok" if meta is not None else "not_found")
-            if meta is not None:
-                if len(self.sources) >= NEGATIVE_MAX:
-                    self.sources.clear()
-                self.sources[key] = origin
-                return meta
+            self.on_origin("head", "ok" if not _is_absent(meta) else "not_found")
+            if _is_absent(meta):
+                absent = absent or meta
+                continue
+            assert meta is not None
+            if origin_failed(meta.status) and origin is not self.origins[-1]:
+                failed = failed or meta  # a 5xx: the next origin may do better
+                continue
+            self._remember_source(key, origin)
+            return meta
+        return self._none_has(key, error, absent, failed)
+
+    def _negative(self, meta: ObjectMeta | None) -> ObjectMeta | None:
+        """An HTTP origin's 404 or 410 that says nothing of its freshness:
+        the RFC leaves its lifetime to the cache, which is ``negative_ttl``."""
+        if meta is None or meta.status not in (404, 410) or meta.headers is None:
+            return meta
+        if explicitly_fresh(meta.cache_control, meta.headers):
+            return meta
+        return dataclasses.replace(meta, fresh_until=time.time() + self.negative_ttl)
+
+    def _remember_source(self, key: str, origin: Origin) -> None:
+        if len(self.sources) >= NEGATIVE_MAX:
+            self.sources.clear()
+        self.sources[key] = origin
+
+    def _none_has(
+        self,
+        key: str,
+        error: OriginError | None,
+        absent: ObjectMeta | None,
+        failed: ObjectMeta | None = None,
+    ) -> ObjectMeta | None:
+        """No origin has ``key``: an HTTP origin's own answer saying so, else
+        an origin's 5xx answer, else the last error, else ``None``
+        (remembered for ``negative_ttl``)."""
+        if absent is not None:
+            return self._negative(absent)
+        if failed is not None:
+            return failed
         if error is not None:
             raise error
         self._remember_missing(key)
         return None
 
-    async def learn(self, key: str, idx: int, slice_size: int) -> ObjectMeta | None:
+    async def learn(
+        self,
+        key: str,
+        idx: int,
+        slice_size: int,
+        request_headers: Mapping[str, str] | None = None,
+    ) -> ObjectMeta | None:
         """What ``key`` is, learnt from the answer to the GET of slice ``idx``
         where the origin can (``read_first``), else from a HEAD. That GET's bytes
         go on arriving as the slice's fetch, which ``fetch`` hands to the first
         request that asks for the slice of that version: a cold miss costs one
-        origin round trip before its first byte, not two."""
+        origin round trip before its first byte, not two. ``request_headers``
+        (the player's) go on to an HTTP origin."""
         error: OriginError | None = None
+        absent: ObjectMeta | None = None
+        failed: ObjectMeta | None = None
         start = idx * slice_size
         for origin in self.origins:
             stream: AsyncIterator[Any] | None = None
@@ -296,46 +403,74 @@ class OriginChain:
                 opened = None
                 if hasattr(origin, "read_first"):
                     opened = await self._ask(
-                        "read", lambda o: self._open_first(o, key, start, slice_size), [origin]
+                        "read",
+                        lambda o: self._open_first(o, key, start, slice_size, request_headers),
+                        [origin],
+                        failed=_answer_failed,
                     )
                 if opened is None:
-                    meta = await self._ask("head", lambda o: o.head(key), [origin])
-                    self.on_origin("head", "ok" if meta is not None else "not_found")
+                    meta = await self._ask(
+                        "head",
+                        lambda o: o.head(key, **_asking(o, request_headers)),
+                        [origin],
+                        failed=_answer_failed,
+                    )
+                    self.on_origin("head", "ok" if not _is_absent(meta) else "not_found")
                 else:
                     meta, stream = opened
-                    if meta is None:
+                    if _is_absent(meta):
                         self.on_origin("read", "not_found")
+            except OriginRefused:
+                raise
             except OriginError as exc:
                 error = exc
                 continue
+            if _is_absent(meta) and origin is not self.origins[-1]:
+                absent = absent or meta
+                await _discard((meta, stream))
+                continue
             if meta is None:
                 continue
-            if len(self.sources) >= NEGATIVE_MAX:
-                self.sources.clear()
-            self.sources[key] = origin
+            if origin_failed(meta.status) and origin is not self.origins[-1]:
+                failed = failed or meta  # a 5xx: the next origin may do better
+                await _discard((meta, stream))
+                continue
+            self._remember_source(key, origin)
             if stream is not None:
-                _, length = slice_bounds(idx, meta.size, slice_size)
-                if length:
-                    f = SliceFetch(length)
-                    f.learnt = (key, idx, meta)
-                    self.learnt[(key, idx)] = f
-                    self._start(f, key, meta, start, length, stream)
-                else:
-                    await stream.aclose()  # type: ignore[attr-defined]
-            return meta
-        if error is not None:
-            raise error
-        self._remember_missing(key)
-        return None
+                await self._keep_learnt(key, idx, meta, stream, slice_size)
+            return self._negative(meta)
+        return self._none_has(key, error, absent, failed)
+
+    async def _keep_learnt(
+        self, key: str, idx: int, meta: ObjectMeta, stream: AsyncIterator[Any], slice_size: int
+    ) -> None:
+        """The rest of a learning GET's answer, kept as slice ``idx``'s fetch
+        until a request for that version asks for it."""
+        start, length = slice_bounds(idx, meta.size, slice_size)
+        if not length:
+            await stream.aclose()  # type: ignore[attr-defined]
+            return
+        f = SliceFetch(length)
+        f.learnt = (key, idx, meta)
+        self.learnt[(key, idx)] = f
+        self._start(f, key, meta, start, length, stream)
 
     @staticmethod
     async def _open_first(
-        origin: Origin, key: str, start: int, length: int
+        origin: Origin,
+        key: str,
+        start: int,
+        length: int,
+        request_headers: Mapping[str, str] | None = None,
+        current: ObjectMeta | None = None,
     ) -> tuple[ObjectMeta | None, AsyncIterator[Any] | None] | None:
         """(metadata, the rest of the answer: the bytes) from ``read_first``;
         (None, None) when the origin has no such object; None when the GET
-        cannot tell (ask HEAD)."""
-        stream = origin.read_first(key, start, length)  # type: ignore[attr-defined]
+        cannot tell (ask HEAD). With ``current``, a conditional GET."""
+        kw = _asking(origin, request_headers)
+        if current is not None:
+            kw["current"] = current
+        stream = origin.read_first(key, start, length, **kw)  # type: ignore[attr-defined]
         try:
             first = await anext(stream)
         except StopAsyncIteration:
@@ -345,8 +480,15 @@ class OriginChain:
             return None, None
         return first, stream
 
-    async def revalidate(self, key: str, current: ObjectMeta) -> ObjectMeta | None:
-        """``current`` renewed (304), or what replaced it, or ``None`` (gone)."""
+    async def revalidate(
+        self,
+        key: str,
+        current: ObjectMeta,
+        request_headers: Mapping[str, str] | None = None,
+        slice_size: int = 0,
+    ) -> ObjectMeta | None:
+        """``current`` renewed (304), or what replaced it, or ``None`` (gone).
+        An HTTP origin is asked with a conditional GET."""
 
         # The origin it came from decides; one that does not have it (None)
         # passes the question on, as a HEAD does.
@@ -354,7 +496,30 @@ class OriginChain:
         error: OriginError | None = None
         for origin in self.order(key):
             try:
-                meta = await self._ask("revalidate", lambda o: o.head(key, current), [origin])
+                if getattr(origin, "shared_cache", False) and slice_size:
+                    # a conditional GET of the first slice: a new version's
+                    # bytes go on to the request, as a cold miss's do
+                    opened = await self._ask(
+                        "revalidate",
+                        lambda o: self._open_first(o, key, 0, slice_size, request_headers, current),
+                        [origin],
+                        failed=_answer_failed,
+                    )
+                    meta, stream = opened or (None, None)
+                    if meta is not None and stream is not None:
+                        if same_version(meta, current) and meta.status == current.status:
+                            await stream.aclose()  # type: ignore[attr-defined]
+                        else:
+                            await self._keep_learnt(key, 0, meta, stream, slice_size)
+                else:
+                    meta = await self._ask(
+                        "revalidate",
+                        lambda o: o.head(key, current, **_asking(o, request_headers)),
+                        [origin],
+                        failed=_answer_failed,
+                    )
+            except OriginRefused:
+                raise
             except OriginError as exc:
                 error = exc
                 continue
@@ -366,7 +531,7 @@ class OriginChain:
         if meta is None:
             self._remember_missing(key)
             self.on_origin("revalidate", "not_found")
-        elif same_version(meta, current):
+        elif same_version(meta, current) and meta.status == current.status:
             self.on_origin("revalidate", "not_modified")
         else:
             self.on_origin("revalidate", "modified")
@@ -470,7 +635,15 @@ class OriginChain:
                 await self._claimed(f)
                 if not f.claimed:
                     raise OriginError(f"{key!r}: slice learnt for a request that went away")
-            await self._ask("read", attempt, self.order(key), self.sources.get(key))
+            # the body of a 5xx answer arriving is no sign that the origin is well
+            await self._ask(
+                "read",
+                attempt,
+                self.order(key),
+                self.sources.get(key),
+                count_success=not origin_failed(meta.status),
+                admitted=opened is not None,
+            )
         except BaseException as exc:
             f.fail(exc)
             self._forget(f)

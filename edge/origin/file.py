@@ -11,6 +11,7 @@ version it was asked for: a file replaced or removed since is a change
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import AsyncIterator
 
@@ -19,7 +20,7 @@ import aiofiles.os
 
 from edge.core.mediatypes import guess_type
 from edge.core.meta import ObjectMeta
-from edge.origin import OriginChanged, OriginError
+from edge.origin import OriginChanged, OriginError, OriginRefused
 
 CHUNK = 256 * 1024
 
@@ -46,6 +47,8 @@ class FileOrigin:
         except NotADirectoryError:
             return None
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise OriginRefused(f"{key!r}: a name too long for the origin", 414) from None
             raise OriginError(f"{self.url}: cannot stat {key!r}: {exc.strerror}") from None
         if not os.path.isfile(path):
             return None

@@ -1,28 +1,37 @@
 """An HTTP origin (``http(s)://host[:port]/prefix``): a web server or a parent appliance.
 
-A cold miss learns the metadata from the answer to the GET of its first slice
-(``read_first``: Content-Range gives the size, the headers the rest), which
-saves the round trip of a HEAD; otherwise metadata comes from ``HEAD`` (falling
-back to ``GET`` with ``Range: bytes=0-0`` for servers that refuse HEAD). A
-slice comes from ``GET`` with ``Range`` and a
-precondition that pins the version: ``If-Match`` with the origin's strong ETag,
-else ``If-Unmodified-Since`` with its Last-Modified. A 412 means the object
-changed (``OriginChanged``). Freshness is evaluated per RFC 9111
-(``edge.core.freshness``); a revalidation sends ``If-None-Match`` /
-``If-Modified-Since`` and a 304 renews the stored object's freshness.
+Here the appliance is a shared HTTP cache (RFC 9111; the decisions are
+``edge.core.cachepolicy`` and ``edge.core.freshness``). A miss learns the
+object from the answer to the GET of the slice the request starts with
+(``read_first``: Content-Range gives the size, the headers the rest), sent
+with the player's end-to-end request headers, so the origin picks the
+representation it would for the player. Every status is an answer: its status,
+end-to-end headers, Vary selection and freshness go into the ``ObjectMeta``,
+and its body is the object's bytes. Only transport failures, timeouts and
+5xx count against the origin (the chain retries and counts them). No
+validator is invented: a slice is pinned to the learnt version with
+``If-Match`` where the origin gave a strong ETag, else ``If-Unmodified-Since``
+where it gave a Last-Modified, and each answer's own validators and length
+are checked too; a 412 or another version means the object changed
+(``OriginChanged``). A revalidation is a conditional GET of the first slice
+(``If-None-Match`` / ``If-Modified-Since``): a 304 renews the stored
+answer's headers and freshness, anything else replaces it. ``forward``
+carries an unsafe method (POST, PUT, …) to the origin and its answer back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from edge.core import freshness
+from edge.core import cachepolicy, freshness
 from edge.core.httpdate import format_http_date, parse_http_date
 from edge.core.mediatypes import guess_type
 from edge.core.meta import ObjectMeta
@@ -32,11 +41,32 @@ from edge.http.tls import client_context
 from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
 
 SIGNED_FOR = 300  # seconds a request's token is valid
-SYNTHETIC_ETAG = '"ef-'  # our own validator, for origins that send no strong ETag
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+UNSIZED_MAX = 16 * 1024 * 1024  # an answer without a length is read whole, up to this
+
+
+@dataclasses.dataclass
+class Forwarded:
+    """The origin's answer to a forwarded unsafe method."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def _joined(h: Any, name: str) -> str | None:
+    """All of a header's field lines as one list (RFC 9110 §5.3)."""
+    values = h.getall(name, [])
+    return ", ".join(values) if values else None
+
+
+def is_strong(etag: str) -> bool:
+    return len(etag) >= 2 and etag.startswith('"') and etag.endswith('"')
 
 
 class HTTPOrigin:
+    shared_cache = True  # the chain forwards the player's request headers to it
+
     def __init__(self, url: str, settings: OriginSettings) -> None:
         self.url = url
         parts = urlsplit(url)
@@ -62,131 +92,145 @@ class HTTPOrigin:
                 ),
                 auto_decompress=False,
                 headers={"User-Agent": SERVER, "Accept-Encoding": "identity"},
+                skip_auto_headers=("Content-Type",),
             )
         return self._session
 
     def _target(self, key: str) -> str:
-        url = self.base + "/" + quote(key, safe="/!$&'()*+,;=:@-._~")
-        if self.signing_key is None:
-            return url
-        kid, secret = self.signing_key  # the key as the parent names it, prefix and all
-        expires = int(time.time()) + SIGNED_FOR
-        return url + "?" + token_param(self._key_prefix + key, kid, secret, expires)
+        path, query = cachepolicy.split_key(key)
+        url = self.base + "/" + quote(path, safe="/!$&'()*+,;=:@-._~")
+        if self.signing_key is not None:
+            kid, secret = self.signing_key  # the key as the parent names it, prefix and all
+            expires = int(time.time()) + SIGNED_FOR
+            token = token_param(self._key_prefix + path, kid, secret, expires)
+            query = f"{query}&{token}" if query else token
+        return url + "?" + query if query else url
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
+    @contextlib.asynccontextmanager
+    async def _get(self, key: str, headers: dict[str, str]) -> AsyncIterator[Any]:
+        """The answer to a GET. A kept-alive connection the origin closed
+        meanwhile, or left unusable (a body longer than its Content-Length),
+        fails before any answer: the GET is sent once more on a new one."""
+        url = self._target(key)
+        try:
+            resp = await self._client().get(url, headers=headers, allow_redirects=False)
+        except (
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientOSError,
+            aiohttp.ClientResponseError,
+        ):
+            resp = await self._client().get(url, headers=headers, allow_redirects=False)
+        try:
+            yield resp
+        finally:
+            resp.release()
+
     # -- metadata --------------------------------------------------------------
 
-    async def head(self, key: str, current: ObjectMeta | None = None) -> ObjectMeta | None:
-        """What ``key`` is now; with ``current``, a revalidation of it."""
-        headers = {}
-        if current is not None:
-            if not current.etag.startswith(SYNTHETIC_ETAG):
-                headers["If-None-Match"] = current.etag
-            headers["If-Modified-Since"] = format_http_date(current.last_modified)
-        request_time = time.time()
+    async def head(
+        self,
+        key: str,
+        current: ObjectMeta | None = None,
+        *,
+        request_headers: Mapping[str, str] | None = None,
+    ) -> ObjectMeta | None:
+        """What ``key`` is now (with ``current``: a revalidation of it), from
+        the answer to a GET of its first byte: no HEAD, whose answer may not
+        say the length."""
+        stream = self.read_first(key, 0, 1, current=current, request_headers=request_headers)
         try:
-            async with self._client().head(
-                self._target(key), headers=headers, allow_redirects=True
-            ) as resp:
-                status = resp.status
-                h = resp.headers
-                if status in (405, 501):
-                    return await self._head_by_get(key, request_time)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise OriginTimeout(f"{self.url}: HEAD {key!r} timed out") from None
-        except aiohttp.ClientError as exc:
-            raise OriginError(f"{self.url}: HEAD {key!r}: {exc}") from None
-        response_time = time.time()
-        if status in (404, 410):
+            first = await anext(stream)
+        except StopAsyncIteration:
             return None
-        if status == 304 and current is not None:
-            return self._renewed(current, h, request_time, response_time)
-        if status != 200:
-            raise OriginError(f"{self.url}: HEAD {key!r} answered {status}")
-        length = h.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise OriginError(f"{self.url}: HEAD {key!r} gave no Content-Length")
-        return self._meta(key, int(length), h, request_time, response_time)
-
-    async def _head_by_get(self, key: str, request_time: float) -> ObjectMeta | None:
-        async with self._client().get(self._target(key), headers={"Range": "bytes=0-0"}) as resp:
-            if resp.status in (404, 410):
-                return None
-            if resp.status == 206:
-                m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
-                if m is None or m.group(3) == "*":
-                    raise OriginError(f"{self.url}: {key!r}: no usable Content-Range")
-                size = int(m.group(3))
-            elif resp.status == 200 and resp.headers.get("Content-Length", "").isdigit():
-                size = int(resp.headers["Content-Length"])
-            else:
-                raise OriginError(f"{self.url}: GET {key!r} answered {resp.status}")
-            return self._meta(key, size, resp.headers, request_time, time.time())
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        return first if isinstance(first, ObjectMeta) else None
 
     def _meta(
         self,
         key: str,
+        status: int,
         size: int,
-        h: Mapping[str, str],
+        h: Any,
         request_time: float,
         response_time: float,
+        request_headers: Mapping[str, str],
     ) -> ObjectMeta:
-        origin_lm = parse_http_date(h.get("Last-Modified"))
-        lm = origin_lm if origin_lm is not None else int(response_time)
-        etag = h.get("ETag")
-        if not etag or etag.startswith("W/") or not (etag.startswith('"') and etag.endswith('"')):
-            # our own validator: stable for as long as the origin's Last-Modified is
-            etag = f'{SYNTHETIC_ETAG}{origin_lm or 0:x}-{size:x}"'
-        ctype = h.get("Content-Type") or guess_type(key)
-        f = self._freshness(h, request_time, response_time)
-        return ObjectMeta(
-            size=size,
-            etag=etag,
-            last_modified=lm,
-            content_type=ctype,
-            cache_control=h.get("Cache-Control"),
-            fresh_until=f.fresh_until,
-            stale_if_error=f.stale_if_error,
-            must_revalidate=f.must_revalidate,
-            storable=f.storable,
-            born=f.born,
-        )
-
-    @staticmethod
-    def _freshness(
-        h: Mapping[str, str | None], request_time: float, response_time: float
-    ) -> freshness.Freshness:
-        return freshness.evaluate(
-            cache_control=h.get("Cache-Control"),
+        lm = parse_http_date(h.get("Last-Modified"))
+        etag = h.get("ETag") or ""
+        pairs = [
+            (k, v) for k, v in h.items() if not (status == 206 and k.lower() == "content-range")
+        ]
+        stored = cachepolicy.end_to_end(pairs)
+        names = cachepolicy.parse_vary(", ".join(h.getall("Vary", [])))
+        # the appliance always asks for identity: Accept-Encoding selects nothing here
+        vary = () if names is None else tuple(n for n in names if n != "accept-encoding")
+        f = freshness.evaluate(
+            cache_control=_joined(h, "Cache-Control"),
             expires=h.get("Expires"),
             date=h.get("Date"),
             age=h.get("Age"),
             last_modified=h.get("Last-Modified"),
             request_time=request_time,
             response_time=response_time,
+            status=200 if status == 206 else status,
         )
-
-    def _renewed(
-        self, current: ObjectMeta, h, request_time: float, response_time: float
-    ) -> ObjectMeta:  # type: ignore[no-untyped-def]
-        merged = {
-            "Cache-Control": h.get("Cache-Control", current.cache_control),
-            "Expires": h.get("Expires"),
-            "Date": h.get("Date"),
-            "Age": h.get("Age"),
-            "Last-Modified": format_http_date(current.last_modified),
-        }
-        f = self._freshness(merged, request_time, response_time)
-        return dataclasses.replace(
-            current,
-            cache_control=merged["Cache-Control"],
+        cc = freshness.parse_cache_control(_joined(h, "Cache-Control"))
+        storable = (
+            f.storable
+            and names is not None
+            and cachepolicy.storable(
+                200 if status == 206 else status,
+                cc,
+                "Expires" in h,
+                public=cachepolicy.has_directive(_joined(h, "Cache-Control"), "public"),
+                authorized="authorization" in request_headers,
+            )
+        )
+        return ObjectMeta(
+            size=size,
+            etag=etag,
+            last_modified=lm or 0,
+            content_type=h.get("Content-Type") or guess_type(cachepolicy.split_key(key)[0]),
+            cache_control=_joined(h, "Cache-Control"),
             fresh_until=f.fresh_until,
             stale_if_error=f.stale_if_error,
             must_revalidate=f.must_revalidate,
-            storable=f.storable,
+            storable=storable,
+            born=f.born,
+            status=200 if status == 206 else status,
+            headers=stored,
+            vary=cachepolicy.vary_values(vary, request_headers),
+        )
+
+    def _renewed(
+        self, current: ObjectMeta, h: Any, request_time: float, response_time: float
+    ) -> ObjectMeta:
+        """``current`` after a 304: its headers updated, its freshness renewed."""
+        headers = cachepolicy.updated_by_304(current.headers or (), h.items())
+        lower = {k.lower(): v for k, v in headers}
+        f = freshness.evaluate(
+            cache_control=lower.get("cache-control"),
+            expires=lower.get("expires"),
+            date=h.get("Date"),
+            age=h.get("Age"),
+            last_modified=lower.get("last-modified"),
+            request_time=request_time,
+            response_time=response_time,
+            status=current.status,
+        )
+        return dataclasses.replace(
+            current,
+            cache_control=lower.get("cache-control"),
+            headers=headers,
+            fresh_until=f.fresh_until,
+            stale_if_error=f.stale_if_error,
+            must_revalidate=f.must_revalidate,
+            storable=current.storable and f.storable,
             born=f.born,
         )
 
@@ -196,62 +240,133 @@ class HTTPOrigin:
         """Not every origin honours If-Match: check the answer's validators too,
         so two versions never meet in one stored object."""
         etag = h.get("ETag")
-        if meta.etag.startswith(SYNTHETIC_ETAG):
+        if meta.etag:
+            if etag is not None and etag != meta.etag:
+                raise OriginChanged(f"{self.url}: {key!r} changed at the origin (ETag {etag})")
+        elif meta.last_modified:
             lm = parse_http_date(h.get("Last-Modified"))
             if lm is not None and lm != meta.last_modified:
                 raise OriginChanged(f"{self.url}: {key!r} changed at the origin (Last-Modified)")
-        elif etag is not None and etag != meta.etag:
-            raise OriginChanged(f"{self.url}: {key!r} changed at the origin (ETag {etag})")
+
+    def _request_headers(
+        self, request_headers: Mapping[str, str] | None, meta: ObjectMeta | None
+    ) -> dict[str, str]:
+        """The player's headers to forward; for a slice of a stored variant,
+        the values it was selected by."""
+        out = cachepolicy.forwarded(request_headers) if request_headers else {}
+        if meta is not None:
+            for name, value in meta.vary:
+                if value is None:
+                    out.pop(name, None)
+                else:
+                    out[name] = value
+        return out
 
     async def read_first(
-        self, key: str, start: int, length: int
+        self,
+        key: str,
+        start: int,
+        length: int,
+        *,
+        request_headers: Mapping[str, str] | None = None,
+        current: ObjectMeta | None = None,
+        ranged: bool = True,
     ) -> AsyncIterator[ObjectMeta | bytes | None]:
-        """Learn what ``key`` is from a GET of bytes ``start..start+length-1``
-        instead of a HEAD first: yields the ``ObjectMeta`` (size from
-        Content-Range), then the bytes of that range as they arrive (clipped to
-        the object's end). Yields ``None`` alone when the origin has no such
-        object; yields nothing when it cannot tell from a GET (a range past the
-        end, 416): the caller asks ``head``. No precondition: whatever version
-        answers is the one learnt, and later reads pin it with ``If-Match``."""
+        """Learn what ``key`` is from a GET of bytes ``start..start+length-1``:
+        yields the ``ObjectMeta`` (size from Content-Range, or the answer's
+        length), then the bytes of that range as they arrive (clipped to the
+        object's end). Yields nothing when it cannot tell from a GET (a range
+        past the end, 416): the caller asks with a GET of byte 0. With
+        ``current`` it is a revalidation: a 304 yields ``current`` renewed,
+        and no bytes. No precondition pins the version: whatever answers is the
+        one learnt, and later reads pin it."""
+        headers = self._request_headers(request_headers, current)
+        if ranged:
+            headers["Range"] = f"bytes={start}-{start + length - 1}"
+        empty = False
+        if current is not None:
+            if current.etag:
+                headers["If-None-Match"] = current.etag
+            if current.last_modified:
+                headers["If-Modified-Since"] = format_http_date(current.last_modified)
         request_time = time.time()
         try:
-            async with self._client().get(
-                self._target(key), headers={"Range": f"bytes={start}-{start + length - 1}"}
-            ) as resp:
+            async with self._get(key, headers) as resp:
                 status, h = resp.status, resp.headers
-                if status in (404, 410):
-                    yield None
-                    return
                 if status == 416:
+                    if start > 0:
+                        return  # past the end, or no ranges: the caller asks for byte 0
+                    if ranged and h.get("Content-Range", "").strip() == "bytes */0":
+                        empty = True  # an empty object: its answer without a Range
+                if status == 304 and current is not None:
+                    yield self._renewed(current, h, request_time, time.time())
                     return
-                skip = 0
-                if status == 206:
-                    m = _CONTENT_RANGE.fullmatch(h.get("Content-Range", ""))
-                    if m is None or m.group(3) == "*" or int(m.group(1)) != start:
-                        raise OriginError(
-                            f"{self.url}: {key!r}: no usable Content-Range "
-                            f"({h.get('Content-Range')!r})"
-                        )
-                    size = int(m.group(3))
-                    if int(m.group(2)) != min(start + length, size) - 1:
-                        raise OriginError(
-                            f"{self.url}: {key!r}: Content-Range {h.get('Content-Range')!r} "
-                            f"is not bytes {start}-{min(start + length, size) - 1}/{size}"
-                        )
-                elif status == 200:
-                    if resp.content_length is None:
-                        return  # no size to learn from this answer
-                    size = resp.content_length  # Range ignored: our part of the whole body
-                    skip = start
-                else:
-                    raise OriginError(f"{self.url}: GET {key!r} answered {status}")
-                yield self._meta(key, size, h, request_time, time.time())
-                want = max(0, min(length, size - start))
-                if want:
-                    async for chunk in self._body(resp, key, want, skip, status == 206):
-                        yield chunk
+                if not empty:
+                    async for item in self._learnt(
+                        key, start, length, resp, request_time, request_headers or {}
+                    ):
+                        yield item
+                    return
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._get_error(exc, key) from None
+        async for item in self.read_first(
+            key, start, length, request_headers=request_headers, current=current, ranged=False
+        ):
+            yield item
+
+    async def _learnt(
+        self,
+        key: str,
+        start: int,
+        length: int,
+        resp: aiohttp.ClientResponse,
+        request_time: float,
+        request_headers: Mapping[str, str],
+    ) -> AsyncIterator[ObjectMeta | bytes]:
+        """The meta of a GET's answer, then its bytes ``start..start+length-1``."""
+        status, h = resp.status, resp.headers
+        skip = 0
+        if status == 206:
+            m = _CONTENT_RANGE.fullmatch(h.get("Content-Range", ""))
+            if m is None or m.group(3) == "*" or int(m.group(1)) != start:
+                raise OriginError(
+                    f"{self.url}: {key!r}: no usable Content-Range ({h.get('Content-Range')!r})"
+                )
+            size = int(m.group(3))
+            if int(m.group(2)) != min(start + length, size) - 1:
+                raise OriginError(
+                    f"{self.url}: {key!r}: Content-Range {h.get('Content-Range')!r} "
+                    f"is not bytes {start}-{min(start + length, size) - 1}/{size}"
+                )
+        else:
+            # the whole answer (Range ignored, or not a 200): our part of it
+            skip = start
+            if resp.content_length is None:
+                whole = await self._unsized(resp, key)
+                yield self._meta(
+                    key, status, len(whole), h, request_time, time.time(), request_headers
+                )
+                if start < len(whole):
+                    yield whole[start : start + length]
+                return
+            size = resp.content_length
+        yield self._meta(key, status, size, h, request_time, time.time(), request_headers)
+        want = max(0, min(length, size - start))
+        if want:
+            async for chunk in self._body(resp, key, want, skip, status == 206):
+                yield chunk
+
+    async def _unsized(self, resp: aiohttp.ClientResponse, key: str) -> bytes:
+        """The whole body of an answer that gave no length (chunked, or up to
+        the connection's end), up to ``UNSIZED_MAX``."""
+        body = bytearray()
+        async for chunk in resp.content.iter_any():  # ends at the body's end, or at once
+            body += chunk
+            if len(body) > UNSIZED_MAX:
+                raise OriginError(
+                    f"{self.url}: {key!r}: an answer without a length, over {UNSIZED_MAX} bytes"
+                )
+        return bytes(body)
 
     def _get_error(self, exc: BaseException, key: str) -> OriginError:
         """The ``OriginError`` for what a GET raised (timeouts first: aiohttp's
@@ -297,13 +412,30 @@ class HTTPOrigin:
         if length <= 0:
             return
         end = start + length - 1
-        headers = {"Range": f"bytes={start}-{end}"}
-        if meta.etag.startswith(SYNTHETIC_ETAG):
-            headers["If-Unmodified-Since"] = format_http_date(meta.last_modified)
+        headers = self._request_headers(None, meta)
+        if meta.status != 200:
+            # not the object's bytes but an answer (a 404's body, a redirect's):
+            # asked for whole, and it must still be the same answer
+            chunks = self._read_answer(key, meta, start, length, headers)
         else:
-            headers["If-Match"] = meta.etag
+            headers["Range"] = f"bytes={start}-{end}"
+            if is_strong(meta.etag):
+                headers["If-Match"] = meta.etag
+            elif meta.last_modified:
+                headers["If-Unmodified-Since"] = format_http_date(meta.last_modified)
+            chunks = self._read_range(key, meta, start, length, headers)
         try:
-            async with self._client().get(self._target(key), headers=headers) as resp:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def _read_range(
+        self, key: str, meta: ObjectMeta, start: int, length: int, headers: dict[str, str]
+    ) -> AsyncIterator[bytes]:
+        end = start + length - 1
+        try:
+            async with self._get(key, headers) as resp:
                 skip = 0
                 if resp.status == 412:
                     raise OriginChanged(f"{self.url}: {key!r} changed at the origin")
@@ -327,11 +459,40 @@ class HTTPOrigin:
                     if resp.content_length not in (None, meta.size):
                         raise OriginChanged(f"{self.url}: {key!r} is no longer {meta.size} bytes")
                     skip = start
-                elif resp.status in (404, 410):
-                    raise OriginChanged(f"{self.url}: {key!r} is gone from the origin")
+                elif resp.status < 500:
+                    raise OriginChanged(f"{self.url}: {key!r} answered {resp.status} now")
                 else:
                     raise OriginError(f"{self.url}: GET {key!r} answered {resp.status}")
                 async for chunk in self._body(resp, key, length, skip, resp.status == 206):
                     yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._get_error(exc, key) from None
+
+    async def _read_answer(
+        self, key: str, meta: ObjectMeta, start: int, length: int, headers: dict[str, str]
+    ) -> AsyncIterator[bytes]:
+        try:
+            async with self._get(key, headers) as resp:
+                if resp.status != meta.status or resp.content_length not in (None, meta.size):
+                    raise OriginChanged(f"{self.url}: {key!r} answered {resp.status} now")
+                self._same_version(key, meta, resp.headers)
+                async for chunk in self._body(resp, key, length, start, False):
+                    yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._get_error(exc, key) from None
+
+    # -- unsafe methods ----------------------------------------------------------
+
+    async def forward(
+        self, method: str, key: str, request_headers: Mapping[str, str], body: bytes
+    ) -> Forwarded:
+        """``method`` with ``body`` to the origin, once; its answer, whole."""
+        headers = cachepolicy.forwarded(request_headers)
+        try:
+            async with self._client().request(
+                method, self._target(key), headers=headers, data=body, allow_redirects=False
+            ) as resp:
+                data = await resp.read()
+                return Forwarded(resp.status, cachepolicy.end_to_end(resp.headers.items()), data)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._get_error(exc, key) from None

@@ -501,3 +501,35 @@ class Store(Reading):
             (used,) = c.execute("SELECT used FROM roots WHERE id=?", (root.id,)).fetchone()
             doomed = self._make_room(c, root, 0, key, now, capacity=max(0, used - short))
         self._unlink(doomed or [])
+
+    # -- the response heads of objects from HTTP origins -----------------------
+    # A table of its own (created on first use), one row per key: the status,
+    # the end-to-end headers and the Vary selection of the stored version
+    # ``gen``, as JSON. A row whose generation is not the object's is stale.
+
+    def put_http_head(self, key: str, gen: str, status: int, headers: str, vary: str) -> None:
+        with self._write() as c:
+            c.execute(HTTP_HEADS_SCHEMA)
+            c.execute(
+                "INSERT INTO http_heads(key, gen, status, headers, vary) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET gen=excluded.gen, status=excluded.status, "
+                "headers=excluded.headers, vary=excluded.vary",
+                (key, gen, status, headers, vary),
+            )
+
+    def http_head(self, key: str, gen: str) -> tuple[int, str, str] | None:
+        """(status, headers, vary) stored for version ``gen`` of ``key``."""
+        conn = self._conn()
+        try:
+            row = conn.execute(
+                "SELECT status, headers, vary FROM http_heads WHERE key=? AND gen=?", (key, gen)
+            ).fetchone()
+        except sqlite3.OperationalError:  # no such table yet: nothing stored
+            return None
+        return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+
+
+HTTP_HEADS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS http_heads (key TEXT PRIMARY KEY, gen TEXT NOT NULL, "
+    "status INTEGER NOT NULL, headers TEXT NOT NULL, vary TEXT NOT NULL)"
+)
