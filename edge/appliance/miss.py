@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import re
 import secrets
@@ -28,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from edge.appliance import heads
 from edge.appliance.view import CACHE_NAME, HIT_STATUS, View
 from edge.appliance.viewcache import ViewCache
 from edge.core import cachepolicy
@@ -36,7 +35,8 @@ from edge.core.keys import loggable
 from edge.core.meta import ObjectMeta, same_version
 from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
 from edge.origin import OriginChanged, OriginError, OriginRefused, OriginTimeout
-from edge.origin.chain import OriginChain, SliceFetch, shared
+from edge.origin.chain import OriginChain
+from edge.origin.slicefetch import SliceFetch, shared
 from edge.store import Store, StoredObject
 
 log = logging.getLogger("edgefleet.appliance")
@@ -219,11 +219,11 @@ class MissPath:
 
     async def _lookup(self, key: str) -> StoredObject | None:
         """The index's object, with its HTTP origin's answer head when it has one."""
-        return await self.run(_lookup_with_head, self.store, key)
+        return await self.run(heads.lookup_with_head, self.store, key)
 
     async def _index(self, key: str, meta: ObjectMeta) -> StoredObject:
         """Index ``meta`` as the object's version (with its answer head)."""
-        return await self.run(_index_with_head, self.store, key, meta)
+        return await self.run(heads.index_with_head, self.store, key, meta)
 
     async def _find(
         self, req: Request, key: str, started: list[Response]
@@ -346,7 +346,9 @@ class MissPath:
             return current  # another request renewed it meanwhile
         if same_version(new, meta) and new.status == meta.status:
             obj = view.obj
-            if new.storable and not await self.run(_renew_with_head, self.store, key, obj.gen, new):
+            if new.storable and not await self.run(
+                heads.renew_with_head, self.store, key, obj.gen, new
+            ):
                 obj = await self._index(key, new)
             obj.meta = new
             return await self.views.load(obj)
@@ -446,43 +448,6 @@ def _str_headers(req: Request) -> dict[str, str]:
 
 def _selects(meta: ObjectMeta, req: Request) -> bool:
     return cachepolicy.vary_matches(meta.vary, _str_headers(req))
-
-
-# -- in the store's thread: an object and its answer head together ---------------
-
-
-def _lookup_with_head(store: Store, key: str) -> StoredObject | None:
-    obj = store.lookup(key)
-    if obj is None:
-        return None
-    head = store.http_head(key, obj.gen)
-    if head is not None:
-        status, headers, vary = head
-        obj.meta = dataclasses.replace(
-            obj.meta,
-            status=status,
-            headers=tuple((n, v) for n, v in json.loads(headers)),
-            vary=tuple((n, v) for n, v in json.loads(vary)),
-        )
-    return obj
-
-
-def _put_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> None:
-    if meta.headers is not None:
-        store.put_http_head(key, gen, meta.status, json.dumps(meta.headers), json.dumps(meta.vary))
-
-
-def _index_with_head(store: Store, key: str, meta: ObjectMeta) -> StoredObject:
-    obj = store.ensure_object(key, meta)
-    _put_head(store, key, obj.gen, meta)
-    return obj
-
-
-def _renew_with_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> bool:
-    if not store.renew(key, gen, meta):
-        return False
-    _put_head(store, key, gen, meta)
-    return True
 
 
 _FIRST_BYTE = re.compile(rb"\s*bytes\s*=\s*(\d+)\s*-")

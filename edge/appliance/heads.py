@@ -1,0 +1,49 @@
+"""An object from an HTTP origin and its answer head, read and written together.
+
+The store keeps an HTTP origin's status, end-to-end headers and Vary selection
+beside the object (``Store.put_http_head``); these functions run in the store's
+threads and join the two, so the miss path sees one ``StoredObject`` whose
+``meta`` carries what the origin said.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from edge.core.meta import ObjectMeta
+from edge.store import Store, StoredObject
+
+
+def lookup_with_head(store: Store, key: str) -> StoredObject | None:
+    obj = store.lookup(key)
+    if obj is None:
+        return None
+    head = store.http_head(key, obj.gen)
+    if head is not None:
+        status, headers, vary = head
+        obj.meta = dataclasses.replace(
+            obj.meta,
+            status=status,
+            headers=tuple((n, v) for n, v in json.loads(headers)),
+            vary=tuple((n, v) for n, v in json.loads(vary)),
+        )
+    return obj
+
+
+def put_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> None:
+    if meta.headers is not None:
+        store.put_http_head(key, gen, meta.status, json.dumps(meta.headers), json.dumps(meta.vary))
+
+
+def index_with_head(store: Store, key: str, meta: ObjectMeta) -> StoredObject:
+    obj = store.ensure_object(key, meta)
+    put_head(store, key, obj.gen, meta)
+    return obj
+
+
+def renew_with_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> bool:
+    if not store.renew(key, gen, meta):
+        return False
+    put_head(store, key, gen, meta)
+    return True
