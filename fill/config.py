@@ -30,7 +30,7 @@ class FillConfig:
     manifest: str | None = None
     from_logs: list[str] = field(default_factory=list)
     write_manifest: str | None = None
-    headroom: tuple[str, float] = ("fraction", 0.10)  # ("fraction", f) or ("bytes", n)
+    headroom: tuple[str, float] = ("fraction", 0.30)  # ("fraction", f) or ("bytes", n)
     bytes_per_night: int | None = None
     window: Window | None = None
     rate: float | None = None  # bytes per second

@@ -53,3 +53,22 @@ def count(
         pop.scores[key] = pop.scores.get(key, 0.0) + 0.5 ** (age / half_life)
         pop.counted += 1
     return pop
+
+
+def count_requests(
+    requests: Iterable[tuple[float, str]],
+    now: float,
+    half_life: float,
+    into: Popularity | None = None,
+) -> Popularity:
+    """``count`` for requests already parsed: ``(time, key)`` pairs of content
+    GETs answered 200/206, weighted alike (bench/policy replays traces through it)."""
+    pop = into or Popularity()
+    scores = pop.scores
+    n = 0
+    for when, key in requests:
+        scores[key] = scores.get(key, 0.0) + 0.5 ** (max(0.0, now - when) / half_life)
+        n += 1
+    pop.lines += n
+    pop.counted += n
+    return pop

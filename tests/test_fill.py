@@ -20,6 +20,7 @@ from conftest import ROOT, Appliance, wait_for
 from s3server import CREDENTIALS, REGION, put_objects, s3_endpoint  # noqa: F401
 
 from edge.store import RootSpec, Store, slice_name
+from fill.config import FillConfig
 
 BUCKET = "fill-origin"
 RNG = random.Random(11)
@@ -28,7 +29,7 @@ OBJECTS = {
 }
 SCORES = {k: 1000.0 / (i + 1) for i, k in enumerate(OBJECTS)}  # Zipf
 CAPACITY = 8_000_000
-BUDGET = int(CAPACITY * 0.9)  # the default headroom keeps 10% for pull-through
+BUDGET = FillConfig().budget(CAPACITY)  # less the default headroom, kept for pull-through
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ def test_the_example_configuration_has_a_fill_table() -> None:
     cfg = load_fill_config(_fill_args("--config", str(example), "--rate", "100Mbit"))
     assert cfg.window == Window.parse("02:00-06:00") and cfg.concurrency == 8
     assert cfg.rate == 100e6 / 8  # the flag wins over the file
-    assert cfg.budget(1000) == 900
+    assert cfg.budget(1000) == 900  # headroom = "10%": the example has a planner's manifest
 
 
 def test_fill_options_are_checked_and_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
