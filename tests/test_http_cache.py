@@ -5,6 +5,7 @@ wire (request bodies) run the real server process."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 from pathlib import Path
 
@@ -77,6 +78,28 @@ async def test_a_variant_is_served_only_to_requests_it_matches(
         for _ in range(2):
             assert (await get(app, "/star.json"))[1] == b"any"
         assert len(origin.asked("GET", "/star.json")) == 2  # Vary: * is never stored
+
+
+async def test_concurrent_misses_of_two_variants_each_get_their_own(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    """Concurrent misses share one origin request only when its answer fits
+    each of them: a variant another request's headers chose is not served."""
+    origin.put("w.json", b"plain", cache_control="max-age=60", vary="Foo",
+               variants={"1": b"for foo 1", "2": b"for foo 2"})  # fmt: skip
+    origin.put("private.json", b"yours", cache_control="private")
+    async with InProcess(tmp_path, origin.url) as app:
+        for target, want in (("/w.json", (b"for foo 1", b"for foo 2")),):
+            resps = await asyncio.gather(
+                ask(app, request(target, foo="1")), ask(app, request(target, foo="2"))
+            )
+            bodies = [await body_of(r) for r in resps]
+            assert tuple(bodies) == want
+        resps = await asyncio.gather(*(ask(app, request("/private.json")) for _ in range(2)))
+        assert [await body_of(r) for r in resps] == [b"yours", b"yours"]
+        # a private answer is for the request that asked for it: each asked the origin
+        assert len(origin.asked("GET", "/private.json")) == 2
+        await settle(app)
 
 
 # -- stored headers, no invented validators ------------------------------------------------

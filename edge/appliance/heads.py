@@ -39,6 +39,10 @@ def put_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> None:
 def index_with_head(store: Store, key: str, meta: ObjectMeta) -> StoredObject:
     obj = store.ensure_object(key, meta)
     put_head(store, key, obj.gen, meta)
+    if meta.headers is not None:  # the index row has no room for them: carry them on
+        obj.meta = dataclasses.replace(
+            obj.meta, status=meta.status, headers=meta.headers, vary=meta.vary
+        )
     return obj
 
 

@@ -290,7 +290,17 @@ class MissPath:
         waste. With ``idx`` (the slice the request starts with), the answer to
         that slice's GET tells, and its bytes keep coming for the request."""
         headers = _str_headers(req) if req is not None else None
-        return await shared(self.learning, key, lambda: self._learn_now(key, idx, headers))
+        follower = key in self.learning
+        got = await shared(self.learning, key, lambda: self._learn_now(key, idx, headers))
+        if follower and req is not None and not _fits(got, req):
+            # another request's headers brought this answer: a private one (for
+            # that request alone) or another variant: ask for this one's own.
+            # Variants may share an ETag and a size: the other one goes first,
+            # so this one is indexed as a version of its own.
+            if isinstance(got, StoredObject):
+                await self.run(self.store.remove, key, got.gen)
+            got = await self._learn_now(key, idx, headers)
+        return got
 
     async def _learn_now(
         self, key: str, idx: int | None, headers: dict[str, str] | None
@@ -448,6 +458,17 @@ def _str_headers(req: Request) -> dict[str, str]:
 
 def _selects(meta: ObjectMeta, req: Request) -> bool:
     return cachepolicy.vary_matches(meta.vary, _str_headers(req))
+
+
+def _fits(got: StoredObject | ObjectMeta | None, req: Request) -> bool:
+    """May an answer learnt for a concurrent request answer ``req`` too? Not an
+    unstored HTTP answer (private, no-store: that request's alone), nor a
+    variant whose Vary selection ``req`` does not match."""
+    if got is None:
+        return True
+    if isinstance(got, ObjectMeta):
+        return got.headers is None  # a file or S3 origin's: nothing private in it
+    return not got.meta.vary or _selects(got.meta, req)
 
 
 _FIRST_BYTE = re.compile(rb"\s*bytes\s*=\s*(\d+)\s*-")
