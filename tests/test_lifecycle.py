@@ -263,7 +263,8 @@ def test_a_full_disk_serves_without_storing(tmp_path: Path) -> None:
         for _ in range(2):
             status, _, body = app.get("/movie.mp4")
             assert status == 200 and body == data
-        time.sleep(0.5)
+        # the slices that fit are stored after the answer: wait for them, not a while
+        wait_for(lambda: app.health()["store"]["used_bytes"] > 0, timeout=20)
         health = app.health()
         assert health["status"] == "ok" and health["store"]["roots"][0]["state"] == "ok"
         assert 0 < health["store"]["used_bytes"] < len(data)

@@ -472,15 +472,19 @@ class Appliance:
         missing = [p[0] for p in pieces if type(p) is tuple and paths[p[0]] is None]
         if not missing:
             body = self._spans(view, pieces)  # type: ignore[arg-type]
-            if body is None:
-                # a slice file could not be opened (it is dropped): with ``fetch``,
-                # the slice is fetched again like any missing one
-                return self._body(req, view, status, head, segments, body_length, range_value,
-                                  fetch) if fetch else None  # fmt: skip
-            return Response(
-                status, head, body, body_length=body_length, cache="hit", key=view.key,
-                range_=range_value,
-            )  # fmt: skip
+            if body is not None:
+                return Response(
+                    status, head, body, body_length=body_length, cache="hit", key=view.key,
+                    range_=range_value,
+                )  # fmt: skip
+            if not fetch:
+                return None
+            # a slice file could not be opened: a dropped slice is fetched again
+            # like any missing one; with nothing dropped (no descriptor to spare)
+            # there is nothing to fetch, and the caller answers 503
+            missing = [p[0] for p in pieces if type(p) is tuple and paths[p[0]] is None]
+            if not missing:
+                return None
         if not fetch:
             return None
         slices = sum(1 for p in pieces if type(p) is not bytes)
