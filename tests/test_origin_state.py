@@ -51,3 +51,25 @@ def test_workers_share_what_they_saw(tmp_path) -> None:  # type: ignore[no-untyp
         assert doc["http://o1"]["state"] == "ok"
     (tmp_path / "origins-3.json").write_text("{not json")  # being written: skipped
     assert len(a.as_json()) == 2
+
+
+async def test_an_origins_errors_never_carry_its_credentials() -> None:
+    """An HTTP origin's URL may hold a user and password: what it raises goes to
+    logs, /_edge/health and the status page, so it names the origin without them."""
+    import socket
+
+    import pytest
+
+    from edge.origin import OriginError, OriginSettings
+    from edge.origin.http import HTTPOrigin
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    origin = HTTPOrigin(f"http://user:s3cret@127.0.0.1:{port}/videos", OriginSettings())
+    try:
+        with pytest.raises(OriginError) as caught:
+            await origin.head("show/seg.ts")
+    finally:
+        await origin.close()
+    assert "s3cret" not in str(caught.value) and f"127.0.0.1:{port}" in str(caught.value)

@@ -39,6 +39,7 @@ from edge.core.signing import token_param
 from edge.http.response import SERVER
 from edge.http.tls import client_context
 from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
+from edge.origin.state import shown_url
 
 SIGNED_FOR = 300  # seconds a request's token is valid
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -69,6 +70,7 @@ class HTTPOrigin:
 
     def __init__(self, url: str, settings: OriginSettings) -> None:
         self.url = url
+        self.shown = shown_url(url)  # for messages: never the credentials
         parts = urlsplit(url)
         self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self.settings = settings
@@ -242,11 +244,11 @@ class HTTPOrigin:
         etag = h.get("ETag")
         if meta.etag:
             if etag is not None and etag != meta.etag:
-                raise OriginChanged(f"{self.url}: {key!r} changed at the origin (ETag {etag})")
+                raise OriginChanged(f"{self.shown}: {key!r} changed at the origin (ETag {etag})")
         elif meta.last_modified:
             lm = parse_http_date(h.get("Last-Modified"))
             if lm is not None and lm != meta.last_modified:
-                raise OriginChanged(f"{self.url}: {key!r} changed at the origin (Last-Modified)")
+                raise OriginChanged(f"{self.shown}: {key!r} changed at the origin (Last-Modified)")
 
     def _request_headers(
         self, request_headers: Mapping[str, str] | None, meta: ObjectMeta | None
@@ -330,12 +332,12 @@ class HTTPOrigin:
             m = _CONTENT_RANGE.fullmatch(h.get("Content-Range", ""))
             if m is None or m.group(3) == "*" or int(m.group(1)) != start:
                 raise OriginError(
-                    f"{self.url}: {key!r}: no usable Content-Range ({h.get('Content-Range')!r})"
+                    f"{self.shown}: {key!r}: no usable Content-Range ({h.get('Content-Range')!r})"
                 )
             size = int(m.group(3))
             if int(m.group(2)) != min(start + length, size) - 1:
                 raise OriginError(
-                    f"{self.url}: {key!r}: Content-Range {h.get('Content-Range')!r} "
+                    f"{self.shown}: {key!r}: Content-Range {h.get('Content-Range')!r} "
                     f"is not bytes {start}-{min(start + length, size) - 1}/{size}"
                 )
         else:
@@ -364,7 +366,7 @@ class HTTPOrigin:
             body += chunk
             if len(body) > UNSIZED_MAX:
                 raise OriginError(
-                    f"{self.url}: {key!r}: an answer without a length, over {UNSIZED_MAX} bytes"
+                    f"{self.shown}: {key!r}: an answer without a length, over {UNSIZED_MAX} bytes"
                 )
         return bytes(body)
 
@@ -372,10 +374,10 @@ class HTTPOrigin:
         """The ``OriginError`` for what a GET raised (timeouts first: aiohttp's
         ``ServerTimeoutError`` is also a ``ClientError``)."""
         if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
-            return OriginTimeout(f"{self.url}: GET {key!r} timed out")
+            return OriginTimeout(f"{self.shown}: GET {key!r} timed out")
         if isinstance(exc, aiohttp.ClientPayloadError):
-            return OriginError(f"{self.url}: {key!r}: the body broke off: {exc}")
-        return OriginError(f"{self.url}: GET {key!r}: {exc}")
+            return OriginError(f"{self.shown}: {key!r}: the body broke off: {exc}")
+        return OriginError(f"{self.shown}: GET {key!r}: {exc}")
 
     async def _body(
         self, resp: aiohttp.ClientResponse, key: str, length: int, skip: int, exact: bool
@@ -397,14 +399,14 @@ class HTTPOrigin:
                 skip = 0
             if len(chunk) > left:
                 if exact:
-                    raise OriginError(f"{self.url}: {key!r}: more bytes than asked")
+                    raise OriginError(f"{self.shown}: {key!r}: more bytes than asked")
                 chunk = chunk[:left]
             left -= len(chunk)
             yield chunk
             if left == 0:
                 break
         if left:
-            raise OriginError(f"{self.url}: {key!r}: short read, {left} bytes missing")
+            raise OriginError(f"{self.shown}: {key!r}: short read, {left} bytes missing")
 
     async def read(
         self, key: str, meta: ObjectMeta, start: int, length: int
@@ -438,7 +440,7 @@ class HTTPOrigin:
             async with self._get(key, headers) as resp:
                 skip = 0
                 if resp.status == 412:
-                    raise OriginChanged(f"{self.url}: {key!r} changed at the origin")
+                    raise OriginChanged(f"{self.shown}: {key!r} changed at the origin")
                 if resp.status in (200, 206):
                     self._same_version(key, meta, resp.headers)
                 if resp.status == 206:
@@ -450,19 +452,19 @@ class HTTPOrigin:
                         or (m.group(3) != "*" and int(m.group(3)) != meta.size)
                     ):
                         raise OriginChanged(
-                            f"{self.url}: {key!r}: Content-Range "
+                            f"{self.shown}: {key!r}: Content-Range "
                             f"{resp.headers.get('Content-Range')!r} is not bytes "
                             f"{start}-{end}/{meta.size}"
                         )
                 elif resp.status == 200:
                     # the origin ignored Range: take our part of the whole body
                     if resp.content_length not in (None, meta.size):
-                        raise OriginChanged(f"{self.url}: {key!r} is no longer {meta.size} bytes")
+                        raise OriginChanged(f"{self.shown}: {key!r} is no longer {meta.size} bytes")
                     skip = start
                 elif resp.status < 500:
-                    raise OriginChanged(f"{self.url}: {key!r} answered {resp.status} now")
+                    raise OriginChanged(f"{self.shown}: {key!r} answered {resp.status} now")
                 else:
-                    raise OriginError(f"{self.url}: GET {key!r} answered {resp.status}")
+                    raise OriginError(f"{self.shown}: GET {key!r} answered {resp.status}")
                 async for chunk in self._body(resp, key, length, skip, resp.status == 206):
                     yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -474,7 +476,7 @@ class HTTPOrigin:
         try:
             async with self._get(key, headers) as resp:
                 if resp.status != meta.status or resp.content_length not in (None, meta.size):
-                    raise OriginChanged(f"{self.url}: {key!r} answered {resp.status} now")
+                    raise OriginChanged(f"{self.shown}: {key!r} answered {resp.status} now")
                 self._same_version(key, meta, resp.headers)
                 async for chunk in self._body(resp, key, length, start, False):
                     yield chunk
