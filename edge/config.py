@@ -439,7 +439,7 @@ ORIGIN_OPTIONS = (
     "origin_read_timeout",
     "origin_retries",
 )
-FILL_READS = (*STORE_OPTIONS, *ORIGIN_OPTIONS, "url_signing_keys", "log_level")
+FILL_READS = (*STORE_OPTIONS, *ORIGIN_OPTIONS, "ca_file", "url_signing_keys", "log_level")
 SCRUB_READS = ("store", "index")
 
 

@@ -122,7 +122,9 @@ class Steering:
         return Response(status, head, [body] if body else [], body_length=len(body), close=not keep)
 
     def error(self, req: Request | None, status: int, message: str, extra: bytes = b"") -> Response:
-        return self.reply(req, status, TEXT_LINES + extra, text_body(status, message))
+        # a web player reads why it was refused only when its origin is allowed
+        cors = cors_lines(self.poller.current[0].cfg.cors_origin)
+        return self.reply(req, status, TEXT_LINES + extra + cors, text_body(status, message))
 
     def finished(self, req: Request, resp: Response, sent: int, now: float) -> None:
         """``now`` is the connection's monotonic clock (``req.started``'s): it
@@ -269,7 +271,8 @@ class Steering:
         body = text_body(
             503, f"no appliance can serve this object ({len(fleet.specs)} configured: {summary})"
         )
-        return self.reply(req, 503, TEXT_LINES + b"Retry-After: 5\r\n", body)
+        cors = cors_lines(fleet.cfg.cors_origin)
+        return self.reply(req, 503, TEXT_LINES + b"Retry-After: 5\r\n" + cors, body)
 
     # -- operational pages ---------------------------------------------------
 

@@ -294,3 +294,21 @@ async def test_a_5xx_passes_the_question_on_to_the_next_origin(
             assert status_of(resp) == 200 and body == b"from the second origin"
     finally:
         failing.stop()
+
+
+async def test_an_answer_head_goes_with_its_object(tmp_path: Path, origin: OriginServer) -> None:
+    """The status and headers stored beside an object leave with it (eviction,
+    purge, a new version), so keys with queries cannot grow the index for ever."""
+    for n in range(5):
+        origin.put(f"a.json?n={n}", b"x" * n, cache_control="max-age=60")
+    async with InProcess(tmp_path, origin.url) as app:
+        for n in range(5):
+            assert (await get(app, f"/a.json?n={n}"))[1] == b"x" * n
+
+        def heads() -> int:
+            return app.store._conn().execute("SELECT COUNT(*) FROM http_heads").fetchone()[0]
+
+        assert heads() == 5
+        for obj in app.store.list_objects():
+            app.store.remove(obj.key)
+        assert heads() == 0

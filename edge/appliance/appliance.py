@@ -275,7 +275,10 @@ class Appliance:
         body: bytes,
     ) -> Response:
         """The origin's answer to a forwarded unsafe method, as it gave it."""
-        lines = "".join(f"{n}: {v}\r\n" for n, v in headers)
+        # the appliance's own CORS lines replace an origin's (as View does)
+        lines = "".join(
+            f"{n}: {v}\r\n" for n, v in headers if not n.lower().startswith("access-control-")
+        )
         if status not in (204, 304) and not 100 <= status < 200:
             lines += f"Content-Length: {len(body)}\r\n"
         lines += f"Cache-Status: {CACHE_NAME}; fwd=method\r\n"

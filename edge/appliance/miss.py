@@ -315,7 +315,8 @@ class MissPath:
 
     def answer_unstored(self, req: Request, key: str, meta: ObjectMeta) -> Response:
         """``no-store``/``private`` content: fetched for this request only."""
-        root = self.store.usable_roots()[0]
+        roots = self.store.usable_roots() or list(self.store.roots.values())
+        root = roots[0]  # an unstored answer writes nothing: any root names it
         obj = StoredObject(key, "u" + secrets.token_hex(8), root, meta, self.store.slice_size)
         resp = self.answers.answer(req, View(obj, self.views.cors), fetch=True, check_fresh=False)
         assert resp is not None
@@ -345,7 +346,7 @@ class MissPath:
         if new.status >= 500 and may_serve_stale_on_error(
             meta.fresh_until, meta.stale_if_error, meta.must_revalidate, time.time()
         ):
-            log.warning("serving stale %r: the origin answered %d", key, new.status)
+            log.warning("serving stale %s: the origin answered %d", loggable(key), new.status)
             return view
         current = self.views.get(key)
         if (

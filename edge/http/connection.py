@@ -65,6 +65,8 @@ from edge.http.outbox import WOULD_BLOCK, DiskError, Done, Outbox, PeerGone
 from edge.http.tls import ktls_sending
 from edge.http.wire import FileSpan, Host, Request, Response
 
+_BODILESS = frozenset(("GET", "HEAD", "OPTIONS"))  # their bodies mean nothing here
+
 
 class Read(enum.Enum):
     HANDSHAKE = "handshake"
@@ -280,8 +282,8 @@ class Connection:
     def on_body(self, body: bytes) -> None:
         req = self._req
         limit = getattr(self.server.handler, "max_request_body", None)
-        if req is None or self.body_over or limit is None:
-            return  # a handler that takes no bodies: they are read and dropped
+        if req is None or self.body_over or limit is None or req.method in _BODILESS:
+            return  # a handler that takes no bodies, or a GET's: read and dropped
         if len(req.body) + len(body) > limit:
             self.body_over = True
             req.body = b""

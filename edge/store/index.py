@@ -486,6 +486,8 @@ def delete_object(c: sqlite3.Connection, key: str, now: float, roots: dict[int, 
         ]
     c.execute("DELETE FROM slices WHERE key=?", (key,))
     c.execute("DELETE FROM objects WHERE key=?", (key,))
+    with contextlib.suppress(sqlite3.OperationalError):  # no such table: nothing stored
+        c.execute("DELETE FROM http_heads WHERE key=?", (key,))  # an HTTP origin's answer head
     c.execute("UPDATE roots SET used = used - ? WHERE id=?", (stored, rid))
     note_change(c, key, now)
     return doom(c, files)
