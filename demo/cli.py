@@ -42,9 +42,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "(port 0: any free ports) (default 127.0.0.1:8080)",
     )
     p.add_argument("--workdir", metavar="DIR", help="keep catalog and stores here (default: temp)")
-    p.add_argument("--titles", type=_count, default=4, help="titles in the catalog (default 4)")
-    p.add_argument("--duration", type=_seconds, default=30.0, help="seconds per title (default 30)")
-    p.add_argument("--segment", type=_seconds, default=2.0, help="seconds per segment (default 2)")
+    p.add_argument(
+        "--titles", type=_count, default=4, metavar="N", help="titles in the catalog (default 4)"
+    )
+    p.add_argument(
+        "--duration",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds per title (default 30)",
+    )
+    p.add_argument(
+        "--segment",
+        type=_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds per segment (default 2)",
+    )
     p.add_argument(
         "--synthetic", action="store_true", help="synthetic segments even when ffmpeg is installed"
     )

@@ -355,6 +355,9 @@ METAVARS: dict[Any, str] = {
     _http_url: "URL",
     parse_keys: "KID=SECRET",
     _name: "NAME",
+    listen_list: "HOST:PORT",
+    cert_list: "CERT.pem[:KEY.pem]",
+    _param_names: "PARAM",
 }
 # ... and for options read as plain text, by name
 NAMED_METAVARS = {
@@ -362,6 +365,12 @@ NAMED_METAVARS = {
     "access_log": "PATH|-",
     "admin_token": "TOKEN",
     "cors_origin": "ORIGIN",
+    "ca_file": "CA.pem",
+    # steering's
+    "coverage_zones": "FILE.json",
+    "geoip": "FILE.mmdb",
+    "default_location": "LAT,LON",
+    "signing_key_id": "KID",
     "s3_region": "REGION",
     "s3_access_key_id": "KEY_ID",
     "s3_secret_access_key": "SECRET",

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.config import (
+    METAVARS,
+    NAMED_METAVARS,
     ConfigError,
     Options,
     add_option_flags,
@@ -70,6 +72,20 @@ def _urls(value: Any) -> list[str]:
 def _paths(value: Any) -> list[str]:
     return [str(v) for v in (value if isinstance(value, list) else [value])]
 
+
+# readable placeholders in --help for the fill's own values
+METAVARS.update(
+    {_paths: "LOG", _headroom: "SHARE|SIZE", Window.parse: "HH:MM-HH:MM", parse_rate: "BITRATE"}
+)
+NAMED_METAVARS.update(
+    {
+        "manifest": "PATH|URL",
+        "write_manifest": "PATH",
+        "report": "PATH",
+        "metrics_file": "PATH",
+    }
+)
+METAVARS[_urls] = "URL"
 
 FILL_OPTIONS: Options = {
     "manifest": ("--manifest", str, "the manifest: a path, an http(s) URL or s3://bucket/key"),

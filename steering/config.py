@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.config import (
+    METAVARS,
+    NAMED_METAVARS,
     TLS_OPTIONS,
     ConfigError,
     Options,
@@ -165,6 +167,17 @@ def _http_base(value: Any) -> str:
         raise ValueError(f"{value!r} is not an http(s):// URL without query")
     return url
 
+
+# readable placeholders in --help for steering's own value readers
+METAVARS.update(
+    {
+        _positive_duration: "DURATION",
+        _share: "FRACTION",
+        _networks: "CIDR",
+        _http_base: "URL",
+    }
+)
+NAMED_METAVARS.update({"token_prefix_v4": "BITS", "token_prefix_v6": "BITS"})
 
 STEER_OPTIONS: Options = {
     "listen": ("--listen", parse_listen, "HOST:PORT to serve /steer, /r/ and /_steer/ on"),

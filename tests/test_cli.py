@@ -49,9 +49,16 @@ def test_serve_lists_every_serve_flag() -> None:
 @pytest.mark.parametrize("command", ["serve", "fill", "scrub", "steer", "demo"])
 def test_placeholders_are_readable(command: str) -> None:
     text = help_of(command)
-    # argparse's default placeholder is the destination: FILL_MANIFEST, URL_SIGNING_KEYS
+    # argparse's default placeholder is the destination: FILL_MANIFEST, URL_SIGNING_KEYS;
+    # no flag may show its own name shouted back as its placeholder
     assert not re.search(r"\bFILL_[A-Z_]+", text)
     assert "URL_SIGNING_KEYS" not in text
+    shouted = [
+        f"{flag} {value}"
+        for flag, value in re.findall(r"(--[a-z0-9-]+) ([A-Z][A-Z0-9_]+)\b", text)
+        if value == flag[2:].upper().replace("-", "_")
+    ]
+    assert shouted == []
 
 
 def test_fixed_choices_are_listed() -> None:
