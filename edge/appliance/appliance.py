@@ -81,7 +81,6 @@ class Appliance:
         self.access_log = access_log
         self.metrics = metrics
         self.loop = asyncio.get_running_loop()
-        self.cors = cfg.cors_origin
         self.cors_bytes = cors_lines(cfg.cors_origin)
         self.views = ViewCache(self.run, cfg.cors_origin)
         self.hits: dict[str, list[float]] = {}

@@ -8,6 +8,7 @@ ends after it; error bodies are one short plain-text line naming the problem.
 
 from __future__ import annotations
 
+import functools
 import time
 from http import HTTPStatus
 
@@ -53,7 +54,9 @@ def status_line(status: int) -> bytes:
     return line if line is not None else f"HTTP/1.1 {status} Unknown\r\n".encode()
 
 
+@functools.lru_cache(maxsize=16)
 def cors_lines(origin: str) -> bytes:
+    """The CORS lines for ``origin`` (built once per value: steering asks per answer)."""
     if not origin:
         return b""
     return (
