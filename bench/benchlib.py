@@ -351,6 +351,8 @@ def metric_counts(port: int) -> tuple[dict[str, float], dict[str, float]]:
     text = admin_get(port, "/_edge/metrics").decode()
     names = ("edgefleet_requests_total", "edgefleet_origin_requests_total")
     for name, labels, value in metric_samples(text, names):
+        if not value:  # every label set is exposed from the start, at 0
+            continue
         if name == "edgefleet_requests_total":
             k = f"{labels.get('cache', '?')} {labels.get('status', '?')}"
             requests[k] = requests.get(k, 0.0) + value
