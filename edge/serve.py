@@ -317,13 +317,14 @@ async def _worker(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgefleet-io")
+    store_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edgefleet-store")
     loop.set_default_executor(executor)
     store = make_store(cfg)
     store.open(recover=False)
     origins = [open_origin(url, cfg.origin_settings()) for url in cfg.origin]
     metrics = RequestMetrics()
     states = origin_states(cfg, origins, boot.origin_problems)
-    app = Appliance(cfg, store, origins, executor, access_log, metrics, states)
+    app = Appliance(cfg, store, origins, executor, access_log, metrics, states, store_executor)
     app.ops = Ops(app, workers)
     app.scrub_share = cfg.scrub_rate // workers  # the workers share the scrub rate
     # slice files kept open by the views: half of what the process may open
@@ -370,6 +371,7 @@ async def _worker(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int
     await app.stop()  # closes the origins too
     if access_log is not None:
         access_log.close()
+    store_executor.shutdown(wait=True)
     executor.shutdown(wait=True)
     store.close()
     return 0

@@ -3,9 +3,12 @@ streaming, misbehaving origins, freshness, tiers. Counts are the origin's own.""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import random
 import socket
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -206,6 +209,37 @@ def test_players_at_any_offset_while_a_cold_object_is_indexed(
         assert len(origin.asked("GET")) == 7
     finally:
         hold.set()
+        assert app.stop() == 0
+
+
+def test_a_cold_miss_is_answered_while_another_writer_holds_the_index(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    # The first byte never waits for the object's index entry: not for its
+    # commit's fsync, nor for the write lock another writer holds (the fill, a
+    # slice commit, an operator's sqlite3 shell). Its slices are stored once
+    # the entry is committed.
+    data = random.randbytes(3 * SLICE + 5)
+    origin.put("seg.m4s", data)
+    app = start(tmp_path, origin.url)
+    holder = sqlite3.connect(tmp_path / "store" / "index.sqlite", isolation_level=None)
+    try:
+        assert app.get("/_edge/health")[0] == 200
+        holder.execute("BEGIN IMMEDIATE")  # the index's write lock, held
+        conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=10)
+        conn.request("GET", "/seg.m4s")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == data
+        conn.close()
+        assert used(app) == 0  # nothing stored while the lock is held
+        holder.execute("ROLLBACK")
+        wait_for(lambda: used(app) == len(data))
+        assert app.get("/seg.m4s")[2] == data
+        assert len(origin.asked("GET")) == 4  # one per slice, stored after all
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            holder.execute("ROLLBACK")
+        holder.close()
         assert app.stop() == 0
 
 

@@ -73,11 +73,15 @@ class Appliance:
         access_log: AccessLog | None,
         metrics: Any,
         origin_states: OriginStates | None = None,
+        store_executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.origins = origins
         self.executor = executor
+        # slice writes and index commits (fsyncs) queue here, never in front
+        # of the lookups and file opens a request waits for
+        self.store_executor = store_executor or executor
         self.access_log = access_log
         self.metrics = metrics
         self.loop = asyncio.get_running_loop()
@@ -117,6 +121,7 @@ class Appliance:
             self,
             self._on_disk_error,
             metrics.store_write_failed,
+            write=self.run_store,
         )
         self.background: set[asyncio.Future[Any]] = set()
         self.change_seq = 0
@@ -142,6 +147,10 @@ class Appliance:
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return self.loop.run_in_executor(self.executor, fn, *args)
+
+    def run_store(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """``fn`` in the threads that write the store (see ``store_executor``)."""
+        return self.loop.run_in_executor(self.store_executor, fn, *args)
 
     def spawn(self, aw: Awaitable[Any]) -> asyncio.Future[Any]:
         fut = asyncio.ensure_future(aw)

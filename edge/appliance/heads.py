@@ -36,8 +36,10 @@ def put_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> None:
         store.put_http_head(key, gen, meta.status, json.dumps(meta.headers), json.dumps(meta.vary))
 
 
-def index_with_head(store: Store, key: str, meta: ObjectMeta) -> StoredObject:
-    obj = store.ensure_object(key, meta)
+def index_with_head(
+    store: Store, key: str, meta: ObjectMeta, gen: str | None = None
+) -> StoredObject:
+    obj = store.ensure_object(key, meta, gen=gen)
     put_head(store, key, obj.gen, meta)
     if meta.headers is not None:  # the index row has no room for them: carry them on
         obj.meta = dataclasses.replace(

@@ -37,7 +37,7 @@ from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
 from edge.origin import OriginChanged, OriginError, OriginRefused, OriginTimeout
 from edge.origin.chain import OriginChain
 from edge.origin.slicefetch import SliceFetch, shared
-from edge.store import Store, StoredObject
+from edge.store import Store, StoredObject, new_gen
 
 log = logging.getLogger("edgefleet.appliance")
 
@@ -76,16 +76,20 @@ class MissPath:
         answers: Answers,
         on_disk_error: Callable[[View, int], Callable[[OSError], None]],
         on_store_failed: Callable[[], None],
+        write: Callable[..., asyncio.Future[Any]] | None = None,
     ) -> None:
         self.views = views
         self.store = store
         self.chain = chain
-        self.run = run
+        self.run = run  # lookups, file opens, checks
+        self.write = write or run  # slice writes and index commits
         self.answers = answers
         self.on_disk_error = on_disk_error
         self.on_store_failed = on_store_failed
         self.revalidations: dict[str, asyncio.Future[ObjectMeta | None]] = {}
         self.learning: dict[str, asyncio.Future[StoredObject | ObjectMeta | None]] = {}
+        # (key, gen) -> the index entry of an object just learnt, being committed
+        self.indexing: dict[tuple[str, str], asyncio.Future[StoredObject]] = {}
 
     async def stream(
         self,
@@ -221,9 +225,9 @@ class MissPath:
         """The index's object, with its HTTP origin's answer head when it has one."""
         return await self.run(heads.lookup_with_head, self.store, key)
 
-    async def _index(self, key: str, meta: ObjectMeta) -> StoredObject:
+    async def _index(self, key: str, meta: ObjectMeta, gen: str | None = None) -> StoredObject:
         """Index ``meta`` as the object's version (with its answer head)."""
-        return await self.run(heads.index_with_head, self.store, key, meta)
+        return await self.write(heads.index_with_head, self.store, key, meta, gen)
 
     async def _find(
         self, req: Request, key: str, started: list[Response]
@@ -233,7 +237,7 @@ class MissPath:
         when the object is not to be stored (answered as it streams)."""
         obj = await self._lookup(key)
         if obj is not None and obj.meta.vary and not _selects(obj.meta, req):
-            await self.run(self.store.remove, key, obj.gen)  # another variant: replaced
+            await self.write(self.store.remove, key, obj.gen)  # another variant: replaced
             obj = None
         if obj is not None:
             return await self.views.load(obj), False
@@ -298,7 +302,7 @@ class MissPath:
             # Variants may share an ETag and a size: the other one goes first,
             # so this one is indexed as a version of its own.
             if isinstance(got, StoredObject):
-                await self.run(self.store.remove, key, got.gen)
+                await self._remove(got)
             got = await self._learn_now(key, idx, headers)
         return got
 
@@ -311,7 +315,72 @@ class MissPath:
             meta = await self.chain.learn(key, idx, self.store.slice_size, headers)
         if meta is None or not meta.storable:
             return meta
-        return await self._index(key, meta)
+        return self._index_behind(key, meta)
+
+    def _index_behind(self, key: str, meta: ObjectMeta) -> StoredObject:
+        """The object just learnt, to answer with now; its index entry is
+        committed meanwhile, so the first byte waits neither for the commit's
+        fsync nor for the index's write lock (held by slice commits). Its
+        slices are stored only once the entry is there (``_entry``)."""
+        roots = self.store.usable_roots() or list(self.store.roots.values())
+        obj = StoredObject(key, new_gen(), roots[0], meta, self.store.slice_size)
+        k = (key, obj.gen)
+        fut = asyncio.ensure_future(self._commit(obj))
+        self.indexing[k] = fut
+
+        def done(f: asyncio.Future[StoredObject]) -> None:
+            self.indexing.pop(k, None)
+            if not f.cancelled():
+                f.exception()  # logged by _commit; retrieved here
+
+        fut.add_done_callback(done)
+        self.views.remember(View(obj, self.views.cors))  # found by the next request
+        return obj
+
+    async def _commit(self, obj: StoredObject) -> StoredObject:
+        """Index ``obj``; the entry the index has for it (another process's
+        entry for the same version, when that one came first)."""
+        try:
+            entry = await self._index(obj.key, obj.meta, obj.gen)
+        except Exception as exc:
+            log.error("indexing %s failed: %s", loggable(obj.key), exc)
+            self._drop_view_of(obj)
+            raise
+        if entry.gen == obj.gen:
+            obj.root = entry.root  # where the index placed it
+            return obj
+        self._drop_view_of(obj)
+        return entry
+
+    def _drop_view_of(self, obj: StoredObject) -> None:
+        view = self.views.get(obj.key)
+        if view is not None and view.obj.gen == obj.gen:
+            self.views.drop(view)
+
+    async def _entry(self, obj: StoredObject) -> StoredObject | None:
+        """``obj`` as the index has it, once its entry is committed (``None``
+        when that failed)."""
+        pending = self.indexing.get((obj.key, obj.gen))
+        if pending is None:
+            return obj
+        try:
+            return await asyncio.shield(pending)
+        except Exception:
+            return None
+
+    async def _remove(self, obj: StoredObject | None, key: str = "") -> None:
+        """Remove ``obj``'s version (or every version of ``key``) from the
+        index, after any entry being committed for it."""
+        if obj is not None:
+            entry = await self._entry(obj)
+            if entry is not None:
+                await self.write(self.store.remove, entry.key, entry.gen)
+            return
+        for k, pending in list(self.indexing.items()):
+            if k[0] == key:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
+        await self.write(self.store.remove, key)
 
     def answer_unstored(self, req: Request, key: str, meta: ObjectMeta) -> Response:
         """``no-store``/``private`` content: fetched for this request only."""
@@ -357,7 +426,7 @@ class MissPath:
             return current  # another request renewed it meanwhile
         if same_version(new, meta) and new.status == meta.status:
             obj = view.obj
-            if new.storable and not await self.run(
+            if new.storable and not await self.write(
                 heads.renew_with_head, self.store, key, obj.gen, new
             ):
                 obj = await self._index(key, new)
@@ -404,8 +473,13 @@ class MissPath:
         )
 
     async def _store_slice(self, obj: StoredObject, idx: int, chunks: list[bytes]) -> None:
+        entry = await self._entry(obj)
+        if entry is None:  # its index entry failed (logged)
+            self.on_store_failed()
+            return
+        obj = entry
         try:
-            stored = await self.run(self.store.put_slice, obj, idx, chunks)
+            stored = await self.write(self.store.put_slice, obj, idx, chunks)
         except Exception as exc:
             log.error("storing slice %d of %s failed: %s", idx, loggable(obj.key), exc)
             stored = False
@@ -418,7 +492,7 @@ class MissPath:
         """The origin changed the object: forget this version everywhere."""
         self.views.drop(view)
         if view.obj.meta.storable:
-            await self.run(self.store.remove, view.key, view.obj.gen)
+            await self._remove(view.obj)
 
     # -- unsafe methods --------------------------------------------------------
 
@@ -437,7 +511,7 @@ class MissPath:
             view = self.views.get(key)
             if view is not None:
                 self.views.drop(view)
-            await self.run(self.store.remove, key)
+            await self._remove(None, key)
         return self.answers.forwarded(req, key, got.status, got.headers, got.body)
 
 

@@ -16,7 +16,7 @@ from edge.store.files import (
     is_device_error,
     slice_name,
 )
-from edge.store.index import Holding, RootUsage, StoredObject
+from edge.store.index import Holding, RootUsage, StoredObject, new_gen
 from edge.store.store import DEFAULT_SLICE_SIZE, Store
 from edge.store.upkeep import RecoveryReport, ScrubReport
 
@@ -36,5 +36,6 @@ __all__ = [
     "StoredObject",
     "checksum",
     "is_device_error",
+    "new_gen",
     "slice_name",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -452,6 +453,11 @@ class Reading:
 
 
 # -- rows a write transaction changes ------------------------------------------------
+
+
+def new_gen() -> str:
+    """A fresh generation: names one version of an object's files."""
+    return secrets.token_hex(6)
 
 
 def choose_root(c: sqlite3.Connection, roots: dict[int, Root]) -> Root:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -67,6 +66,7 @@ from edge.store.index import (
     delete_object,
     insert_slices,
     meta_values,
+    new_gen,
     note_change,
     object_from_row,
     objects,
@@ -161,8 +161,11 @@ class Store(Reading):
 
     # -- objects ---------------------------------------------------------------
 
-    def ensure_object(self, key: str, meta: ObjectMeta, *, pinned: bool = False) -> StoredObject:
-        """The stored object for ``meta``; a different version is replaced."""
+    def ensure_object(
+        self, key: str, meta: ObjectMeta, *, pinned: bool = False, gen: str | None = None
+    ) -> StoredObject:
+        """The stored object for ``meta``; a different version is replaced. A new
+        entry gets generation ``gen`` when given (one the caller already uses)."""
         now = self.clock()
         doomed: list[str] = []
         with self._write() as c:
@@ -173,7 +176,7 @@ class Store(Reading):
                     return kept
                 doomed = delete_object(c, key, now, self.roots)
             root = choose_root(c, self.roots)
-            gen = secrets.token_hex(6)
+            gen = gen or new_gen()
             c.execute(
                 INSERT_OBJECT_SQL,
                 (key, gen, root.id, meta.size, meta.etag, self.slice_size, int(pinned), now, now,
