@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from pathlib import Path
@@ -51,6 +52,21 @@ def test_put_lookup_read(tmp_path: Path) -> None:
     assert store.lookup("nope") is None
     assert [o.key for o in store.list_objects("titles/")] == ["titles/1/seg.m4s"]
     assert store.usage()[0].used == len(data)
+    store.close()
+
+
+def test_a_slice_in_many_pieces_is_stored_whole(tmp_path: Path) -> None:
+    # a slice arrives as the origin's reads cut it: more pieces than one
+    # writev takes, pieces of every size, empty ones too
+    store = open_store(tmp_path)
+    data = random.randbytes(SLICE)
+    cuts = [0, *sorted(random.sample(range(SLICE), 3000)), SLICE, SLICE]
+    pieces = [data[a:b] for a, b in itertools.pairwise(cuts)]
+    meta = ObjectMeta(size=SLICE, etag='"e"', last_modified=0, content_type="video/mp4")
+    obj = store.ensure_object("k", meta)
+    assert store.put_slice(obj, 0, pieces)
+    assert store.read("k") == data
+    assert store.verify(store.lookup("k"), [0]) == {0}  # the checksum covers every piece
     store.close()
 
 

@@ -232,6 +232,10 @@ class Index:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        # this process's writers queue here, woken as soon as the one before
+        # commits: SQLite's own busy handler polls with sleeps of up to 100 ms
+        # (it still arbitrates between the processes sharing the index)
+        self._writing = threading.RLock()
 
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -256,14 +260,15 @@ class Index:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         conn = self.conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with self._writing:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
 
     def create(self) -> None:
         """Create the index (or bring an older one up to date)."""

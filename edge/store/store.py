@@ -298,8 +298,7 @@ class Store(Reading):
         except OSError:
             return None  # counted by the stage file
         try:
-            for chunk in chunks:
-                sink.write(chunk)
+            sink.write_all(chunks)
             return sink.close(sync=True)
         except OSError:
             return None  # counted, and the temp file removed
