@@ -16,7 +16,7 @@ from edge.store.files import (
     is_device_error,
     slice_name,
 )
-from edge.store.index import Holding, RootUsage, StoredObject, new_gen
+from edge.store.index import Holding, IndexBusy, RootUsage, StoredObject, new_gen
 from edge.store.store import DEFAULT_SLICE_SIZE, Store
 from edge.store.upkeep import RecoveryReport, ScrubReport
 
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_SLICE_SIZE",
     "ChecksumMismatch",
     "Holding",
+    "IndexBusy",
     "NoUsableRoot",
     "RecoveryReport",
     "RootSpec",

@@ -221,6 +221,13 @@ def note_change(c: sqlite3.Connection, key: str, now: float) -> None:
     c.execute("INSERT INTO changes(key, at) VALUES (?, ?)", (key, now))
 
 
+LOOP_BUSY_MS = 20
+
+
+class IndexBusy(Exception):
+    """The index could not be read at once (another writer's exclusive lock)."""
+
+
 class Index:
     """The SQLite index: a connection per thread, write transactions."""
 
@@ -245,7 +252,11 @@ class Index:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
-            conn.execute("PRAGMA busy_timeout=30000")
+            # the event loop's thread reads here too (a point lookup is a few
+            # microseconds): it waits for a busy index only briefly, then its
+            # caller asks a thread (``IndexBusy``)
+            loop_thread = threading.current_thread() is threading.main_thread()
+            conn.execute(f"PRAGMA busy_timeout={LOOP_BUSY_MS if loop_thread else 30000}")
             # the WAL shrinks back after a checkpoint (files.INDEX_RESERVE keeps its room)
             conn.execute("PRAGMA journal_size_limit=4194304")
             hl = self.half_life
@@ -288,12 +299,17 @@ class Index:
 
     def lookup(self, key: str, roots: dict[int, Root]) -> StoredObject | None:
         conn = self.conn()
-        row = conn.execute(f"SELECT {OBJ_COLS} FROM objects WHERE key=?", (key,)).fetchone()
-        if row is None:
-            return None
-        slices = conn.execute(
-            "SELECT idx, size, verified FROM slices WHERE key=?", (key,)
-        ).fetchall()
+        try:
+            row = conn.execute(f"SELECT {OBJ_COLS} FROM objects WHERE key=?", (key,)).fetchone()
+            if row is None:
+                return None
+            slices = conn.execute(
+                "SELECT idx, size, verified FROM slices WHERE key=?", (key,)
+            ).fetchall()
+        except sqlite3.OperationalError as exc:
+            if is_busy(exc):
+                raise IndexBusy(str(exc)) from exc
+            raise
         obj = object_from_row(row, [(i, n) for i, n, _ in slices], roots)
         if obj is not None:
             obj.checked = {i for i, _, v in slices if v == self.boot}
@@ -458,6 +474,10 @@ class Reading:
 
 
 # -- rows a write transaction changes ------------------------------------------------
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def new_gen() -> str:

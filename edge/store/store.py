@@ -59,12 +59,14 @@ from edge.store.index import (
     INSERT_OBJECT_SQL,
     OBJ_COLS,
     Index,
+    IndexBusy,
     Reading,
     StoredObject,
     bump,
     choose_root,
     delete_object,
     insert_slices,
+    is_busy,
     meta_values,
     new_gen,
     note_change,
@@ -526,8 +528,10 @@ class Store(Reading):
             row = conn.execute(
                 "SELECT status, headers, vary FROM http_heads WHERE key=? AND gen=?", (key, gen)
             ).fetchone()
-        except sqlite3.OperationalError:  # no such table yet: nothing stored
-            return None
+        except sqlite3.OperationalError as exc:
+            if is_busy(exc):
+                raise IndexBusy(str(exc)) from exc
+            return None  # no such table yet: nothing stored
         return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
 
 
