@@ -312,3 +312,64 @@ async def test_an_answer_head_goes_with_its_object(tmp_path: Path, origin: Origi
         for obj in app.store.list_objects():
             app.store.remove(obj.key)
         assert heads() == 0
+
+
+# -- an answer longer than its Content-Length ------------------------------------------------
+
+
+class RawOrigin:
+    """An origin that writes each answer's bytes as given, in one write: what
+    aiohttp's own server would never send (a body longer than its
+    Content-Length). Records each request line and whether the connection
+    was closed by the appliance after it."""
+
+    def __init__(self, answers: dict[str, bytes]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+        self.closed_by_peer = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                line = head.split(b"\r\n", 1)[0].decode()
+                self.asked.append(line)
+                writer.write(self.answers[line.split()[1].split("?")[0]])
+                await writer.drain()
+        except asyncio.IncompleteReadError as exc:
+            self.closed_by_peer += not exc.partial
+        finally:
+            writer.close()
+
+
+async def test_an_answer_longer_than_its_content_length_is_cut_to_it(tmp_path: Path) -> None:
+    """The bytes after a complete message are not an answer: the first
+    Content-Length bytes are (as nginx takes them), stored, and the
+    connection they came on is not used again."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nCache-Control: max-age=60\r\n"
+    raw = RawOrigin(
+        {
+            "/long.txt": head + b'ETag: "a"\r\n\r\n' + b"0123456789 and then some more bytes",
+            "/exact.txt": head + b"\r\n" + b"0123456789",
+        }
+    )
+    async with raw as url, InProcess(tmp_path, url) as app:
+        resp, body = await get(app, "/long.txt")
+        assert status_of(resp) == 200 and body == b"0123456789"
+        assert header(resp, "ETag") == '"a"'
+        resp, body = await get(app, "/long.txt")
+        assert resp.cache == "hit" and body == b"0123456789"
+        assert raw.closed_by_peer >= 1  # the lenient read's connection, after its answer
+        asked = len(raw.asked)
+        resp, body = await get(app, "/exact.txt")  # an honest answer: aiohttp's pool as before
+        assert status_of(resp) == 200 and body == b"0123456789"
+        assert len(raw.asked) == asked + 1
