@@ -373,3 +373,69 @@ async def test_an_answer_longer_than_its_content_length_is_cut_to_it(tmp_path: P
         resp, body = await get(app, "/exact.txt")  # an honest answer: aiohttp's pool as before
         assert status_of(resp) == 200 and body == b"0123456789"
         assert len(raw.asked) == asked + 1
+
+
+# -- request Cache-Control ---------------------------------------------------------------------
+
+
+async def test_safe_request_directives_only_spare_the_origin(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    """By default only-if-cached and max-stale are honoured; no-cache and
+    friends are not: a player cannot send every request to the origin."""
+    origin.put("fresh.ts", b"fresh", cache_control="max-age=60")
+    origin.put("aged.ts", b"aged", cache_control="max-age=60", headers={"Age": "100"})
+    origin.put("strict.ts", b"strict", cache_control="max-age=60, must-revalidate",
+               headers={"Age": "100"})  # fmt: skip
+    async with InProcess(tmp_path, origin.url) as app:
+        resp, _ = await get(app, "/fresh.ts", cache_control="only-if-cached")
+        assert status_of(resp) == 504 and not origin.asked("GET", "/fresh.ts")
+        assert (await get(app, "/fresh.ts"))[1] == b"fresh"
+        resp, body = await get(app, "/fresh.ts", cache_control="only-if-cached")
+        assert resp.cache == "hit" and body == b"fresh"
+        resp, body = await get(app, "/fresh.ts", cache_control="no-cache, max-age=0")
+        assert resp.cache == "hit" and len(origin.asked("GET", "/fresh.ts")) == 1
+        for path in ("/aged.ts", "/strict.ts"):
+            await get(app, path)  # stored, and stale at once (its Age)
+            resp, _ = await get(app, path, cache_control="only-if-cached")
+            assert status_of(resp) == 504  # stale: it would need the origin
+        resp, body = await get(app, "/aged.ts", cache_control="max-stale=1000")
+        assert body == b"aged" and len(origin.asked("GET", "/aged.ts")) == 1
+        resp, body = await get(app, "/aged.ts", cache_control="max-stale=10")
+        assert body == b"aged" and len(origin.asked("GET", "/aged.ts")) == 2  # too stale
+        await get(app, "/strict.ts", cache_control="max-stale")  # must-revalidate wins
+        assert len(origin.asked("GET", "/strict.ts")) == 2
+
+
+async def test_all_request_directives_when_the_operator_says_so(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    origin.put("f.ts", b"fresh", cache_control="max-age=60")
+    origin.put("mine.ts", b"not for the cache", cache_control="max-age=60")
+    proc = InProcess(tmp_path, origin.url)
+    proc.cfg.request_cache_control = "all"
+    async with proc as app:
+        await get(app, "/f.ts")
+        assert (await get(app, "/f.ts"))[0].cache == "hit"
+        for n, directive in enumerate(("no-cache", "max-age=0", "min-fresh=100"), start=2):
+            resp, body = await get(app, "/f.ts", cache_control=directive)
+            assert body == b"fresh" and len(origin.asked("GET", "/f.ts")) == n
+            assert origin.asked("GET", "/f.ts")[-1].headers.get("If-None-Match")  # revalidated
+            assert "fwd=stale" in (header(resp, "Cache-Status") or "")
+        resp, _ = await get(app, "/f.ts", cache_control="max-age=3600, min-fresh=10")
+        assert resp.cache == "hit"
+        resp, body = await get(app, "/mine.ts", cache_control="no-store")
+        assert body == b"not for the cache"
+        assert header(resp, "Cache-Status") == "edgefleet; fwd=uri-miss"  # not stored
+        assert app.store.lookup("mine.ts") is None
+        await get(app, "/mine.ts")
+        assert len(origin.asked("GET", "/mine.ts")) == 2
+
+
+async def test_request_directives_can_be_ignored(tmp_path: Path, origin: OriginServer) -> None:
+    origin.put("i.ts", b"ignored", cache_control="max-age=60")
+    proc = InProcess(tmp_path, origin.url)
+    proc.cfg.request_cache_control = "ignore"
+    async with proc as app:
+        resp, body = await get(app, "/i.ts", cache_control="only-if-cached")
+        assert status_of(resp) == 200 and body == b"ignored"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import secrets
@@ -76,8 +77,11 @@ class MissPath:
         answers: Answers,
         on_disk_error: Callable[[View, int], Callable[[OSError], None]],
         on_store_failed: Callable[[], None],
+        request_cache_control: str = "ignore",
     ) -> None:
         self.views = views
+        # which of a request's Cache-Control directives count (edge.core.cachepolicy)
+        self.request_cache_control = request_cache_control
         self.store = store
         self.chain = chain
         self.run = run
@@ -180,15 +184,43 @@ class MissPath:
         extra = f"X-Request-Id: {rid}\r\n{ORIGIN_FAILED}"
         return self.answers.error(req, status, f"{reason} (request {rid})", extra, key=key)
 
+    def directives(self, req: Request) -> cachepolicy.RequestDirectives:
+        """The request's Cache-Control directives the operator's mode honours."""
+        value = req.headers.get(b"cache-control")
+        if value is None or self.request_cache_control == "ignore":
+            return cachepolicy.NO_DIRECTIVES
+        return cachepolicy.request_directives(value.decode("latin-1"), self.request_cache_control)
+
+    @staticmethod
+    def reusable(view: View, d: cachepolicy.RequestDirectives) -> bool:
+        """May ``view`` answer a request with directives ``d`` unasked (RFC 9111)?"""
+        meta = view.obj.meta
+        if d is cachepolicy.NO_DIRECTIVES:
+            return is_fresh(view.fresh_until, time.time())
+        return cachepolicy.reusable(
+            d,
+            fresh_until=view.fresh_until,
+            born=meta.born,
+            now=time.time(),
+            stale_forbidden=meta.must_revalidate
+            or cachepolicy.has_directive(meta.cache_control, "no-cache"),
+        )
+
+    def _not_cached(self, req: Request, key: str) -> Response:
+        return self.answers.error(
+            req, 504, "not in the store, and the request said only-if-cached", key=key
+        )
+
     async def _answer(self, req: Request, key: str, started: list[Response]) -> Response:
         await self.views.settled(key)
+        d = self.directives(req)
         view = self.views.get(key)
         asked_origin = False
         fwd = "miss"
         if view is not None and view.obj.meta.vary and not self.selects(view, req):
             view, fwd = None, "vary-miss"
         if view is None:
-            found = await self._find(req, key, started)
+            found = await self._find(req, key, started, d)
             if isinstance(found, Response):
                 return found
             view, asked_origin = found
@@ -196,13 +228,17 @@ class MissPath:
                 fwd = "uri-miss"
         fwd_status: int | None = None
         # a response just fetched answers the request it was fetched for
-        if not asked_origin and not is_fresh(view.fresh_until, time.time()):
+        if not asked_origin and not self.reusable(view, d):
+            if d.only_if_cached:
+                return self._not_cached(req, key)
             fresh = await self.revalidated(view, req)
             if fresh is None:
                 return self.answers.error(req, 404, "gone from the origin", key=key)
             fwd, fwd_status = "stale", (304 if same_version(fresh.obj.meta, view.obj.meta) else 200)
             view = fresh
         resp = self.answers.answer(req, view, fetch=False, check_fresh=False)
+        if resp is None and d.only_if_cached:
+            return self._not_cached(req, key)  # slices missing: the origin would be asked
         if resp is None:
             resp = await self._fetching(req, view, asked_origin, started)
         if asked_origin and resp.cache == "hit":
@@ -226,7 +262,11 @@ class MissPath:
         return await self.run(heads.index_with_head, self.store, key, meta)
 
     async def _find(
-        self, req: Request, key: str, started: list[Response]
+        self,
+        req: Request,
+        key: str,
+        started: list[Response],
+        d: cachepolicy.RequestDirectives = cachepolicy.NO_DIRECTIVES,
     ) -> tuple[View, bool] | Response:
         """The object's view from the index, or learnt from the origins
         (``True``: the origin was asked); a response when there is none, or
@@ -242,7 +282,10 @@ class MissPath:
             return error(req, 404, "not in the store, and no origin", key=key)
         if self.chain.known_missing(key):
             return error(req, 404, "not found at the origin", NEGATIVE, key=key)
-        learnt = await self.learn(key, first_slice(req, self.store.slice_size), req)
+        if d.only_if_cached:
+            return self._not_cached(req, key)
+        idx = first_slice(req, self.store.slice_size)
+        learnt = await self.learn(key, idx, req, store=not d.no_store)
         if learnt is None:
             return error(req, 404, "not found at the origin", key=key)
         if isinstance(learnt, ObjectMeta):
@@ -282,14 +325,19 @@ class MissPath:
         return resp
 
     async def learn(
-        self, key: str, idx: int | None, req: Request | None = None
+        self, key: str, idx: int | None, req: Request | None = None, store: bool = True
     ) -> StoredObject | ObjectMeta | None:
         """Ask the origins what ``key`` is and index it (``ObjectMeta`` alone for
         what may not be stored; ``None``: no origin has it). Concurrent misses
         share one: until the index has the object, a second request would be
         waste. With ``idx`` (the slice the request starts with), the answer to
-        that slice's GET tells, and its bytes keep coming for the request."""
+        that slice's GET tells, and its bytes keep coming for the request.
+        ``store`` false (a request that said no-store): asked for that request
+        alone, and never stored."""
         headers = _str_headers(req) if req is not None else None
+        if not store:
+            meta = await self._ask_origin(key, idx, headers)
+            return None if meta is None else dataclasses.replace(meta, storable=False)
         follower = key in self.learning
         got = await shared(self.learning, key, lambda: self._learn_now(key, idx, headers))
         if follower and req is not None and not _fits(got, req):
@@ -302,13 +350,17 @@ class MissPath:
             got = await self._learn_now(key, idx, headers)
         return got
 
+    async def _ask_origin(
+        self, key: str, idx: int | None, headers: dict[str, str] | None
+    ) -> ObjectMeta | None:
+        if idx is None:
+            return await self.chain.head(key, headers)
+        return await self.chain.learn(key, idx, self.store.slice_size, headers)
+
     async def _learn_now(
         self, key: str, idx: int | None, headers: dict[str, str] | None
     ) -> StoredObject | ObjectMeta | None:
-        if idx is None:
-            meta = await self.chain.head(key, headers)
-        else:
-            meta = await self.chain.learn(key, idx, self.store.slice_size, headers)
+        meta = await self._ask_origin(key, idx, headers)
         if meta is None or not meta.storable:
             return meta
         return await self._index(key, meta)

@@ -29,8 +29,27 @@ What it decides, each as one function of its inputs:
                                                                   validators, Host or hop-by-hop
     does an origin answer count against it?   origin_failed       transport failures, timeouts and
                                                                   5xx; any other status is an answer
+    which request directives count?           request_directives  by the operator's mode (below)
+    may a stored answer serve this request    reusable            fresh enough for max-age and
+    without asking the origin?                                    min-fresh, not no-cache; stale
+                                                                  only within max-stale, and never
+                                                                  when the response forbids it
     what does Cache-Status say?               cache_status        RFC 9211: hit, or fwd=... with
                                                                   stored / fwd-status / detail
+
+Request directives (RFC 9111 §5.2.1; a cache need not honour them, and a
+player that could send every request to the origin would turn the CDN into
+a relay). The operator chooses (``request_cache_control``):
+
+    mode     honoured                                   ignored
+    -------  -----------------------------------------  ----------------------------------
+    ignore   none (nginx's behaviour)                   all
+    safe     only-if-cached, max-stale: they can only   no-cache, max-age, min-fresh,
+             spare the origin                           no-store
+    all      all of them                                -
+
+``no-transform`` changes nothing (the appliance transforms nothing); Pragma
+is not read (deprecated, §5.4).
 
 Keys: the query is joined to the path with ``QUERY_MARK``, a control character
 no key can hold (``edge.core.keys`` refuses them), so a path containing a
@@ -40,8 +59,10 @@ index or the clock.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from edge.core.freshness import HEURISTIC_STATUSES, CacheControl, parse_cache_control
 
@@ -224,6 +245,78 @@ def origin_failed(status: int | None) -> bool:
     """Does this answer count against the origin (retry, breaker)? ``None``:
     no answer at all (a transport failure or a timeout)."""
     return status is None or status >= 500
+
+
+# -- request directives (RFC 9111 §5.2.1) ------------------------------------------------
+
+REQUEST_CC_MODES = ("ignore", "safe", "all")
+SAFE = frozenset(("only-if-cached", "max-stale"))
+
+
+@dataclass(frozen=True)
+class RequestDirectives:
+    no_store: bool = False
+    no_cache: bool = False
+    max_age: int | None = None
+    max_stale: float | None = None  # inf: stale of any age (``max-stale`` with no value)
+    min_fresh: int | None = None
+    only_if_cached: bool = False
+
+
+NO_DIRECTIVES = RequestDirectives()
+
+
+def _seconds(arg: str | None) -> int | None:
+    arg = (arg or "").strip().strip('"')
+    return int(arg) if arg.isdigit() else None
+
+
+def request_directives(value: str | None, mode: str) -> RequestDirectives:
+    """What a request's ``Cache-Control`` asks, of what ``mode`` honours. A
+    directive with an invalid argument is ignored (max-stale's alone means
+    any staleness)."""
+    if not value or mode == "ignore":
+        return NO_DIRECTIVES
+    found: dict[str, object] = {}
+    for item in value.split(","):
+        name, eq, arg = item.partition("=")
+        name = name.strip().lower()
+        if mode != "all" and name not in SAFE:
+            continue
+        if name in ("no-store", "no-cache", "only-if-cached"):
+            found[name.replace("-", "_")] = True
+        elif name == "max-stale":
+            n = _seconds(arg)
+            if n is not None or not eq:
+                found["max_stale"] = math.inf if n is None else float(n)
+        elif name in ("max-age", "min-fresh"):
+            n = _seconds(arg)
+            if n is not None:
+                found[name.replace("-", "_")] = n
+    return RequestDirectives(**found) if found else NO_DIRECTIVES  # type: ignore[arg-type]
+
+
+def reusable(
+    d: RequestDirectives,
+    *,
+    fresh_until: float | None,
+    born: float | None,
+    now: float,
+    stale_forbidden: bool,
+) -> bool:
+    """May a stored answer serve a request with directives ``d`` without
+    asking the origin? ``fresh_until`` ``None``: fresh for ever (immutable);
+    ``born``: when the origin made it (its age counts from there);
+    ``stale_forbidden``: the response said must-revalidate,
+    proxy-revalidate, s-maxage or no-cache."""
+    if d.no_cache or d.max_age == 0:
+        return False
+    if d.max_age is not None and born is not None and now - born > d.max_age:
+        return False
+    left = math.inf if fresh_until is None else fresh_until - now
+    if left > 0:
+        return d.min_fresh is None or left >= d.min_fresh
+    return d.max_stale is not None and not stale_forbidden and -left <= d.max_stale
 
 
 # -- Cache-Status (RFC 9211) -------------------------------------------------------------
