@@ -1,8 +1,9 @@
 """An object from an HTTP origin and its answer head, read and written together.
 
 The store keeps an HTTP origin's status, end-to-end headers and Vary selection
-beside the object (``Store.put_http_head``); these functions run in the store's
-threads and join the two, so the miss path sees one ``StoredObject`` whose
+beside the object, written in the object's own transaction
+(``Store.ensure_object``, ``Store.renew``); these functions run in the store's
+threads and join the two when read, so the miss path sees one ``StoredObject`` whose
 ``meta`` carries what the origin said.
 """
 
@@ -31,14 +32,8 @@ def lookup_with_head(store: Store, key: str) -> StoredObject | None:
     return obj
 
 
-def put_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> None:
-    if meta.headers is not None:
-        store.put_http_head(key, gen, meta.status, json.dumps(meta.headers), json.dumps(meta.vary))
-
-
 def index_with_head(store: Store, key: str, meta: ObjectMeta) -> StoredObject:
-    obj = store.ensure_object(key, meta)
-    put_head(store, key, obj.gen, meta)
+    obj = store.ensure_object(key, meta)  # the answer head in the same transaction
     if meta.headers is not None:  # the index row has no room for them: carry them on
         obj.meta = dataclasses.replace(
             obj.meta, status=meta.status, headers=meta.headers, vary=meta.vary
@@ -47,7 +42,4 @@ def index_with_head(store: Store, key: str, meta: ObjectMeta) -> StoredObject:
 
 
 def renew_with_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> bool:
-    if not store.renew(key, gen, meta):
-        return False
-    put_head(store, key, gen, meta)
-    return True
+    return store.renew(key, gen, meta)  # the answer head in the same transaction
