@@ -182,3 +182,27 @@ def test_reuse_of_an_immutable_answer() -> None:
     assert cp.reusable(d, fresh_until=None, born=None, now=1.0, stale_forbidden=True)
     assert not cp.reusable(cp.RequestDirectives(no_cache=True), fresh_until=None, born=None,
                            now=1.0, stale_forbidden=False)  # fmt: skip
+
+
+# -- variants and purges --------------------------------------------------------------------
+
+
+@given(params, st.lists(st.tuples(st.sampled_from(["foo", "bar"]), st.text("ab ,", max_size=3))))
+def test_a_variant_key_stays_under_its_key_and_is_purged_with_it(ps: list, hs: list) -> None:
+    key = cp.cache_key("show/seg.ts", query_of(ps), frozenset())
+    headers = dict(hs)
+    vkey = cp.variant_key(key, ("bar", "foo"), headers)
+    assert cp.base_key(vkey) == key and cp.split_key(vkey) == cp.split_key(key)
+    assert cp.variant_key(vkey, ("bar", "foo"), headers) == vkey  # made from the base
+    assert any(vkey.startswith(p) for p in cp.purged_prefixes(key))
+    path_key = cp.split_key(key)[0]
+    assert key == path_key or any(key.startswith(p) for p in cp.purged_prefixes(path_key))
+    assert not any(k.startswith(p) for p in cp.purged_prefixes(path_key)
+                   for k in ("show/seg.tsx", "show/seg.ts/x"))  # fmt: skip
+
+
+def test_variant_keys_differ_by_the_values_that_matter() -> None:
+    one = cp.variant_key("k", ("foo",), {"foo": "1"})
+    assert one == cp.variant_key("k", ("foo",), {"foo": " 1", "bar": "x"})
+    assert one != cp.variant_key("k", ("foo",), {"foo": "2"})
+    assert one != cp.variant_key("k", ("foo",), {})

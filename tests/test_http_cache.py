@@ -439,3 +439,76 @@ async def test_request_directives_can_be_ignored(tmp_path: Path, origin: OriginS
     async with proc as app:
         resp, body = await get(app, "/i.ts", cache_control="only-if-cached")
         assert status_of(resp) == 200 and body == b"ignored"
+
+
+# -- several variants per key; purges -----------------------------------------------------------
+
+TOKEN = "t" * 32
+
+
+async def purge(app, param: str) -> dict:  # type: ignore[no-untyped-def]
+    """The admin endpoint's purge, as serve wires it (one worker)."""
+    import json
+
+    from edge.appliance.ops import Ops
+
+    if app.ops is None:
+        app.ops = Ops(app, 1)
+    resp, body = await get(app, f"/_edge/admin/purge?{param}", "POST",
+                           authorization=f"Bearer {TOKEN}")  # fmt: skip
+    assert status_of(resp) == 200, body
+    return json.loads(body)
+
+
+async def test_several_variants_of_a_key_are_stored_each_for_its_own_requests(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    values = [str(n) for n in range(12)]
+    origin.put("v.json", b"plain", cache_control="max-age=60", vary="Foo",
+               variants={v: f"for foo {v}".encode() for v in values})  # fmt: skip
+    proc = InProcess(tmp_path, origin.url)
+    proc.cfg.admin_token = TOKEN
+    async with proc as app:
+        for _ in range(2):  # the second round: every variant from store
+            for v in ("1", "2", None, "1 "):
+                resp, body = await (get(app, "/v.json", foo=v) if v else get(app, "/v.json"))
+                assert body == (f"for foo {v.strip()}".encode() if v else b"plain")
+        assert len(origin.asked("GET", "/v.json")) == 3  # "1 " is "1", normalised
+        resp, _ = await get(app, "/v.json", foo="2")
+        assert resp.cache == "hit"
+        # bounded: at most MAX_VARIANTS of one key are stored
+        for v in values:
+            assert (await get(app, "/v.json", foo=v))[1] == f"for foo {v}".encode()
+        held = [o.key for o in app.store.list_objects("v.json")]
+        assert 2 < len(held) <= 8
+        # a purge of the key removes every variant
+        assert (await purge(app, "key=v.json"))["purged"] == len(held)
+        assert app.store.list_objects("v.json") == []
+        asked = len(origin.asked("GET", "/v.json"))
+        assert (await get(app, "/v.json", foo="2"))[1] == b"for foo 2"
+        assert len(origin.asked("GET", "/v.json")) == asked + 1
+
+
+async def test_a_purge_of_a_path_removes_its_queries_and_an_unsafe_method_its_variants(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    for q in ("", "?a=1", "?b=2"):
+        origin.put(f"seg.ts{q}", f"seg{q}".encode(), cache_control="max-age=60")
+    origin.put("seg.tsx", b"another object", cache_control="max-age=60")
+    origin.put("w.json", b"plain", cache_control="max-age=60", vary="Foo",
+               variants={"1": b"one", "2": b"two"})  # fmt: skip
+    proc = InProcess(tmp_path, origin.url)
+    proc.cfg.admin_token = TOKEN
+    async with proc as app:
+        for target in ("/seg.ts", "/seg.ts?a=1", "/seg.ts?b=2", "/seg.tsx"):
+            await get(app, target)
+        assert (await purge(app, "key=seg.ts"))["purged"] == 3
+        assert [o.key for o in app.store.list_objects("seg.ts")] == ["seg.tsx"]
+        resp, body = await get(app, "/seg.ts?a=1")
+        assert body == b"seg?a=1" and resp.cache != "hit"
+        await get(app, "/w.json", foo="1")
+        await get(app, "/w.json", foo="2")
+        assert len(app.store.list_objects("w.json")) == 2
+        await get(app, "/w.json", "POST")
+        assert app.store.list_objects("w.json") == []
+        assert (await get(app, "/w.json", foo="2"))[1] == b"two"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from edge.core import cachepolicy
 from edge.core.meta import ObjectMeta
 from edge.store import Store, StoredObject
 
@@ -33,12 +34,27 @@ def lookup_with_head(store: Store, key: str) -> StoredObject | None:
 
 
 def index_with_head(store: Store, key: str, meta: ObjectMeta) -> StoredObject:
+    if cachepolicy.VARIANT_MARK in key:
+        bound_variants(store, key)
     obj = store.ensure_object(key, meta)  # the answer head in the same transaction
     if meta.headers is not None:  # the index row has no room for them: carry them on
         obj.meta = dataclasses.replace(
             obj.meta, status=meta.status, headers=meta.headers, vary=meta.vary
         )
     return obj
+
+
+def bound_variants(store: Store, key: str) -> None:
+    """Room for variant ``key``: the least recently used of its key's other
+    variants go, so a key holds at most ``MAX_VARIANTS`` (its first
+    included; about, when workers store variants of one key at once)."""
+    base = cachepolicy.base_key(key)
+    others = [o for o in store.list_objects(base + cachepolicy.VARIANT_MARK) if o.key != key]
+    for obj in sorted(others, key=lambda o: o.last_access)[: max(0, len(others) - MAX_OTHERS + 1)]:
+        store.remove(obj.key, obj.gen)
+
+
+MAX_OTHERS = cachepolicy.MAX_VARIANTS - 1  # beside the first, under the key itself
 
 
 def renew_with_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> bool:

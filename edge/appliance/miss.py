@@ -218,7 +218,11 @@ class MissPath:
         asked_origin = False
         fwd = "miss"
         if view is not None and view.obj.meta.vary and not self.selects(view, req):
-            view, fwd = None, "vary-miss"
+            other = self.views.get(_variant_key(key, view.obj.meta, req))
+            if other is not None and self.selects(other, req):
+                view = other  # another stored variant: the request's own
+            else:
+                view, fwd = None, "vary-miss"
         if view is None:
             found = await self._find(req, key, started, d)
             if isinstance(found, Response):
@@ -273,8 +277,11 @@ class MissPath:
         when the object is not to be stored (answered as it streams)."""
         obj = await self._lookup(key)
         if obj is not None and obj.meta.vary and not _selects(obj.meta, req):
-            await self.run(self.store.remove, key, obj.gen)  # another variant: replaced
-            obj = None
+            # another variant: the request's own is stored (or learnt) beside it
+            key = _variant_key(key, obj.meta, req)
+            obj = await self._lookup(key)
+            if obj is not None and not _selects(obj.meta, req):
+                obj = None  # its digest found it, its values do not match: replaced
         if obj is not None:
             return await self.views.load(obj), False
         error = self.answers.error
@@ -342,11 +349,12 @@ class MissPath:
         got = await shared(self.learning, key, lambda: self._learn_now(key, idx, headers))
         if follower and req is not None and not _fits(got, req):
             # another request's headers brought this answer: a private one (for
-            # that request alone) or another variant: ask for this one's own.
-            # Variants may share an ETag and a size: the other one goes first,
-            # so this one is indexed as a version of its own.
+            # that request alone), or another variant: this one's own is
+            # learnt and stored beside it, under its variant key
             if isinstance(got, StoredObject):
-                await self.run(self.store.remove, key, got.gen)
+                vkey = _variant_key(key, got.meta, req)
+                own = lambda: self._learn_now(vkey, idx, headers)  # noqa: E731
+                return await shared(self.learning, vkey, own)
             got = await self._learn_now(key, idx, headers)
         return got
 
@@ -485,11 +493,11 @@ class MissPath:
             return self._failed(req, 504, "the origin did not answer in time", exc, key)
         except OriginError as exc:
             return self._failed(req, 502, "the origin failed to answer", exc, key)
-        if got.status < 400:
-            view = self.views.get(key)
-            if view is not None:
-                self.views.drop(view)
-            await self.run(self.store.remove, key)
+        if got.status < 400:  # the key and all its variants
+            variants = cachepolicy.purged_prefixes(key)[1]
+            self.views.forget(key)
+            self.views.forget_prefix(variants)
+            await self.run(self.store.remove_with, key, (variants,))
         return self.answers.forwarded(req, key, got.status, got.headers, got.body)
 
 
@@ -507,6 +515,11 @@ ORIGIN_FAILED = f"Cache-Status: {CACHE_NAME}; fwd=miss; detail=origin-error\r\n"
 
 def _str_headers(req: Request) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers.items()}
+
+
+def _variant_key(key: str, stored: ObjectMeta, req: Request) -> str:
+    """Where the variant ``req`` selects is stored, beside ``stored`` (another)."""
+    return cachepolicy.variant_key(key, (n for n, _ in stored.vary), _str_headers(req))
 
 
 def _selects(meta: ObjectMeta, req: Request) -> bool:

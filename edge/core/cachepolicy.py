@@ -11,6 +11,11 @@ What it decides, each as one function of its inputs:
     may a stored variant answer a request?    vary_matches        every named header has the same
                                                                   (normalised) value, or is absent
                                                                   in both
+    where is another variant stored?          variant_key         the key, VARIANT_MARK, a digest
+                                                                  of the request's values for the
+                                                                  names the first variant's Vary
+                                                                  lists; at most MAX_VARIANTS more
+    what does a purge of a key remove?        purged_prefixes     the key, its queries, its variants
     is a 404 left to the cache's own TTL?     explicitly_fresh    no max-age, s-maxage, Expires,
                                                                   no-cache or Last-Modified
     may this response be stored?              storable            a final status, not 206 or 304,
@@ -53,12 +58,17 @@ is not read (deprecated, §5.4).
 
 Keys: the query is joined to the path with ``QUERY_MARK``, a control character
 no key can hold (``edge.core.keys`` refuses them), so a path containing a
-decoded ``?`` never meets a query. Nothing here touches a socket, a file, the
-index or the clock.
+decoded ``?`` never meets a query; a variant's digest follows ``VARIANT_MARK``,
+another such character, so a variant's key never meets another object's. A
+variant found under its key still answers only a request it matches
+(``vary_matches``): the digest finds it, never vouches for it. Nothing here
+touches a socket, a file, the index or the clock.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -67,6 +77,8 @@ from dataclasses import dataclass
 from edge.core.freshness import HEURISTIC_STATUSES, CacheControl, parse_cache_control
 
 QUERY_MARK = "\x1f"  # between a key's path and its query: no key contains it
+VARIANT_MARK = "\x1e"  # between a key and its variant's digest: no key contains it
+MAX_VARIANTS = 8  # stored variants of one key, its first included
 
 # RFC 9110 §7.6.1 and the ones every proxy treats as such
 HOP_BY_HOP = frozenset(
@@ -122,9 +134,29 @@ def cache_key(key: str, query: str, ignored: frozenset[str]) -> str:
 
 
 def split_key(key: str) -> tuple[str, str]:
-    """(path key, query) of a key made by ``cache_key``."""
-    path, _, query = key.partition(QUERY_MARK)
+    """(path key, query) of a key made by ``cache_key`` (or ``variant_key``)."""
+    path, _, query = base_key(key).partition(QUERY_MARK)
     return path, query
+
+
+def base_key(key: str) -> str:
+    """The key a variant's key was made from (``key`` itself otherwise)."""
+    return key.partition(VARIANT_MARK)[0]
+
+
+def variant_key(key: str, names: Iterable[str], headers: Mapping[str, str]) -> str:
+    """Where the variant a request with ``headers`` selects is stored, when
+    the key's first variant is another: ``names`` are the request headers
+    that variant's Vary lists."""
+    values = vary_values(names, headers)
+    digest = hashlib.sha256(json.dumps(values).encode()).hexdigest()[:24]
+    return base_key(key) + VARIANT_MARK + digest
+
+
+def purged_prefixes(key: str) -> tuple[str, str]:
+    """Besides ``key`` itself, the key prefixes a purge of ``key`` removes:
+    its queries (a path's purge reaches ``?a`` and ``?b``) and its variants."""
+    return key + QUERY_MARK, key + VARIANT_MARK
 
 
 # -- Vary ----------------------------------------------------------------------------

@@ -458,6 +458,22 @@ class Store(Reading):
         self._unlink(files)
         return True
 
+    def remove_with(self, key: str, prefixes: Iterable[str]) -> int:
+        """Remove ``key`` and every object whose key starts with one of
+        ``prefixes`` (its queries, its variants), in one transaction; the count."""
+        files: list[str] = []
+        now = self.clock()
+        with self._write() as c:
+            keys = (
+                [key] if c.execute("SELECT 1 FROM objects WHERE key=?", (key,)).fetchone() else []
+            )
+            for prefix in prefixes:
+                keys += [obj.key for obj in objects(c, prefix, self.roots)]
+            for k in keys:
+                files += delete_object(c, k, now, self.roots)
+        self._unlink(files)
+        return len(keys)
+
     def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with ``prefix``; the count. The
         keys are listed inside the write transaction, so an object added under
