@@ -73,3 +73,8 @@ async def test_a_header_that_would_split_the_request_is_refused() -> None:
             "http://127.0.0.1:9/", {"X": "a\r\nB: c"}, user_agent="e",
             connect_timeout=1, read_timeout=1,
         )  # fmt: skip
+
+
+async def test_a_head_without_end_is_refused() -> None:
+    with pytest.raises(lenient.LenientError, match="head over"):
+        await answer_with(b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"x" * 200_000)

@@ -13,8 +13,9 @@ one request that failed so:
   headers say (``Content-Length``, chunked, or up to the connection's end);
 - whatever follows the end of that message is ignored, and the connection
   is closed, never reused;
-- an answer broken before its end is still an error (``LenientError``, an
-  ``aiohttp.ClientError``, so callers handle it as any failed GET).
+- a head over ``MAX_HEAD`` bytes, or an answer broken before its end, is
+  still an error (``LenientError``, an ``aiohttp.ClientError``, so callers
+  handle it as any failed GET).
 
 Only that retry uses it: every other request keeps aiohttp's client and its
 connection pool. The answer offers what the HTTP origin reads of an
@@ -35,6 +36,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 READ_SIZE = 256 * 1024
+MAX_HEAD = 64 * 1024  # an answer's status line and headers, at most (aiohttp: 128 x 8 KiB)
 
 
 class LenientError(aiohttp.ClientError):
@@ -179,11 +181,15 @@ async def get(
     answer: LenientAnswer | None = None
     try:
         writer.write(request)
+        got = 0
         while not message.head_done:
+            if got > MAX_HEAD:
+                raise LenientError(f"an answer's head over {MAX_HEAD} bytes")
             async with asyncio.timeout(read_timeout):
                 data = await reader.read(READ_SIZE)
             if not data:
                 raise LenientError("the connection closed before the answer's head")
+            got += len(data)
             _feed(message, data)
         answer = LenientAnswer(reader, writer, message, read_timeout)
         return answer
