@@ -82,6 +82,8 @@ class ServeConfig:
     # HTTP origins (a shared cache): query parameters left out of the cache key
     cache_key_ignore: list[str] = field(default_factory=lambda: ["token"])
     max_request_body: int = 1024 * 1024  # an unsafe method's body, forwarded
+    # request Cache-Control directives honoured (edge.core.cachepolicy)
+    request_cache_control: str = "safe"
     # key id -> secret; with any, content requests need a valid signed URL
     url_signing_keys: dict[str, bytes] = field(default_factory=dict)
 
@@ -328,6 +330,12 @@ SERVE_OPTIONS: Options = {
         "--max-request-body",
         parse_size,
         "largest body of a POST/PUT/PATCH/DELETE forwarded to an HTTP origin (default 1MiB)",
+    ),
+    "request_cache_control": (
+        "--request-cache-control",
+        choice("ignore", "safe", "all"),
+        "players' Cache-Control honoured with HTTP origins: safe (default): only-if-cached "
+        "and max-stale; all: also no-cache, max-age, min-fresh, no-store (docs/miss-path.md)",
     ),
     "url_signing_keys": (
         "--url-signing-key",

@@ -308,6 +308,8 @@ class FillRun:
             meta = await self.sources.head(e.key)
             if meta is None:
                 return self._fail(e.key, "not found at the origin")
+            if not meta.storable:  # as the miss path: an HTTP origin's no-store, private
+                return self._fail(e.key, "the origin says not to store it")
             if not same_version(meta, e):
                 return self._fail(
                     e.key,

@@ -126,3 +126,83 @@ def test_an_authorized_request_is_stored_only_when_the_origin_says_so(cc: str) -
         cp.storable(200, parsed, False, cp.has_directive(cc, "public"), authorized=True) == shared
     )
     assert cp.storable(200, parsed, False, cp.has_directive(cc, "public"))
+
+
+# -- request directives -------------------------------------------------------------------
+
+directive = st.sampled_from(
+    ["no-store", "no-cache", "max-age=0", "max-age=30", "max-stale", "max-stale=20",
+     "min-fresh=10", "only-if-cached", "no-transform", "max-age=x", "Max-Stale=5"]
+)  # fmt: skip
+header_values = st.lists(directive, max_size=4).map(", ".join)
+
+
+def test_request_directives_by_mode() -> None:
+    value = "no-cache, max-age=5, min-fresh=3, max-stale, only-if-cached, no-store"
+    assert cp.request_directives(value, "ignore") == cp.NO_DIRECTIVES
+    assert cp.request_directives(value, "safe") == cp.RequestDirectives(
+        max_stale=float("inf"), only_if_cached=True
+    )
+    assert cp.request_directives(value, "all") == cp.RequestDirectives(
+        no_store=True, no_cache=True, max_age=5, max_stale=float("inf"), min_fresh=3,
+        only_if_cached=True,
+    )  # fmt: skip
+    assert cp.request_directives("max-stale=x, max-age=-1", "all") == cp.NO_DIRECTIVES
+
+
+@given(header_values)
+def test_safe_mode_never_sends_more_to_the_origin(value: str) -> None:
+    """What ``safe`` honours can only make a stored answer usable more often."""
+    d = cp.request_directives(value, "safe")
+    assert not (d.no_cache or d.no_store or d.max_age is not None or d.min_fresh is not None)
+    for now in (50.0, 100.0, 200.0):
+        if cp.reusable(cp.NO_DIRECTIVES, fresh_until=100.0, born=0.0, now=now,
+                       stale_forbidden=False):  # fmt: skip
+            assert cp.reusable(d, fresh_until=100.0, born=0.0, now=now, stale_forbidden=False)
+
+
+@given(header_values, st.floats(0, 300), st.booleans())
+def test_reuse_follows_the_rfc(value: str, now: float, forbidden: bool) -> None:
+    d = cp.request_directives(value, "all")
+    ok = cp.reusable(d, fresh_until=100.0, born=40.0, now=now, stale_forbidden=forbidden)
+    if d.no_cache or d.max_age == 0:
+        assert not ok
+    if ok and now >= 100.0:  # stale: only within max-stale, never when forbidden
+        assert d.max_stale is not None and not forbidden and now - 100.0 <= d.max_stale
+    if ok and d.max_age is not None:
+        assert now - 40.0 <= d.max_age
+    if ok and d.min_fresh is not None:
+        assert 100.0 - now >= d.min_fresh
+    if d == cp.NO_DIRECTIVES:
+        assert ok == (now < 100.0)
+
+
+def test_reuse_of_an_immutable_answer() -> None:
+    d = cp.request_directives("min-fresh=1000000", "all")
+    assert cp.reusable(d, fresh_until=None, born=None, now=1.0, stale_forbidden=True)
+    assert not cp.reusable(cp.RequestDirectives(no_cache=True), fresh_until=None, born=None,
+                           now=1.0, stale_forbidden=False)  # fmt: skip
+
+
+# -- variants and purges --------------------------------------------------------------------
+
+
+@given(params, st.lists(st.tuples(st.sampled_from(["foo", "bar"]), st.text("ab ,", max_size=3))))
+def test_a_variant_key_stays_under_its_key_and_is_purged_with_it(ps: list, hs: list) -> None:
+    key = cp.cache_key("show/seg.ts", query_of(ps), frozenset())
+    headers = dict(hs)
+    vkey = cp.variant_key(key, ("bar", "foo"), headers)
+    assert cp.base_key(vkey) == key and cp.split_key(vkey) == cp.split_key(key)
+    assert cp.variant_key(vkey, ("bar", "foo"), headers) == vkey  # made from the base
+    assert any(vkey.startswith(p) for p in cp.purged_prefixes(key))
+    path_key = cp.split_key(key)[0]
+    assert key == path_key or any(key.startswith(p) for p in cp.purged_prefixes(path_key))
+    assert not any(k.startswith(p) for p in cp.purged_prefixes(path_key)
+                   for k in ("show/seg.tsx", "show/seg.ts/x"))  # fmt: skip
+
+
+def test_variant_keys_differ_by_the_values_that_matter() -> None:
+    one = cp.variant_key("k", ("foo",), {"foo": "1"})
+    assert one == cp.variant_key("k", ("foo",), {"foo": " 1", "bar": "x"})
+    assert one != cp.variant_key("k", ("foo",), {"foo": "2"})
+    assert one != cp.variant_key("k", ("foo",), {})

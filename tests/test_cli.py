@@ -16,7 +16,7 @@ from edge.cli import build_parser
 SERVE_ONLY = (
     "--listen", "--workers", "--access-log", "--admin-token", "--grace", "--cors-origin",
     "--max-ranges", "--keepalive-timeout", "--negative-ttl", "--breaker-failures",
-    "--breaker-cooldown", "--admission",
+    "--breaker-cooldown", "--admission", "--request-cache-control",
 )  # fmt: skip
 
 

@@ -78,6 +78,7 @@ capacity = "10GiB"
         (["--origin", "file://relative"], "--origin / origin"),
         (["--eviction", "random"], "--eviction / eviction"),
         (["--admin-token", "short"], "--admin-token / admin_token"),
+        (["--request-cache-control", "most"], "--request-cache-control / request_cache_control"),
     ],
 )
 def test_bad_values_name_the_option(tmp_path: Path, argv: list[str], named: str) -> None:

@@ -460,3 +460,44 @@ def test_an_object_only_a_fallback_origin_holds_is_filled(tmp_path: Path) -> Non
         assert store.read("t/seg.m4s") == data
     finally:
         store.close()
+
+
+def test_a_fill_from_an_http_origin_stores_its_answer_head(tmp_path: Path) -> None:
+    """What the miss path would store: the origin's status and end-to-end
+    headers beside the object, so a filled object answers as a missed one;
+    an answer the origin says not to store is not filled."""
+    from origin_server import OriginServer
+
+    data = RNG.randbytes(100_000)
+    server = OriginServer().start()
+    try:
+        server.put("h/seg.m4s", data, cache_control="max-age=600",
+                   headers={"X-Packager": "p1", "Content-Disposition": "inline"})  # fmt: skip
+        server.put("h/private.m4s", data, cache_control="private")
+        m = tmp_path / "m.jsonl"
+        m.write_text("".join(
+            json.dumps({"key": k, "size": len(data), "rank": i + 1}) + "\n"
+            for i, k in enumerate(("h/seg.m4s", "h/private.m4s"))
+        ))  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "fill", "--store", str(tmp_path / "store"),
+             "--capacity", str(CAPACITY), "--slice-size", "64KiB", "--origin", server.url,
+             "--manifest", str(m), "--now"],
+            capture_output=True, text=True, cwd=ROOT, timeout=180,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert proc.returncode in (0, 1), proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["added"]["objects"] == 1
+    store = open_store(tmp_path / "store")
+    try:
+        obj = store.lookup("h/seg.m4s")
+        assert obj is not None and store.read("h/seg.m4s") == data
+        head = store.http_head("h/seg.m4s", obj.gen)
+        assert head is not None and head[0] == 200
+        headers = dict(json.loads(head[1]))
+        assert headers["X-Packager"] == "p1" and headers["Cache-Control"] == "max-age=600"
+        assert store.lookup("h/private.m4s") is None
+    finally:
+        store.close()

@@ -312,3 +312,203 @@ async def test_an_answer_head_goes_with_its_object(tmp_path: Path, origin: Origi
         for obj in app.store.list_objects():
             app.store.remove(obj.key)
         assert heads() == 0
+
+
+# -- an answer longer than its Content-Length ------------------------------------------------
+
+
+class RawOrigin:
+    """An origin that writes each answer's bytes as given, in one write: what
+    aiohttp's own server would never send (a body longer than its
+    Content-Length). Records each request line and whether the connection
+    was closed by the appliance after it."""
+
+    def __init__(self, answers: dict[str, bytes]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+        self.closed_by_peer = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                line = head.split(b"\r\n", 1)[0].decode()
+                self.asked.append(line)
+                writer.write(self.answers[line.split()[1].split("?")[0]])
+                await writer.drain()
+        except asyncio.IncompleteReadError as exc:
+            self.closed_by_peer += not exc.partial
+        finally:
+            writer.close()
+
+
+async def test_an_answer_longer_than_its_content_length_is_cut_to_it(tmp_path: Path) -> None:
+    """The bytes after a complete message are not an answer: the first
+    Content-Length bytes are (as nginx takes them), stored, and the
+    connection they came on is not used again."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nCache-Control: max-age=60\r\n"
+    raw = RawOrigin(
+        {
+            "/long.txt": head + b'ETag: "a"\r\n\r\n' + b"0123456789 and then some more bytes",
+            "/exact.txt": head + b"\r\n" + b"0123456789",
+        }
+    )
+    async with raw as url, InProcess(tmp_path, url) as app:
+        resp, body = await get(app, "/long.txt")
+        assert status_of(resp) == 200 and body == b"0123456789"
+        assert header(resp, "ETag") == '"a"'
+        resp, body = await get(app, "/long.txt")
+        assert resp.cache == "hit" and body == b"0123456789"
+        assert raw.closed_by_peer >= 1  # the lenient read's connection, after its answer
+        asked = len(raw.asked)
+        resp, body = await get(app, "/exact.txt")  # an honest answer: aiohttp's pool as before
+        assert status_of(resp) == 200 and body == b"0123456789"
+        assert len(raw.asked) == asked + 1
+
+
+# -- request Cache-Control ---------------------------------------------------------------------
+
+
+async def test_safe_request_directives_only_spare_the_origin(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    """By default only-if-cached and max-stale are honoured; no-cache and
+    friends are not: a player cannot send every request to the origin."""
+    origin.put("fresh.ts", b"fresh", cache_control="max-age=60")
+    origin.put("aged.ts", b"aged", cache_control="max-age=60", headers={"Age": "100"})
+    origin.put("strict.ts", b"strict", cache_control="max-age=60, must-revalidate",
+               headers={"Age": "100"})  # fmt: skip
+    async with InProcess(tmp_path, origin.url) as app:
+        resp, _ = await get(app, "/fresh.ts", cache_control="only-if-cached")
+        assert status_of(resp) == 504 and not origin.asked("GET", "/fresh.ts")
+        assert (await get(app, "/fresh.ts"))[1] == b"fresh"
+        resp, body = await get(app, "/fresh.ts", cache_control="only-if-cached")
+        assert resp.cache == "hit" and body == b"fresh"
+        resp, body = await get(app, "/fresh.ts", cache_control="no-cache, max-age=0")
+        assert resp.cache == "hit" and len(origin.asked("GET", "/fresh.ts")) == 1
+        for path in ("/aged.ts", "/strict.ts"):
+            await get(app, path)  # stored, and stale at once (its Age)
+            resp, _ = await get(app, path, cache_control="only-if-cached")
+            assert status_of(resp) == 504  # stale: it would need the origin
+        resp, body = await get(app, "/aged.ts", cache_control="max-stale=1000")
+        assert body == b"aged" and len(origin.asked("GET", "/aged.ts")) == 1
+        resp, body = await get(app, "/aged.ts", cache_control="max-stale=10")
+        assert body == b"aged" and len(origin.asked("GET", "/aged.ts")) == 2  # too stale
+        await get(app, "/strict.ts", cache_control="max-stale")  # must-revalidate wins
+        assert len(origin.asked("GET", "/strict.ts")) == 2
+
+
+async def test_all_request_directives_when_the_operator_says_so(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    origin.put("f.ts", b"fresh", cache_control="max-age=60")
+    origin.put("mine.ts", b"not for the cache", cache_control="max-age=60")
+    proc = InProcess(tmp_path, origin.url)
+    proc.cfg.request_cache_control = "all"
+    async with proc as app:
+        await get(app, "/f.ts")
+        assert (await get(app, "/f.ts"))[0].cache == "hit"
+        for n, directive in enumerate(("no-cache", "max-age=0", "min-fresh=100"), start=2):
+            resp, body = await get(app, "/f.ts", cache_control=directive)
+            assert body == b"fresh" and len(origin.asked("GET", "/f.ts")) == n
+            assert origin.asked("GET", "/f.ts")[-1].headers.get("If-None-Match")  # revalidated
+            assert "fwd=stale" in (header(resp, "Cache-Status") or "")
+        resp, _ = await get(app, "/f.ts", cache_control="max-age=3600, min-fresh=10")
+        assert resp.cache == "hit"
+        resp, body = await get(app, "/mine.ts", cache_control="no-store")
+        assert body == b"not for the cache"
+        assert header(resp, "Cache-Status") == "edgefleet; fwd=uri-miss"  # not stored
+        assert app.store.lookup("mine.ts") is None
+        await get(app, "/mine.ts")
+        assert len(origin.asked("GET", "/mine.ts")) == 2
+
+
+async def test_request_directives_can_be_ignored(tmp_path: Path, origin: OriginServer) -> None:
+    origin.put("i.ts", b"ignored", cache_control="max-age=60")
+    proc = InProcess(tmp_path, origin.url)
+    proc.cfg.request_cache_control = "ignore"
+    async with proc as app:
+        resp, body = await get(app, "/i.ts", cache_control="only-if-cached")
+        assert status_of(resp) == 200 and body == b"ignored"
+
+
+# -- several variants per key; purges -----------------------------------------------------------
+
+TOKEN = "t" * 32
+
+
+async def purge(app, param: str) -> dict:  # type: ignore[no-untyped-def]
+    """The admin endpoint's purge, as serve wires it (one worker)."""
+    import json
+
+    from edge.appliance.ops import Ops
+
+    if app.ops is None:
+        app.ops = Ops(app, 1)
+    resp, body = await get(app, f"/_edge/admin/purge?{param}", "POST",
+                           authorization=f"Bearer {TOKEN}")  # fmt: skip
+    assert status_of(resp) == 200, body
+    return json.loads(body)
+
+
+async def test_several_variants_of_a_key_are_stored_each_for_its_own_requests(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    values = [str(n) for n in range(12)]
+    origin.put("v.json", b"plain", cache_control="max-age=60", vary="Foo",
+               variants={v: f"for foo {v}".encode() for v in values})  # fmt: skip
+    proc = InProcess(tmp_path, origin.url)
+    proc.cfg.admin_token = TOKEN
+    async with proc as app:
+        for _ in range(2):  # the second round: every variant from store
+            for v in ("1", "2", None, "1 "):
+                resp, body = await (get(app, "/v.json", foo=v) if v else get(app, "/v.json"))
+                assert body == (f"for foo {v.strip()}".encode() if v else b"plain")
+        assert len(origin.asked("GET", "/v.json")) == 3  # "1 " is "1", normalised
+        resp, _ = await get(app, "/v.json", foo="2")
+        assert resp.cache == "hit"
+        # bounded: at most MAX_VARIANTS of one key are stored
+        for v in values:
+            assert (await get(app, "/v.json", foo=v))[1] == f"for foo {v}".encode()
+        held = [o.key for o in app.store.list_objects("v.json")]
+        assert 2 < len(held) <= 8
+        # a purge of the key removes every variant
+        assert (await purge(app, "key=v.json"))["purged"] == len(held)
+        assert app.store.list_objects("v.json") == []
+        asked = len(origin.asked("GET", "/v.json"))
+        assert (await get(app, "/v.json", foo="2"))[1] == b"for foo 2"
+        assert len(origin.asked("GET", "/v.json")) == asked + 1
+
+
+async def test_a_purge_of_a_path_removes_its_queries_and_an_unsafe_method_its_variants(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    for q in ("", "?a=1", "?b=2"):
+        origin.put(f"seg.ts{q}", f"seg{q}".encode(), cache_control="max-age=60")
+    origin.put("seg.tsx", b"another object", cache_control="max-age=60")
+    origin.put("w.json", b"plain", cache_control="max-age=60", vary="Foo",
+               variants={"1": b"one", "2": b"two"})  # fmt: skip
+    proc = InProcess(tmp_path, origin.url)
+    proc.cfg.admin_token = TOKEN
+    async with proc as app:
+        for target in ("/seg.ts", "/seg.ts?a=1", "/seg.ts?b=2", "/seg.tsx"):
+            await get(app, target)
+        assert (await purge(app, "key=seg.ts"))["purged"] == 3
+        assert [o.key for o in app.store.list_objects("seg.ts")] == ["seg.tsx"]
+        resp, body = await get(app, "/seg.ts?a=1")
+        assert body == b"seg?a=1" and resp.cache != "hit"
+        await get(app, "/w.json", foo="1")
+        await get(app, "/w.json", foo="2")
+        assert len(app.store.list_objects("w.json")) == 2
+        await get(app, "/w.json", "POST")
+        assert app.store.list_objects("w.json") == []
+        assert (await get(app, "/w.json", foo="2"))[1] == b"two"

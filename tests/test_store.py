@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -368,3 +370,24 @@ def test_a_replaced_object_is_not_committed_and_tidy_clears_what_dead_writers_le
     assert store.tidy() == (1, 0)  # the temp file goes; the unknown file stays
     assert os.path.exists(orphan) and os.listdir(tmp) == []
     store.close()
+
+
+def test_an_http_answer_head_is_written_with_its_object_or_not_at_all(tmp_path: Path) -> None:
+    """The object's row and its HTTP answer head are one transaction: when
+    writing the head fails (here a trigger refuses it, as a full disk or a
+    crash would stop it), no object is left to be served with plain headers."""
+    store = open_store(tmp_path)
+    meta = ObjectMeta(4, '"x"', 0, "text/plain", status=200,
+                      headers=(("X-From", "origin"),), vary=(("foo", "1"),))  # fmt: skip
+    obj = store.ensure_object("h.txt", meta)
+    assert store.http_head("h.txt", obj.gen) == (200, '[["X-From", "origin"]]', '[["foo", "1"]]')
+    renewed = dataclasses.replace(meta, headers=(("X-From", "304"),))
+    assert store.renew("h.txt", obj.gen, renewed)
+    assert store.http_head("h.txt", obj.gen)[1] == '[["X-From", "304"]]'
+    store._conn().execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON http_heads "
+        "BEGIN SELECT RAISE(ABORT, 'no room'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        store.ensure_object("other.txt", meta)
+    assert store.lookup("other.txt") is None

@@ -121,8 +121,11 @@ class Appliance:
             self,
             self._on_disk_error,
             metrics.store_write_failed,
+            cfg.request_cache_control if self.shared_cache else "ignore",
             write=self.run_store,
         )
+        # players' no-cache, max-age, min-fresh can make a fresh hit a revalidation
+        self.hits_heed_requests = self.miss.request_cache_control == "all"
         self.background: set[asyncio.Future[Any]] = set()
         self.change_seq = 0
         self.dates = DateCache()  # refreshed once a second by _tick
@@ -357,6 +360,8 @@ class Appliance:
             hit[0] += 1.0
             hit[1] = time.time()
         view = self.views.get(key)
+        if self.hits_heed_requests and b"cache-control" in req.headers:
+            view = None  # the miss path weighs the request's directives
         if view is not None and (not view.obj.meta.vary or self.miss.selects(view, req)):
             resp = self.answer(req, view, fetch=False)
             if resp is not None:

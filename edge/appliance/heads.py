@@ -1,8 +1,9 @@
 """An object from an HTTP origin and its answer head, read and written together.
 
 The store keeps an HTTP origin's status, end-to-end headers and Vary selection
-beside the object (``Store.put_http_head``); these functions run in the store's
-threads and join the two, so the miss path sees one ``StoredObject`` whose
+beside the object, written in the object's own transaction
+(``Store.ensure_object``, ``Store.renew``); these functions run in the store's
+threads and join the two when read, so the miss path sees one ``StoredObject`` whose
 ``meta`` carries what the origin said.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from edge.core import cachepolicy
 from edge.core.meta import ObjectMeta
 from edge.store import Store, StoredObject
 
@@ -31,16 +33,12 @@ def lookup_with_head(store: Store, key: str) -> StoredObject | None:
     return obj
 
 
-def put_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> None:
-    if meta.headers is not None:
-        store.put_http_head(key, gen, meta.status, json.dumps(meta.headers), json.dumps(meta.vary))
-
-
 def index_with_head(
     store: Store, key: str, meta: ObjectMeta, gen: str | None = None
 ) -> StoredObject:
-    obj = store.ensure_object(key, meta, gen=gen)
-    put_head(store, key, obj.gen, meta)
+    if cachepolicy.VARIANT_MARK in key:
+        bound_variants(store, key)
+    obj = store.ensure_object(key, meta, gen=gen)  # the answer head in the same transaction
     if meta.headers is not None:  # the index row has no room for them: carry them on
         obj.meta = dataclasses.replace(
             obj.meta, status=meta.status, headers=meta.headers, vary=meta.vary
@@ -48,8 +46,18 @@ def index_with_head(
     return obj
 
 
+def bound_variants(store: Store, key: str) -> None:
+    """Room for variant ``key``: the least recently used of its key's other
+    variants go, so a key holds at most ``MAX_VARIANTS`` (its first
+    included; about, when workers store variants of one key at once)."""
+    base = cachepolicy.base_key(key)
+    others = [o for o in store.list_objects(base + cachepolicy.VARIANT_MARK) if o.key != key]
+    for obj in sorted(others, key=lambda o: o.last_access)[: max(0, len(others) - MAX_OTHERS + 1)]:
+        store.remove(obj.key, obj.gen)
+
+
+MAX_OTHERS = cachepolicy.MAX_VARIANTS - 1  # beside the first, under the key itself
+
+
 def renew_with_head(store: Store, key: str, gen: str, meta: ObjectMeta) -> bool:
-    if not store.renew(key, gen, meta):
-        return False
-    put_head(store, key, gen, meta)
-    return True
+    return store.renew(key, gen, meta)  # the answer head in the same transaction

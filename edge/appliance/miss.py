@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import secrets
@@ -77,8 +78,11 @@ class MissPath:
         on_disk_error: Callable[[View, int], Callable[[OSError], None]],
         on_store_failed: Callable[[], None],
         write: Callable[..., asyncio.Future[Any]] | None = None,
+        request_cache_control: str = "ignore",
     ) -> None:
         self.views = views
+        # which of a request's Cache-Control directives count (edge.core.cachepolicy)
+        self.request_cache_control = request_cache_control
         self.store = store
         self.chain = chain
         self.run = run  # lookups, file opens, checks
@@ -184,15 +188,47 @@ class MissPath:
         extra = f"X-Request-Id: {rid}\r\n{ORIGIN_FAILED}"
         return self.answers.error(req, status, f"{reason} (request {rid})", extra, key=key)
 
+    def directives(self, req: Request) -> cachepolicy.RequestDirectives:
+        """The request's Cache-Control directives the operator's mode honours."""
+        value = req.headers.get(b"cache-control")
+        if value is None or self.request_cache_control == "ignore":
+            return cachepolicy.NO_DIRECTIVES
+        return cachepolicy.request_directives(value.decode("latin-1"), self.request_cache_control)
+
+    @staticmethod
+    def reusable(view: View, d: cachepolicy.RequestDirectives) -> bool:
+        """May ``view`` answer a request with directives ``d`` unasked (RFC 9111)?"""
+        meta = view.obj.meta
+        if d is cachepolicy.NO_DIRECTIVES:
+            return is_fresh(view.fresh_until, time.time())
+        return cachepolicy.reusable(
+            d,
+            fresh_until=view.fresh_until,
+            born=meta.born,
+            now=time.time(),
+            stale_forbidden=meta.must_revalidate
+            or cachepolicy.has_directive(meta.cache_control, "no-cache"),
+        )
+
+    def _not_cached(self, req: Request, key: str) -> Response:
+        return self.answers.error(
+            req, 504, "not in the store, and the request said only-if-cached", key=key
+        )
+
     async def _answer(self, req: Request, key: str, started: list[Response]) -> Response:
         await self.views.settled(key)
+        d = self.directives(req)
         view = self.views.get(key)
         asked_origin = False
         fwd = "miss"
         if view is not None and view.obj.meta.vary and not self.selects(view, req):
-            view, fwd = None, "vary-miss"
+            other = self.views.get(_variant_key(key, view.obj.meta, req))
+            if other is not None and self.selects(other, req):
+                view = other  # another stored variant: the request's own
+            else:
+                view, fwd = None, "vary-miss"
         if view is None:
-            found = await self._find(req, key, started)
+            found = await self._find(req, key, started, d)
             if isinstance(found, Response):
                 return found
             view, asked_origin = found
@@ -200,13 +236,17 @@ class MissPath:
                 fwd = "uri-miss"
         fwd_status: int | None = None
         # a response just fetched answers the request it was fetched for
-        if not asked_origin and not is_fresh(view.fresh_until, time.time()):
+        if not asked_origin and not self.reusable(view, d):
+            if d.only_if_cached:
+                return self._not_cached(req, key)
             fresh = await self.revalidated(view, req)
             if fresh is None:
                 return self.answers.error(req, 404, "gone from the origin", key=key)
             fwd, fwd_status = "stale", (304 if same_version(fresh.obj.meta, view.obj.meta) else 200)
             view = fresh
         resp = self.answers.answer(req, view, fetch=False, check_fresh=False)
+        if resp is None and d.only_if_cached:
+            return self._not_cached(req, key)  # slices missing: the origin would be asked
         if resp is None:
             resp = await self._fetching(req, view, asked_origin, started)
         if asked_origin and resp.cache == "hit":
@@ -236,15 +276,22 @@ class MissPath:
         return await self.write(heads.index_with_head, self.store, key, meta, gen)
 
     async def _find(
-        self, req: Request, key: str, started: list[Response]
+        self,
+        req: Request,
+        key: str,
+        started: list[Response],
+        d: cachepolicy.RequestDirectives = cachepolicy.NO_DIRECTIVES,
     ) -> tuple[View, bool] | Response:
         """The object's view from the index, or learnt from the origins
         (``True``: the origin was asked); a response when there is none, or
         when the object is not to be stored (answered as it streams)."""
         obj = await self._lookup(key)
         if obj is not None and obj.meta.vary and not _selects(obj.meta, req):
-            await self.write(self.store.remove, key, obj.gen)  # another variant: replaced
-            obj = None
+            # another variant: the request's own is stored (or learnt) beside it
+            key = _variant_key(key, obj.meta, req)
+            obj = await self._lookup(key)
+            if obj is not None and not _selects(obj.meta, req):
+                obj = None  # its digest found it, its values do not match: replaced
         if obj is not None:
             return await self.views.load(obj), False
         error = self.answers.error
@@ -252,7 +299,10 @@ class MissPath:
             return error(req, 404, "not in the store, and no origin", key=key)
         if self.chain.known_missing(key):
             return error(req, 404, "not found at the origin", NEGATIVE, key=key)
-        learnt = await self.learn(key, first_slice(req, self.store.slice_size), req)
+        if d.only_if_cached:
+            return self._not_cached(req, key)
+        idx = first_slice(req, self.store.slice_size)
+        learnt = await self.learn(key, idx, req, store=not d.no_store)
         if learnt is None:
             return error(req, 404, "not found at the origin", key=key)
         if isinstance(learnt, ObjectMeta):
@@ -292,33 +342,43 @@ class MissPath:
         return resp
 
     async def learn(
-        self, key: str, idx: int | None, req: Request | None = None
+        self, key: str, idx: int | None, req: Request | None = None, store: bool = True
     ) -> StoredObject | ObjectMeta | None:
         """Ask the origins what ``key`` is and index it (``ObjectMeta`` alone for
         what may not be stored; ``None``: no origin has it). Concurrent misses
         share one: until the index has the object, a second request would be
         waste. With ``idx`` (the slice the request starts with), the answer to
-        that slice's GET tells, and its bytes keep coming for the request."""
+        that slice's GET tells, and its bytes keep coming for the request.
+        ``store`` false (a request that said no-store): asked for that request
+        alone, and never stored."""
         headers = _str_headers(req) if req is not None else None
+        if not store:
+            meta = await self._ask_origin(key, idx, headers)
+            return None if meta is None else dataclasses.replace(meta, storable=False)
         follower = key in self.learning
         got = await shared(self.learning, key, lambda: self._learn_now(key, idx, headers))
         if follower and req is not None and not _fits(got, req):
             # another request's headers brought this answer: a private one (for
-            # that request alone) or another variant: ask for this one's own.
-            # Variants may share an ETag and a size: the other one goes first,
-            # so this one is indexed as a version of its own.
+            # that request alone), or another variant: this one's own is
+            # learnt and stored beside it, under its variant key
             if isinstance(got, StoredObject):
-                await self._remove(got)
+                vkey = _variant_key(key, got.meta, req)
+                own = lambda: self._learn_now(vkey, idx, headers)  # noqa: E731
+                return await shared(self.learning, vkey, own)
             got = await self._learn_now(key, idx, headers)
         return got
+
+    async def _ask_origin(
+        self, key: str, idx: int | None, headers: dict[str, str] | None
+    ) -> ObjectMeta | None:
+        if idx is None:
+            return await self.chain.head(key, headers)
+        return await self.chain.learn(key, idx, self.store.slice_size, headers)
 
     async def _learn_now(
         self, key: str, idx: int | None, headers: dict[str, str] | None
     ) -> StoredObject | ObjectMeta | None:
-        if idx is None:
-            meta = await self.chain.head(key, headers)
-        else:
-            meta = await self.chain.learn(key, idx, self.store.slice_size, headers)
+        meta = await self._ask_origin(key, idx, headers)
         if meta is None or not meta.storable:
             return meta
         return self._index_behind(key, meta)
@@ -374,19 +434,19 @@ class MissPath:
         except Exception:
             return None
 
-    async def _remove(self, obj: StoredObject | None, key: str = "") -> None:
-        """Remove ``obj``'s version (or every version of ``key``) from the
-        index, after any entry being committed for it."""
-        if obj is not None:
-            entry = await self._entry(obj)
-            if entry is not None:
-                await self.write(self.store.remove, entry.key, entry.gen)
-            return
+    async def _remove(self, obj: StoredObject) -> None:
+        """Remove ``obj``'s version from the index, once its entry is committed."""
+        entry = await self._entry(obj)
+        if entry is not None:
+            await self.write(self.store.remove, entry.key, entry.gen)
+
+    async def indexed(self, key: str) -> None:
+        """Until no entry is being committed for ``key``, its queries or its
+        variants (a removal then finds what it must remove)."""
         for k, pending in list(self.indexing.items()):
-            if k[0] == key:
+            if k[0].startswith(key):
                 with contextlib.suppress(Exception):
                     await asyncio.shield(pending)
-        await self.write(self.store.remove, key)
 
     def answer_unstored(self, req: Request, key: str, meta: ObjectMeta) -> Response:
         """``no-store``/``private`` content: fetched for this request only."""
@@ -513,11 +573,12 @@ class MissPath:
             return self._failed(req, 504, "the origin did not answer in time", exc, key)
         except OriginError as exc:
             return self._failed(req, 502, "the origin failed to answer", exc, key)
-        if got.status < 400:
-            view = self.views.get(key)
-            if view is not None:
-                self.views.drop(view)
-            await self._remove(None, key)
+        if got.status < 400:  # the key and all its variants
+            variants = cachepolicy.purged_prefixes(key)[1]
+            self.views.forget(key)
+            self.views.forget_prefix(variants)
+            await self.indexed(key)
+            await self.write(self.store.remove_with, key, (variants,))
         return self.answers.forwarded(req, key, got.status, got.headers, got.body)
 
 
@@ -535,6 +596,11 @@ ORIGIN_FAILED = f"Cache-Status: {CACHE_NAME}; fwd=miss; detail=origin-error\r\n"
 
 def _str_headers(req: Request) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers.items()}
+
+
+def _variant_key(key: str, stored: ObjectMeta, req: Request) -> str:
+    """Where the variant ``req`` selects is stored, beside ``stored`` (another)."""
+    return cachepolicy.variant_key(key, (n for n, _ in stored.vary), _str_headers(req))
 
 
 def _selects(meta: ObjectMeta, req: Request) -> bool:

@@ -27,6 +27,7 @@ from edge import __version__
 from edge.appliance import metrics as m
 from edge.appliance.status import Status
 from edge.appliance.status import render as render_status
+from edge.core import cachepolicy
 from edge.core import inventory as inv
 from edge.core.keys import BadKey, check_key
 from edge.http.wire import Request, Response
@@ -243,10 +244,16 @@ class Ops:
                 key = check_key(params["key"].removeprefix("/"))
             except BadKey as exc:
                 return self.app.error(req, 400, f"key: {exc}")
-            purged = int(await self.app.run(store.remove, key))
+            # the object, its queries (?a, ?b) and its Vary variants
+            prefixes = cachepolicy.purged_prefixes(key)
+            await self.app.miss.indexed(key)  # an object just learnt is in the index
+            purged = await self.app.run(store.remove_with, key, prefixes)
             self.app.views.forget(key)
+            for prefix in prefixes:
+                self.app.views.forget_prefix(prefix)
         elif "prefix" in params:
             prefix = params["prefix"].removeprefix("/")
+            await self.app.miss.indexed(prefix)
             purged = await self.app.run(store.purge_prefix, prefix)
             self.app.views.forget_prefix(prefix)
         else:

@@ -11,6 +11,11 @@ What it decides, each as one function of its inputs:
     may a stored variant answer a request?    vary_matches        every named header has the same
                                                                   (normalised) value, or is absent
                                                                   in both
+    where is another variant stored?          variant_key         the key, VARIANT_MARK, a digest
+                                                                  of the request's values for the
+                                                                  names the first variant's Vary
+                                                                  lists; at most MAX_VARIANTS more
+    what does a purge of a key remove?        purged_prefixes     the key, its queries, its variants
     is a 404 left to the cache's own TTL?     explicitly_fresh    no max-age, s-maxage, Expires,
                                                                   no-cache or Last-Modified
     may this response be stored?              storable            a final status, not 206 or 304,
@@ -29,23 +34,51 @@ What it decides, each as one function of its inputs:
                                                                   validators, Host or hop-by-hop
     does an origin answer count against it?   origin_failed       transport failures, timeouts and
                                                                   5xx; any other status is an answer
+    which request directives count?           request_directives  by the operator's mode (below)
+    may a stored answer serve this request    reusable            fresh enough for max-age and
+    without asking the origin?                                    min-fresh, not no-cache; stale
+                                                                  only within max-stale, and never
+                                                                  when the response forbids it
     what does Cache-Status say?               cache_status        RFC 9211: hit, or fwd=... with
                                                                   stored / fwd-status / detail
 
+Request directives (RFC 9111 §5.2.1; a cache need not honour them, and a
+player that could send every request to the origin would turn the CDN into
+a relay). The operator chooses (``request_cache_control``):
+
+    mode     honoured                                   ignored
+    -------  -----------------------------------------  ----------------------------------
+    ignore   none (nginx's behaviour)                   all
+    safe     only-if-cached, max-stale: they can only   no-cache, max-age, min-fresh,
+             spare the origin                           no-store
+    all      all of them                                -
+
+``no-transform`` changes nothing (the appliance transforms nothing); Pragma
+is not read (deprecated, §5.4).
+
 Keys: the query is joined to the path with ``QUERY_MARK``, a control character
 no key can hold (``edge.core.keys`` refuses them), so a path containing a
-decoded ``?`` never meets a query. Nothing here touches a socket, a file, the
-index or the clock.
+decoded ``?`` never meets a query; a variant's digest follows ``VARIANT_MARK``,
+another such character, so a variant's key never meets another object's. A
+variant found under its key still answers only a request it matches
+(``vary_matches``): the digest finds it, never vouches for it. Nothing here
+touches a socket, a file, the index or the clock.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from edge.core.freshness import HEURISTIC_STATUSES, CacheControl, parse_cache_control
 
 QUERY_MARK = "\x1f"  # between a key's path and its query: no key contains it
+VARIANT_MARK = "\x1e"  # between a key and its variant's digest: no key contains it
+MAX_VARIANTS = 8  # stored variants of one key, its first included
 
 # RFC 9110 §7.6.1 and the ones every proxy treats as such
 HOP_BY_HOP = frozenset(
@@ -101,9 +134,29 @@ def cache_key(key: str, query: str, ignored: frozenset[str]) -> str:
 
 
 def split_key(key: str) -> tuple[str, str]:
-    """(path key, query) of a key made by ``cache_key``."""
-    path, _, query = key.partition(QUERY_MARK)
+    """(path key, query) of a key made by ``cache_key`` (or ``variant_key``)."""
+    path, _, query = base_key(key).partition(QUERY_MARK)
     return path, query
+
+
+def base_key(key: str) -> str:
+    """The key a variant's key was made from (``key`` itself otherwise)."""
+    return key.partition(VARIANT_MARK)[0]
+
+
+def variant_key(key: str, names: Iterable[str], headers: Mapping[str, str]) -> str:
+    """Where the variant a request with ``headers`` selects is stored, when
+    the key's first variant is another: ``names`` are the request headers
+    that variant's Vary lists."""
+    values = vary_values(names, headers)
+    digest = hashlib.sha256(json.dumps(values).encode()).hexdigest()[:24]
+    return base_key(key) + VARIANT_MARK + digest
+
+
+def purged_prefixes(key: str) -> tuple[str, str]:
+    """Besides ``key`` itself, the key prefixes a purge of ``key`` removes:
+    its queries (a path's purge reaches ``?a`` and ``?b``) and its variants."""
+    return key + QUERY_MARK, key + VARIANT_MARK
 
 
 # -- Vary ----------------------------------------------------------------------------
@@ -224,6 +277,78 @@ def origin_failed(status: int | None) -> bool:
     """Does this answer count against the origin (retry, breaker)? ``None``:
     no answer at all (a transport failure or a timeout)."""
     return status is None or status >= 500
+
+
+# -- request directives (RFC 9111 §5.2.1) ------------------------------------------------
+
+REQUEST_CC_MODES = ("ignore", "safe", "all")
+SAFE = frozenset(("only-if-cached", "max-stale"))
+
+
+@dataclass(frozen=True)
+class RequestDirectives:
+    no_store: bool = False
+    no_cache: bool = False
+    max_age: int | None = None
+    max_stale: float | None = None  # inf: stale of any age (``max-stale`` with no value)
+    min_fresh: int | None = None
+    only_if_cached: bool = False
+
+
+NO_DIRECTIVES = RequestDirectives()
+
+
+def _seconds(arg: str | None) -> int | None:
+    arg = (arg or "").strip().strip('"')
+    return int(arg) if arg.isdigit() else None
+
+
+def request_directives(value: str | None, mode: str) -> RequestDirectives:
+    """What a request's ``Cache-Control`` asks, of what ``mode`` honours. A
+    directive with an invalid argument is ignored (max-stale's alone means
+    any staleness)."""
+    if not value or mode == "ignore":
+        return NO_DIRECTIVES
+    found: dict[str, object] = {}
+    for item in value.split(","):
+        name, eq, arg = item.partition("=")
+        name = name.strip().lower()
+        if mode != "all" and name not in SAFE:
+            continue
+        if name in ("no-store", "no-cache", "only-if-cached"):
+            found[name.replace("-", "_")] = True
+        elif name == "max-stale":
+            n = _seconds(arg)
+            if n is not None or not eq:
+                found["max_stale"] = math.inf if n is None else float(n)
+        elif name in ("max-age", "min-fresh"):
+            n = _seconds(arg)
+            if n is not None:
+                found[name.replace("-", "_")] = n
+    return RequestDirectives(**found) if found else NO_DIRECTIVES  # type: ignore[arg-type]
+
+
+def reusable(
+    d: RequestDirectives,
+    *,
+    fresh_until: float | None,
+    born: float | None,
+    now: float,
+    stale_forbidden: bool,
+) -> bool:
+    """May a stored answer serve a request with directives ``d`` without
+    asking the origin? ``fresh_until`` ``None``: fresh for ever (immutable);
+    ``born``: when the origin made it (its age counts from there);
+    ``stale_forbidden``: the response said must-revalidate,
+    proxy-revalidate, s-maxage or no-cache."""
+    if d.no_cache or d.max_age == 0:
+        return False
+    if d.max_age is not None and born is not None and now - born > d.max_age:
+        return False
+    left = math.inf if fresh_until is None else fresh_until - now
+    if left > 0:
+        return d.min_fresh is None or left >= d.min_fresh
+    return d.max_stale is not None and not stale_forbidden and -left <= d.max_stale
 
 
 # -- Cache-Status (RFC 9211) -------------------------------------------------------------

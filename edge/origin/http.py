@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -33,13 +34,16 @@ import aiohttp
 
 from edge.core import cachepolicy, freshness
 from edge.core.httpdate import format_http_date, parse_http_date
+from edge.core.keys import loggable
 from edge.core.mediatypes import guess_type
 from edge.core.meta import ObjectMeta
 from edge.core.signing import token_param
 from edge.http.response import SERVER
 from edge.http.tls import client_context
-from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
+from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout, lenient
 from edge.origin.state import shown_url
+
+log = logging.getLogger("edgefleet.origin")
 
 SIGNED_FOR = 300  # seconds a request's token is valid
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -115,17 +119,34 @@ class HTTPOrigin:
     @contextlib.asynccontextmanager
     async def _get(self, key: str, headers: dict[str, str]) -> AsyncIterator[Any]:
         """The answer to a GET. A kept-alive connection the origin closed
-        meanwhile, or left unusable (a body longer than its Content-Length),
-        fails before any answer: the GET is sent once more on a new one."""
+        meanwhile fails before any answer: the GET is sent once more on a new
+        one. An answer aiohttp's parser refused (bytes after a complete
+        message: a body longer than its Content-Length) is asked for once
+        more on a connection of its own and read leniently
+        (``edge.origin.lenient``): its Content-Length bytes, the rest dropped
+        with the connection."""
         url = self._target(key)
+        resp: Any
         try:
             resp = await self._client().get(url, headers=headers, allow_redirects=False)
-        except (
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientOSError,
-            aiohttp.ClientResponseError,
-        ):
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             resp = await self._client().get(url, headers=headers, allow_redirects=False)
+        except aiohttp.ClientResponseError as exc:
+            log.warning(
+                "origin %s: GET %s: an answer aiohttp refused (%s); read once more leniently",
+                self.shown,
+                loggable(key),
+                loggable(exc.message, 200),
+            )
+            ca = self.settings.ca_file
+            resp = await lenient.get(
+                url,
+                headers,
+                user_agent=SERVER,
+                connect_timeout=self.settings.connect_timeout,
+                read_timeout=self.settings.read_timeout,
+                ssl_context=client_context(ca) if ca else None,
+            )
         try:
             yield resp
         finally:

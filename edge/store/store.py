@@ -23,6 +23,7 @@ Reading is ``index.Reading``'s; this module holds the transactions.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -167,7 +168,9 @@ class Store(Reading):
         self, key: str, meta: ObjectMeta, *, pinned: bool = False, gen: str | None = None
     ) -> StoredObject:
         """The stored object for ``meta``; a different version is replaced. A new
-        entry gets generation ``gen`` when given (one the caller already uses)."""
+        entry gets generation ``gen`` when given (one the caller already uses).
+        An HTTP origin's answer head (``meta.headers``) is written in the same
+        transaction: the object never exists without it."""
         now = self.clock()
         doomed: list[str] = []
         with self._write() as c:
@@ -175,6 +178,7 @@ class Store(Reading):
             if row is not None:
                 kept = self._keep(c, row, meta, pinned)
                 if kept is not None:
+                    put_http_head(c, key, kept.gen, meta)
                     return kept
                 doomed = delete_object(c, key, now, self.roots)
             root = choose_root(c, self.roots)
@@ -184,6 +188,7 @@ class Store(Reading):
                 (key, gen, root.id, meta.size, meta.etag, self.slice_size, int(pinned), now, now,
                  now, *meta_values(meta)),
             )  # fmt: skip
+            put_http_head(c, key, gen, meta)
         self._unlink(doomed)
         return StoredObject(key, gen, root, meta, self.slice_size, {}, pinned, 0.0, now)
 
@@ -214,6 +219,7 @@ class Store(Reading):
             if row is None or row[0] != gen:
                 return False
             c.execute(RENEW_SQL, (*meta_values(meta), key))
+            put_http_head(c, key, gen, meta)
             note_change(c, key, self.clock())
         return True
 
@@ -456,6 +462,22 @@ class Store(Reading):
         self._unlink(files)
         return True
 
+    def remove_with(self, key: str, prefixes: Iterable[str]) -> int:
+        """Remove ``key`` and every object whose key starts with one of
+        ``prefixes`` (its queries, its variants), in one transaction; the count."""
+        files: list[str] = []
+        now = self.clock()
+        with self._write() as c:
+            keys = (
+                [key] if c.execute("SELECT 1 FROM objects WHERE key=?", (key,)).fetchone() else []
+            )
+            for prefix in prefixes:
+                keys += [obj.key for obj in objects(c, prefix, self.roots)]
+            for k in keys:
+                files += delete_object(c, k, now, self.roots)
+        self._unlink(files)
+        return len(keys)
+
     def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with ``prefix``; the count. The
         keys are listed inside the write transaction, so an object added under
@@ -509,17 +531,8 @@ class Store(Reading):
     # -- the response heads of objects from HTTP origins -----------------------
     # A table of its own (created on first use), one row per key: the status,
     # the end-to-end headers and the Vary selection of the stored version
-    # ``gen``, as JSON. A row whose generation is not the object's is stale.
-
-    def put_http_head(self, key: str, gen: str, status: int, headers: str, vary: str) -> None:
-        with self._write() as c:
-            c.execute(HTTP_HEADS_SCHEMA)
-            c.execute(
-                "INSERT INTO http_heads(key, gen, status, headers, vary) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET gen=excluded.gen, status=excluded.status, "
-                "headers=excluded.headers, vary=excluded.vary",
-                (key, gen, status, headers, vary),
-            )
+    # ``gen``, as JSON, written with the object (``put_http_head``). A row
+    # whose generation is not the object's is stale.
 
     def http_head(self, key: str, gen: str) -> tuple[int, str, str] | None:
         """(status, headers, vary) stored for version ``gen`` of ``key``."""
@@ -539,3 +552,17 @@ HTTP_HEADS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS http_heads (key TEXT PRIMARY KEY, gen TEXT NOT NULL, "
     "status INTEGER NOT NULL, headers TEXT NOT NULL, vary TEXT NOT NULL)"
 )
+
+
+def put_http_head(c: sqlite3.Connection, key: str, gen: str, meta: ObjectMeta) -> None:
+    """In the caller's transaction: the HTTP origin's answer head of version
+    ``gen`` (nothing for an object from S3 or files: ``meta.headers`` is None)."""
+    if meta.headers is None:
+        return
+    c.execute(HTTP_HEADS_SCHEMA)
+    c.execute(
+        "INSERT INTO http_heads(key, gen, status, headers, vary) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET gen=excluded.gen, status=excluded.status, "
+        "headers=excluded.headers, vary=excluded.vary",
+        (key, gen, meta.status, json.dumps(meta.headers), json.dumps(meta.vary)),
+    )
