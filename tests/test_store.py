@@ -7,6 +7,7 @@ import itertools
 import os
 import random
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from edge.core.meta import ObjectMeta
 from edge.store import ChecksumMismatch, NoUsableRoot, RootSpec, Store, checksum
 from edge.store.files import read_trailer
+from edge.store.index import Index, IndexBusy
 
 SLICE = 64 * 1024
 
@@ -391,3 +393,27 @@ def test_an_http_answer_head_is_written_with_its_object_or_not_at_all(tmp_path: 
     with pytest.raises(sqlite3.IntegrityError):
         store.ensure_object("other.txt", meta)
     assert store.lookup("other.txt") is None
+
+
+def test_a_quick_lookup_on_a_locked_index_says_so_at_once(tmp_path: Path) -> None:
+    # The miss path reads the index on the event loop: an index another process
+    # holds exclusively makes that read give up quickly (IndexBusy, and the
+    # caller asks a thread), where a thread's read would wait for it.
+    store = open_store(tmp_path)
+    store.put("k", b"x" * 10)
+    store.close()
+    holder = sqlite3.connect(tmp_path / "index.sqlite", isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        index = Index(str(tmp_path / "index.sqlite"), 3600.0)
+        started = time.monotonic()
+        with pytest.raises(IndexBusy):
+            index.lookup("k", {}, quick=True)
+        assert time.monotonic() - started < 10  # not the 30 s a thread's read waits
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    again = open_store(tmp_path)
+    assert again.lookup("k", quick=True) is not None
+    again.close()

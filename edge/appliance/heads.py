@@ -17,11 +17,12 @@ from edge.core.meta import ObjectMeta
 from edge.store import Store, StoredObject
 
 
-def lookup_with_head(store: Store, key: str) -> StoredObject | None:
-    obj = store.lookup(key)
+def lookup_with_head(store: Store, key: str, quick: bool = False) -> StoredObject | None:
+    """``quick``: read on the event loop (``IndexBusy`` rather than a wait)."""
+    obj = store.lookup(key, quick)
     if obj is None:
         return None
-    head = store.http_head(key, obj.gen)
+    head = store.http_head(key, obj.gen, quick)
     if head is not None:
         status, headers, vary = head
         obj.meta = dataclasses.replace(

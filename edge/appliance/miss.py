@@ -77,8 +77,8 @@ class MissPath:
         answers: Answers,
         on_disk_error: Callable[[View, int], Callable[[OSError], None]],
         on_store_failed: Callable[[], None],
-        write: Callable[..., asyncio.Future[Any]] | None = None,
         request_cache_control: str = "ignore",
+        write: Callable[..., asyncio.Future[Any]] | None = None,
     ) -> None:
         self.views = views
         # which of a request's Cache-Control directives count (edge.core.cachepolicy)
@@ -267,7 +267,7 @@ class MissPath:
         trip through the threads 0.2-1.6 ms on a busy box (docs/miss-path.md);
         a thread waits when the index is busy."""
         try:
-            return heads.lookup_with_head(self.store, key)
+            return heads.lookup_with_head(self.store, key, quick=True)
         except IndexBusy:
             return await self.run(heads.lookup_with_head, self.store, key)
 

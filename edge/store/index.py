@@ -244,26 +244,27 @@ class Index:
         # (it still arbitrates between the processes sharing the index)
         self._writing = threading.RLock()
 
-    def conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+    def conn(self, quick: bool = False) -> sqlite3.Connection:
+        """This thread's connection; ``quick``: one that waits for a busy index
+        only ``LOOP_BUSY_MS`` (for reads on the event loop, whose caller then
+        asks a thread: ``IndexBusy``)."""
+        name = "quick" if quick else "conn"
+        conn = getattr(self._local, name, None)
         if conn is None:
+            wait = LOOP_BUSY_MS / 1000 if quick else 30.0
             conn = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                self.path, timeout=wait, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
-            # the event loop's thread reads here too (a point lookup is a few
-            # microseconds): it waits for a busy index only briefly, then its
-            # caller asks a thread (``IndexBusy``)
-            loop_thread = threading.current_thread() is threading.main_thread()
-            conn.execute(f"PRAGMA busy_timeout={LOOP_BUSY_MS if loop_thread else 30000}")
+            conn.execute(f"PRAGMA busy_timeout={LOOP_BUSY_MS if quick else 30000}")
             # the WAL shrinks back after a checkpoint (files.INDEX_RESERVE keeps its room)
             conn.execute("PRAGMA journal_size_limit=4194304")
             hl = self.half_life
             conn.create_function(
                 "decayed", 3, lambda s, t, now: decayed(s, t, now, hl), deterministic=True
             )
-            self._local.conn = conn
+            setattr(self._local, name, conn)
             with self._conns_lock:
                 self._conns.append(conn)
         return conn
@@ -297,9 +298,9 @@ class Index:
 
     # -- reading -------------------------------------------------------------
 
-    def lookup(self, key: str, roots: dict[int, Root]) -> StoredObject | None:
-        conn = self.conn()
+    def lookup(self, key: str, roots: dict[int, Root], quick: bool = False) -> StoredObject | None:
         try:
+            conn = self.conn(quick)
             row = conn.execute(f"SELECT {OBJ_COLS} FROM objects WHERE key=?", (key,)).fetchone()
             if row is None:
                 return None
@@ -428,8 +429,9 @@ class Reading:
     def usable_roots(self) -> list[Root]:
         return [r for r in self.roots.values() if not r.failed]
 
-    def lookup(self, key: str) -> StoredObject | None:
-        return self.index.lookup(key, self.roots)
+    def lookup(self, key: str, quick: bool = False) -> StoredObject | None:
+        """``quick``: on the event loop, ``IndexBusy`` rather than a wait."""
+        return self.index.lookup(key, self.roots, quick)
 
     def list_objects(self, prefix: str = "", *, complete_only: bool = False) -> list[StoredObject]:
         return list(objects(self._conn(), prefix, self.roots, complete_only))

@@ -534,9 +534,9 @@ class Store(Reading):
     # ``gen``, as JSON, written with the object (``put_http_head``). A row
     # whose generation is not the object's is stale.
 
-    def http_head(self, key: str, gen: str) -> tuple[int, str, str] | None:
+    def http_head(self, key: str, gen: str, quick: bool = False) -> tuple[int, str, str] | None:
         """(status, headers, vary) stored for version ``gen`` of ``key``."""
-        conn = self._conn()
+        conn = self.index.conn(quick)
         try:
             row = conn.execute(
                 "SELECT status, headers, vary FROM http_heads WHERE key=? AND gen=?", (key, gen)
