@@ -348,7 +348,13 @@ def reusable(
     left = math.inf if fresh_until is None else fresh_until - now
     if left > 0:
         return d.min_fresh is None or left >= d.min_fresh
-    return d.max_stale is not None and not stale_forbidden and -left <= d.max_stale
+    # a stale answer is never fresh for min-fresh more seconds, whatever max-stale allows
+    return (
+        d.max_stale is not None
+        and d.min_fresh is None
+        and not stale_forbidden
+        and -left <= d.max_stale
+    )
 
 
 # -- Cache-Status (RFC 9211) -------------------------------------------------------------
