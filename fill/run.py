@@ -37,7 +37,8 @@ from edge.store import Holding, StoredObject, StoreError
 from fill import manifest as manifests
 from fill.config import FillConfig
 from fill.download import Fetched, Sources, Throttle, fetch_object
-from fill.logs import Popularity, count
+from fill.forecast import ForecastRules, Logbook, worth_sizing
+from fill.logs import Popularity, requests
 from fill.plan import ADD, KEEP, Entry, Held, Placement, Plan, density, make_plan
 from fill.stage import StagePools
 
@@ -173,18 +174,26 @@ class FillRun:
         return entries
 
     async def _from_logs(self) -> list[Entry]:
-        pop = Popularity()
+        """The manifest ``fill.forecast`` predicts from the access logs: keys the
+        logs name and the positions of their titles not asked yet; sizes from
+        the index, else the origin (only for keys a plan may take)."""
+        stats = Popularity()
         now = time.time()
+        book = Logbook(ForecastRules(self.cfg.log_half_life, self.cfg.title_pattern))
         for path in self.cfg.from_logs:
             opener = gzip.open if path.endswith(".gz") else open
             try:
                 with opener(path, "rt", encoding="utf-8", errors="replace") as f:  # type: ignore[operator]
-                    count(f, now, self.cfg.log_half_life, pop)
+                    book.add_all(requests(f, stats))
             except OSError as exc:
                 raise ConfigError(
                     f"--from-logs: cannot read {path}: {exc.strerror or exc}"
                 ) from None
+        scores = book.forecast(now)
         held = {h.key: h for h in await asyncio.to_thread(self.store.holdings)}
+        sizes = {k: h.size for k, h in held.items() if h.complete}
+        capacity = sum(u.capacity for u in self.store.usage() if not u.failed)
+        keys = worth_sizing(book, scores, sizes, self.cfg.budget(capacity))
         sem = asyncio.Semaphore(32)
 
         async def entry(key: str, score: float) -> Entry | None:
@@ -199,10 +208,11 @@ class FillRun:
                     return None
             return None if meta is None else Entry(key, meta.size, score, meta.etag)
 
-        found = await asyncio.gather(*(entry(k, s) for k, s in pop.scores.items()))
+        found = await asyncio.gather(*(entry(k, scores[k]) for k in keys))
         log.info(
-            "fill: %d log lines, %d requests counted, %d skipped, %d objects",
-            pop.lines, pop.counted, pop.skipped, len(pop.scores),
+            "fill: %d log lines, %d requests counted, %d skipped; %d keys forecast, "
+            "%d worth sizing",
+            stats.lines, stats.counted, stats.skipped, len(scores), len(keys),
         )  # fmt: skip
         return [e for e in found if e is not None]
 
