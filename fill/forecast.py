@@ -155,11 +155,10 @@ class Logbook:
         old_exposure = max(_exposure(self.first, now, hl, diurnal), 1e-6)
         out: dict[str, float] = {}
         self.unseen = {}
-        new = {n for n, t in self.titles.items() if t.first_seen - self.first >= r.new_after}
         for name, t in self.titles.items():
             low, base = starts[name]
             rate = weight(self.keys[low].times) / old_exposure
-            if name in new:
+            if t.first_seen - self.first >= r.new_after:
                 seen = sorted(self.keys[low].times)
                 young = max(0.0, weight(seen) - math.exp(-decay * (now - seen[0])))
                 rate = max(rate, young / max(_exposure(t.first_seen, now, hl, diurnal), 1e-3))
