@@ -29,15 +29,16 @@ the same titles not asked for yet. Rules it keeps:
   never rank keys, and the positions a title has not had asked yet (up to
   the furthest any title reached) are scored too (``sibling`` names them);
 - ``worth_sizing``: which keys a plan of ``budget`` bytes may take, by score
-  per byte, sizes estimated from the title's known ones; only those are
-  worth asking the origin about.
+  per byte (to twice the budget), sizes estimated from the title's known
+  ones; ``to_size`` asks for sizes in rounds of those only, so the origin is
+  asked about what a plan may take, not about every key scored.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 DAY = 86400.0
@@ -129,6 +130,13 @@ class Logbook:
             t.first_seen = when
         if self.first is None or when < self.first:
             self.first = when
+
+    def title_of(self, key: str) -> str:
+        k = self.keys.get(key)
+        if k is not None:
+            return k.title
+        title = self.unseen.get(key)
+        return title if title is not None else title_and_position(key, self.pattern)[0]
 
     def add_all(self, requests: Iterable[tuple[float, str]]) -> None:
         for when, key in requests:
@@ -238,33 +246,53 @@ def worth_sizing(
     """The keys of ``scores`` a plan of ``budget`` bytes may take: by score per
     byte, highest first, until ``margin`` times the budget is reached. A key's
     size is ``sizes[key]`` when known, else the mean known size of its title's
-    keys (else of all known keys): the keys left out are never planned, so the
-    fill asks the origin only about the ones returned."""
-    known = [v for v in sizes.values() if v > 0]
-    fallback = sum(known) / len(known) if known else 1.0
+    keys (else of all known keys, else 1 byte)."""
+    total_known = count_known = 0
     by_title: dict[str, list[int]] = {}
     for key, size in sizes.items():
-        k = book.keys.get(key)
-        if k is not None and size > 0:
-            by_title.setdefault(k.title, []).append(size)
+        if size > 0:
+            by_title.setdefault(book.title_of(key), []).append(size)
+        if size > 0:
+            total_known += size
+            count_known += 1
+    fallback = total_known / count_known if count_known else 1.0
     mean = {t: sum(v) / len(v) for t, v in by_title.items()}
-
-    def size_of(key: str) -> float:
-        if key in sizes:
-            return float(sizes[key])
-        k = book.keys.get(key)
-        title = k.title if k is not None else book.unseen.get(key)
-        if title is None:
-            title = title_and_position(key, book.pattern)[0]
-        return mean.get(title, fallback)
-
-    est = {key: max(1.0, size_of(key)) for key in scores}
-    ranked = sorted(scores, key=lambda key: (-scores[key] / est[key], key))
+    known, title_of = sizes.get, book.title_of
+    est = {}
+    for key in scores:
+        size = known(key)
+        est[key] = max(1.0, size if size is not None else mean.get(title_of(key), fallback))
+    ranked = sorted(scores, key=lambda key: -scores[key] / est[key])
     out: list[str] = []
-    total = 0.0
+    total, limit = 0.0, margin * budget
     for key in ranked:
-        if total >= margin * budget:
+        if total >= limit:
             break
         out.append(key)
         total += est[key]
     return out
+
+
+FIRST_SIZED = 64  # keys sized, best scores first, when no size is known at all
+
+
+def to_size(
+    book: Logbook, scores: dict[str, float], sizes: dict[str, int], budget: int, rounds: int = 4
+) -> Iterator[list[str]]:
+    """The keys to ask the origin about, round by round, so that only the keys
+    a plan may take are asked: the caller records each answer in ``sizes``,
+    or removes the key from ``scores`` when the origin has none, before the
+    next round. Estimates improve as sizes come in; a key once sized stays.
+    After the rounds, ``sized(...)`` is the manifest's keys."""
+    if not any(k in scores for k in sizes):
+        yield sorted(scores, key=lambda key: -scores[key])[:FIRST_SIZED]
+    for _ in range(rounds):
+        ask = [k for k in worth_sizing(book, scores, sizes, budget) if k not in sizes]
+        if not ask:
+            return
+        yield ask
+
+
+def sized(book: Logbook, scores: dict[str, float], sizes: dict[str, int], budget: int) -> list[str]:
+    """The keys a plan may take, among those whose size is known."""
+    return [k for k in worth_sizing(book, scores, sizes, budget) if k in sizes]

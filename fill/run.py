@@ -37,7 +37,7 @@ from edge.store import Holding, StoredObject, StoreError
 from fill import manifest as manifests
 from fill.config import FillConfig
 from fill.download import Fetched, Sources, Throttle, fetch_object
-from fill.forecast import ForecastRules, Logbook, worth_sizing
+from fill.forecast import ForecastRules, Logbook, sized, to_size
 from fill.logs import Popularity, requests
 from fill.plan import ADD, KEEP, Entry, Held, Placement, Plan, density, make_plan
 from fill.stage import StagePools
@@ -192,29 +192,33 @@ class FillRun:
         scores = book.forecast(now)
         held = {h.key: h for h in await asyncio.to_thread(self.store.holdings)}
         sizes = {k: h.size for k, h in held.items() if h.complete}
-        capacity = sum(u.capacity for u in self.store.usage() if not u.failed)
-        keys = worth_sizing(book, scores, sizes, self.cfg.budget(capacity))
+        etags = {k: h.etag for k, h in held.items() if h.complete}
+        budget = self.cfg.budget(sum(u.capacity for u in self.store.usage() if not u.failed))
         sem = asyncio.Semaphore(32)
 
-        async def entry(key: str, score: float) -> Entry | None:
-            h = held.get(key)
-            if h is not None and h.complete:
-                return Entry(key, h.size, score, h.etag)
+        async def head(key: str) -> None:
             async with sem:
                 try:
                     meta = await self.sources.head(key)
                 except OriginError as exc:
                     log.warning("fill: --from-logs: %r left out: %s", key, exc)
-                    return None
-            return None if meta is None else Entry(key, meta.size, score, meta.etag)
+                    meta = None
+            if meta is None:
+                del scores[key]
+            else:
+                sizes[key], etags[key] = meta.size, meta.etag
 
-        found = await asyncio.gather(*(entry(k, scores[k]) for k in keys))
+        asked = 0
+        for ask in to_size(book, scores, sizes, budget):
+            asked += len(ask)
+            await asyncio.gather(*(head(k) for k in ask))
+        keys = sized(book, scores, sizes, budget)
         log.info(
             "fill: %d log lines, %d requests counted, %d skipped; %d keys forecast, "
-            "%d worth sizing",
-            stats.lines, stats.counted, stats.skipped, len(scores), len(keys),
+            "%d asked at the origin, %d in the manifest",
+            stats.lines, stats.counted, stats.skipped, len(scores), asked, len(keys),
         )  # fmt: skip
-        return [e for e in found if e is not None]
+        return [Entry(k, sizes[k], scores[k], etags[k]) for k in keys]
 
     # -- working through the plan ------------------------------------------------
 

@@ -14,7 +14,9 @@ from fill.forecast import (
     ForecastRules,
     Logbook,
     sibling,
+    sized,
     title_and_position,
+    to_size,
     worth_sizing,
 )
 
@@ -200,3 +202,26 @@ def test_worth_sizing_takes_the_best_per_byte_until_twice_the_budget(
     # taken until twice the budget is reached, no further
     assert not rest or sum(est(k) for k in got) >= 2 * budget
     assert sum(est(k) for k in got[:-1]) < 2 * budget or not got
+
+
+def test_only_keys_a_plan_may_take_are_sized_at_the_origin() -> None:
+    book = Logbook()
+    for t in range(100):  # 100 titles of 10 segments, title t started 100 - t times
+        for s in range(100 - t):
+            for p in range(10):
+                book.add(s * 600.0 + p * 6, f"v/{t:03d}/{p:04d}.m4s")
+    scores = book.forecast(DAY)
+    origin = {k: 1000 for k in scores if not k.endswith("0009.m4s")}  # 9: past the end
+    sizes: dict[str, int] = {}
+    asked: list[str] = []
+    for ask in to_size(book, scores, sizes, budget=20_000):
+        asked += ask
+        for k in ask:
+            if k in origin:
+                sizes[k] = origin[k]
+            else:
+                del scores[k]
+    got = sized(book, scores, sizes, 20_000)
+    assert len(asked) < 120 < len(origin)  # 40 keys fill twice the budget
+    full = {k: v for k, v in scores.items() if k in origin}
+    assert got == worth_sizing(book, full, origin, 20_000)  # as if every size were known

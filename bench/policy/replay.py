@@ -36,7 +36,7 @@ from edge.core.policy import (
     make_room,
 )
 from fill.config import FillConfig
-from fill.forecast import ForecastRules, Logbook, worth_sizing
+from fill.forecast import ForecastRules, Logbook, sized, to_size
 from fill.plan import ADD, KEEP, Entry, Held, density, make_plan
 
 DAY = 86400.0
@@ -181,10 +181,16 @@ class NightlyFill:
         if self.origin is None:
             self.origin = t.objects()
         scores = self.book.forecast(night)
-        held = {c.key: c.size for c in root.stored.values()}
-        keys = worth_sizing(self.book, scores, held, self.cfg.budget(root.capacity))
+        sizes = {c.key: c.size for c in root.stored.values()}
+        budget = self.cfg.budget(root.capacity)
         origin = self.origin
-        return [Entry(k, origin[k], scores[k]) for k in keys if k in origin]
+        for ask in to_size(self.book, scores, sizes, budget):
+            for k in ask:  # the HEADs fill/run.py sends
+                if k in origin:
+                    sizes[k] = origin[k]
+                else:
+                    del scores[k]
+        return [Entry(k, sizes[k], scores[k]) for k in sized(self.book, scores, sizes, budget)]
 
 
 def load_plan(root: Root, entries: list[Entry], cfg: FillConfig, night: float) -> None:
