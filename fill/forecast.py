@@ -56,6 +56,10 @@ def _number(key: str, start: int) -> re.Match[str] | None:
 
 @dataclass(frozen=True)
 class ForecastRules:
+    """``half_life``: age that halves a request (``log_half_life``);
+    ``title_pattern``: names a key's title (``title_pattern``); ``new_after``:
+    time after the logs begin from which a first-seen title is new."""
+
     half_life: float = DAY
     title_pattern: str = DEFAULT_TITLE_PATTERN
     new_after: float = DAY
