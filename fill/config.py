@@ -25,6 +25,7 @@ from edge.config import (
 )
 from edge.core.sizes import parse_duration, parse_size
 from fill.budget import Window, parse_rate
+from fill.forecast import DEFAULT_TITLE_PATTERN
 
 
 @dataclass
@@ -39,6 +40,7 @@ class FillConfig:
     concurrency: int = 8
     peers: list[str] = field(default_factory=list)
     log_half_life: float = 86400.0
+    title_pattern: str = DEFAULT_TITLE_PATTERN
     report: str | None = None
     metrics_file: str | None = None
 
@@ -69,6 +71,17 @@ def _urls(value: Any) -> list[str]:
     return out
 
 
+def _title_pattern(value: Any) -> str:
+    text = str(value)
+    try:
+        groups = re.compile(text).groups
+    except re.error as exc:
+        raise ValueError(f"{text!r} is not a regular expression: {exc}") from None
+    if groups > 1:
+        raise ValueError(f"{text!r} has {groups} groups: give at most one (the title)")
+    return text
+
+
 def _paths(value: Any) -> list[str]:
     return [str(v) for v in (value if isinstance(value, list) else [value])]
 
@@ -86,6 +99,7 @@ NAMED_METAVARS.update(
     }
 )
 METAVARS[_urls] = "URL"
+METAVARS[_title_pattern] = "REGEX"
 
 FILL_OPTIONS: Options = {
     "manifest": ("--manifest", str, "the manifest: a path, an http(s) URL or s3://bucket/key"),
@@ -98,6 +112,11 @@ FILL_OPTIONS: Options = {
     "concurrency": ("--concurrency", positive_int, "objects downloaded at once (default 8)"),
     "peers": ("--peer", _urls, "a peer appliance to fill from first (repeat)"),
     "log_half_life": ("--log-half-life", parse_duration, "age that halves a logged request"),
+    "title_pattern": (
+        "--title-pattern",
+        _title_pattern,
+        "--from-logs: regex whose group, matched at a key's start, names its title",
+    ),
     "report": ("--report", str, "also write the final JSON report to this file"),
     "metrics_file": ("--metrics-file", str, "write progress in Prometheus text format here"),
 }

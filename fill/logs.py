@@ -1,6 +1,7 @@
 """Popularity from access logs: the manifest an operator gets without a planner.
 
-Rules it keeps: pure (lines and ``now`` in, scores out); each ``GET`` of a
+``requests`` reads the lines; ``fill.forecast`` makes the manifest's scores
+from them. Rules it keeps: pure (lines and ``now`` in, scores out); each ``GET`` of a
 content key answered 200 or 206 counts once, weighted ``0.5 ** (age /
 half_life)``; lines that are not edgefleet access-log JSON, operational
 endpoints (``_edge/``) and errors are skipped and counted, never fatal, since
@@ -10,7 +11,7 @@ logs are rotated and cut mid-line.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -29,11 +30,10 @@ def _when(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def count(
-    lines: Iterable[str], now: float, half_life: float, into: Popularity | None = None
-) -> Popularity:
-    """Decayed request counts per key from JSON access-log lines."""
-    pop = into or Popularity()
+def requests(lines: Iterable[str], into: Popularity | None = None) -> Iterator[tuple[float, str]]:
+    """``(time, key)`` of each content ``GET`` answered 200/206 in JSON access-log
+    lines; ``into`` counts the lines read, counted and skipped."""
+    pop = into if into is not None else Popularity()
     for line in lines:
         pop.lines += 1
         try:
@@ -46,12 +46,21 @@ def count(
             if is_reserved(key):
                 pop.skipped += 1
                 continue
-            age = max(0.0, now - _when(rec["time"]))
+            when = _when(rec["time"])
         except (ValueError, KeyError, TypeError, AttributeError, BadKey):
             pop.skipped += 1
             continue
-        pop.scores[key] = pop.scores.get(key, 0.0) + 0.5 ** (age / half_life)
         pop.counted += 1
+        yield when, key
+
+
+def count(
+    lines: Iterable[str], now: float, half_life: float, into: Popularity | None = None
+) -> Popularity:
+    """Decayed request counts per key from JSON access-log lines."""
+    pop = into or Popularity()
+    for when, key in requests(lines, pop):
+        pop.scores[key] = pop.scores.get(key, 0.0) + 0.5 ** (max(0.0, now - when) / half_life)
     return pop
 
 

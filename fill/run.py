@@ -37,7 +37,8 @@ from edge.store import Holding, StoredObject, StoreError
 from fill import manifest as manifests
 from fill.config import FillConfig
 from fill.download import Fetched, Sources, Throttle, fetch_object
-from fill.logs import Popularity, count
+from fill.forecast import ForecastRules, Logbook, sized, to_size
+from fill.logs import Popularity, requests
 from fill.plan import ADD, KEEP, Entry, Held, Placement, Plan, density, make_plan
 from fill.stage import StagePools
 
@@ -173,38 +174,51 @@ class FillRun:
         return entries
 
     async def _from_logs(self) -> list[Entry]:
-        pop = Popularity()
+        """The manifest ``fill.forecast`` predicts from the access logs: keys the
+        logs name and the positions of their titles not asked yet; sizes from
+        the index, else the origin (only for keys a plan may take)."""
+        stats = Popularity()
         now = time.time()
+        book = Logbook(ForecastRules(self.cfg.log_half_life, self.cfg.title_pattern))
         for path in self.cfg.from_logs:
             opener = gzip.open if path.endswith(".gz") else open
             try:
                 with opener(path, "rt", encoding="utf-8", errors="replace") as f:  # type: ignore[operator]
-                    count(f, now, self.cfg.log_half_life, pop)
+                    book.add_all(requests(f, stats))
             except OSError as exc:
                 raise ConfigError(
                     f"--from-logs: cannot read {path}: {exc.strerror or exc}"
                 ) from None
+        scores = book.forecast(now)
         held = {h.key: h for h in await asyncio.to_thread(self.store.holdings)}
+        sizes = {k: h.size for k, h in held.items() if h.complete}
+        etags = {k: h.etag for k, h in held.items() if h.complete}
+        budget = self.cfg.budget(sum(u.capacity for u in self.store.usage() if not u.failed))
         sem = asyncio.Semaphore(32)
 
-        async def entry(key: str, score: float) -> Entry | None:
-            h = held.get(key)
-            if h is not None and h.complete:
-                return Entry(key, h.size, score, h.etag)
+        async def head(key: str) -> None:
             async with sem:
                 try:
                     meta = await self.sources.head(key)
                 except OriginError as exc:
                     log.warning("fill: --from-logs: %r left out: %s", key, exc)
-                    return None
-            return None if meta is None else Entry(key, meta.size, score, meta.etag)
+                    meta = None
+            if meta is None:
+                del scores[key]
+            else:
+                sizes[key], etags[key] = meta.size, meta.etag
 
-        found = await asyncio.gather(*(entry(k, s) for k, s in pop.scores.items()))
+        asked = 0
+        for ask in to_size(book, scores, sizes, budget):
+            asked += len(ask)
+            await asyncio.gather(*(head(k) for k in ask))
+        keys = sized(book, scores, sizes, budget)
         log.info(
-            "fill: %d log lines, %d requests counted, %d skipped, %d objects",
-            pop.lines, pop.counted, pop.skipped, len(pop.scores),
+            "fill: %d log lines, %d requests counted, %d skipped; %d keys forecast, "
+            "%d asked at the origin, %d in the manifest",
+            stats.lines, stats.counted, stats.skipped, len(scores), asked, len(keys),
         )  # fmt: skip
-        return [e for e in found if e is not None]
+        return [Entry(k, sizes[k], scores[k], etags[k]) for k in keys]
 
     # -- working through the plan ------------------------------------------------
 

@@ -21,6 +21,8 @@ from s3server import CREDENTIALS, REGION, put_objects, s3_endpoint  # noqa: F401
 
 from edge.store import RootSpec, Store, slice_name
 from fill.config import FillConfig
+from fill.forecast import ForecastRules, Logbook
+from fill.logs import requests
 
 BUCKET = "fill-origin"
 RNG = random.Random(11)
@@ -332,6 +334,50 @@ def test_a_manifest_from_the_appliances_access_logs(tmp_path: Path, origin: dict
     assert {b["key"] for b in built} == set(keys[:3])  # never asked for: not in it
     assert all(b["size"] == len(OBJECTS[b["key"]]) for b in built)
     assert set(state(tmp_path / "store")) == expected_top(room, asked)
+
+
+SERIES = {
+    f"series/{t}/{p:04d}.m4s": RNG.randbytes(RNG.randint(5_000, 30_000))
+    for t, n in (("a", 6), ("b", 3), ("c", 1))
+    for p in range(n)
+}
+
+
+def test_from_logs_forecasts_by_title_and_plans_segments_not_asked_yet(
+    tmp_path: Path, origin: dict[str, Any]
+) -> None:
+    put_objects(origin["endpoint"], BUCKET, SERIES)
+    log = tmp_path / "access.log"
+    app = Appliance(["--store", str(tmp_path / "edge"), "--capacity", str(CAPACITY),
+                     "--slice-size", "64KiB", "--access-log", str(log),
+                     *s3_flags(origin["endpoint"])],
+                    env=dict(CREDENTIALS)).start()  # fmt: skip
+    try:  # three sessions of a play two segments; b and c one each
+        for title, played in [("a", 2), ("a", 2), ("a", 2), ("b", 1), ("c", 1)]:
+            for p in range(played):
+                assert app.get(f"/series/{title}/{p:04d}.m4s")[0] == 200
+    finally:
+        app.stop()
+    built_path = tmp_path / "built.jsonl"
+    code, _, out = fill(tmp_path / "store", origin["endpoint"], "--from-logs", str(log),
+                             "--headroom", "0", "--now", "--write-manifest", str(built_path),
+                             capacity=sum(len(v) for v in SERIES.values()))  # fmt: skip
+    assert code == 0, out
+    built = {b["key"]: b for b in map(json.loads, built_path.read_text().splitlines())}
+    # b/0001 was never asked: every start of a title that has a position 1 reached
+    # it, so b's is forecast too; c/0001 is not at the origin; nobody reached 2
+    assert set(built) == {"series/a/0000.m4s", "series/a/0001.m4s", "series/b/0000.m4s",
+                          "series/b/0001.m4s", "series/c/0000.m4s"}  # fmt: skip
+    assert all(b["size"] == len(SERIES[k]) for k, b in built.items())
+    assert "series/b/0001.m4s" in state(tmp_path / "store")
+    # the scores are fill.forecast's on the same log lines (up to the moment's scale)
+    book = Logbook(ForecastRules(FillConfig().log_half_life, FillConfig().title_pattern))
+    book.add_all(requests(log.read_text().splitlines()))
+    want = book.forecast(time.time())
+    unit, want_unit = built["series/a/0000.m4s"]["score"], want["series/a/0000.m4s"]
+    for key, b in built.items():
+        assert b["score"] / unit == pytest.approx(want[key] / want_unit, rel=1e-3), key
+    assert built["series/b/0001.m4s"]["score"] == pytest.approx(unit / 3, rel=1e-3)
 
 
 def test_a_new_plan_evicts_the_old_one_only_as_its_adds_need_room(

@@ -174,7 +174,12 @@ def test_fill_options_are_checked_and_named(tmp_path) -> None:  # type: ignore[n
         (("--peer", "ftp://x"), "--peer / peers"),
         (("--concurrency", "0"), "--concurrency / concurrency"),
         (("--manifest", "m", "--from-logs", "l"), "not both"),
+        (("--title-pattern", "(a)/(b)"), "--title-pattern / title_pattern.*2 groups"),
+        (("--title-pattern", "(unclosed"), "--title-pattern / title_pattern.*not a regular"),
     ):
         with pytest.raises(ConfigError, match=named):
             load_fill_config(_fill_args(*argv))
     assert load_fill_config(_fill_args("--headroom", "50GiB")).budget(100 * 2**30) == 50 * 2**30
+    assert load_fill_config(_fill_args("--title-pattern", "(shows/[^/]+)/")).title_pattern == (
+        "(shows/[^/]+)/"
+    )

@@ -20,6 +20,7 @@ from bench.policy.tracefile import Trace, TraceError
 from edge.core.admission import AdmitAll, Doorkeeper
 from edge.core.policy import LRUPolicy, PopularityPolicy
 from fill.config import FillConfig
+from fill.forecast import ForecastRules, Logbook, sized, to_size
 from fill.logs import count, count_requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,30 +130,40 @@ def test_fill_replay_stays_within_capacity_and_counts_every_request(
 
 
 @settings(max_examples=60, deadline=None)
-@given(requests, st.integers(0, 2), st.floats(0, 23))
-def test_the_manifest_at_a_night_knows_only_the_requests_before_it(
-    reqs: list, nights: int, hour: float
+@given(requests, st.integers(0, 2), st.floats(0, 23), st.integers(1, 400))
+def test_the_manifest_at_a_night_is_forecast_from_the_requests_before_it_only(
+    reqs: list, nights: int, hour: float, capacity: int
 ) -> None:
     t = make_trace(reqs)
     cfg = FillConfig()
     fill = NightlyFill(t, cfg)
+    root = Root(capacity, PopularityPolicy(), AdmitAll(), Result("x"))
     night = hour * 3600
     for _ in range(nights + 1):
         upto = sum(1 for x in t.times if x < night)
-        got = {e.key: e.score for e in fill.manifest(night, upto)}
-        past = list(zip(t.times[:upto], t.keys[:upto], strict=True))
-        want = count_requests(past, night, cfg.log_half_life).scores
-        assert got.keys() == want.keys()  # nothing asked at or after the night
-        assert all(got[k] == pytest.approx(want[k]) for k in want)  # carried = recounted
+        got = {e.key: e.score for e in fill.manifest(night, upto, root)}
+        past = Logbook(ForecastRules(cfg.log_half_life, cfg.title_pattern))
+        past.add_all(zip(t.times[:upto], t.keys[:upto], strict=True))
+        want = past.forecast(night)
+        sizes = {c.key: c.size for c in root.stored.values()}
+        for ask in to_size(past, want, sizes, cfg.budget(capacity)):
+            for k in ask:
+                if k in t.objects():  # what the origin has
+                    sizes[k] = t.objects()[k]
+                else:
+                    del want[k]
+        assert list(got) == sized(past, want, sizes, cfg.budget(capacity))
+        assert all(got[k] == pytest.approx(want[k]) for k in got)  # nothing after the night
         night += DAY
 
 
-def test_a_key_first_asked_after_the_night_is_not_planned_that_night() -> None:
+def test_a_title_first_asked_after_the_night_is_not_planned_that_night() -> None:
     t = Trace("t")
-    t.append(1.0, "old", 10)
-    t.append(2 * 3600 + 1, "new", 10)
+    t.append(1.0, "v/old/0001.m4s", 10)
+    t.append(2 * 3600 + 1, "v/new/0001.m4s", 10)
     fill = NightlyFill(t, FillConfig())
-    assert [e.key for e in fill.manifest(2 * 3600, 1)] == ["old"]
+    root = Root(100, PopularityPolicy(), AdmitAll(), Result("x"))
+    assert [e.key for e in fill.manifest(2 * 3600, 1, root)] == ["v/old/0001.m4s"]
 
 
 def test_count_requests_weighs_requests_as_count_weighs_log_lines() -> None:

@@ -152,7 +152,7 @@ def replay_belady(trace: Trace, capacity: int) -> Result:
 
 
 class _Tomorrow(NightlyFill):
-    def manifest(self, night: float, upto: int) -> list[Entry]:
+    def manifest(self, night: float, upto: int, root: object = None) -> list[Entry]:
         t = self.trace
         end = upto
         while end < len(t) and t.times[end] < night + DAY:

@@ -9,11 +9,12 @@ The simulated root, like ``edge/store/`` and the appliance's miss path:
   it admits, ``make_room`` chooses the victims with ``evict_batch`` (1% of the
   root, at most 256 MiB): the very functions ``Store._make_room`` calls;
 - the nightly fill (``replay_fill``): at ``night_hour`` of every day of the
-  trace's clock, the manifest is counted by ``fill.logs.count_requests`` from
-  the requests *before* that moment only, planned by ``fill.plan.make_plan``
-  within ``FillConfig.budget`` (capacity less headroom), and loaded as
-  ``fill/run.py`` loads it: kept objects pinned, adds stored pinned after
-  removing what the old plan pinned and this one dropped, the rest unpinned.
+  trace's clock, the manifest is forecast by ``fill.forecast`` (as
+  ``fill --from-logs`` does) from the requests *before* that moment only,
+  planned by ``fill.plan.make_plan`` within ``FillConfig.budget`` (capacity
+  less headroom), and loaded as ``fill/run.py`` loads it: kept objects
+  pinned, adds stored pinned after removing what the old plan pinned and this
+  one dropped, the rest unpinned.
 Differences: the store fills and evicts slice by slice and counts hits in 2 s
 batches; here an object is stored whole and counted at once. The fill's
 downloads take no time (it loads in the night's trough).
@@ -35,7 +36,7 @@ from edge.core.policy import (
     make_room,
 )
 from fill.config import FillConfig
-from fill.logs import Popularity, count_requests
+from fill.forecast import ForecastRules, Logbook, sized, to_size
 from fill.plan import ADD, KEEP, Entry, Held, density, make_plan
 
 DAY = 86400.0
@@ -161,29 +162,35 @@ class NightlyFill:
     def __init__(self, trace: Trace, cfg: FillConfig) -> None:
         self.trace = trace
         self.cfg = cfg
-        self.pop = Popularity()
-        self.counted_to = 0  # requests before this index are in ``pop``
-        self.counted_at: float | None = None
+        self.book = Logbook(ForecastRules(cfg.log_half_life, cfg.title_pattern))
+        self.counted_to = 0  # requests before this index are in ``book``
         self.sizes: dict[str, int] = {}
+        self.origin: dict[str, int] | None = None  # what a HEAD at the origin answers
 
-    def manifest(self, night: float, upto: int) -> list[Entry]:
-        """Entries from the requests ``[0, upto)``, all before ``night``; scores as
-        ``fill --from-logs`` counts them at ``night`` (the earlier nights' counts
-        are carried over decayed, which is the same sum, counted once)."""
+    def manifest(self, night: float, upto: int, root: Root) -> list[Entry]:
+        """Entries from the requests ``[0, upto)``, all before ``night``, as
+        ``fill --from-logs`` makes them at ``night``: ``fill.forecast`` scores,
+        sizes from the root (the index) or the origin (a key the trace never
+        asks for is one the origin does not have)."""
         t = self.trace
         assert upto == len(t) or t.times[upto] >= night
         assert upto == 0 or t.times[upto - 1] < night
-        hl = self.cfg.log_half_life
-        if self.counted_at is not None:
-            factor = 0.5 ** ((night - self.counted_at) / hl)
-            scores = self.pop.scores
-            for k in scores:
-                scores[k] *= factor
         lo = self.counted_to
-        count_requests(zip(t.times[lo:upto], t.keys[lo:upto], strict=True), night, hl, self.pop)
-        self.sizes.update(zip(t.keys[lo:upto], t.sizes[lo:upto], strict=True))
-        self.counted_to, self.counted_at = upto, night
-        return [Entry(k, self.sizes[k], s) for k, s in self.pop.scores.items()]
+        self.book.add_all(zip(t.times[lo:upto], t.keys[lo:upto], strict=True))
+        self.counted_to = upto
+        if self.origin is None:
+            self.origin = t.objects()
+        scores = self.book.forecast(night)
+        sizes = {c.key: c.size for c in root.stored.values()}
+        budget = self.cfg.budget(root.capacity)
+        origin = self.origin
+        for ask in to_size(self.book, scores, sizes, budget):
+            for k in ask:  # the HEADs fill/run.py sends
+                if k in origin:
+                    sizes[k] = origin[k]
+                else:
+                    del scores[k]
+        return [Entry(k, sizes[k], scores[k]) for k in sized(self.book, scores, sizes, budget)]
 
 
 def load_plan(root: Root, entries: list[Entry], cfg: FillConfig, night: float) -> None:
@@ -228,7 +235,7 @@ def replay_fill(
         night += DAY
     for i, (now, key, size) in enumerate(zip(trace.times, trace.keys, trace.sizes, strict=True)):
         while now >= night:
-            load_plan(root, fill.manifest(night, i), cfg, night)
+            load_plan(root, fill.manifest(night, i, root), cfg, night)
             night += DAY
         root.request(now, key, size)
     res.seconds = time.perf_counter() - started
