@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import http.client
 import itertools
 import json
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
@@ -179,6 +181,32 @@ def small_window_socket(port: int, rcvbuf: int = 16384) -> socket.socket:
 
 def statuses(raw: bytes) -> list[int]:
     return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+def mount_tmpfs(disk: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``disk`` for a fixture to yield from (a disk that fills
+    up); the test is skipped, with the reason, where mounting is not allowed."""
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs: " + mounted.stderr.decode().strip())
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def ballast(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with a file that is not the store's."""
+    path = disk / "ballast"
+    with open(path, "wb", buffering=0) as f:
+        for block in (1 << 16, 4096, 1):
+            try:
+                while f.write(b"\0" * block):
+                    pass
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    return path
 
 
 @pytest.fixture

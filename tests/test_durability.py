@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import ballast, mount_tmpfs
 
 from edge.core.meta import ObjectMeta
 from edge.store import RootSpec, Store, StoreError
@@ -52,17 +53,6 @@ def slice_files(tmp: Path) -> set[Path]:
     return {p for p in tmp.rglob("slices/**/*") if p.is_file()}
 
 
-def mount_tmpfs(disk: Path, size: str) -> Iterator[Path]:
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs: " + mounted.stderr.decode().strip())
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs: a disk that fills up."""
@@ -73,19 +63,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def index_disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs that holds a root and the index."""
     yield from mount_tmpfs(tmp_path / "disk", "24m")
-
-
-def ballast(disk: Path) -> Path:
-    """Fill ``disk`` to the last byte with a file that is not the store's."""
-    path = disk / "ballast"
-    with open(path, "wb", buffering=0) as f:
-        for block in (1 << 16, 4096, 1):
-            try:
-                while f.write(b"\0" * block):
-                    pass
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    return path
 
 
 # -- case 1: losing the index loses nothing --------------------------------------------

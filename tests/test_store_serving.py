@@ -7,18 +7,16 @@ serving: nothing stored is lost, and no wrong byte goes out.
 from __future__ import annotations
 
 import contextlib
-import errno
 import http.client
 import json
 import os
 import random
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SLICE, Appliance, wait_for
+from conftest import SLICE, Appliance, ballast, mount_tmpfs, wait_for
 
 from edge.core.meta import ObjectMeta
 from edge.store import RootSpec, Store
@@ -112,29 +110,14 @@ def test_appliance_started_without_its_index_serves_what_it_held(setup) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs: " + mounted.stderr.decode().strip())
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    yield from mount_tmpfs(tmp_path / "disk", "2m")
 
 
 def test_appliance_on_a_full_disk_serves_misses_unstored(setup, small_disk: Path) -> None:
     tmp, _, held = setup
-    ballast = small_disk / "ballast"
     app = start(tmp, small_disk)
     app.stop()
-    with open(ballast, "wb", buffering=0) as f:  # something else fills the disk
-        for block in (1 << 16, 4096, 1):
-            try:
-                while f.write(b"\0" * block):
-                    pass
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
+    weight = ballast(small_disk)  # something else fills the disk
     app = start(tmp, small_disk)  # start-up on a full disk works
     try:
         assert app.health()["status"] == "ok"
@@ -144,7 +127,7 @@ def test_appliance_on_a_full_disk_serves_misses_unstored(setup, small_disk: Path
             assert status == 200 and body == data  # served pass-through
         assert key not in stored_keys(app)
         assert app.health()["status"] == "ok"
-        ballast.unlink()  # room again: storing resumes
+        weight.unlink()  # room again: storing resumes
         time.sleep(1.2)
         wait_for(lambda: app.get("/" + key)[2] == data and key in stored_keys(app))
     finally:
