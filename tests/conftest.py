@@ -31,6 +31,22 @@ LOGS = Path(tempfile.mkdtemp(prefix="edgefleet-test-logs-"))
 atexit.register(shutil.rmtree, LOGS, True)
 
 
+def exchange(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on ``conn`` (closed after): status, headers (names lowercased), body."""
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
 class Service:
     """An ``edgefleet COMMAND`` process on an ephemeral loopback port, found by
     the ``listening on`` line it prints (demo/processes.py runs it); what it
@@ -110,13 +126,7 @@ class Appliance(Service):
         self, method: str, path: str, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, headers=headers or {})
-            resp = conn.getresponse()
-            body = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-        finally:
-            conn.close()
+        return exchange(conn, method, path, headers)
 
     def get(self, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", path, {k.replace("_", "-"): v for k, v in headers.items()})

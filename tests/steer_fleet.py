@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import SLICE, Appliance, Service
+from conftest import SLICE, Appliance, Service, exchange
 
 SECRET = "steer-test-secret-0123456789"
 
@@ -54,12 +54,7 @@ class Steering(Service):
         conn = http.client.HTTPConnection(
             "127.0.0.1", self.port, timeout=30, source_address=(source, 0)
         )
-        try:
-            conn.request("GET", path, headers=headers or {})
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
+        return exchange(conn, "GET", path, headers)
 
     def steer(self, key: str, source: str = "127.0.0.1", **headers: str) -> dict[str, Any]:
         status, _, body = self.request(f"/steer?object={key}", source, headers)

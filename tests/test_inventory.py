@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 
-from conftest import wait_for
+from conftest import exchange, wait_for
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -33,12 +33,7 @@ def test_etag_is_content() -> None:
 
 def get(port: int, path: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
+    return exchange(conn, "GET", path, headers)
 
 
 def test_bloom_endpoint(appliance, catalog) -> None:

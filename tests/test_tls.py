@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import SLICE, Appliance, Service, make_catalog, wait_for
+from conftest import SLICE, Appliance, Service, exchange, make_catalog, wait_for
 
 from edge.http.tls import ktls_available
 
@@ -86,12 +86,7 @@ def get(
     port: int, ctx: ssl.SSLContext, path: str, headers: dict[str, str] | None = None, **kw
 ) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10, **kw)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
+    return exchange(conn, "GET", path, headers)
 
 
 def test_https_serves_what_http_serves(served, pki) -> None:
