@@ -75,6 +75,14 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE TABLE IF NOT EXISTS doomed (path TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- an HTTP origin's answer head of version gen (JSON), written with the object
+CREATE TABLE IF NOT EXISTS http_heads (
+    key TEXT PRIMARY KEY,
+    gen TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    vary TEXT NOT NULL
+);
 """
 
 # columns added since the first version: (table, column, declaration)
@@ -519,8 +527,7 @@ def delete_object(c: sqlite3.Connection, key: str, now: float, roots: dict[int, 
         ]
     c.execute("DELETE FROM slices WHERE key=?", (key,))
     c.execute("DELETE FROM objects WHERE key=?", (key,))
-    with contextlib.suppress(sqlite3.OperationalError):  # no such table: nothing stored
-        c.execute("DELETE FROM http_heads WHERE key=?", (key,))  # an HTTP origin's answer head
+    c.execute("DELETE FROM http_heads WHERE key=?", (key,))  # an HTTP origin's answer head
     c.execute("UPDATE roots SET used = used - ? WHERE id=?", (stored, rid))
     note_change(c, key, now)
     return doom(c, files)

@@ -529,7 +529,7 @@ class Store(Reading):
         self._unlink(doomed or [])
 
     # -- the response heads of objects from HTTP origins -----------------------
-    # A table of its own (created on first use), one row per key: the status,
+    # A table of its own (index.SCHEMA), one row per key: the status,
     # the end-to-end headers and the Vary selection of the stored version
     # ``gen``, as JSON, written with the object (``put_http_head``). A row
     # whose generation is not the object's is stale.
@@ -544,14 +544,8 @@ class Store(Reading):
         except sqlite3.OperationalError as exc:
             if is_busy(exc):
                 raise IndexBusy(str(exc)) from exc
-            return None  # no such table yet: nothing stored
+            raise
         return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
-
-
-HTTP_HEADS_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS http_heads (key TEXT PRIMARY KEY, gen TEXT NOT NULL, "
-    "status INTEGER NOT NULL, headers TEXT NOT NULL, vary TEXT NOT NULL)"
-)
 
 
 def put_http_head(c: sqlite3.Connection, key: str, gen: str, meta: ObjectMeta) -> None:
@@ -559,7 +553,6 @@ def put_http_head(c: sqlite3.Connection, key: str, gen: str, meta: ObjectMeta) -
     ``gen`` (nothing for an object from S3 or files: ``meta.headers`` is None)."""
     if meta.headers is None:
         return
-    c.execute(HTTP_HEADS_SCHEMA)
     c.execute(
         "INSERT INTO http_heads(key, gen, status, headers, vary) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT(key) DO UPDATE SET gen=excluded.gen, status=excluded.status, "
