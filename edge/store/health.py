@@ -51,6 +51,7 @@ class Health:
         self.index, self.roots, self.clock = index, roots, clock
         self.evict_for_disk = evict_for_disk
         self.full_recheck = FULL_RECHECK_SECONDS
+        self._holds: dict[str, bool] = {}  # root path: the index is on its disk
 
     # -- full disks ------------------------------------------------------------------
 
@@ -80,11 +81,17 @@ class Health:
         return True
 
     def _holds_index(self, root: Root) -> bool:
-        try:
-            index_dir = os.path.dirname(os.path.abspath(self.index.path))
-            return os.stat(root.path).st_dev == os.stat(index_dir).st_dev
-        except OSError:
-            return False
+        """Is the index on ``root``'s disk? Asked on every write; what a disk is
+        does not change while the store runs, so each root is looked at once."""
+        held = self._holds.get(root.path)
+        if held is None:
+            try:
+                index_dir = os.path.dirname(os.path.abspath(self.index.path))
+                held = os.stat(root.path).st_dev == os.stat(index_dir).st_dev
+            except OSError:
+                return False  # not known: asked again next time
+            self._holds[root.path] = held
+        return held
 
     def disk_full(self, root: Root, short: int = 1, key: str = "") -> None:
         """``root``'s disk is ``short`` bytes short of room: no writes there until
