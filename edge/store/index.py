@@ -405,11 +405,26 @@ def drop_root_rows(c: sqlite3.Connection, root_id: int, now: float) -> None:
     note_change(c, "", now)
 
 
+def _like(prefix: str) -> str:
+    """A LIKE pattern (ESCAPE '\\') for the keys that start with ``prefix``."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def keys_under(conn: sqlite3.Connection, prefix: str, roots: dict[int, Root]) -> list[str]:
+    """The keys of the objects whose key starts with ``prefix``, on usable roots
+    (what ``objects`` lists, without reading their rows and slices)."""
+    usable = {rid for rid, root in roots.items() if not root.failed}
+    rows = conn.execute(
+        "SELECT key, root FROM objects WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (_like(prefix),)
+    )
+    return [key for key, rid in rows if rid in usable]
+
+
 def objects(
     conn: sqlite3.Connection, prefix: str, roots: dict[int, Root], complete_only: bool = False
 ) -> Iterator[StoredObject]:
     """The objects whose key starts with ``prefix``, on usable roots, by key."""
-    like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    like = _like(prefix)
     rows = conn.execute(
         f"SELECT {OBJ_COLS} FROM objects WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (like,)
     ).fetchall()

@@ -68,11 +68,11 @@ from edge.store.index import (
     delete_object,
     insert_slices,
     is_busy,
+    keys_under,
     meta_values,
     new_gen,
     note_change,
     object_from_row,
-    objects,
 )
 from edge.store.upkeep import RecoveryReport, ScrubReport
 
@@ -465,29 +465,28 @@ class Store(Reading):
     def remove_with(self, key: str, prefixes: Iterable[str]) -> int:
         """Remove ``key`` and every object whose key starts with one of
         ``prefixes`` (its queries, its variants), in one transaction; the count."""
-        files: list[str] = []
-        now = self.clock()
-        with self._write() as c:
-            keys = (
-                [key] if c.execute("SELECT 1 FROM objects WHERE key=?", (key,)).fetchone() else []
-            )
-            for prefix in prefixes:
-                keys += [obj.key for obj in objects(c, prefix, self.roots)]
-            for k in keys:
-                files += delete_object(c, k, now, self.roots)
-        self._unlink(files)
-        return len(keys)
+        return self._remove_listed(key, prefixes)
 
     def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with ``prefix``; the count. The
         keys are listed inside the write transaction, so an object added under
         the prefix meanwhile is purged too."""
+        return self._remove_listed(None, (prefix,))
+
+    def _remove_listed(self, key: str | None, prefixes: Iterable[str]) -> int:
         files: list[str] = []
         now = self.clock()
         with self._write() as c:
-            keys = [obj.key for obj in objects(c, prefix, self.roots)]
-            for key in keys:
-                files += delete_object(c, key, now, self.roots)
+            keys = []
+            if (
+                key is not None
+                and c.execute("SELECT 1 FROM objects WHERE key=?", (key,)).fetchone()
+            ):
+                keys.append(key)
+            for prefix in prefixes:
+                keys += keys_under(c, prefix, self.roots)
+            for k in keys:
+                files += delete_object(c, k, now, self.roots)
         self._unlink(files)
         return len(keys)
 
