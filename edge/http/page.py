@@ -13,6 +13,8 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
+from edge.core.sizes import human_size
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
 table{border-collapse:collapse}
@@ -37,14 +39,8 @@ def field(name: str, value: object, shown: str | None = None, css: str = "") -> 
 
 
 def human_bytes(n: float | None) -> str:
-    """Binary units, one style everywhere: ``512 B``, ``1.5 MiB``."""
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    """Binary units, one style everywhere (``human_size``): ``512 B``, ``1.5 MiB``."""
+    return "-" if n is None else human_size(n)
 
 
 def percent(x: float | None) -> str:
