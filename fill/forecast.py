@@ -170,10 +170,10 @@ class Logbook:
         self.unseen = {}
         for name, t in self.titles.items():
             low, base = starts[name]
-            rate = weight(self.keys[low].times) / old_exposure
+            rate = own[low] / old_exposure
             if t.first_seen - self.first >= r.new_after:
-                seen = sorted(self.keys[low].times)
-                young = max(0.0, weight(seen) - math.exp(-decay * (now - seen[0])))
+                first = min(self.keys[low].times)
+                young = max(0.0, own[low] - math.exp(-decay * (now - first)))
                 rate = max(rate, young / max(_exposure(t.first_seen, now, hl, diurnal), 1e-3))
             if rate <= 0:
                 continue
@@ -257,7 +257,6 @@ def worth_sizing(
     for key, size in sizes.items():
         if size > 0:
             by_title.setdefault(book.title_of(key), []).append(size)
-        if size > 0:
             total_known += size
             count_known += 1
     fallback = total_known / count_known if count_known else 1.0
