@@ -1,18 +1,16 @@
-"""Popularity from access logs: the manifest an operator gets without a planner.
+"""Requests from access logs: what the fill's forecast counts.
 
 ``requests`` reads the lines; ``fill.forecast`` makes the manifest's scores
-from them. Rules it keeps: pure (lines and ``now`` in, scores out); each ``GET`` of a
-content key answered 200 or 206 counts once, weighted ``0.5 ** (age /
-half_life)``; lines that are not edgefleet access-log JSON, operational
-endpoints (``_edge/``) and errors are skipped and counted, never fatal, since
-logs are rotated and cut mid-line.
-"""
+from them. Rules it keeps: pure (lines in, ``(time, key)`` pairs out); each
+``GET`` of a content key answered 200 or 206 counts once; lines that are not
+edgefleet access-log JSON, operational endpoints (``_edge/``) and errors are
+skipped and counted, never fatal, since logs are rotated and cut mid-line."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from edge.core.keys import BadKey, check_key, is_reserved
@@ -20,7 +18,8 @@ from edge.core.keys import BadKey, check_key, is_reserved
 
 @dataclass
 class Popularity:
-    scores: dict[str, float] = field(default_factory=dict)
+    """What ``requests`` read: lines, those counted and those skipped."""
+
     lines: int = 0
     counted: int = 0
     skipped: int = 0
@@ -52,32 +51,3 @@ def requests(lines: Iterable[str], into: Popularity | None = None) -> Iterator[t
             continue
         pop.counted += 1
         yield when, key
-
-
-def count(
-    lines: Iterable[str], now: float, half_life: float, into: Popularity | None = None
-) -> Popularity:
-    """Decayed request counts per key from JSON access-log lines."""
-    pop = into or Popularity()
-    for when, key in requests(lines, pop):
-        pop.scores[key] = pop.scores.get(key, 0.0) + 0.5 ** (max(0.0, now - when) / half_life)
-    return pop
-
-
-def count_requests(
-    requests: Iterable[tuple[float, str]],
-    now: float,
-    half_life: float,
-    into: Popularity | None = None,
-) -> Popularity:
-    """``count`` for requests already parsed: ``(time, key)`` pairs of content
-    GETs answered 200/206, weighted alike (bench/policy replays traces through it)."""
-    pop = into or Popularity()
-    scores = pop.scores
-    n = 0
-    for when, key in requests:
-        scores[key] = scores.get(key, 0.0) + 0.5 ** (max(0.0, now - when) / half_life)
-        n += 1
-    pop.lines += n
-    pop.counted += n
-    return pop

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fill.budget import TokenBucket, Window, parse_rate
-from fill.logs import count
+from fill.logs import Popularity, requests
 from fill.manifest import ManifestError, dump, parse
 from fill.plan import Entry
 
@@ -115,7 +115,7 @@ def _line(key: str, when: str, status: int = 200, method: str = "GET") -> str:
     )  # fmt: skip
 
 
-def test_log_counts_decay_and_skip_what_is_not_a_content_request() -> None:
+def test_log_requests_skip_what_is_not_a_content_request() -> None:
     now = datetime.fromisoformat("2026-05-02T00:00:00+00:00").timestamp()
     lines = [
         _line("a", "2026-05-02T00:00:00.000Z"),
@@ -128,8 +128,9 @@ def test_log_counts_decay_and_skip_what_is_not_a_content_request() -> None:
         '{"time": "2026-05-01T',  # cut by rotation
         "not json",
     ]
-    pop = count(lines, now, half_life=86400)
-    assert pop.scores == pytest.approx({"a": 1.5, "b": 2**-0.5})
+    pop = Popularity()
+    got = list(requests(lines, pop))
+    assert got == [(now, "a"), (now - 86400, "a"), (now - 43200, "b")]
     assert (pop.lines, pop.counted, pop.skipped) == (9, 3, 6)
 
 

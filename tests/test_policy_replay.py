@@ -21,7 +21,6 @@ from edge.core.admission import AdmitAll, Doorkeeper
 from edge.core.policy import LRUPolicy, PopularityPolicy
 from fill.config import FillConfig
 from fill.forecast import ForecastRules, Logbook, sized, to_size
-from fill.logs import count, count_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400.0
@@ -164,17 +163,6 @@ def test_a_title_first_asked_after_the_night_is_not_planned_that_night() -> None
     fill = NightlyFill(t, FillConfig())
     root = Root(100, PopularityPolicy(), AdmitAll(), Result("x"))
     assert [e.key for e in fill.manifest(2 * 3600, 1, root)] == ["v/old/0001.m4s"]
-
-
-def test_count_requests_weighs_requests_as_count_weighs_log_lines() -> None:
-    lines = [
-        '{"time": "1970-01-01T00:00:00Z", "method": "GET", "status": 200, "key": "a"}',
-        '{"time": "1970-01-02T00:00:00Z", "method": "GET", "status": 206, "key": "a"}',
-        '{"time": "1970-01-02T00:00:00Z", "method": "GET", "status": 206, "key": "b"}',
-    ]
-    by_log = count(lines, 2 * DAY, DAY).scores
-    by_pairs = count_requests([(0.0, "a"), (DAY, "a"), (DAY, "b")], 2 * DAY, DAY).scores
-    assert by_pairs == pytest.approx(by_log) and by_pairs["a"] == pytest.approx(0.75)
 
 
 @settings(max_examples=60, deadline=None)
