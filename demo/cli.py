@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from edge.config import parse_listen
 from edge.core.sizes import human_size
+from edge.store.files import pid_alive
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -153,13 +154,8 @@ def sweep_stale_temp_dirs(tmp: str | None = None) -> list[str]:
             pid = int((d / OWNER_FILE).read_text().strip())
         except (OSError, ValueError):
             continue
-        try:
-            os.kill(pid, 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # another user's
+        if pid_alive(pid):  # still running (or another user's)
+            continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(str(d))
     return removed
