@@ -249,8 +249,7 @@ def recount(c: sqlite3.Connection) -> None:
 def remove_doomed(index: Index) -> int:
     """Unlink the files the index doomed (a deletion interrupted after its commit)."""
     paths = [p for (p,) in index.conn().execute("SELECT path FROM doomed")]
-    unlink_all(paths)
-    index.forget_doomed(paths)
+    index.unlink(paths)
     return len(paths)
 
 
