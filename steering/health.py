@@ -77,13 +77,20 @@ class Health:
     def utilization(self, capacity: float | None) -> float | None:
         return None if not capacity else self.egress_bps / capacity
 
+    def shown(self) -> str:
+        """One word for the logs, the metrics and the pages: the poll state, or,
+        when up, the appliance's own (draining; failing, also for a status
+        steering does not know)."""
+        if self.state != UP or self.status == "ok":
+            return self.state
+        return "draining" if self.status == "draining" else "failing"
+
     def why_not(self, capacity: float | None, max_utilization: float) -> str:
         """``""`` when a candidate, else the reason: unknown, down, draining,
         failing, overloaded."""
-        if self.state != UP:
-            return self.state
-        if self.status != "ok":
-            return self.status if self.status in ("draining", "failing") else "failing"
+        shown = self.shown()
+        if shown != UP:
+            return shown
         util = self.utilization(capacity)
         if util is not None and util > max_utilization:
             return "overloaded"

@@ -157,7 +157,7 @@ class Poller:
         draining, failing), at INFO: what an operator greps for, not an alarm
         (alerts come from the metrics); and count it."""
         h = rec.health
-        told = h.state if h.state != UP or h.status in ("", "ok") else h.status
+        told = h.shown()
         if told == UNKNOWN or told == rec.told:
             return
         rec.told = told

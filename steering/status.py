@@ -17,13 +17,6 @@ from steering.decide import CLASSES
 from steering.health import UP
 
 
-def appliance_state(state: str, status: str) -> str:
-    """One word for a person: the poll state, or the appliance's own when it is up."""
-    if state != UP:
-        return state
-    return status if status in ("draining", "failing") else UP
-
-
 def document(
     records: list[Any], answers: dict[tuple[str, str], int], cfg: Any, now: float
 ) -> dict[str, Any]:
@@ -36,7 +29,7 @@ def document(
                 "id": rec.spec.id,
                 "site": rec.spec.site,
                 "url": rec.spec.url,
-                "state": appliance_state(h.state, h.status),
+                "state": h.shown(),
                 "candidate": h.why_not(rec.spec.capacity, cfg.max_utilization) == "",
                 "utilization": None if util is None else round(util, 4),
                 "inventory_age_seconds": (

@@ -181,6 +181,14 @@ def test_candidacy() -> None:
     assert h.why_not(None, 0.9) == "draining"
     h.report({"status": "failing", "draining": False})
     assert h.why_not(None, 0.9) == "failing"
+    # what is shown (logs, metrics, pages) and what decides agree, also for a
+    # status steering does not know
+    for status, shown in (("ok", "up"), ("draining", "draining"), ("degraded", "failing")):
+        h.report({"status": status})
+        assert h.shown() == shown
+        assert h.why_not(None, 0.9) == ("" if shown == "up" else shown)
+    h.observe(False, 1, 2, 1)
+    assert h.shown() == h.why_not(None, 0.9) == "down"
     with pytest.raises(ValueError):
         h.report({"nope": 1})
 
