@@ -487,6 +487,25 @@ def check_ca_file(ca_file: str | None) -> None:
             raise ConfigError(f"invalid --ca-file / ca_file: {exc}") from None
 
 
+def apply_listening_options(
+    cfg: Any,
+    options: Options,
+    raw: dict[str, Any],
+    args: argparse.Namespace,
+    *,
+    secret: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """``apply_options`` for a service that listens (``serve``, ``steer``), then
+    its listening rules: TLS listeners need loading certificates, TLS alone
+    means HTTPS only unless ``listen`` is given too, and the CA file loads."""
+    listen_given = "listen" in raw or getattr(args, "listen", None) is not None
+    apply_options(cfg, options, raw, args, secret=secret)
+    check_tls(cfg.tls_listen, cfg.tls_cert)
+    if cfg.tls_listen and not listen_given:
+        cfg.listen = None  # HTTPS only, unless --listen asks for plain HTTP too
+    check_ca_file(cfg.ca_file)
+
+
 def add_serve_flags(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
     add_option_flags(parser, SERVE_OPTIONS, _REPEATABLE, only=only)
@@ -512,12 +531,7 @@ def load_serve_config(args: argparse.Namespace, *, need_capacity: bool = True) -
                 f"(known: {', '.join(sorted(SERVE_OPTIONS))})"
             )
     cfg = ServeConfig()
-    listen_given = "listen" in raw or getattr(args, "listen", None) is not None
-    apply_options(cfg, SERVE_OPTIONS, raw, args, secret=_SECRET)
-    check_tls(cfg.tls_listen, cfg.tls_cert)
-    if cfg.tls_listen and not listen_given:
-        cfg.listen = None  # HTTPS only, unless --listen asks for plain HTTP too
-    check_ca_file(cfg.ca_file)
+    apply_listening_options(cfg, SERVE_OPTIONS, raw, args, secret=_SECRET)
     if not cfg.store:
         raise ConfigError("no store: give --store DIR (repeat per disk) or [[store]] in the file")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:

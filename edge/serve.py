@@ -39,6 +39,7 @@ from typing import Any
 from edge.config import ConfigError, ServeConfig
 from edge.core.policy import make_policy
 from edge.http.accesslog import AccessLog
+from edge.http.server import socket_url
 from edge.http.tls import CertSet
 from edge.store import RootSpec, Store, StoreError
 
@@ -97,13 +98,8 @@ class Listeners:
                     s.close()
 
     def banner(self) -> str:
-        urls = [_url("http", self.plain[0])] if self.plain else []
-        return " and ".join(urls + [_url("https", group[0]) for group in self.tls])
-
-
-def _url(scheme: str, sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+        urls = [socket_url("http", self.plain[0])] if self.plain else []
+        return " and ".join(urls + [socket_url("https", group[0]) for group in self.tls])
 
 
 def die_with_parent() -> None:

@@ -26,9 +26,7 @@ from edge.config import (
     ConfigError,
     Options,
     add_option_flags,
-    apply_options,
-    check_ca_file,
-    check_tls,
+    apply_listening_options,
     choice,
     parse_listen,
     positive_int,
@@ -393,12 +391,7 @@ def load_steer_config(args: argparse.Namespace) -> SteerConfig:
     else:
         appliances = []
     cfg = SteerConfig()
-    listen_given = "listen" in raw or getattr(args, "listen", None) is not None
-    apply_options(cfg, STEER_OPTIONS, raw, args, secret=_SECRET)
-    check_tls(cfg.tls_listen, cfg.tls_cert)
-    if cfg.tls_listen and not listen_given:
-        cfg.listen = None  # HTTPS only, unless --listen asks for plain HTTP too
-    check_ca_file(cfg.ca_file)
+    apply_listening_options(cfg, STEER_OPTIONS, raw, args, secret=_SECRET)
     if not isinstance(appliances, list):
         raise ConfigError("appliance: expected an array of tables ([[appliance]])")
     specs = [parse_appliance(i, item) for i, item in enumerate(appliances)]

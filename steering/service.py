@@ -31,7 +31,14 @@ from edge import __version__
 from edge.core.keys import BadKey, is_reserved, parse_key, split_target
 from edge.http.accesslog import AccessLog
 from edge.http.response import DateCache, build_head, cors_lines, text_body
-from edge.http.server import ContentServer, ListenError, after_stop, bind_listeners, stop_signal
+from edge.http.server import (
+    ContentServer,
+    ListenError,
+    after_stop,
+    bind_listeners,
+    socket_url,
+    stop_signal,
+)
 from edge.http.tls import CertError, CertSet
 from edge.http.wire import Request, Response
 from steering import answer, status
@@ -337,13 +344,8 @@ class Listening:
         self.tls = [_bind(h, p, "--tls-listen / tls_listen") for h, p in cfg.tls_listen]
 
     def banner(self) -> str:
-        urls = [_url("http", self.plain)] if self.plain is not None else []
-        return " and ".join(urls + [_url("https", s) for s in self.tls])
-
-
-def _url(scheme: str, sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+        urls = [socket_url("http", self.plain)] if self.plain is not None else []
+        return " and ".join(urls + [socket_url("https", s) for s in self.tls])
 
 
 def run(args: argparse.Namespace) -> int:
