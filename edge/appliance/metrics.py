@@ -279,12 +279,20 @@ def totals() -> dict[str, dict[tuple[str, ...], float]]:
     return out
 
 
+LIVE = ("edgefleet_open_connections", "edgefleet_egress_bytes_per_second")
+
+
 def live_totals() -> dict[str, float]:
     """Summed live gauges (connections, egress rate) across workers."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
     out: dict[str, float] = {}
     for family in registry.collect():
-        if family.name in ("edgefleet_open_connections", "edgefleet_egress_bytes_per_second"):
+        if family.name in LIVE:
             out[family.name] = sum(s.value for s in family.samples)
     return out
+
+
+def live_of(totals: dict[str, dict[tuple[str, ...], float]]) -> dict[str, float]:
+    """``live_totals`` from what ``totals`` already read."""
+    return {name: sum(totals[name].values()) for name in LIVE if name in totals}

@@ -105,10 +105,13 @@ class Ops:
 
     # -- reads ---------------------------------------------------------------
 
-    def _health_doc(self) -> dict[str, Any]:
+    def _health_doc(self, live: dict[str, float] | None = None) -> dict[str, Any]:
+        """The health document (runs in a thread); ``live``: the live gauges when
+        the caller has read the metrics already."""
         app = self.app
         usage = app.store.usage()
-        live = m.live_totals()
+        if live is None:
+            live = m.live_totals()
         usable = [u for u in usage if not u.failed]
         draining = app.store.get_state("draining") == "1"
         status = "failing" if not usable else "draining" if draining else "ok"
@@ -155,8 +158,12 @@ class Ops:
 
     async def status(self, req: Request, params: dict[str, str]) -> Response:
         self.app.metrics.flush()
-        health = await self.app.run(self._health_doc)
-        doc = await self.app.run(self.status_page.document, health)
+
+        def document() -> dict[str, Any]:  # the metrics files read once for both
+            totals = m.totals()
+            return self.status_page.document(self._health_doc(m.live_of(totals)), totals)
+
+        doc = await self.app.run(document)
         if params.get("format") == "json":
             body = (json.dumps(doc, indent=1) + "\n").encode()
             return self._reply(req, 200, body, JSON, "_edge/status")

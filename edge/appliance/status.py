@@ -130,9 +130,11 @@ class Status:
             )
         return out
 
-    def document(self, health: dict[str, Any]) -> dict[str, Any]:
-        """The status document (runs in a thread: it reads the metrics files and the index)."""
-        totals = m.totals()
+    def document(
+        self, health: dict[str, Any], totals: dict[str, dict[tuple[str, ...], float]]
+    ) -> dict[str, Any]:
+        """The status document from the health document and the metrics' ``totals``
+        (runs in a thread: it reads the index)."""
         rate = sum(totals.get("edgefleet_egress_bytes_per_second", {}).values())
         fill = m.fill_figures(self.app.store.get_state("fill"))
         ran = fill["last_update_timestamp_seconds"] > 0
