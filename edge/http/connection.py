@@ -62,7 +62,7 @@ import httptools
 from edge.core.host import host_problem
 from edge.core.keys import loggable
 from edge.http.outbox import WOULD_BLOCK, DiskError, Done, Outbox, PeerGone
-from edge.http.tls import ktls_sending
+from edge.http.tls import ktls_sending, tls_io
 from edge.http.wire import FileSpan, Host, Request, Response
 
 _BODILESS = frozenset(("GET", "HEAD", "OPTIONS"))  # their bodies mean nothing here
@@ -127,6 +127,7 @@ MAX_PIPELINED = 32  # parsed requests waiting: stop reading past this
 MAX_QUEUED = 64  # parts queued for the socket: stop answering past this
 LINGER_SECONDS = 2.0  # after our last byte, read and drop what the client still sends
 STREAM_HIGH_WATER = 1 << 20
+SEND_NOW_MAX = 16 * 1024  # a body joined to its head for one send (else sendmsg, or gathered)
 
 
 def _internal_error(handler: Any, req: Request) -> Response:
@@ -175,6 +176,10 @@ class Connection:
         self._req: Request | None = None
         self.body_over = False  # the request's body is larger than the handler takes
         self._url: list[bytes] = []
+        # how input is read: the socket's recv, or once handshaken its OpenSSL
+        # object's read and pending (edge.http.tls.tls_io)
+        self._read_raw: Any = sock.recv
+        self._tls_pending: Any = None
         self.loop.add_reader(self.fd, self._on_read)
 
     @property
@@ -220,6 +225,8 @@ class Connection:
             self.close()
             return
         self._to_write(Write.OPEN)
+        self._read_raw, write, self._tls_pending = tls_io(self.sock)
+        self.outbox.use_tls_write(write)
         self.tls_version = self.sock.version()  # type: ignore[attr-defined]
         self.sni = getattr(self.sock, "sni_name", None)
         if ktls_sending(self.sock):
@@ -312,16 +319,18 @@ class Connection:
         if not self._recv():
             return
         # OpenSSL may hold decrypted input the socket will not signal again
-        while self.tls and self.read is Read.READING and self.sock.pending():  # type: ignore[attr-defined]
+        while self.tls and self.read is Read.READING and self._tls_pending():
             if not self._recv():
                 return
 
     def _recv(self) -> bool:
         """Read once and take what came; ``False`` when nothing more is to be read now."""
         try:
-            data = self.sock.recv(65536)
+            data = self._read_raw(65536)
         except WOULD_BLOCK:
             return False
+        except ssl.SSLEOFError:
+            data = b""  # an end without close_notify: an end, as SSLSocket.recv has it
         except OSError:
             self.close()
             return False
@@ -394,7 +403,15 @@ class Connection:
                 result = handler.handle(req)
             except Exception:
                 result = _internal_error(handler, req)
-            if isinstance(result, Response):
+            if type(result) is Response:
+                if (
+                    self.out
+                    or self.pending
+                    or result.stream is not None
+                    or not self._send_now(req, result)
+                ):
+                    self._emit(req, result)
+            elif isinstance(result, Response):
                 self._emit(req, result)
             else:
                 self.task = self.loop.create_task(self._run(req, result))
@@ -407,7 +424,38 @@ class Connection:
                 self._to_read(Read.PAUSED)
         elif not self.pending and self.read is Read.PAUSED:
             self._to_read(Read.READING)
-        self._flush()
+        if self.out or self.read is not Read.READING or self.write is not Write.OPEN:
+            self._flush()
+        # else all is out and more may come: nothing for _flush to do
+
+    def _send_now(self, req: Request, resp: Response) -> bool:
+        """Nothing is queued or waiting: send a response whose body is in
+        memory at once, head and body in one buffer, and log it when all of it
+        left; False (nothing done) for any other, which goes the general way.
+        What is left after a partial send is queued as ``_emit`` queues it."""
+        body = resp.body
+        if req.method == "HEAD" or not body:
+            data = resp.head
+        elif resp.wire is not None:
+            data = resp.wire
+        elif len(body) == 1 and type(body[0]) is bytes and len(body[0]) <= SEND_NOW_MAX:
+            data = resp.head + body[0]
+        else:
+            return False
+        outbox = self.outbox
+        start = self.response_start = outbox.sent
+        self.last_active = self.last_progress = self.loop.time()
+        try:
+            if outbox.send_whole(data):
+                self.server.handler.finished(
+                    req, resp, len(data) - len(resp.head), time.perf_counter()
+                )
+                return True
+            self.out.append(Done(req, resp, start))  # what is left goes with flush
+        except PeerGone:
+            self.out.append(Done(req, resp, start))
+            self.close()  # which logs it, with the bytes that left
+        return True
 
     def _answer_none_after(self) -> None:
         self.answer_last()
