@@ -61,6 +61,7 @@ _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 HITS_FLUSH_SECONDS = 2.0
 CHANGES_POLL_SECONDS = 0.1
 PRESSURE = 0.97  # the store counts as full from here: admission applies
+PLAIN_TARGETS_MAX = 65536  # targets remembered with their keys (then forgotten at once)
 
 
 class Appliance:
@@ -88,6 +89,7 @@ class Appliance:
         self.cors_bytes = cors_lines(cfg.cors_origin)
         self.views = ViewCache(self.run, cfg.cors_origin)
         self.hits: dict[str, list[float]] = {}
+        self.plain_targets: dict[bytes, str] = {}  # see handle
         # a shared HTTP cache (docs/miss-path.md) when every origin is an HTTP one
         self.shared_cache = bool(origins) and all(
             getattr(o, "shared_cache", False) for o in origins
@@ -237,13 +239,31 @@ class Appliance:
 
     # -- responses -----------------------------------------------------------
 
-    def view_head(self, req: Request, view: View, status: int, lines: bytes) -> bytes:
+    def view_head(
+        self, req: Request, view: View, status: int, lines: bytes, age: int | None = None
+    ) -> bytes:
         """``head`` plus, for content with a freshness lifetime, its ``Age``
         (RFC 9111 §4: a cache that answers from store says how old it is), and
         its ``Cache-Status`` (RFC 9211: a hit; the miss path says otherwise)."""
         if view.born is not None:
-            lines = f"Age: {max(0, int(time.time() - view.born))}\r\n".encode() + lines
+            if age is None:
+                age = max(0, int(time.time() - view.born))
+            lines = f"Age: {age}\r\n".encode() + lines
         return self.head(req, status, lines + HIT_STATUS)
+
+    def whole_head(self, req: Request, view: View) -> tuple[bytes, bytes | None]:
+        """The head of a 200 for all of ``view`` on a keep-alive HTTP/1.1
+        connection, and it joined to the body when the body is in memory:
+        ``view_head``'s bytes, built once per ``Date`` and ``Age`` and kept
+        with the view (``View.hot``)."""
+        dates = self.dates.with_server
+        age = None if view.born is None else max(0, int(time.time() - view.born))
+        hot = view.hot
+        small = view.small
+        if hot is None or hot[0] is not dates or hot[1] != age or hot[4] is not small:
+            head = self.view_head(req, view, 200, view.full, age)
+            hot = view.hot = (dates, age, head, None if small is None else head + small, small)
+        return hot[2], hot[3]
 
     def head(self, req: Request, status: int, lines: bytes) -> bytes:
         if req.keep_alive and req.version == "1.1":
@@ -318,6 +338,13 @@ class Appliance:
     # -- dispatch ------------------------------------------------------------
 
     def handle(self, req: Request) -> Response | Awaitable[Response]:
+        method = req.method
+        if method == "GET" or method == "HEAD":
+            # a target seen before that named an object plainly (no query, no
+            # token, not /_edge/): what the checks below found then, they find again
+            key = self.plain_targets.get(req.target)
+            if key is not None and self.verifier is None:
+                return self._content(req, key)
         try:
             path, query = split_target(req.target)
             key = key_for_path(path)
@@ -331,7 +358,6 @@ class Appliance:
             path_token, key = split  # /_edge/t/TOKEN/KEY: a token for KEY's directory
             if is_reserved(key):
                 return self.error(req, 404, "no such object")
-        method = req.method
         if method not in ("GET", "HEAD"):
             if method == "OPTIONS":
                 return self._options(req)
@@ -353,12 +379,22 @@ class Appliance:
             key = cache_key(key, query.decode("latin-1"), self.key_ignore)
         if method not in ("GET", "HEAD"):
             return self.miss.forward(req, key)
+        if not query and path_token is None and self.verifier is None:
+            plain = self.plain_targets
+            if len(plain) >= PLAIN_TARGETS_MAX:
+                plain.clear()
+            plain[req.target] = key
+        return self._content(req, key)
+
+    def _content(self, req: Request, key: str) -> Response | Awaitable[Response]:
+        """A GET or HEAD of object ``key``: a hit from its view, else the miss path."""
+        now = time.time()
         hit = self.hits.get(key)
         if hit is None:
-            self.hits[key] = [1.0, time.time()]
+            self.hits[key] = [1.0, now]
         else:
             hit[0] += 1.0
-            hit[1] = time.time()
+            hit[1] = now
         view = self.views.get(key)
         if self.hits_heed_requests and b"cache-control" in req.headers:
             view = None  # the miss path weighs the request's directives
@@ -388,6 +424,23 @@ class Appliance:
             return None
         if view.status != 200:
             return self._answer_as_is(req, view, fetch)
+        headers = req.headers
+        if (
+            req.method == "GET"
+            and req.keep_alive
+            and req.version == "1.1"
+            and headers.keys().isdisjoint(plans.WHOLE_UNLESS)
+        ):
+            # what plans.plan answers (Whole) for a GET without any of these
+            head, wire = self.whole_head(req, view)
+            if wire is not None:
+                resp = Response(
+                    200, head, [view.small], body_length=view.size, cache="hit", key=view.key
+                )
+                resp.wire = wire
+                return resp
+            spans: list[Any] = [(0, view.size - 1)] if view.size else []
+            return self._body(req, view, 200, head, spans, view.size, None, fetch)
         p = plans.plan(
             req.method, req.headers, view.size, view.etag, view.last_modified, self.cfg.max_ranges
         )
@@ -400,7 +453,7 @@ class Appliance:
                 return Response(
                     200, head, [view.small], body_length=size, cache="hit", key=view.key
                 )
-            spans: list[Any] = [(0, size - 1)] if size else []
+            spans = [(0, size - 1)] if size else []
             return self._body(req, view, 200, head, spans, size, None, fetch)
         if type(p) is plans.Partial:
             return self._partial(req, view, p, fetch)

@@ -34,6 +34,7 @@ class View:
         "files",
         "fresh_until",
         "full",
+        "hot",
         "key",
         "last_modified",
         "obj",
@@ -66,6 +67,9 @@ class View:
         self.unverified = set(obj.slices) - obj.checked
         self.files: list[OpenFile | None] = [None] * len(self.paths)
         self.small: bytes | None = None
+        # (Date line, Age, head, head + small, small) of the last whole 200
+        # on keep-alive HTTP/1.1 (Appliance.whole_head)
+        self.hot: tuple[bytes, int | None, bytes, bytes | None, bytes | None] | None = None
         self.status = meta.status
         if meta.headers is None:
             lines = [
