@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from edge.appliance.miss import MissPath, MissStream
-from edge.appliance.view import CACHE_NAME, HIT_STATUS, View
+from edge.appliance.view import CACHE_NAME, HIT_STATUS, HotHead, View
 from edge.appliance.viewcache import ViewCache
 from edge.config import ServeConfig
 from edge.core import plan as plans
@@ -251,11 +251,11 @@ class Appliance:
             lines = f"Age: {age}\r\n".encode() + lines
         return self.head(req, status, lines + HIT_STATUS)
 
-    def whole_head(self, req: Request, view: View) -> tuple[bytes, bytes | None]:
+    def whole_hot(self, req: Request, view: View) -> HotHead:
         """The head of a 200 for all of ``view`` on a keep-alive HTTP/1.1
         connection, and it joined to the body when the body is in memory:
         ``view_head``'s bytes, built once per ``Date`` and ``Age`` and kept
-        with the view (``View.hot``)."""
+        with the view (``View.hot``: Date line, Age, head, head and body, body)."""
         dates = self.dates.with_server
         age = None if view.born is None else max(0, int(time.time() - view.born))
         hot = view.hot
@@ -263,7 +263,7 @@ class Appliance:
         if hot is None or hot[0] is not dates or hot[1] != age or hot[4] is not small:
             head = self.view_head(req, view, 200, view.full, age)
             hot = view.hot = (dates, age, head, None if small is None else head + small, small)
-        return hot[2], hot[3]
+        return hot
 
     def head(self, req: Request, status: int, lines: bytes) -> bytes:
         if req.keep_alive and req.version == "1.1":
@@ -395,7 +395,29 @@ class Appliance:
         else:
             hit[0] += 1.0
             hit[1] = now
-        view = self.views.get(key)
+        view = self.views.views.get(key)
+        if (
+            view is not None
+            and view.small is not None
+            and req.method == "GET"
+            and req.keep_alive
+            and req.version == "1.1"
+            and view.status == 200
+            and not view.obj.meta.vary
+            and not self.hits_heed_requests
+            and (view.fresh_until is None or now < view.fresh_until)
+            and req.headers.keys().isdisjoint(plans.WHOLE_UNLESS)
+        ):
+            # the commonest hit, a small object whole: what ``answer`` would
+            # answer below (a fresh view, no Vary, planned Whole), from the
+            # head and body ``whole_head`` joined for this second
+            hot = view.hot
+            if hot is None or hot[0] is not self.dates.with_server or view.born is not None:
+                hot = self.whole_hot(req, view)
+            if hot[4] is view.small:
+                resp = Response(200, hot[2], [hot[4]], body_length=view.size, cache="hit", key=key)
+                resp.wire = hot[3]
+                return resp
         if self.hits_heed_requests and b"cache-control" in req.headers:
             view = None  # the miss path weighs the request's directives
         if view is not None and (not view.obj.meta.vary or self.miss.selects(view, req)):
@@ -432,11 +454,11 @@ class Appliance:
             and headers.keys().isdisjoint(plans.WHOLE_UNLESS)
         ):
             # what plans.plan answers (Whole) for a GET without any of these
-            head, wire = self.whole_head(req, view)
+            _, _, head, wire, small = self.whole_hot(req, view)
             if wire is not None:
                 resp = Response(
-                    200, head, [view.small], body_length=view.size, cache="hit", key=view.key
-                )
+                    200, head, [small], body_length=view.size, cache="hit", key=view.key
+                )  # type: ignore[list-item]
                 resp.wire = wire
                 return resp
             spans: list[Any] = [(0, view.size - 1)] if view.size else []

@@ -257,7 +257,7 @@ class Connection:
         if self.tls:
             self._req.tls, self._req.sni = self.tls_version, self.sni
         self._url = []
-        self.header_started = self.loop.time()
+        self.header_started = self.last_active  # set as the bytes came in
         self.header_bytes = 0
         self.raw_header_bytes = 0
 
@@ -316,8 +316,16 @@ class Connection:
         if self.read is Read.HANDSHAKE:
             self._handshake()
             return
-        if not self._recv():
+        try:  # _recv, written out: this is every request's way in
+            data = self._read_raw(65536)
+        except WOULD_BLOCK:
             return
+        except ssl.SSLEOFError:
+            data = b""
+        except OSError:
+            self.close()
+            return
+        self._received(data)
         # OpenSSL may hold decrypted input the socket will not signal again
         while self.tls and self.read is Read.READING and self._tls_pending():
             if not self._recv():
