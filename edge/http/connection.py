@@ -181,7 +181,7 @@ class Connection:
         self._req: Request | None = None
         self.body_over = False  # the request's body is larger than the handler takes
         self.good_host: bytes | None = None  # the last Host value host_problem let through
-        self._url: list[bytes] = []
+        self._url = b""  # the target, as it came in
         # how input is read: the socket's recv, or once handshaken its OpenSSL
         # object's read and pending (edge.http.tls.tls_io)
         self._read_raw: Any = sock.recv
@@ -258,17 +258,21 @@ class Connection:
 
     # -- parser callbacks ----------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._req = Request(self.client, time.perf_counter())
-        if self.tls:
-            self._req.tls, self._req.sni = self.tls_version, self.sni
-        self._url = []
-        self.header_started = self.last_active  # set as the bytes came in
-        self.header_bytes = 0
-        self.raw_header_bytes = 0
+    # llhttp calls on_url first for every request (its first bytes are the
+    # method, then the target): a request begins there, which spares every
+    # request an on_message_begin call
 
     def on_url(self, url: bytes) -> None:
-        self._url.append(url)
+        if self._req is None:  # a new request
+            req = self._req = Request(self.client, time.perf_counter())
+            if self.tls:
+                req.tls, req.sni = self.tls_version, self.sni
+            self._url = url
+            self.header_started = self.last_active  # set as the bytes came in
+            self.header_bytes = len(url)
+            self.raw_header_bytes = 0
+            return
+        self._url += url  # the target came in more than one read
         self.header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -289,7 +293,7 @@ class Connection:
         req.method = p.get_method().decode("latin-1")
         req.version = p.get_http_version()
         req.keep_alive = p.should_keep_alive()
-        req.target = b"".join(self._url)
+        req.target = self._url
         self.header_started = None
 
     def on_body(self, body: bytes) -> None:
@@ -310,17 +314,17 @@ class Connection:
             self._to_read(Read.EOF)  # read no more: answer what came before, then close
             self.pending.append(_Fail(413, "request body too large"))  # type: ignore[arg-type]
             return
-        if self._req is not None and self.header_bytes <= MAX_HEADER_BYTES:
+        req, self._req = self._req, None  # the next on_url begins the next one
+        if req is not None and self.header_bytes <= MAX_HEADER_BYTES:
             # RFC 9112 §3.2: no Host in HTTP/1.1, or two, is a 400 (edge.core.host)
-            host = self._req.headers.get(b"host")
+            host = req.headers.get(b"host")
             if host is not None and host == self.good_host:
                 bad = None  # as host_problem found it for the request before
             else:
-                bad = host_problem(self._req.version, host)
+                bad = host_problem(req.version, host)
                 if bad is None and host is not None:
                     self.good_host = host
-            self.pending.append(self._req if bad is None else _Fail(400, bad))  # type: ignore[arg-type]
-            self._req = None
+            self.pending.append(req if bad is None else _Fail(400, bad))  # type: ignore[arg-type]
 
     # -- reading -------------------------------------------------------------
 
@@ -376,6 +380,11 @@ class Connection:
             if self.raw_header_bytes > 4 * MAX_HEADER_BYTES:
                 self._fail(431, "request headers too large")
                 return
+        elif self._req is None:
+            # between requests: the next one's headers are due within HEADER_TIMEOUT
+            # from now, even if these bytes end before its target (on_url)
+            self.header_started = self.last_active
+            self.raw_header_bytes = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
