@@ -132,6 +132,10 @@ MAX_PIPELINED = 32  # parsed requests waiting: stop reading past this
 MAX_QUEUED = 64  # parts queued for the socket: stop answering past this
 LINGER_SECONDS = 2.0  # after our last byte, read and drop what the client still sends
 STREAM_HIGH_WATER = 1 << 20
+# bytes asked for per read: a TLS read returns one record, at most 16 KiB; a
+# larger buffer is allocated and shrunk each time, and malloc consolidates its
+# free lists when 64 KiB come back (measured: ~0.3 us a request)
+READ_SIZE = 16 * 1024 + 256
 SEND_NOW_MAX = 16 * 1024  # a body joined to its head for one send (else sendmsg, or gathered)
 
 
@@ -333,7 +337,7 @@ class Connection:
             self._handshake()
             return
         try:  # _recv, written out: this is every request's way in
-            data = self._read_raw(65536)
+            data = self._read_raw(READ_SIZE)
         except WOULD_BLOCK:
             return
         except ssl.SSLEOFError:
@@ -350,7 +354,7 @@ class Connection:
     def _recv(self) -> bool:
         """Read once and take what came; ``False`` when nothing more is to be read now."""
         try:
-            data = self._read_raw(65536)
+            data = self._read_raw(READ_SIZE)
         except WOULD_BLOCK:
             return False
         except ssl.SSLEOFError:
