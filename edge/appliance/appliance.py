@@ -338,13 +338,59 @@ class Appliance:
     # -- dispatch ------------------------------------------------------------
 
     def handle(self, req: Request) -> Response | Awaitable[Response]:
+        """A GET or HEAD of an object: a hit from its view, else the miss
+        path; anything else is answered by ``_name``."""
         method = req.method
-        if method == "GET" or method == "HEAD":
-            # a target seen before that named an object plainly (no query, no
-            # token, not /_edge/): what the checks below found then, they find again
-            key = self.plain_targets.get(req.target)
-            if key is not None and self.verifier is None:
-                return self._content(req, key)
+        # a target seen before that named an object plainly (no query, no token,
+        # not /_edge/): what the checks in _name found then, they find again
+        key = self.plain_targets.get(req.target) if method == "GET" or method == "HEAD" else None
+        if key is None or self.verifier is not None:
+            named = self._name(req)
+            if type(named) is not str:
+                return named  # type: ignore[return-value]
+            key = named
+        now = time.time()
+        hit = self.hits.get(key)
+        if hit is None:
+            self.hits[key] = [1.0, now]
+        else:
+            hit[0] += 1.0
+            hit[1] = now
+        view = self.views.views.get(key)
+        if (
+            view is not None
+            and view.small is not None
+            and req.method == "GET"
+            and req.keep_alive
+            and req.version == "1.1"
+            and view.status == 200
+            and not view.obj.meta.vary
+            and not self.hits_heed_requests
+            and (view.fresh_until is None or now < view.fresh_until)
+            and req.headers.keys().isdisjoint(plans.WHOLE_UNLESS)
+        ):
+            # the commonest hit, a small object whole: what ``answer`` would
+            # answer below (a fresh view, no Vary, planned Whole), from the
+            # head and body ``whole_hot`` joined for this second
+            hot = view.hot
+            if hot is None or hot[0] is not self.dates.with_server or view.born is not None:
+                hot = self.whole_hot(req, view)
+            if hot[4] is view.small:
+                resp = Response(200, hot[2], [hot[4]], body_length=view.size, cache="hit", key=key)
+                resp.wire = hot[3]
+                return resp
+        if self.hits_heed_requests and b"cache-control" in req.headers:
+            view = None  # the miss path weighs the request's directives
+        if view is not None and (not view.obj.meta.vary or self.miss.selects(view, req)):
+            resp = self.answer(req, view, fetch=False)
+            if resp is not None:
+                return resp
+        return self.miss.answer(req, key)
+
+    def _name(self, req: Request) -> str | Response | Awaitable[Response]:
+        """The key a GET or HEAD names, once its target, method and token
+        passed their checks; for anything else the answer itself (an error, an
+        operational endpoint, OPTIONS, a forwarded method)."""
         try:
             path, query = split_target(req.target)
             key = key_for_path(path)
@@ -358,6 +404,7 @@ class Appliance:
             path_token, key = split  # /_edge/t/TOKEN/KEY: a token for KEY's directory
             if is_reserved(key):
                 return self.error(req, 404, "no such object")
+        method = req.method
         if method not in ("GET", "HEAD"):
             if method == "OPTIONS":
                 return self._options(req)
@@ -384,47 +431,7 @@ class Appliance:
             if len(plain) >= PLAIN_TARGETS_MAX:
                 plain.clear()
             plain[req.target] = key
-        return self._content(req, key)
-
-    def _content(self, req: Request, key: str) -> Response | Awaitable[Response]:
-        """A GET or HEAD of object ``key``: a hit from its view, else the miss path."""
-        now = time.time()
-        hit = self.hits.get(key)
-        if hit is None:
-            self.hits[key] = [1.0, now]
-        else:
-            hit[0] += 1.0
-            hit[1] = now
-        view = self.views.views.get(key)
-        if (
-            view is not None
-            and view.small is not None
-            and req.method == "GET"
-            and req.keep_alive
-            and req.version == "1.1"
-            and view.status == 200
-            and not view.obj.meta.vary
-            and not self.hits_heed_requests
-            and (view.fresh_until is None or now < view.fresh_until)
-            and req.headers.keys().isdisjoint(plans.WHOLE_UNLESS)
-        ):
-            # the commonest hit, a small object whole: what ``answer`` would
-            # answer below (a fresh view, no Vary, planned Whole), from the
-            # head and body ``whole_head`` joined for this second
-            hot = view.hot
-            if hot is None or hot[0] is not self.dates.with_server or view.born is not None:
-                hot = self.whole_hot(req, view)
-            if hot[4] is view.small:
-                resp = Response(200, hot[2], [hot[4]], body_length=view.size, cache="hit", key=key)
-                resp.wire = hot[3]
-                return resp
-        if self.hits_heed_requests and b"cache-control" in req.headers:
-            view = None  # the miss path weighs the request's directives
-        if view is not None and (not view.obj.meta.vary or self.miss.selects(view, req)):
-            resp = self.answer(req, view, fetch=False)
-            if resp is not None:
-                return resp
-        return self.miss.answer(req, key)
+        return key
 
     def _options(self, req: Request) -> Response:
         lines = (
