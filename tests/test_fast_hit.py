@@ -194,8 +194,8 @@ def test_the_shortcut_answers_the_bytes_the_general_path_answers(
 
 def test_the_joined_head_follows_the_clock(served) -> None:
     """The head built once is built again when the Date line changes: over
-    three seconds of hits, each answer's Date is the second's (the line is
-    made again once a second, so it may lag the clock by about one)."""
+    five seconds of hits, each answer's Date is the second's (the line is
+    made again once a second, so it may lag the clock by about one, more on a busy machine)."""
     app, _, _ = served
     for _ in range(3):  # stored, then its first hit checks the stored bytes
         app.get(TARGETS[SMALL])
@@ -203,13 +203,13 @@ def test_the_joined_head_follows_the_clock(served) -> None:
     dates = []
     try:
         reader = Reader(sock)
-        end = time.time() + 3.2
+        end = time.time() + 5.2
         while time.time() < end:
             asked = time.time()
             sock.sendall(get(TARGETS[SMALL]))
             date = parsedate_to_datetime(date_of(reader.response()).decode()).timestamp()
             dates.append(date)
-            assert asked - 2 < date <= time.time(), (asked, date)
+            assert asked - 3 < date <= time.time(), (asked, date)
             time.sleep(0.05)
     finally:
         sock.close()
