@@ -14,6 +14,7 @@ import pytest
 import trustme
 
 from edge.http.outbox import DiskError, Done, Outbox
+from edge.http.tls import tls_io
 from edge.http.wire import FileSpan, Response
 
 
@@ -93,12 +94,36 @@ def test_userland_tls_reads_files_in_and_encrypts_them(file) -> None:
             select.select([], [tls], [], 5)
     done: list[int] = []
     outbox = Outbox(tls, lambda d: done.append(d.resp.status), True)
-    expected = queue(outbox, path, data)
+    outbox.use_tls_write(tls_io(tls)[1])  # as a connection does once handshaken
+    whole = b"HTTP/1.1 200 OK\r\n\r\n" + bytes(range(256)) * 1000
+    if not outbox.send_whole(whole):  # the socket is full: retried by flush
+        assert outbox.backlog() > 0
+    expected = [whole, *queue(outbox, path, data)]
     pump(outbox, tls, None)
     tls.close()
     t.join(10)
     assert bytes(received) == b"".join(expected)
     assert done == [200, 206]
+
+
+def test_send_whole_queues_what_did_not_fit(file) -> None:
+    """A response sent at once (nothing queued) that the socket takes only
+    part of: the rest is queued, flush sends it, then what follows, in order."""
+    path, data = file
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.setblocking(False)
+    outbox = Outbox(a, lambda d: None, False)
+    whole = b"HTTP/1.1 200 OK\r\n\r\n" + bytes(range(256)) * 1000
+    assert outbox.send_whole(b"small") is True and outbox.sent == 5
+    assert outbox.send_whole(whole) is False  # the socket is full
+    assert 0 < outbox.backlog() < len(whole) and outbox.sent == 5 + len(whole) - outbox.backlog()
+    expected = [b"small", whole, *queue(outbox, path, data)]
+    got = b"".join([b.recv(1 << 20)]) + pump(outbox, a, b)
+    a.close()
+    while chunk := b.recv(1 << 20):
+        got += chunk
+    assert got == b"".join(expected)
 
 
 def test_a_file_shorter_than_its_span_is_a_disk_error(file) -> None:

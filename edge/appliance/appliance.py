@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from edge.appliance.miss import MissPath, MissStream
-from edge.appliance.view import CACHE_NAME, HIT_STATUS, View
+from edge.appliance.view import CACHE_NAME, HIT_STATUS, HotHead, View
 from edge.appliance.viewcache import ViewCache
 from edge.config import ServeConfig
 from edge.core import plan as plans
@@ -61,6 +61,7 @@ _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 HITS_FLUSH_SECONDS = 2.0
 CHANGES_POLL_SECONDS = 0.1
 PRESSURE = 0.97  # the store counts as full from here: admission applies
+PLAIN_TARGETS_MAX = 65536  # targets remembered with their keys (then forgotten at once)
 
 
 class Appliance:
@@ -88,6 +89,7 @@ class Appliance:
         self.cors_bytes = cors_lines(cfg.cors_origin)
         self.views = ViewCache(self.run, cfg.cors_origin)
         self.hits: dict[str, list[float]] = {}
+        self.plain_targets: dict[bytes, str] = {}  # see handle
         # a shared HTTP cache (docs/miss-path.md) when every origin is an HTTP one
         self.shared_cache = bool(origins) and all(
             getattr(o, "shared_cache", False) for o in origins
@@ -237,13 +239,31 @@ class Appliance:
 
     # -- responses -----------------------------------------------------------
 
-    def view_head(self, req: Request, view: View, status: int, lines: bytes) -> bytes:
+    def view_head(
+        self, req: Request, view: View, status: int, lines: bytes, age: int | None = None
+    ) -> bytes:
         """``head`` plus, for content with a freshness lifetime, its ``Age``
         (RFC 9111 §4: a cache that answers from store says how old it is), and
         its ``Cache-Status`` (RFC 9211: a hit; the miss path says otherwise)."""
         if view.born is not None:
-            lines = f"Age: {max(0, int(time.time() - view.born))}\r\n".encode() + lines
+            if age is None:
+                age = max(0, int(time.time() - view.born))
+            lines = f"Age: {age}\r\n".encode() + lines
         return self.head(req, status, lines + HIT_STATUS)
+
+    def whole_hot(self, req: Request, view: View) -> HotHead:
+        """The head of a 200 for all of ``view`` on a keep-alive HTTP/1.1
+        connection, and it joined to the body when the body is in memory:
+        ``view_head``'s bytes, built once per ``Date`` and ``Age`` and kept
+        with the view (``View.hot``: Date line, Age, head, head and body, body)."""
+        dates = self.dates.with_server
+        age = None if view.born is None else max(0, int(time.time() - view.born))
+        hot = view.hot
+        small = view.small
+        if hot is None or hot[0] is not dates or hot[1] != age or hot[4] is not small:
+            head = self.view_head(req, view, 200, view.full, age)
+            hot = view.hot = (dates, age, head, None if small is None else head + small, small)
+        return hot
 
     def head(self, req: Request, status: int, lines: bytes) -> bytes:
         if req.keep_alive and req.version == "1.1":
@@ -318,6 +338,59 @@ class Appliance:
     # -- dispatch ------------------------------------------------------------
 
     def handle(self, req: Request) -> Response | Awaitable[Response]:
+        """A GET or HEAD of an object: a hit from its view, else the miss
+        path; anything else is answered by ``_name``."""
+        method = req.method
+        # a target seen before that named an object plainly (no query, no token,
+        # not /_edge/): what the checks in _name found then, they find again
+        key = self.plain_targets.get(req.target) if method == "GET" or method == "HEAD" else None
+        if key is None or self.verifier is not None:
+            named = self._name(req)
+            if type(named) is not str:
+                return named  # type: ignore[return-value]
+            key = named
+        now = time.time()
+        hit = self.hits.get(key)
+        if hit is None:
+            self.hits[key] = [1.0, now]
+        else:
+            hit[0] += 1.0
+            hit[1] = now
+        view = self.views.views.get(key)
+        if (
+            view is not None
+            and view.small is not None
+            and req.method == "GET"
+            and req.keep_alive
+            and req.version == "1.1"
+            and view.status == 200
+            and not view.obj.meta.vary
+            and not self.hits_heed_requests
+            and (view.fresh_until is None or now < view.fresh_until)
+            and req.headers.keys().isdisjoint(plans.WHOLE_UNLESS)
+        ):
+            # the commonest hit, a small object whole: what ``answer`` would
+            # answer below (a fresh view, no Vary, planned Whole), from the
+            # head and body ``whole_hot`` joined for this second
+            hot = view.hot
+            if hot is None or hot[0] is not self.dates.with_server or view.born is not None:
+                hot = self.whole_hot(req, view)
+            if hot[4] is view.small:
+                resp = Response(200, hot[2], [hot[4]], body_length=view.size, cache="hit", key=key)
+                resp.wire = hot[3]
+                return resp
+        if self.hits_heed_requests and b"cache-control" in req.headers:
+            view = None  # the miss path weighs the request's directives
+        if view is not None and (not view.obj.meta.vary or self.miss.selects(view, req)):
+            resp = self.answer(req, view, fetch=False)
+            if resp is not None:
+                return resp
+        return self.miss.answer(req, key)
+
+    def _name(self, req: Request) -> str | Response | Awaitable[Response]:
+        """The key a GET or HEAD names, once its target, method and token
+        passed their checks; for anything else the answer itself (an error, an
+        operational endpoint, OPTIONS, a forwarded method)."""
         try:
             path, query = split_target(req.target)
             key = key_for_path(path)
@@ -353,20 +426,12 @@ class Appliance:
             key = cache_key(key, query.decode("latin-1"), self.key_ignore)
         if method not in ("GET", "HEAD"):
             return self.miss.forward(req, key)
-        hit = self.hits.get(key)
-        if hit is None:
-            self.hits[key] = [1.0, time.time()]
-        else:
-            hit[0] += 1.0
-            hit[1] = time.time()
-        view = self.views.get(key)
-        if self.hits_heed_requests and b"cache-control" in req.headers:
-            view = None  # the miss path weighs the request's directives
-        if view is not None and (not view.obj.meta.vary or self.miss.selects(view, req)):
-            resp = self.answer(req, view, fetch=False)
-            if resp is not None:
-                return resp
-        return self.miss.answer(req, key)
+        if not query and path_token is None and self.verifier is None:
+            plain = self.plain_targets
+            if len(plain) >= PLAIN_TARGETS_MAX:
+                plain.clear()
+            plain[req.target] = key
+        return key
 
     def _options(self, req: Request) -> Response:
         lines = (
@@ -388,6 +453,23 @@ class Appliance:
             return None
         if view.status != 200:
             return self._answer_as_is(req, view, fetch)
+        headers = req.headers
+        if (
+            req.method == "GET"
+            and req.keep_alive
+            and req.version == "1.1"
+            and headers.keys().isdisjoint(plans.WHOLE_UNLESS)
+        ):
+            # what plans.plan answers (Whole) for a GET without any of these
+            _, _, head, wire, small = self.whole_hot(req, view)
+            if wire is not None:
+                resp = Response(
+                    200, head, [small], body_length=view.size, cache="hit", key=view.key
+                )  # type: ignore[list-item]
+                resp.wire = wire
+                return resp
+            spans: list[Any] = [(0, view.size - 1)] if view.size else []
+            return self._body(req, view, 200, head, spans, view.size, None, fetch)
         p = plans.plan(
             req.method, req.headers, view.size, view.etag, view.last_modified, self.cfg.max_ranges
         )
@@ -400,7 +482,7 @@ class Appliance:
                 return Response(
                     200, head, [view.small], body_length=size, cache="hit", key=view.key
                 )
-            spans: list[Any] = [(0, size - 1)] if size else []
+            spans = [(0, size - 1)] if size else []
             return self._body(req, view, 200, head, spans, size, None, fetch)
         if type(p) is plans.Partial:
             return self._partial(req, view, p, fetch)

@@ -20,6 +20,8 @@ CACHE_NAME = "edgefleet"  # how Cache-Status (RFC 9211) names this cache
 HIT_STATUS = f"Cache-Status: {CACHE_NAME}; hit\r\n".encode()
 SMALL_OBJECT_MAX = 32 * 1024  # objects this small are answered from memory
 SMALL_BUDGET = 64 * 1024 * 1024  # per worker
+# a whole 200's head for one Date line and Age, it joined to the body, the body
+HotHead = tuple[bytes, int | None, bytes, bytes | None, bytes | None]
 
 
 class View:
@@ -34,6 +36,7 @@ class View:
         "files",
         "fresh_until",
         "full",
+        "hot",
         "key",
         "last_modified",
         "obj",
@@ -66,6 +69,8 @@ class View:
         self.unverified = set(obj.slices) - obj.checked
         self.files: list[OpenFile | None] = [None] * len(self.paths)
         self.small: bytes | None = None
+        # the last whole 200's head on keep-alive HTTP/1.1 (Appliance.whole_hot)
+        self.hot: HotHead | None = None
         self.status = meta.status
         if meta.headers is None:
             lines = [

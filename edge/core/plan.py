@@ -39,6 +39,8 @@ CONDITIONAL_HEADERS = frozenset(
     (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
 )
 CRLF = "\r\n"
+# a GET with none of these headers is planned ``Whole`` (the hit path's shortcut)
+WHOLE_UNLESS = CONDITIONAL_HEADERS | {b"range", b"if-range"}
 
 
 class NotModified(NamedTuple):

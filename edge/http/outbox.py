@@ -74,6 +74,13 @@ class Outbox:
         self.tls = tls  # bytes go through the SSLSocket
         self.userland = tls  # ... and so do files, unless the kernel encrypts (kTLS)
         self._retry = False  # the TLS buffer at the head must be sent again as it is
+        # how bytes go out whole: the socket's send, or once handshaken its
+        # OpenSSL object's write (``use_tls_write``)
+        self.write = sock.send
+
+    def use_tls_write(self, write: Callable[[Any], int]) -> None:
+        """Send TLS bytes with ``write`` (edge.http.tls.tls_io) from now on."""
+        self.write = write
 
     def backlog(self) -> int:
         """Bytes queued and not yet with the kernel."""
@@ -97,6 +104,25 @@ class Outbox:
                     return False
             elif not (self._send_file(item) if t is FileSpan else self._send_bytes()):
                 return False
+        return True
+
+    def send_whole(self, data: bytes) -> bool:
+        """Nothing is queued: send ``data`` (a response's head and body in
+        one buffer) at once. True when all of it is with the kernel; else what
+        is left is queued for ``flush``, as ``flush`` would have left it (over
+        TLS, a send that would block is retried with the same buffer)."""
+        try:
+            n = self.write(data)
+        except WOULD_BLOCK:
+            self.parts.append(data)
+            self._retry = self.tls
+            return False
+        except OSError as exc:
+            raise PeerGone from exc
+        self.sent += n
+        if n < len(data):
+            self.parts.append(memoryview(data)[n:])
+            return False
         return True
 
     def close(self) -> list[Done]:
@@ -168,7 +194,7 @@ class Outbox:
         ):
             data = self._gather()
         try:
-            n = self.sock.send(data)
+            n = self.write(data)
         except WOULD_BLOCK:
             self._retry = True
             return False

@@ -258,3 +258,19 @@ def ktls_available() -> bool:
             return "tls" in f.read().split()
     except OSError:
         return False
+
+
+TlsIO = tuple[Callable[..., bytes], Callable[..., int], Callable[[], int]]
+
+
+def tls_io(sock: socket.socket) -> TlsIO:
+    """``read``, ``write`` and ``pending`` of a handshaken ``SSLSocket``:
+    those of its OpenSSL object when it has one (what ``recv``, ``send`` and
+    ``pending`` call after checks in Python that cost a small hit a few
+    microseconds), else its own. The OpenSSL object's ``read`` raises
+    ``SSLEOFError`` where ``recv`` returns ``b""`` for an end without
+    ``close_notify``: the caller takes one for the other."""
+    obj = getattr(sock, "_sslobj", None)
+    if obj is None or not all(hasattr(obj, m) for m in ("read", "write", "pending")):
+        return sock.recv, sock.send, sock.pending  # type: ignore[attr-defined]
+    return obj.read, obj.write, obj.pending

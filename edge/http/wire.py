@@ -105,6 +105,7 @@ class Response:
         "range",
         "status",
         "stream",
+        "wire",
     )
 
     def __init__(
@@ -130,6 +131,9 @@ class Response:
         self.stream = stream
         self.close = close
         self.note: Any = None  # what the handler wants to log about it
+        # the head and a one-part body joined, when the handler has them so
+        # (a hit's, built once per second): sent as it is when nothing is queued
+        self.wire: bytes | None = None
 
 
 class Host(Protocol):
