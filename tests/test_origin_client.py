@@ -341,3 +341,20 @@ async def test_one_off_get() -> None:
                                 connect_timeout=1, read_timeout=1)  # fmt: skip
         assert resp.status == 200 and await resp.read(10) == b"ok"
         assert b"Connection: close" in origin.asked[0][1]
+
+
+async def test_the_body_is_not_read_before_it_is_asked_for() -> None:
+    """After the head, the socket is read no further until the body is asked
+    for (a cold miss's way to its first byte does not wait behind the body's
+    reads); then all of it comes."""
+    body = bytes(range(256)) * (32 * 1024)  # 8 MiB
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    async with RawOrigin(always(answer)) as origin:
+        p = pool(origin)
+        resp = await p.request("GET", "/big", {})
+        await asyncio.sleep(0.2)
+        assert resp._ready_bytes <= client.HEAD_READ and resp._conn.paused
+        got = b"".join([bytes(c) async for c in resp.chunks()])
+        assert got == body
+        resp.release()
+        await p.close()

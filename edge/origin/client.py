@@ -53,6 +53,7 @@ log = logging.getLogger("edgefleet.origin")
 
 HEAD_READ = 64 * 1024  # a connection's buffer for heads (and parsed bodies)
 BODY_BUFFER = 4 * 1024 * 1024  # a Content-Length body's buffers, at most this each
+READ_MAX = 256 * 1024  # at most this per socket read: the loop turns between reads
 MAX_HEAD = 64 * 1024  # an answer's status line and headers, at most
 HIGH_WATER = 1024 * 1024  # unread body bytes before the socket is read no more
 IDLE_FOR = 15.0  # seconds an idle kept-alive connection is kept
@@ -103,6 +104,7 @@ class Answer:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
+        self._reading = False  # the caller has asked for the body
 
     # -- httptools' callbacks ---------------------------------------------------
 
@@ -184,7 +186,7 @@ class Answer:
         if buf is None or self._pos == len(buf):
             buf = self._buf = memoryview(bytearray(min(self._left, BODY_BUFFER)))
             self._pos = 0
-        return buf[self._pos :]
+        return buf[self._pos : self._pos + READ_MAX]
 
     def _filled(self, n: int) -> None:
         assert self._buf is not None
@@ -199,10 +201,13 @@ class Answer:
         self._settle()
 
     def _settle(self) -> None:
-        """After each read: the connection freed or dropped, the reader woken."""
+        """After each read: the connection freed or dropped, the reader woken.
+        Until the caller asks for the body, the socket is read no further than
+        the head's read: the caller's way to its first byte (indexing, the
+        player's head) does not wait behind the body's reads."""
         if self.done:
             self._conn.finished(self)
-        elif self._ready_bytes > HIGH_WATER:
+        elif self._ready_bytes > HIGH_WATER or (self.head_done and not self._reading):
             self._conn.pause()
         self._wake()
 
@@ -259,18 +264,18 @@ class Answer:
     async def chunks(self) -> AsyncIterator[bytes | memoryview]:
         """The body, each socket read's bytes as they arrive."""
         ready = self._ready
+        self._reading = True
         while True:
             if ready:
                 chunk = ready.popleft()
                 self._ready_bytes -= len(chunk)
-                if self._ready_bytes <= HIGH_WATER // 2 and not self.done:
-                    self._conn.resume()
                 yield chunk
                 continue
             if self._error is not None:
                 raise self._error
             if self.done:
                 return
+            self._conn.resume()  # paused after the head, or at HIGH_WATER
             await self._wait()
 
     async def read(self, limit: int) -> bytes:
