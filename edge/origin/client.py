@@ -21,8 +21,10 @@ microseconds of Python per request. Here:
   handed on as views of them: one copy, the kernel's; what came with the
   head, chunked bodies and bodies up to the connection's end go through the
   parser;
-- each socket read is handed on when it arrives (the first byte does not
-  wait for a buffer to fill); reading pauses while more than ``HIGH_WATER``
+- each socket read (``READ_MAX`` at most) is handed on when it arrives (the
+  first byte does not wait for a buffer to fill); reading pauses after the
+  head until the body is asked for (the caller's way to its first byte does
+  not wait behind the body's reads), and while more than ``HIGH_WATER``
   bytes wait for their reader;
 - connections per origin are bounded (``size``: a request waits for one,
   within the connect timeout); an idle one is kept ``IDLE_FOR`` seconds, and
