@@ -73,6 +73,7 @@ class ServeConfig:
     origin_connect_timeout: float = 3.0
     origin_read_timeout: float = 10.0
     origin_retries: int = 2
+    origin_pool_size: int = 256  # connections to each HTTP origin, at most
     negative_ttl: float = 10.0
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
@@ -91,6 +92,7 @@ class ServeConfig:
         return OriginSettings(
             connect_timeout=self.origin_connect_timeout,
             read_timeout=self.origin_read_timeout,
+            pool_size=self.origin_pool_size,
             s3_endpoint=self.s3_endpoint,
             s3_region=self.s3_region,
             s3_addressing_style=self.s3_addressing_style,
@@ -297,6 +299,11 @@ SERVE_OPTIONS: Options = {
     ),
     "origin_read_timeout": ("--origin-read-timeout", parse_duration, "origin timeout per read"),
     "origin_retries": ("--origin-retries", _count, "retries of a failed origin request"),
+    "origin_pool_size": (
+        "--origin-pool-size",
+        positive_int,
+        "connections to each HTTP origin, at most (kept alive)",
+    ),
     "negative_ttl": ("--negative-ttl", parse_duration, "how long a 404 from the origin is kept"),
     "breaker_failures": (
         "--breaker-failures",
@@ -455,6 +462,7 @@ ORIGIN_OPTIONS = (
     "origin_connect_timeout",
     "origin_read_timeout",
     "origin_retries",
+    "origin_pool_size",
 )
 FILL_READS = (*STORE_OPTIONS, *ORIGIN_OPTIONS, "ca_file", "url_signing_keys", "log_level")
 SCRUB_READS = ("store", "index")

@@ -45,6 +45,7 @@ class Asked:
     headers: dict[str, str]
     status: int = 0
     body: bytes = b""
+    conn: int = 0  # which connection it came on
 
 
 @dataclass
@@ -94,6 +95,7 @@ class OriginServer:
             "/" + key,
             request.headers.get("Range"),
             dict(request.headers),
+            conn=id(request.transport),
         )
         self.log.append(asked)
         if request.method not in ("GET", "HEAD"):

@@ -39,6 +39,7 @@ def test_flags(tmp_path: Path) -> None:
         "--workers", "2",
         "--origin", "file:///srv/videos",
         "--listen", "0.0.0.0:9000",
+        "--origin-pool-size", "16",
     )  # fmt: skip
     assert cfg.root_capacities() == [
         (str(tmp_path / "a"), 1024**3),
@@ -46,6 +47,7 @@ def test_flags(tmp_path: Path) -> None:
     ]
     assert cfg.slice_size == 4 * 1024 * 1024 and cfg.workers == 2
     assert cfg.listen == ("0.0.0.0", 9000)
+    assert cfg.origin_settings().pool_size == 16
 
 
 def test_toml_with_flag_overrides(tmp_path: Path) -> None:
@@ -79,6 +81,7 @@ capacity = "10GiB"
         (["--eviction", "random"], "--eviction / eviction"),
         (["--admin-token", "short"], "--admin-token / admin_token"),
         (["--request-cache-control", "most"], "--request-cache-control / request_cache_control"),
+        (["--origin-pool-size", "0"], "--origin-pool-size / origin_pool_size"),
     ],
 )
 def test_bad_values_name_the_option(tmp_path: Path, argv: list[str], named: str) -> None:

@@ -107,3 +107,35 @@ async def test_the_http_origin_is_asked_once_for_a_changed_object() -> None:
             await chain.close()
     finally:
         server.stop()
+
+
+async def test_the_http_origins_slices_come_over_kept_alive_connections_bounded() -> None:
+    """One connection serves slice after slice; concurrent slices open at
+    most ``pool_size`` connections; every byte arrives, in its slice."""
+    import asyncio
+    import random
+
+    server = OriginServer().start()
+    try:
+        data = random.randbytes(10 * 65536 + 7)
+        server.put("v.mp4", data)
+        origin = open_origin(server.url, OriginSettings(pool_size=2))
+        chain = OriginChain([origin], retries=0)
+        try:
+            meta = await chain.learn("v.mp4", 0, 65536)
+            assert meta is not None and meta.size == len(data)
+            first = await chain.fetch("v.mp4", "g", 0, meta, 65536).data()
+            for idx in (1, 2, 3):
+                assert await chain.fetch("v.mp4", "g", idx, meta, 65536).data() == bytes(
+                    data[idx * 65536 : (idx + 1) * 65536]
+                )
+            assert len({a.conn for a in server.asked("GET")}) == 1
+            rest = await asyncio.gather(
+                *(chain.fetch("v.mp4", "g", i, meta, 65536).data() for i in range(4, 11))
+            )
+            assert first + b"".join(rest) == data[:65536] + data[4 * 65536 :]
+            assert len({a.conn for a in server.asked("GET")}) <= 2
+        finally:
+            await chain.close()
+    finally:
+        server.stop()

@@ -36,7 +36,7 @@ from edge.core.keys import loggable
 from edge.core.meta import ObjectMeta, same_version
 from edge.http.wire import FileSpan, OpenFile, Part, Request, Response
 from edge.origin import OriginChanged, OriginError, OriginRefused, OriginTimeout
-from edge.origin.chain import OriginChain
+from edge.origin.chain import TAKE_WAIT, OriginChain
 from edge.origin.slicefetch import SliceFetch, shared
 from edge.store import IndexBusy, Store, StoredObject, new_gen
 
@@ -381,17 +381,23 @@ class MissPath:
         meta = await self._ask_origin(key, idx, headers)
         if meta is None or not meta.storable:
             return meta
-        return self._index_behind(key, meta)
+        first = self.chain.learnt.get((key, idx)) if idx is not None else None
+        return self._index_behind(key, meta, first)
 
-    def _index_behind(self, key: str, meta: ObjectMeta) -> StoredObject:
+    def _index_behind(
+        self, key: str, meta: ObjectMeta, first: SliceFetch | None = None
+    ) -> StoredObject:
         """The object just learnt, to answer with now; its index entry is
         committed meanwhile, so the first byte waits neither for the commit's
         fsync nor for the index's write lock (held by slice commits). Its
-        slices are stored only once the entry is there (``_entry``)."""
+        slices are stored only once the entry is there (``_entry``). With
+        ``first`` (the learnt slice's fetch), the commit starts once a player
+        has taken its first bytes (at most ``TAKE_WAIT`` later): its thread's
+        work would compete with them for the CPU and the GIL."""
         roots = self.store.usable_roots() or list(self.store.roots.values())
         obj = StoredObject(key, new_gen(), roots[0], meta, self.store.slice_size)
         k = (key, obj.gen)
-        fut = asyncio.ensure_future(self._commit(obj))
+        fut = asyncio.ensure_future(self._commit(obj, first))
         self.indexing[k] = fut
 
         def done(f: asyncio.Future[StoredObject]) -> None:
@@ -403,9 +409,11 @@ class MissPath:
         self.views.remember(View(obj, self.views.cors))  # found by the next request
         return obj
 
-    async def _commit(self, obj: StoredObject) -> StoredObject:
+    async def _commit(self, obj: StoredObject, first: SliceFetch | None = None) -> StoredObject:
         """Index ``obj``; the entry the index has for it (another process's
         entry for the same version, when that one came first)."""
+        if first is not None:
+            await first.taken(TAKE_WAIT)
         try:
             entry = await self._index(obj.key, obj.meta, obj.gen)
         except Exception as exc:

@@ -62,6 +62,7 @@ class OriginSettings:
     # appliance of the same fleet checks them; a plain web server ignores them)
     signing_key: tuple[str, bytes] | None = None
     ca_file: str | None = None  # verifies https:// origins, parents and peers (None: system)
+    pool_size: int = 256  # connections to each HTTP origin, at most (edge.origin.client)
 
 
 class Origin(Protocol):

@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 BACKOFF_BASE = 0.1
 CLAIM_WAIT = 2.0  # seconds a learnt slice waits for its request to ask for it
+TAKE_WAIT = 0.02  # seconds a learnt slice's first bytes wait to be sent before the rest is read
 
 
 def backoff(n: int, base: float = BACKOFF_BASE) -> float:
@@ -517,9 +518,10 @@ class OriginChain:
     ) -> None:
         async def attempt(origin: Origin) -> None:
             nonlocal opened
+            first = False
             if opened is not None:
                 # the rest of the answer that told us what the object is
-                chunks, opened = opened, None
+                chunks, opened, first = opened, None, True
             else:
                 # resume where the previous attempt stopped
                 chunks = origin.read(key, meta, start + f.got, length - f.got)
@@ -528,6 +530,12 @@ class OriginChain:
                     raise OriginError(f"{origin.url}: {key!r}: more bytes than asked")
                 f.feed(chunk)
                 self.on_bytes(len(chunk))
+                if first:
+                    # A cold miss's first bytes (read with the answer's head) go
+                    # to the player before the rest is read: those reads would
+                    # otherwise run ahead of its first byte.
+                    first = False
+                    await f.taken(TAKE_WAIT)
             if f.got != length:
                 raise OriginError(f"{origin.url}: {key!r}: {f.got} of {length} bytes")
 

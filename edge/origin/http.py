@@ -23,31 +23,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
-
 from edge.core import cachepolicy, freshness
 from edge.core.httpdate import format_http_date, parse_http_date
-from edge.core.keys import loggable
 from edge.core.mediatypes import guess_type
 from edge.core.meta import ObjectMeta
 from edge.core.signing import token_param
 from edge.http.response import SERVER
 from edge.http.tls import client_context
-from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout, lenient
+from edge.origin import OriginChanged, OriginError, OriginSettings, OriginTimeout
+from edge.origin.client import Answer, ClientError, Pool, Timeout
 from edge.origin.state import shown_url
-
-log = logging.getLogger("edgefleet.origin")
 
 SIGNED_FOR = 300  # seconds a request's token is valid
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 UNSIZED_MAX = 16 * 1024 * 1024  # an answer without a length is read whole, up to this
+FORWARDED_MAX = 64 * 1024 * 1024  # an unsafe method's answer, read whole, up to this
 
 
 @dataclasses.dataclass
@@ -77,34 +73,31 @@ class HTTPOrigin:
         self.shown = shown_url(url)  # for messages: never the credentials
         parts = urlsplit(url)
         self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        self._path = parts.path.rstrip("/")
         self.settings = settings
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self.signing_key = settings.signing_key  # replaced when the keys are reloaded
         self._key_prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=self.settings.connect_timeout,
-                    sock_connect=self.settings.connect_timeout,
-                    sock_read=self.settings.read_timeout,
-                ),
-                connector=aiohttp.TCPConnector(
-                    limit=256,
-                    ttl_dns_cache=300,
-                    ssl=client_context(self.settings.ca_file) if self.settings.ca_file else True,
-                ),
-                auto_decompress=False,
-                headers={"User-Agent": SERVER, "Accept-Encoding": "identity"},
-                skip_auto_headers=("Content-Type",),
+    def _client(self) -> Pool:
+        """The origin's connections (``edge.origin.client``), made at first use."""
+        if self._pool is None:
+            ca = self.settings.ca_file
+            self._pool = Pool(
+                self.base,
+                shown=self.shown,
+                user_agent=SERVER,
+                connect_timeout=self.settings.connect_timeout,
+                read_timeout=self.settings.read_timeout,
+                size=self.settings.pool_size,
+                ssl_context=client_context(ca) if ca else None,
             )
-        return self._session
+        return self._pool
 
     def _target(self, key: str) -> str:
+        """The request target (path and query) for ``key``."""
         path, query = cachepolicy.split_key(key)
-        url = self.base + "/" + quote(path, safe="/!$&'()*+,;=:@-._~")
+        url = self._path + "/" + quote(path, safe="/!$&'()*+,;=:@-._~")
         if self.signing_key is not None:
             kid, secret = self.signing_key  # the key as the parent names it, prefix and all
             expires = int(time.time()) + SIGNED_FOR
@@ -113,40 +106,14 @@ class HTTPOrigin:
         return url + "?" + query if query else url
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     @contextlib.asynccontextmanager
-    async def _get(self, key: str, headers: dict[str, str]) -> AsyncIterator[Any]:
-        """The answer to a GET. A kept-alive connection the origin closed
-        meanwhile fails before any answer: the GET is sent once more on a new
-        one. An answer aiohttp's parser refused (bytes after a complete
-        message: a body longer than its Content-Length) is asked for once
-        more on a connection of its own and read leniently
-        (``edge.origin.lenient``): its Content-Length bytes, the rest dropped
-        with the connection."""
-        url = self._target(key)
-        resp: Any
-        try:
-            resp = await self._client().get(url, headers=headers, allow_redirects=False)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            resp = await self._client().get(url, headers=headers, allow_redirects=False)
-        except aiohttp.ClientResponseError as exc:
-            log.warning(
-                "origin %s: GET %s: an answer aiohttp refused (%s); read once more leniently",
-                self.shown,
-                loggable(key),
-                loggable(exc.message, 200),
-            )
-            ca = self.settings.ca_file
-            resp = await lenient.get(
-                url,
-                headers,
-                user_agent=SERVER,
-                connect_timeout=self.settings.connect_timeout,
-                read_timeout=self.settings.read_timeout,
-                ssl_context=client_context(ca) if ca else None,
-            )
+    async def _get(self, key: str, headers: dict[str, str]) -> AsyncIterator[Answer]:
+        """The answer to a GET, released after (its connection back to the
+        pool when its body was read to its end, else closed)."""
+        resp = await self._client().request("GET", self._target(key), headers)
         try:
             yield resp
         finally:
@@ -330,7 +297,7 @@ class HTTPOrigin:
                     ):
                         yield item
                     return
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, ClientError) as exc:
             raise self._get_error(exc, key) from None
         async for item in self.read_first(
             key, start, length, request_headers=request_headers, current=current, ranged=False
@@ -342,7 +309,7 @@ class HTTPOrigin:
         key: str,
         start: int,
         length: int,
-        resp: aiohttp.ClientResponse,
+        resp: Answer,
         request_time: float,
         request_headers: Mapping[str, str],
     ) -> AsyncIterator[ObjectMeta | bytes]:
@@ -379,37 +346,31 @@ class HTTPOrigin:
             async for chunk in self._body(resp, key, want, skip, status == 206):
                 yield chunk
 
-    async def _unsized(self, resp: aiohttp.ClientResponse, key: str) -> bytes:
+    async def _unsized(self, resp: Answer, key: str) -> bytes:
         """The whole body of an answer that gave no length (chunked, or up to
         the connection's end), up to ``UNSIZED_MAX``."""
-        body = bytearray()
-        async for chunk in resp.content.iter_any():  # ends at the body's end, or at once
-            body += chunk
-            if len(body) > UNSIZED_MAX:
-                raise OriginError(
-                    f"{self.shown}: {key!r}: an answer without a length, over {UNSIZED_MAX} bytes"
-                )
-        return bytes(body)
+        try:
+            return await resp.read(UNSIZED_MAX)
+        except Timeout:
+            raise
+        except ClientError as exc:
+            raise OriginError(f"{self.shown}: {key!r}: an answer without a length: {exc}") from None
 
     def _get_error(self, exc: BaseException, key: str) -> OriginError:
-        """The ``OriginError`` for what a GET raised (timeouts first: aiohttp's
-        ``ServerTimeoutError`` is also a ``ClientError``)."""
-        if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        """The ``OriginError`` for what a request raised (timeouts: ``OriginTimeout``)."""
+        if isinstance(exc, (TimeoutError, Timeout)):
             return OriginTimeout(f"{self.shown}: GET {key!r} timed out")
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return OriginError(f"{self.shown}: {key!r}: the body broke off: {exc}")
         return OriginError(f"{self.shown}: GET {key!r}: {exc}")
 
     async def _body(
-        self, resp: aiohttp.ClientResponse, key: str, length: int, skip: int, exact: bool
-    ) -> AsyncIterator[bytes]:
+        self, resp: Answer, key: str, length: int, skip: int, exact: bool
+    ) -> AsyncIterator[bytes | memoryview]:
         """``length`` bytes of ``resp``'s body after the first ``skip``; ``exact``:
         the body must not hold more (a 206 of our range)."""
         left = length
         # whatever has arrived, as it was read from the socket: a player waiting
-        # for its first byte should not wait for a buffer to fill, and buffered
-        # reads are not joined into one new copy (``iter_any`` would)
-        async for chunk, _ in resp.content.iter_chunks():
+        # for its first byte should not wait for a buffer to fill
+        async for chunk in resp.chunks():
             if not chunk:
                 continue
             if skip:
@@ -488,7 +449,7 @@ class HTTPOrigin:
                     raise OriginError(f"{self.shown}: GET {key!r} answered {resp.status}")
                 async for chunk in self._body(resp, key, length, skip, resp.status == 206):
                     yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, ClientError) as exc:
             raise self._get_error(exc, key) from None
 
     async def _read_answer(
@@ -501,7 +462,7 @@ class HTTPOrigin:
                 self._same_version(key, meta, resp.headers)
                 async for chunk in self._body(resp, key, length, start, False):
                     yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, ClientError) as exc:
             raise self._get_error(exc, key) from None
 
     # -- unsafe methods ----------------------------------------------------------
@@ -512,10 +473,11 @@ class HTTPOrigin:
         """``method`` with ``body`` to the origin, once; its answer, whole."""
         headers = cachepolicy.forwarded(request_headers)
         try:
-            async with self._client().request(
-                method, self._target(key), headers=headers, data=body, allow_redirects=False
-            ) as resp:
-                data = await resp.read()
-                return Forwarded(resp.status, cachepolicy.end_to_end(resp.headers.items()), data)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            resp = await self._client().request(method, self._target(key), headers, body)
+            try:
+                data = await resp.read(FORWARDED_MAX)
+            finally:
+                resp.release()
+            return Forwarded(resp.status, cachepolicy.end_to_end(resp.headers.items()), data)
+        except (TimeoutError, ClientError) as exc:
             raise self._get_error(exc, key) from None

@@ -10,6 +10,7 @@ coroutine for every concurrent caller with the same key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -46,6 +47,7 @@ class SliceFetch:
         self.claimed = False  # a request has asked for it (always, but for a learnt one)
         self.k: tuple[str, str, int] | None = None  # where ``OriginChain.fetches`` has it
         self.learnt: tuple[str, int, ObjectMeta] | None = None  # started by ``learn``
+        self.first_out = False  # a reader has taken the first bytes (or wants them all)
         self._waiters: list[asyncio.Future[None]] = []
 
     def claim(self, store: Callable[[list[bytes]], Awaitable[None]] | None) -> None:
@@ -85,7 +87,18 @@ class SliceFetch:
         if self.error is not None and not self.got:
             raise self.error
 
+    async def taken(self, timeout: float) -> None:
+        """Until a reader has taken the first bytes (sent them on), for at most
+        ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not self.first_out and self.error is None:
+                    await self._wait()
+
     async def data(self) -> bytes:
+        if not self.first_out:
+            self.first_out = True
+            self._wake()
         while not self.done:
             if self.error is not None:
                 raise self.error
@@ -106,6 +119,9 @@ class SliceFetch:
                 hi = min(len(chunk), end - base)
                 yield memoryview(chunk)[pos - base : hi]
                 pos = base + hi
+                if not self.first_out:  # sent on: the rest of the slice may come
+                    self.first_out = True
+                    self._wake()
                 continue
             if self.error is not None:
                 raise self.error
