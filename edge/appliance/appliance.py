@@ -376,9 +376,7 @@ class Appliance:
             if hot is None or hot[0] is not self.dates.with_server or view.born is not None:
                 hot = self.whole_hot(req, view)
             if hot[4] is view.small:
-                resp = Response(200, hot[2], [hot[4]], body_length=view.size, cache="hit", key=key)
-                resp.wire = hot[3]
-                return resp
+                return _joined_hit(view, hot)
         if self.hits_heed_requests and b"cache-control" in req.headers:
             view = None  # the miss path weighs the request's directives
         if view is not None and (not view.obj.meta.vary or self.miss.selects(view, req)):
@@ -461,13 +459,10 @@ class Appliance:
             and headers.keys().isdisjoint(plans.WHOLE_UNLESS)
         ):
             # what plans.plan answers (Whole) for a GET without any of these
-            _, _, head, wire, small = self.whole_hot(req, view)
-            if wire is not None:
-                resp = Response(
-                    200, head, [small], body_length=view.size, cache="hit", key=view.key
-                )  # type: ignore[list-item]
-                resp.wire = wire
-                return resp
+            hot = self.whole_hot(req, view)
+            head = hot[2]
+            if hot[3] is not None:
+                return _joined_hit(view, hot)
             spans: list[Any] = [(0, view.size - 1)] if view.size else []
             return self._body(req, view, 200, head, spans, view.size, None, fetch)
         p = plans.plan(
@@ -644,3 +639,11 @@ class Appliance:
             self.views.damaged(obj.key, dropping)
 
         return on_error
+
+
+def _joined_hit(view: View, hot: HotHead) -> Response:
+    """The 200 for all of a small ``view`` from its head and body joined
+    (``Appliance.whole_hot``), sent as one buffer."""
+    resp = Response(200, hot[2], [hot[4]], body_length=view.size, cache="hit", key=view.key)  # type: ignore[list-item]
+    resp.wire = hot[3]
+    return resp
