@@ -26,6 +26,7 @@ import itertools
 import os
 import socket
 import ssl
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -33,8 +34,10 @@ from typing import Any
 from edge.http.wire import FileSpan, Request, Response
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_CORK = getattr(socket, "TCP_CORK", None)
 CORK_ABOVE = 512 * 1024
 TLS_CHUNK = 128 * 1024  # bytes gathered (and read from files) into one TLS send
+TLS_RECORD = 16384  # the most a TLS record holds
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -74,6 +77,8 @@ class Outbox:
         self.tls = tls  # bytes go through the SSLSocket
         self.userland = tls  # ... and so do files, unless the kernel encrypts (kTLS)
         self._retry = False  # the TLS buffer at the head must be sent again as it is
+        # TCP_CORK around a TLS send of several records (TCP sockets, Linux)
+        self.corks = _CORK is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
         # how bytes go out whole: the socket's send, or once handshaken its
         # OpenSSL object's write (``use_tls_write``)
         self.write = sock.send
@@ -189,48 +194,103 @@ class Outbox:
     def _send_tls(self) -> bool:
         parts = self.parts
         data = parts[0]
+        gathered = scratch = False
         if not self._retry and (
             type(data) is FileSpan or (len(data) < TLS_CHUNK and len(parts) > 1)
         ):
-            data = self._gather()
+            data, scratch = self._gather()
+            gathered = True
+        # several records: held back (corked) until all of them are written,
+        # so the kernel sends them as one and the client wakes once
+        cork = self.corks and len(data) > TLS_RECORD
+        if cork:
+            self.sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
         try:
             n = self.write(data)
         except WOULD_BLOCK:
+            # OpenSSL wants the same bytes again (the buffer may move):
+            # the scratch buffer is the next send's, so they are copied
             self._retry = True
+            if gathered:
+                parts.appendleft(bytes(data) if scratch else data)
             return False
         except OSError as exc:
             raise PeerGone from exc
+        finally:
+            if cork:
+                self.sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
         self._retry = False
         self.sent += n
         if n < len(data):
-            parts[0] = memoryview(data)[n:]
+            left = memoryview(data)[n:]
+            if gathered:
+                parts.appendleft(bytes(left) if scratch else left)
+            else:
+                parts[0] = left
             return False
-        parts.popleft()
+        if not gathered:
+            parts.popleft()
         return True
 
-    def _gather(self) -> bytes:
-        """Join the parts at the head, up to ``TLS_CHUNK``, into one buffer at
-        the head; on userland TLS file spans are read into it."""
+    def _gather(self) -> tuple[Any, bool]:
+        """Take the parts at the head, up to ``TLS_CHUNK``, as one buffer:
+        (the buffer, whether it is the scratch buffer). On userland TLS
+        file spans are read straight into it, after the head before them."""
         parts = self.parts
-        got: list[Any] = []
+        buf = _scratch()
         size = 0
+        taken = 0
+        first: Any = None
         while parts and size < TLS_CHUNK:
             item = parts[0]
-            if type(item) is Done or (type(item) is FileSpan and not self.userland):
+            t = type(item)
+            if t is Done or (t is FileSpan and not self.userland):
                 break
-            if type(item) is not FileSpan:
-                got.append(parts.popleft())
-                size += len(item)
+            taken += 1
+            if t is not FileSpan:
+                n = len(item)
+                if size + n > TLS_CHUNK:
+                    if size:
+                        break
+                    return parts.popleft(), False  # a large buffer goes as it is
+                buf[size : size + n] = item
+                size += n
+                first = parts.popleft()
                 continue
-            got.append(data := _read(item, TLS_CHUNK - size))
-            size += len(data)
+            size += _read_into(item, buf[size:])
             if item.count:
                 break
             item.close()
             parts.popleft()
-        joined = got[0] if len(got) == 1 else b"".join(got)
-        parts.appendleft(joined)
-        return joined
+        if taken == 1 and first is not None:
+            return first, False  # one buffer alone: no need for a copy
+        return buf[:size], True
+
+
+_local = threading.local()
+
+
+def _scratch() -> memoryview:
+    """This thread's buffer for gathering a TLS send (one event loop per thread)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(TLS_CHUNK))
+    return buf
+
+
+def _read_into(span: FileSpan, buf: memoryview) -> int:
+    if span.fd < 0:
+        _open(span)
+    want = min(len(buf), span.count)
+    try:
+        n = os.preadv(span.fd, [buf[:want]], span.offset)
+    except OSError as exc:
+        raise DiskError(span, exc) from exc
+    if not n:
+        raise DiskError(span, OSError(errno.EIO, "slice file shorter than its index row"))
+    span.offset += n
+    span.count -= n
+    return n
 
 
 def _open(span: FileSpan) -> None:
@@ -238,17 +298,3 @@ def _open(span: FileSpan) -> None:
         span.fd = os.open(span.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise DiskError(span, exc) from exc
-
-
-def _read(span: FileSpan, most: int) -> bytes:
-    if span.fd < 0:
-        _open(span)
-    try:
-        data = os.pread(span.fd, min(most, span.count), span.offset)
-    except OSError as exc:
-        raise DiskError(span, exc) from exc
-    if not data:
-        raise DiskError(span, OSError(errno.EIO, "slice file shorter than its index row"))
-    span.offset += len(data)
-    span.count -= len(data)
-    return data
