@@ -9,6 +9,8 @@ the wire, the access log lines and the metrics must be the same. A
 conditional that does not match (``If-None-Match`` of another ETag) goes
 through the planner and answers the same 200: that is the general path; so
 does a request pipelined behind another (it is queued, not sent at once).
+A GET of one range within one slice has a shortcut too; every kind of range
+is asked the same ways.
 """
 
 from __future__ import annotations

@@ -143,6 +143,36 @@ def test_userland_tls_reads_files_in_and_encrypts_them(file, pair, tmp_path: Pat
     assert sorted(done) == [200, 200, 206, 206]
 
 
+@pytest.mark.parametrize("pair", [socket.socketpair, tcp_pair], ids=["unix", "tcp"])
+def test_a_head_and_a_file_span_sent_at_once_over_tls(file, pair, tmp_path: Path) -> None:
+    """``send_with_span``: the head and the span read in after it, one TLS
+    send; what a full socket did not take is queued, and stays right while
+    the other connection's send reuses the buffer; then what follows."""
+    path, data = file
+    other = tmp_path / "other-slice"
+    other.write_bytes(bytes(reversed(data)))
+    files = [(path, data), (other, bytes(reversed(data)))]
+    ca = trustme.CA()
+    peers = [TlsPeer(pair, ca), TlsPeer(pair, ca)]
+    outboxes, expected = [], []
+    for n, peer in enumerate(peers):
+        outbox = Outbox(peer.tls, lambda d: None, True)
+        outbox.use_tls_write(tls_io(peer.tls)[1])
+        head = b"HTTP/1.1 206 Partial Content\r\n\r\n"
+        span = FileSpan(str(files[n][0]), 1000, 100_000)
+        if outbox.send_with_span(head, span):
+            assert outbox.backlog() == 0
+        outbox.parts.append(b"and then %d" % n)
+        outboxes.append(outbox)
+        expected.append(head + files[n][1][1000:101_000] + b"and then %d" % n)
+    waiting = list(zip(outboxes, peers, strict=True))
+    while waiting:
+        waiting = [(o, p) for o, p in waiting if not o.flush()]
+        if waiting:
+            select.select([], [p.tls for _, p in waiting], [], 5)
+    assert [peer.close() for peer in peers] == expected
+
+
 def test_send_whole_queues_what_did_not_fit(file) -> None:
     """A response sent at once (nothing queued) that the socket takes only
     part of: the rest is queued, flush sends it, then what follows, in order."""

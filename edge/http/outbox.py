@@ -9,9 +9,12 @@ Rules it keeps:
   server 6 us a request, and onto a 2 MiB body saved the client a wake-up;
 - over TLS the socket is an ``ssl.SSLSocket``: parts are gathered (up to
   ``TLS_CHUNK``) into one ``send``, and on userland TLS file spans are read
-  into that buffer (``os.pread``) to be encrypted; with kernel TLS they keep
-  ``sendfile``, which the kernel encrypts. A TLS send that would block is
-  retried with the same buffer, as OpenSSL requires;
+  into that buffer (``os.preadv``, a buffer per thread) to be encrypted;
+  with kernel TLS they keep ``sendfile``, which the kernel encrypts. A TLS
+  send that would block is retried with the same bytes, as OpenSSL
+  requires (copied out of the per-thread buffer, which the next send
+  reuses); a send of several records is corked (``TCP_CORK``), so they
+  leave together;
 - ``flush`` never blocks on the socket: it returns False when the socket is
   full. It raises ``PeerGone`` when the peer went away and ``DiskError``
   when a file cannot be read; what can block is the disk (a page not in the
@@ -191,15 +194,37 @@ class Outbox:
             n -= size
         return True
 
+    def send_with_span(self, head: bytes, span: FileSpan) -> bool:
+        """Nothing is queued, userland TLS: ``head`` and all of ``span`` (at
+        most ``TLS_CHUNK`` in all) in one TLS send, the file read straight
+        after the head. True when all of it is with the kernel; else what is
+        left is queued for ``flush``, as ``flush`` would have left it. Raises
+        ``DiskError`` and ``PeerGone`` as ``flush`` does."""
+        buf = _scratch()
+        h = len(head)
+        buf[:h] = head
+        size = h + _read_into(span, buf[h : h + span.count])
+        if span.count:  # a short read: the rest goes the general way
+            self.parts.extend((bytes(buf[:size]), span))
+            return False
+        span.close()
+        return self._write_tls(buf[:size], True, True)
+
     def _send_tls(self) -> bool:
         parts = self.parts
         data = parts[0]
-        gathered = scratch = False
         if not self._retry and (
             type(data) is FileSpan or (len(data) < TLS_CHUNK and len(parts) > 1)
         ):
             data, scratch = self._gather()
-            gathered = True
+            return self._write_tls(data, True, scratch)
+        return self._write_tls(data, False, False)
+
+    def _write_tls(self, data: Any, taken: bool, scratch: bool) -> bool:
+        """One TLS send of ``data``: the part at the head of the queue, or
+        (``taken``) parts already taken off it, maybe in the scratch buffer.
+        What is not sent is left at the head of the queue."""
+        parts = self.parts
         # several records: held back (corked) until all of them are written,
         # so the kernel sends them as one and the client wakes once
         cork = self.corks and len(data) > TLS_RECORD
@@ -211,7 +236,7 @@ class Outbox:
             # OpenSSL wants the same bytes again (the buffer may move):
             # the scratch buffer is the next send's, so they are copied
             self._retry = True
-            if gathered:
+            if taken:
                 parts.appendleft(bytes(data) if scratch else data)
             return False
         except OSError as exc:
@@ -223,12 +248,12 @@ class Outbox:
         self.sent += n
         if n < len(data):
             left = memoryview(data)[n:]
-            if gathered:
+            if taken:
                 parts.appendleft(bytes(left) if scratch else left)
             else:
                 parts[0] = left
             return False
-        if not gathered:
+        if not taken:
             parts.popleft()
         return True
 
