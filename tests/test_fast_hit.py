@@ -9,6 +9,8 @@ the wire, the access log lines and the metrics must be the same. A
 conditional that does not match (``If-None-Match`` of another ETag) goes
 through the planner and answers the same 200: that is the general path; so
 does a request pipelined behind another (it is queued, not sent at once).
+A GET of one range within one slice has a shortcut too; every kind of range
+is asked the same ways.
 """
 
 from __future__ import annotations
@@ -104,18 +106,18 @@ def date_of(response: bytes) -> bytes:
     return m.group(1)
 
 
-def both_ways(sock: socket.socket, target: str) -> tuple[list[bytes], int]:
-    """The same object asked for four ways on one connection: the shortcut,
+def both_ways(sock: socket.socket, target: str, **headers: str) -> tuple[list[bytes], int]:
+    """The same request asked four ways on one connection: the shortcut,
     the planner (a conditional that does not match), and a pipelined pair;
     again if the clock's second turned meanwhile (the Date line changes).
     The four answers, and how many times they were asked for."""
     reader = Reader(sock)
     for rounds in range(1, 6):
-        sock.sendall(get(target))
+        sock.sendall(get(target, **headers))
         got = [reader.response()]
-        sock.sendall(get(target, if_none_match=OTHER_ETAG))
+        sock.sendall(get(target, if_none_match=OTHER_ETAG, **headers))
         got.append(reader.response())
-        sock.sendall(get(target) + get(target))
+        sock.sendall(get(target, **headers) + get(target, **headers))
         got += [reader.response(), reader.response()]
         if len({date_of(r) for r in got}) == 1:
             return got, rounds
@@ -190,6 +192,56 @@ def test_the_shortcut_answers_the_bytes_the_general_path_answers(
     hits = counted[0] + sum(4 * n for n in asked.values())
     sent = counted[1] + sum(4 * n * len(catalog[key]) for key, n in asked.items())
     assert settled(lambda: hit_counts(app)) == (hits, sent)
+
+
+# (Range, status): one slice, two, a whole slice, open-ended, a suffix, one
+# byte, clipped, several, past the end, invalid (ignored: 200)
+RANGES = [
+    ("bytes=0-99", 206), ("bytes=1000-70000", 206), ("bytes=65536-131071", 206),
+    ("bytes=300000-", 206), ("bytes=-100", 206), ("bytes=5-5", 206),
+    ("bytes=327000-999999", 206), ("bytes=0-0,5-9", 206), ("bytes=999999-", 416),
+    ("bytes=9-5", 200),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_single_range_is_answered_as_the_planner_answers_it(
+    served, catalog: dict[str, bytes], tls: bool
+) -> None:
+    """A GET whose only shaping header is a Range of one slice takes the
+    shortcut; whatever range it is, the answer is the planner's, byte for
+    byte, with the same access-log line (its range included)."""
+    app, tls_port, log = served
+    data = catalog[LARGE]
+    assert len(data) == 5 * SLICE
+    assert app.get(TARGETS[LARGE])[2] == data  # a miss, stored behind the answer
+    wait_for(lambda: app.get(TARGETS[LARGE])[1]["cache-status"] == "edgefleet; hit")
+    sock = connect(tls_port if tls else app.port, tls)
+    try:
+        for value, status in RANGES:
+            answers, _ = both_ways(sock, TARGETS[LARGE], range=value)
+            # several ranges: each answer has a multipart boundary of its own
+            answers = [re.sub(rb"boundary=(\w+)", rb"boundary=B", a) for a in answers]
+            answers = [re.sub(rb"--[0-9a-f]{24}", rb"--B", a) for a in answers]
+            assert len(set(answers)) == 1, (value, answers)
+            assert answers[0].startswith(b"HTTP/1.1 %d " % status), (value, answers[0][:200])
+            head, _, body = answers[0].partition(b"\r\n\r\n")
+            m = re.search(rb"\r\nContent-Range: bytes (\d+)-(\d+)/", head)
+            if status == 206 and m is not None:
+                a, b = int(m.group(1)), int(m.group(2))
+                assert body == data[a : b + 1] and b"\r\nCache-Status: edgefleet; hit" in head
+    finally:
+        sock.close()
+    lines = settled(lambda: log_lines(log))
+    for value, status in RANGES:
+        if status == 200:
+            continue  # an ignored Range is not logged as one
+        four = [line for line in lines if line["range"] == value][-4:]
+        assert len(four) == 4, value
+        for line in four:
+            assert line.pop("time") and line.pop("duration_ms") >= 0
+        assert all(line == four[0] for line in four), four
+        assert four[0]["key"] == LARGE and four[0]["status"] == status
 
 
 def test_the_joined_head_follows_the_clock(served) -> None:

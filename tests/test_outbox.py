@@ -8,6 +8,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,46 +65,112 @@ def test_parts_leave_in_order_and_done_counts_body_bytes(file) -> None:
     assert outbox.backlog() == 0
 
 
-def test_userland_tls_reads_files_in_and_encrypts_them(file) -> None:
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of TCP sockets on loopback (a socketpair is AF_UNIX)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        b = socket.create_connection(listener.getsockname())
+        a, _ = listener.accept()
+    return a, b
+
+
+class TlsPeer:
+    """A handshaken server-side TLS socket (non-blocking) and a client thread
+    that collects all it gets, slowly."""
+
+    def __init__(self, pair, ca: trustme.CA) -> None:  # type: ignore[no-untyped-def]
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("edge.test").configure_cert(server_ctx)
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        a, b = pair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        self.received = bytearray()
+
+        def client() -> None:
+            with client_ctx.wrap_socket(b, server_hostname="edge.test") as c:
+                # slowly: the server's sends fill the socket and block, again and again
+                while chunk := c.recv(8192):
+                    self.received.extend(chunk)
+                    time.sleep(0.0005)
+
+        self.thread = threading.Thread(target=client)
+        self.thread.start()
+        a.setblocking(False)
+        self.tls = tls = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                select.select([tls], [], [], 5)
+            except ssl.SSLWantWriteError:
+                select.select([], [tls], [], 5)
+
+    def close(self) -> bytes:
+        self.tls.close()
+        self.thread.join(10)
+        return bytes(self.received)
+
+
+@pytest.mark.parametrize("pair", [socket.socketpair, tcp_pair], ids=["unix", "tcp"])
+def test_userland_tls_reads_files_in_and_encrypts_them(file, pair, tmp_path: Path) -> None:
+    """Two connections take turns; with a send buffer this small OpenSSL's
+    writes block midway. The bytes it is handed again are the same, not what
+    the other connection read meanwhile into the buffer both gather into.
+    Over TCP several records go out corked."""
     path, data = file
+    other = tmp_path / "other-slice"
+    other.write_bytes(bytes(reversed(data)))
+    files = [(path, data), (other, bytes(reversed(data)))]
     ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("edge.test").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    a, b = socket.socketpair()
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-    received = bytearray()
-
-    def client() -> None:
-        with client_ctx.wrap_socket(b, server_hostname="edge.test") as c:
-            while chunk := c.recv(1 << 20):
-                received.extend(chunk)
-
-    t = threading.Thread(target=client)
-    t.start()
-    a.setblocking(False)
-    tls = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
-    while True:
-        try:
-            tls.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            select.select([tls], [], [], 5)
-        except ssl.SSLWantWriteError:
-            select.select([], [tls], [], 5)
+    peers = [TlsPeer(pair, ca), TlsPeer(pair, ca)]
     done: list[int] = []
-    outbox = Outbox(tls, lambda d: done.append(d.resp.status), True)
-    outbox.use_tls_write(tls_io(tls)[1])  # as a connection does once handshaken
-    whole = b"HTTP/1.1 200 OK\r\n\r\n" + bytes(range(256)) * 1000
-    if not outbox.send_whole(whole):  # the socket is full: retried by flush
-        assert outbox.backlog() > 0
-    expected = [whole, *queue(outbox, path, data)]
-    pump(outbox, tls, None)
-    tls.close()
-    t.join(10)
-    assert bytes(received) == b"".join(expected)
-    assert done == [200, 206]
+    outboxes, expected = [], []
+    for n, peer in enumerate(peers):
+        outbox = Outbox(peer.tls, lambda d: done.append(d.resp.status), True)
+        outbox.use_tls_write(tls_io(peer.tls)[1])  # as a connection does once handshaken
+        whole = b"HTTP/1.1 200 OK\r\n\r\n" + bytes([n]) * 200_000
+        if not outbox.send_whole(whole):  # the socket is full: retried by flush
+            assert outbox.backlog() > 0
+        outboxes.append(outbox)
+        expected.append(b"".join([whole, *queue(outbox, *files[n])]))
+    waiting = list(zip(outboxes, peers, strict=True))
+    while waiting:
+        waiting = [(o, p) for o, p in waiting if not o.flush()]
+        if waiting:
+            select.select([], [p.tls for _, p in waiting], [], 5)
+    assert [peer.close() for peer in peers] == expected
+    assert sorted(done) == [200, 200, 206, 206]
+
+
+@pytest.mark.parametrize("pair", [socket.socketpair, tcp_pair], ids=["unix", "tcp"])
+def test_a_head_and_a_file_span_sent_at_once_over_tls(file, pair, tmp_path: Path) -> None:
+    """``send_with_span``: the head and the span read in after it, one TLS
+    send; what a full socket did not take is queued, and stays right while
+    the other connection's send reuses the buffer; then what follows."""
+    path, data = file
+    other = tmp_path / "other-slice"
+    other.write_bytes(bytes(reversed(data)))
+    files = [(path, data), (other, bytes(reversed(data)))]
+    ca = trustme.CA()
+    peers = [TlsPeer(pair, ca), TlsPeer(pair, ca)]
+    outboxes, expected = [], []
+    for n, peer in enumerate(peers):
+        outbox = Outbox(peer.tls, lambda d: None, True)
+        outbox.use_tls_write(tls_io(peer.tls)[1])
+        head = b"HTTP/1.1 206 Partial Content\r\n\r\n"
+        span = FileSpan(str(files[n][0]), 1000, 100_000)
+        if outbox.send_with_span(head, span):
+            assert outbox.backlog() == 0
+        outbox.parts.append(b"and then %d" % n)
+        outboxes.append(outbox)
+        expected.append(head + files[n][1][1000:101_000] + b"and then %d" % n)
+    waiting = list(zip(outboxes, peers, strict=True))
+    while waiting:
+        waiting = [(o, p) for o, p in waiting if not o.flush()]
+        if waiting:
+            select.select([], [p.tls for _, p in waiting], [], 5)
+    assert [peer.close() for peer in peers] == expected
 
 
 def test_send_whole_queues_what_did_not_fit(file) -> None:

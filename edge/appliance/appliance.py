@@ -29,6 +29,7 @@ from edge.appliance.view import CACHE_NAME, HIT_STATUS, HotHead, View
 from edge.appliance.viewcache import ViewCache
 from edge.config import ServeConfig
 from edge.core import plan as plans
+from edge.core import ranges
 from edge.core.admission import make_admission
 from edge.core.cachepolicy import cache_key
 from edge.core.keys import BadKey, is_reserved, key_for_path, split_target
@@ -359,7 +360,6 @@ class Appliance:
         view = self.views.views.get(key)
         if (
             view is not None
-            and view.small is not None
             and req.method == "GET"
             and req.keep_alive
             and req.version == "1.1"
@@ -367,16 +367,22 @@ class Appliance:
             and not view.obj.meta.vary
             and not self.hits_heed_requests
             and (view.fresh_until is None or now < view.fresh_until)
-            and req.headers.keys().isdisjoint(plans.WHOLE_UNLESS)
         ):
-            # the commonest hit, a small object whole: what ``answer`` would
-            # answer below (a fresh view, no Vary, planned Whole), from the
-            # head and body ``whole_hot`` joined for this second
-            hot = view.hot
-            if hot is None or hot[0] is not self.dates.with_server or view.born is not None:
-                hot = self.whole_hot(req, view)
-            if hot[4] is view.small:
-                return _joined_hit(view, hot)
+            # the commonest hits, answered as ``answer`` would below (a fresh
+            # view, no Vary) without its general path
+            headers = req.headers
+            if view.small is not None and headers.keys().isdisjoint(plans.WHOLE_UNLESS):
+                # a small object whole (planned Whole): the head and body
+                # ``whole_hot`` joined for this second
+                hot = view.hot
+                if hot is None or hot[0] is not self.dates.with_server or view.born is not None:
+                    hot = self.whole_hot(req, view)
+                if hot[4] is view.small:
+                    return _joined_hit(view, hot)
+            elif b"range" in headers and headers.keys().isdisjoint(plans.RANGE_ALONE_UNLESS):
+                resp = self._one_range(req, view, headers[b"range"])
+                if resp is not None:
+                    return resp
         if self.hits_heed_requests and b"cache-control" in req.headers:
             view = None  # the miss path weighs the request's directives
         if view is not None and (not view.obj.meta.vary or self.miss.selects(view, req)):
@@ -508,6 +514,28 @@ class Appliance:
         size = view.size
         return self._body(req, view, view.status, head, [(0, size - 1)], size, None, fetch)
 
+    def _one_range(self, req: Request, view: View, value: bytes) -> Response | None:
+        """A GET whose ``Range`` (the only header that shapes its answer) is
+        one range within one slice whose file is open: the 206 ``answer``
+        would plan (``ranges.decide`` alone decides such a GET), without its
+        general path; None for anything else, which goes that way."""
+        range_value = value.decode("latin-1")
+        p = ranges.decide(range_value, view.size, self.cfg.max_ranges)
+        if type(p) is not ranges.Partial or len(p.ranges) != 1:
+            return None
+        a, b = p.ranges[0]
+        slice_size = view.slice_size
+        idx = a // slice_size
+        if b // slice_size != idx or view.files[idx] is None:
+            return None  # several slices, or a file to open (and maybe fail): the slow way
+        f = view.files[idx]
+        n = b - a + 1
+        head = self.view_head(req, view, 206, _one_range_lines(view, a, b))
+        span = FileSpan(view.paths[idx], a - idx * slice_size, n, f, self._on_disk_error(view, idx))  # type: ignore[arg-type]
+        return Response(
+            206, head, [span], body_length=n, cache="hit", key=view.key, range_=range_value
+        )
+
     def _partial(self, req: Request, view: View, p: plans.Partial, fetch: bool) -> Response | None:
         """206: one range with its Content-Range, or several as multipart/byteranges."""
         size = view.size
@@ -516,12 +544,7 @@ class Appliance:
             a, b = p.ranges[0]
             segments = [(a, b)]
             body_length = b - a + 1
-            lines = (
-                view.typed
-                + (
-                    f"Content-Range: bytes {a}-{b}/{size}\r\nContent-Length: {body_length}\r\n"
-                ).encode()
-            )
+            lines = _one_range_lines(view, a, b)
         else:
             boundary = secrets.token_hex(12)
             segments, body_length = plans.multipart(p.ranges, size, view.ctype, boundary)
@@ -639,6 +662,16 @@ class Appliance:
             self.views.damaged(obj.key, dropping)
 
         return on_error
+
+
+def _one_range_lines(view: View, a: int, b: int) -> bytes:
+    """The header lines of a 206 for bytes ``a``-``b`` of ``view``."""
+    return view.typed + b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n" % (
+        a,
+        b,
+        view.size,
+        b - a + 1,
+    )
 
 
 def _joined_hit(view: View, hot: HotHead) -> Response:

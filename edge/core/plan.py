@@ -41,6 +41,8 @@ CONDITIONAL_HEADERS = frozenset(
 CRLF = "\r\n"
 # a GET with none of these headers is planned ``Whole`` (the hit path's shortcut)
 WHOLE_UNLESS = CONDITIONAL_HEADERS | {b"range", b"if-range"}
+# a GET with a Range and none of these is planned by ``ranges.decide`` alone
+RANGE_ALONE_UNLESS = CONDITIONAL_HEADERS | {b"if-range"}
 
 
 class NotModified(NamedTuple):

@@ -61,7 +61,7 @@ import httptools
 
 from edge.core.host import host_problem
 from edge.core.keys import loggable
-from edge.http.outbox import WOULD_BLOCK, DiskError, Done, Outbox, PeerGone
+from edge.http.outbox import TLS_CHUNK, WOULD_BLOCK, DiskError, Done, Outbox, PeerGone
 from edge.http.tls import ktls_sending, tls_io
 from edge.http.wire import FileSpan, Host, Request, Response
 
@@ -473,6 +473,13 @@ class Connection:
             data = resp.wire
         elif len(body) == 1 and type(body[0]) is bytes and len(body[0]) <= SEND_NOW_MAX:
             data = resp.head + body[0]
+        elif (
+            len(body) == 1
+            and type(body[0]) is FileSpan
+            and self.outbox.userland
+            and 0 < body[0].count <= TLS_CHUNK - len(resp.head)
+        ):
+            return self._send_span_now(req, resp, body[0])
         else:
             return False
         outbox = self.outbox
@@ -488,6 +495,26 @@ class Connection:
         except PeerGone:
             self.out.append(Done(req, resp, start))
             self.close()  # which logs it, with the bytes that left
+        return True
+
+    def _send_span_now(self, req: Request, resp: Response, span: FileSpan) -> bool:
+        """``_send_now`` for a head and a file span over userland TLS: the
+        file read in after the head, one TLS send (``Outbox.send_with_span``)."""
+        outbox = self.outbox
+        start = self.response_start = outbox.sent
+        self.last_active = self.last_progress = self.loop.time()
+        try:
+            if outbox.send_with_span(resp.head, span):
+                body = outbox.sent - start - len(resp.head)
+                self.server.handler.finished(req, resp, body, time.perf_counter())
+                return True
+            self.out.append(Done(req, resp, start))  # what is left goes with flush
+        except PeerGone:
+            self.out.append(Done(req, resp, start))
+            self.close()  # which logs it, with the bytes that left
+        except DiskError as exc:
+            self.out.append(Done(req, resp, start))
+            self._disk_error(exc.span, exc.error)
         return True
 
     def _answer_none_after(self) -> None:

@@ -9,9 +9,12 @@ Rules it keeps:
   server 6 us a request, and onto a 2 MiB body saved the client a wake-up;
 - over TLS the socket is an ``ssl.SSLSocket``: parts are gathered (up to
   ``TLS_CHUNK``) into one ``send``, and on userland TLS file spans are read
-  into that buffer (``os.pread``) to be encrypted; with kernel TLS they keep
-  ``sendfile``, which the kernel encrypts. A TLS send that would block is
-  retried with the same buffer, as OpenSSL requires;
+  into that buffer (``os.preadv``, a buffer per thread) to be encrypted;
+  with kernel TLS they keep ``sendfile``, which the kernel encrypts. A TLS
+  send that would block is retried with the same bytes, as OpenSSL
+  requires (copied out of the per-thread buffer, which the next send
+  reuses); a send of several records is corked (``TCP_CORK``), so they
+  leave together;
 - ``flush`` never blocks on the socket: it returns False when the socket is
   full. It raises ``PeerGone`` when the peer went away and ``DiskError``
   when a file cannot be read; what can block is the disk (a page not in the
@@ -26,6 +29,7 @@ import itertools
 import os
 import socket
 import ssl
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -33,8 +37,10 @@ from typing import Any
 from edge.http.wire import FileSpan, Request, Response
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_CORK = getattr(socket, "TCP_CORK", None)
 CORK_ABOVE = 512 * 1024
 TLS_CHUNK = 128 * 1024  # bytes gathered (and read from files) into one TLS send
+TLS_RECORD = 16384  # the most a TLS record holds
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -74,6 +80,8 @@ class Outbox:
         self.tls = tls  # bytes go through the SSLSocket
         self.userland = tls  # ... and so do files, unless the kernel encrypts (kTLS)
         self._retry = False  # the TLS buffer at the head must be sent again as it is
+        # TCP_CORK around a TLS send of several records (TCP sockets, Linux)
+        self.corks = _CORK is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
         # how bytes go out whole: the socket's send, or once handshaken its
         # OpenSSL object's write (``use_tls_write``)
         self.write = sock.send
@@ -186,51 +194,128 @@ class Outbox:
             n -= size
         return True
 
+    def send_with_span(self, head: bytes, span: FileSpan) -> bool:
+        """Nothing is queued, userland TLS: ``head`` and all of ``span`` (at
+        most ``TLS_CHUNK`` in all) in one TLS send, the file read straight
+        after the head. True when all of it is with the kernel; else what is
+        left is queued for ``flush``, as ``flush`` would have left it. Raises
+        ``DiskError`` and ``PeerGone`` as ``flush`` does."""
+        buf = _scratch()
+        h = len(head)
+        buf[:h] = head
+        size = h + _read_into(span, buf[h : h + span.count])
+        if span.count:  # a short read: the rest goes the general way
+            self.parts.extend((bytes(buf[:size]), span))
+            return False
+        span.close()
+        return self._write_tls(buf[:size], True, True)
+
     def _send_tls(self) -> bool:
         parts = self.parts
         data = parts[0]
         if not self._retry and (
             type(data) is FileSpan or (len(data) < TLS_CHUNK and len(parts) > 1)
         ):
-            data = self._gather()
+            data, scratch = self._gather()
+            return self._write_tls(data, True, scratch)
+        return self._write_tls(data, False, False)
+
+    def _write_tls(self, data: Any, taken: bool, scratch: bool) -> bool:
+        """One TLS send of ``data``: the part at the head of the queue, or
+        (``taken``) parts already taken off it, maybe in the scratch buffer.
+        What is not sent is left at the head of the queue."""
+        parts = self.parts
+        # several records: held back (corked) until all of them are written,
+        # so the kernel sends them as one and the client wakes once
+        cork = self.corks and len(data) > TLS_RECORD
+        if cork:
+            self.sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
         try:
             n = self.write(data)
         except WOULD_BLOCK:
+            # OpenSSL wants the same bytes again (the buffer may move):
+            # the scratch buffer is the next send's, so they are copied
             self._retry = True
+            if taken:
+                parts.appendleft(bytes(data) if scratch else data)
             return False
         except OSError as exc:
             raise PeerGone from exc
+        finally:
+            if cork:
+                self.sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
         self._retry = False
         self.sent += n
         if n < len(data):
-            parts[0] = memoryview(data)[n:]
+            left = memoryview(data)[n:]
+            if taken:
+                parts.appendleft(bytes(left) if scratch else left)
+            else:
+                parts[0] = left
             return False
-        parts.popleft()
+        if not taken:
+            parts.popleft()
         return True
 
-    def _gather(self) -> bytes:
-        """Join the parts at the head, up to ``TLS_CHUNK``, into one buffer at
-        the head; on userland TLS file spans are read into it."""
+    def _gather(self) -> tuple[Any, bool]:
+        """Take the parts at the head, up to ``TLS_CHUNK``, as one buffer:
+        (the buffer, whether it is the scratch buffer). On userland TLS
+        file spans are read straight into it, after the head before them."""
         parts = self.parts
-        got: list[Any] = []
+        buf = _scratch()
         size = 0
+        taken = 0
+        first: Any = None
         while parts and size < TLS_CHUNK:
             item = parts[0]
-            if type(item) is Done or (type(item) is FileSpan and not self.userland):
+            t = type(item)
+            if t is Done or (t is FileSpan and not self.userland):
                 break
-            if type(item) is not FileSpan:
-                got.append(parts.popleft())
-                size += len(item)
+            taken += 1
+            if t is not FileSpan:
+                n = len(item)
+                if size + n > TLS_CHUNK:
+                    if size:
+                        break
+                    return parts.popleft(), False  # a large buffer goes as it is
+                buf[size : size + n] = item
+                size += n
+                first = parts.popleft()
                 continue
-            got.append(data := _read(item, TLS_CHUNK - size))
-            size += len(data)
+            size += _read_into(item, buf[size:])
             if item.count:
                 break
             item.close()
             parts.popleft()
-        joined = got[0] if len(got) == 1 else b"".join(got)
-        parts.appendleft(joined)
-        return joined
+        if taken == 1 and first is not None:
+            return first, False  # one buffer alone: no need for a copy
+        return buf[:size], True
+
+
+_local = threading.local()
+
+
+def _scratch() -> memoryview:
+    """This thread's buffer for gathering a TLS send (one event loop per thread)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(TLS_CHUNK))
+    return buf
+
+
+def _read_into(span: FileSpan, buf: memoryview) -> int:
+    if span.fd < 0:
+        _open(span)
+    want = min(len(buf), span.count)
+    try:
+        n = os.preadv(span.fd, [buf[:want]], span.offset)
+    except OSError as exc:
+        raise DiskError(span, exc) from exc
+    if not n:
+        raise DiskError(span, OSError(errno.EIO, "slice file shorter than its index row"))
+    span.offset += n
+    span.count -= n
+    return n
 
 
 def _open(span: FileSpan) -> None:
@@ -238,17 +323,3 @@ def _open(span: FileSpan) -> None:
         span.fd = os.open(span.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise DiskError(span, exc) from exc
-
-
-def _read(span: FileSpan, most: int) -> bytes:
-    if span.fd < 0:
-        _open(span)
-    try:
-        data = os.pread(span.fd, min(most, span.count), span.offset)
-    except OSError as exc:
-        raise DiskError(span, exc) from exc
-    if not data:
-        raise DiskError(span, OSError(errno.EIO, "slice file shorter than its index row"))
-    span.offset += len(data)
-    span.count -= len(data)
-    return data
