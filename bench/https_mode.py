@@ -224,7 +224,7 @@ def main(args: Any, work: Path, servers: list[Server]) -> int:
     failed = 0
     print(f"{'scenario':34} {'edgefleet r/s':>14} {'nginx r/s':>10} {'ratio':>6} {'target':>6}"
           f" {'ef CPU/req':>11} {'nginx CPU/req':>14}")  # fmt: skip
-    for s in SCENARIOS:
+    for s in args.scenario_list:
         got: dict[str, list[dict]] = {"edgefleet": [], "nginx": []}
         for _ in range(rounds):
             for name, server, port in (("edgefleet", ef, ef_port), ("nginx", ng, ng_port)):

@@ -709,7 +709,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default=",".join(s.name for s in SCENARIOS),
-        help="comma-separated, of: " + ", ".join(s.name for s in SCENARIOS) + " (default: all)",
+        help="comma-separated, of: " + ", ".join(s.name for s in SCENARIOS) + " (default: all; "
+        "with --https: range, small, handshake)",
     )
     p.add_argument(
         "--connections",
@@ -755,7 +756,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = defaults[1] if args.rounds is None else args.rounds
     args.warmup = defaults[2] if args.warmup is None else args.warmup
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    known = {s.name: s for s in SCENARIOS}
+    known: dict[str, Any] = {s.name: s for s in SCENARIOS}
+    if args.https:  # its own scenarios (range, small, handshake), all unless named
+        import https_mode
+
+        known = {s.name: s for s in https_mode.SCENARIOS}
+        if args.scenarios == ",".join(s.name for s in SCENARIOS):
+            names = list(known)
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         p.error(f"--scenarios: unknown {', '.join(unknown) or '(none given)'}")
