@@ -49,6 +49,7 @@ class ServeConfig:
     tls_listen: list[tuple[str, int]] = field(default_factory=list)
     tls_cert: list[tuple[str, str | None]] = field(default_factory=list)
     tls_handshake_timeout: float = 10.0
+    header_timeout: float = 15.0  # a request's headers within this of its first byte
     ca_file: str | None = None
     store: list[StoreRootConfig] = field(default_factory=list)
     capacity: int | None = None
@@ -201,6 +202,13 @@ def positive_int(value: Any) -> int:
     return n
 
 
+def positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be longer than 0s")
+    return seconds
+
+
 def _count(value: Any) -> int:
     n = _whole(value)
     if n < 0:
@@ -260,8 +268,14 @@ SERVE_OPTIONS: Options = {
     **TLS_OPTIONS,
     "tls_handshake_timeout": (
         "--tls-handshake-timeout",
-        parse_duration,
+        positive_duration,
         "a TLS handshake not finished by then is closed (default 10s)",
+    ),
+    "header_timeout": (
+        "--header-timeout",
+        positive_duration,
+        "a request's headers not complete this long after its first byte: 408 and close; "
+        "also a new connection's wait for its first byte (default 15s)",
     ),
     "ca_file": (
         "--ca-file",
@@ -364,6 +378,7 @@ METAVARS: dict[Any, str] = {
     parse_size: "SIZE",
     _slice_size: "SIZE",
     parse_duration: "DURATION",
+    positive_duration: "DURATION",
     positive_int: "N",
     _count: "N",
     _origins: "URL",

@@ -333,6 +333,7 @@ async def _worker(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int
         tls_socks=slot[1],
         certs=certs,
         handshake_timeout=cfg.tls_handshake_timeout,
+        header_timeout=cfg.header_timeout,
     )
     if certs is not None:
         app.tls_status = lambda: certs.summary(server.tls_mode)  # for /_edge/health

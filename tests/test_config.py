@@ -40,6 +40,7 @@ def test_flags(tmp_path: Path) -> None:
         "--origin", "file:///srv/videos",
         "--listen", "0.0.0.0:9000",
         "--origin-pool-size", "16",
+        "--header-timeout", "500ms",
     )  # fmt: skip
     assert cfg.root_capacities() == [
         (str(tmp_path / "a"), 1024**3),
@@ -48,6 +49,8 @@ def test_flags(tmp_path: Path) -> None:
     assert cfg.slice_size == 4 * 1024 * 1024 and cfg.workers == 2
     assert cfg.listen == ("0.0.0.0", 9000)
     assert cfg.origin_settings().pool_size == 16
+    assert cfg.header_timeout == 0.5
+    assert load("--store", str(tmp_path), "--capacity", "1GiB").header_timeout == 15.0
 
 
 def test_toml_with_flag_overrides(tmp_path: Path) -> None:
@@ -58,6 +61,7 @@ listen = "127.0.0.1:8080"
 origin = ["file:///srv/videos"]
 slice_size = "1MiB"
 workers = 4
+header_timeout = "20s"
 [[store]]
 path = "{tmp_path / "disk1"}"
 capacity = "10GiB"
@@ -65,6 +69,7 @@ capacity = "10GiB"
     )
     cfg = load("--config", str(conf), "--workers", "2")
     assert cfg.workers == 2 and cfg.slice_size == 1024 * 1024
+    assert cfg.header_timeout == 20.0
     assert cfg.root_capacities() == [(str(tmp_path / "disk1"), 10 * 1024**3)]
 
 
@@ -82,6 +87,10 @@ capacity = "10GiB"
         (["--admin-token", "short"], "--admin-token / admin_token"),
         (["--request-cache-control", "most"], "--request-cache-control / request_cache_control"),
         (["--origin-pool-size", "0"], "--origin-pool-size / origin_pool_size"),
+        (["--header-timeout", "0"], "--header-timeout / header_timeout"),
+        (["--header-timeout", "0s"], "--header-timeout / header_timeout"),
+        (["--header-timeout", "soon"], "--header-timeout / header_timeout"),
+        (["--tls-handshake-timeout", "0s"], "--tls-handshake-timeout / tls_handshake_timeout"),
     ],
 )
 def test_bad_values_name_the_option(tmp_path: Path, argv: list[str], named: str) -> None:

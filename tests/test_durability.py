@@ -212,6 +212,33 @@ def test_full_disk_stores_nothing_until_there_is_room(tmp_path: Path, small_disk
     assert store.read("new") == b"n" * SLICE
 
 
+def test_a_write_that_finds_the_disk_full_keeps_its_own_object(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """A slice write fails with ENOSPC although room was there when it was
+    checked (two slices of a miss written at once, or something else writing on
+    that disk): eviction makes room with other objects, never with the one
+    being written, whose slices already stored stay served."""
+    index = str(tmp_path / "index.sqlite")
+    store = Store([RootSpec(str(small_disk), 64 * SLICE)], index, slice_size=SLICE)
+    store.open()
+    data = random.Random(5).randbytes(3 * SLICE)
+    obj = store.ensure_object("movie", ObjectMeta(len(data), '"m"', 0, "video/mp4"))
+    for idx in (0, 1):
+        assert store.put_slice(obj, idx, data[idx * SLICE : (idx + 1) * SLICE])
+    ballast(small_disk)  # the room is gone between the check and the write
+    sink = store.open_stage(obj, 2)  # the write put_slice makes after its check
+    with pytest.raises(OSError) as failed:
+        sink.write_all([data[2 * SLICE :]])
+    assert failed.value.errno == errno.ENOSPC
+    assert store.counters()["disk_full"] > 0
+    assert not any(r.failed for r in store.roots.values())
+    kept = store.lookup("movie")
+    assert kept is not None and kept.gen == obj.gen and set(kept.slices) == {0, 1}
+    assert store.read_slice("movie", 0) + store.read_slice("movie", 1) == data[: 2 * SLICE]
+    assert list((small_disk / "tmp").iterdir()) == []
+
+
 def test_full_disk_writes_resume_after_room(tmp_path: Path, index_disk: Path) -> None:
     """The index on the small disk too, and a configured capacity larger than
     the disk: the store stops short of the disk's end and keeps the index's

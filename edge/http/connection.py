@@ -11,8 +11,14 @@ Rules it keeps:
   by the socket's drain;
 - a response is logged when its last byte is handed to the kernel, or when the
   connection dies before that, with the body bytes that really left;
-- limits: headers 16 KiB (431), headers within ``HEADER_TIMEOUT`` s, idle
-  keep-alive ``keepalive_timeout`` s, no progress sending for ``SEND_TIMEOUT`` s;
+- limits: headers 16 KiB (431); a request's headers complete within the
+  server's ``header_timeout`` (the setting, 15 s) of its first byte,
+  else 408 and close (a connection with something queued or in progress is
+  closed without one); a new connection's first byte within ``header_timeout``
+  too (of the accept, or of the TLS handshake's end), else it is closed; idle
+  keep-alive between requests ``keepalive_timeout`` s; no progress sending
+  for ``SEND_TIMEOUT`` s. A once-a-second sweep (edge.http.server) applies
+  them, so each is late by up to a second;
 - the connection is in one read state and one write state, and moves only
   along ``READ_MOVES`` and ``WRITE_MOVES`` (staying put is always allowed; any
   other move raises ``StateError``). The reader callback is registered exactly
@@ -126,7 +132,7 @@ def move(table: dict[S, frozenset[S]], now: S, new: S) -> S:
 log = logging.getLogger("edgefleet.http")
 
 MAX_HEADER_BYTES = 16 * 1024
-HEADER_TIMEOUT = 15.0
+HEADER_TIMEOUT = 15.0  # the default of the server's header_timeout
 SEND_TIMEOUT = 60.0
 MAX_PIPELINED = 32  # parsed requests waiting: stop reading past this
 MAX_QUEUED = 64  # parts queued for the socket: stop answering past this
@@ -235,6 +241,7 @@ class Connection:
             self.close()
             return
         self._to_write(Write.OPEN)
+        self.last_active = self.loop.time()  # the first request's wait starts now
         self._read_raw, write, self._tls_pending = tls_io(self.sock)
         self.outbox.use_tls_write(write)
         self.tls_version = self.sock.version()  # type: ignore[attr-defined]
@@ -385,7 +392,7 @@ class Connection:
                 self._fail(431, "request headers too large")
                 return
         elif self._req is None:
-            # between requests: the next one's headers are due within HEADER_TIMEOUT
+            # between requests: the next one's headers are due within header_timeout
             # from now, even if these bytes end before its target (on_url)
             self.header_started = self.last_active
             self.raw_header_bytes = 0
@@ -664,13 +671,29 @@ class Connection:
         """Too slow with the handshake or the headers, idle too long, or a client not reading."""
         if self.read is Read.HANDSHAKE:
             return now - self.last_active > self.server.handshake_timeout
-        if self.header_started is not None and now - self.header_started > HEADER_TIMEOUT:
+        header_timeout = self.server.header_timeout
+        if self.header_started is not None and now - self.header_started > header_timeout:
             return True
         if self.out:
             return now - self.last_progress > SEND_TIMEOUT
         if self.idle() and self.read is not Read.LINGER:
-            return now - self.last_active > keepalive_timeout
+            # before its first request (nothing sent yet) a connection waits for
+            # that request's headers, as nginx's client_header_timeout has it;
+            # between requests it is idle
+            limit = keepalive_timeout if self.outbox.sent else header_timeout
+            return now - self.last_active > limit
         return False
+
+    def time_out(self) -> None:
+        """``expired``: a request whose headers are late is answered 408 and the
+        connection closed after it (RFC 9110 §15.5.9), when nothing else is
+        queued or in progress; any other expiry closes it at once."""
+        if self.header_started is not None and self.read is _READING and self.idle():
+            self.header_started = None  # answered: the sweep does not come back to it
+            self.pending.append(_Fail(408, "request headers took too long"))  # type: ignore[arg-type]
+            self._process()  # answered, then the connection lingers and closes
+            return
+        self.close()
 
     def close(self) -> None:
         if self.read is Read.CLOSED:

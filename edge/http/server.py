@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from edge.http.connection import Connection
+from edge.http.connection import HEADER_TIMEOUT, Connection
 from edge.http.tls import HANDSHAKE_TIMEOUT, CertSet
 from edge.http.wire import Handler
 
@@ -77,8 +77,10 @@ class ContentServer:
         tls_socks: list[socket.socket] | None = None,
         certs: CertSet | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        header_timeout: float = HEADER_TIMEOUT,
     ) -> None:
         self.handshake_timeout = handshake_timeout
+        self.header_timeout = header_timeout
         self.loop = loop
         # (listening socket, does it speak TLS?)
         self.listeners = [(sock, False)] if sock is not None else []
@@ -160,7 +162,7 @@ class ContentServer:
         now = self.loop.time()
         for c in list(self.connections):
             if c.expired(now, self.keepalive_timeout):
-                c.close()
+                c.time_out()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def _pause_accepting(self, seconds: float) -> None:

@@ -143,6 +143,7 @@ class Host(Protocol):
     handler: Handler
     stopping: bool
     handshake_timeout: float  # seconds a TLS handshake may take
+    header_timeout: float  # seconds a request's headers may take
     ktls_seen: bool  # set once a connection got kernel TLS
 
     def forget(self, conn: Any) -> None: ...

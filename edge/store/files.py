@@ -126,15 +126,16 @@ def checksum(data: bytes | memoryview) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
-WriteErrorHook = Callable[[OSError, Root], None]
+WriteErrorHook = Callable[[OSError, Root, str], None]  # (error, root, key written)
 
 
 class StageFile:
     """One slice's temp file: written as its bytes arrive (short writes to the
     page cache, fine on an event loop) and checksummed; ``close`` checks its
-    length. Write errors go to ``on_error`` (which counts them, and fails the
-    root on a device error). ``put_slice`` closes it fsynced; the fill fsyncs an
-    object's slices together (``sync_staged``) before ``commit_object``."""
+    length. Write errors go to ``on_error`` with the key written (it counts
+    them, evicts other objects on a full disk, fails the root on a device
+    error). ``put_slice`` closes it fsynced; the fill fsyncs an object's
+    slices together (``sync_staged``) before ``commit_object``."""
 
     def __init__(
         self, root: Root, about: dict[str, Any], idx: int, on_error: WriteErrorHook
@@ -149,7 +150,7 @@ class StageFile:
             os.makedirs(root.tmp_dir, exist_ok=True)
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
-            on_error(exc, root)
+            on_error(exc, root, self.key)
             raise
 
     def write(self, chunk: bytes | memoryview) -> None:
@@ -163,7 +164,7 @@ class StageFile:
                 view = view[os.write(self.fd, view) :]
         except OSError as exc:
             self.abort()
-            self.on_error(exc, self.root)
+            self.on_error(exc, self.root, self.key)
             raise
 
     def write_all(self, chunks: list[Any]) -> None:
@@ -186,7 +187,7 @@ class StageFile:
                     views[i] = views[i][done:]
         except OSError as exc:
             self.abort()
-            self.on_error(exc, self.root)
+            self.on_error(exc, self.root, self.key)
             raise
 
     def close(self, *, sync: bool = False) -> Staged:
@@ -207,7 +208,7 @@ class StageFile:
                 os.fsync(self.fd)
         except OSError as exc:
             self.abort()
-            self.on_error(exc, self.root)
+            self.on_error(exc, self.root, self.key)
             raise
         os.close(self.fd)
         self.fd = -1

@@ -101,10 +101,14 @@ class Health:
         root.full, root.full_checked = True, time.monotonic()
         self.evict_for_disk(root, short, key)
 
-    def write_error(self, exc: OSError, root: Root) -> None:
-        """A write to ``root`` failed: a full disk, a device error, or neither."""
+    def write_error(self, exc: OSError, root: Root, key: str) -> None:
+        """A write of ``key`` to ``root`` failed: a full disk, a device error, or
+        neither. A full disk evicts other objects, never ``key``: its slices
+        already stored are what its player is being served (the room checked
+        before the write was taken meanwhile, by another slice written at the
+        same time or by something else on that disk)."""
         if is_full_error(exc):
-            self.disk_full(root)
+            self.disk_full(root, 1, key)
             return
         log.error("store write on %s failed: %s", root.path, exc)
         with contextlib.suppress(sqlite3.Error), self.index.write() as c:

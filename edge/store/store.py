@@ -335,7 +335,7 @@ class Store(Reading):
                 insert_slices(c, obj, [st], self.index.boot)
             placed = ""
         except OSError as exc:
-            self._count_write_error(exc, obj.root)
+            self._count_write_error(exc, obj.root, obj.key)
             return False
         except sqlite3.Error as exc:
             log.error("index write for slice %d of %r failed: %s", st.idx, obj.key, exc)
@@ -349,8 +349,8 @@ class Store(Reading):
         self._unlink(doomed)
         return True
 
-    def _count_write_error(self, exc: OSError, root: Root) -> None:
-        self.health.write_error(exc, root)
+    def _count_write_error(self, exc: OSError, root: Root, key: str) -> None:
+        self.health.write_error(exc, root, key)
 
     def put(
         self,
@@ -425,7 +425,7 @@ class Store(Reading):
                 note_change(c, obj.key, now)
             renamed = []
         except OSError as exc:
-            self._count_write_error(exc, obj.root)
+            self._count_write_error(exc, obj.root, obj.key)
             return False
         finally:
             unlink_all(renamed)  # rolled back: the renamed files belong to no row
