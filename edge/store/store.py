@@ -41,6 +41,7 @@ from edge.core.policy import (
     make_room,
 )
 from edge.store import upkeep
+from edge.store.direct import write_slice
 from edge.store.files import (
     ChecksumMismatch,
     NoUsableRoot,
@@ -300,19 +301,12 @@ class Store(Reading):
         return self._commit_slice(obj, staged)
 
     def _stage(self, obj: StoredObject, idx: int, chunks: list[Any]) -> Staged | None:
-        """``chunks`` in an fsynced temp file; ``None`` on a (counted) write error."""
+        """``chunks`` in an fsynced temp file (past the page cache where the
+        root's filesystem allows: ``direct``); ``None`` on a (counted) write error."""
         try:
-            sink = self.open_stage(obj, idx)
-        except OSError:
-            return None  # counted by the stage file
-        try:
-            sink.write_all(chunks)
-            return sink.close(sync=True)
+            return write_slice(obj.root, obj.about(), idx, chunks, self._count_write_error)
         except OSError:
             return None  # counted, and the temp file removed
-        except BaseException:
-            sink.abort()
-            raise
 
     def _commit_slice(self, obj: StoredObject, st: Staged) -> bool:
         now = self.clock()
