@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -438,6 +439,117 @@ def test_stored_means_synced(tmp_path: Path, monkeypatch) -> None:
     i_dir = kinds.index(("fsync", os.path.dirname(final)))
     i_commit = next(i for i, (k, _) in enumerate(kinds) if k == "sql" and i > i_rename)
     assert i_data < i_rename < i_dir < i_commit
+
+
+def test_slices_staged_together_share_a_commit_each_synced_first(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Group commit: slices staged while another commit holds the index's
+    write lock are committed together, in one transaction, and none is said
+    stored before its bytes were fsynced, renamed, its directory fsynced and
+    the commit made, in that order."""
+    store = make_store(tmp_path)
+    holder = Store(store.specs, str(tmp_path / "index.sqlite"), slice_size=SLICE)
+    holder.open(recover=False)
+    objs = [
+        store.ensure_object(f"t/{i}.m4s", ObjectMeta(SLICE, f'"{i}"', 0, "video/mp4"))
+        for i in range(8)
+    ]
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def note(kind: str, what: str) -> None:
+        with lock:
+            events.append((kind, what))
+
+    real_fsync, real_rename, real_connect = os.fsync, os.rename, sqlite3.connect
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        real_fsync(fd)
+        note("fsync", path)
+
+    def rename(src: str, dst: str) -> None:
+        real_rename(src, dst)
+        note("rename", f"{src} {dst}")
+
+    def connect(*args, **kw):  # type: ignore[no-untyped-def]
+        conn = real_connect(*args, **kw)
+        conn.set_trace_callback(lambda sql: note("sql", sql) if sql == "COMMIT" else None)
+        return conn
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    holder._conn().execute("BEGIN IMMEDIATE")  # a commit under way elsewhere
+    results: dict[int, bool] = {}
+
+    def put(i: int) -> None:
+        ok = store.put_slice(objs[i], 0, bytes([i]) * SLICE)
+        results[i] = ok
+        note("stored", objs[i].slice_path(0))
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while sum(1 for k, v in events if k == "fsync" and "/tmp/" in v) < 8:
+        assert time.monotonic() < deadline, events
+        time.sleep(0.01)
+    holder._conn().execute("COMMIT")
+    for t in threads:
+        t.join(20)
+    assert results == dict.fromkeys(range(8), True)
+    commits = [n for n, (k, _) in enumerate(events) if k == "sql"]
+    assert len(commits) <= 2  # the first to come, then the seven that waited for it
+    for obj in objs:
+        final = obj.slice_path(0)
+        i_rename, src = next((n, v.split()[0]) for n, (k, v) in enumerate(events)
+                             if k == "rename" and v.endswith(" " + final))  # fmt: skip
+        i_data = events.index(("fsync", src))
+        i_dir = next(n for n in range(i_rename, len(events))
+                     if events[n] == ("fsync", os.path.dirname(final)))  # fmt: skip
+        i_commit = next(n for n in commits if n > i_dir)
+        assert i_data < i_rename < i_dir < i_commit < events.index(("stored", final))
+    for obj, i in zip(objs, range(8), strict=True):
+        assert store.read_slice(obj.key, 0) == bytes([i]) * SLICE
+
+
+def test_a_group_commit_answers_each_slice_for_itself(tmp_path: Path) -> None:
+    """In one group: the same slice twice (stored once, both told stored), a
+    slice of an object removed meanwhile (not stored, its file removed) and
+    one of another object (stored); no temp file is left."""
+    store = make_store(tmp_path)
+    holder = Store(store.specs, str(tmp_path / "index.sqlite"), slice_size=SLICE)
+    holder.open(recover=False)
+    meta = ObjectMeta(SLICE, '"e"', 0, "video/mp4")
+    a, gone, b = (store.ensure_object(k, meta) for k in ("t/a", "t/gone", "t/b"))
+    holder._conn().execute("BEGIN IMMEDIATE")
+    holder._conn().execute("DELETE FROM objects WHERE key='t/gone'")
+    jobs = [(a, b"a"), (a, b"a"), (gone, b"g"), (b, b"b")]
+    results: dict[int, bool] = {}
+    threads = [
+        threading.Thread(target=lambda n=n, o=o, c=c: results.__setitem__(
+            n, store.put_slice(o, 0, c * SLICE)))
+        for n, (o, c) in enumerate(jobs)
+    ]  # fmt: skip
+    for t in threads:
+        t.start()
+    tmp = Path(store.roots[1].tmp_dir)
+    deadline = time.monotonic() + 20
+    while len(list(tmp.iterdir())) < 4:  # all four staged, waiting for the lock
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    holder._conn().execute("COMMIT")
+    for t in threads:
+        t.join(20)
+    assert results == {0: True, 1: True, 2: False, 3: True}
+    assert store.read_slice("t/a", 0) == b"a" * SLICE
+    assert store.read_slice("t/b", 0) == b"b" * SLICE
+    assert store.lookup("t/gone") is None
+    assert list(tmp.iterdir()) == []
+    assert {p.name.split(".")[1] for p in slice_files(tmp_path)} == {a.gen, b.gen}
+    assert store.usage()[0].used == 2 * SLICE
 
 
 # -- the purge that lists inside its transaction ---------------------------------------------------

@@ -90,6 +90,7 @@ class Root:
     uuid: str = ""
     full: bool = False  # out of room on its disk: no writes until there is
     full_checked: float = 0.0
+    direct: bool | None = None  # takes O_DIRECT writes (None: not tried yet; edge.store.direct)
     device_errors: dict[str, float] = field(default_factory=dict)  # path -> when
 
     @property
@@ -138,20 +139,34 @@ class StageFile:
     slices together (``sync_staged``) before ``commit_object``."""
 
     def __init__(
-        self, root: Root, about: dict[str, Any], idx: int, on_error: WriteErrorHook
+        self,
+        root: Root,
+        about: dict[str, Any],
+        idx: int,
+        on_error: WriteErrorHook,
+        *,
+        open_file: bool = True,
     ) -> None:
+        """``open_file`` false: the caller opens ``path`` itself (and sets ``fd``)."""
         self.root, self.about, self.idx, self.on_error = root, about, idx, on_error
         self.key = about["key"]
         _, self.length = slice_bounds(idx, about["size"], about["slice_size"])
         self.path = os.path.join(root.tmp_dir, f"{os.getpid()}.{secrets.token_hex(8)}.tmp")
         self.hash = xxhash.xxh3_64()
         self.n = 0
+        self.fd = -1
         try:
             os.makedirs(root.tmp_dir, exist_ok=True)
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            if open_file:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
             on_error(exc, root, self.key)
             raise
+
+    def check_length(self, more: int) -> None:
+        """Raise unless ``more`` bytes fit in the slice."""
+        if self.n + more > self.length:
+            raise StoreError(f"slice {self.idx} of {self.key!r} is {self.length} bytes")
 
     def write(self, chunk: bytes | memoryview) -> None:
         view = memoryview(chunk)
@@ -171,11 +186,16 @@ class StageFile:
         """``chunks`` in as few system calls as the kernel takes (``writev``)."""
         views = [memoryview(c) for c in chunks]
         size = sum(len(v) for v in views)
-        if self.n + size > self.length:
-            raise StoreError(f"slice {self.idx} of {self.key!r} is {self.length} bytes")
+        self.check_length(size)
         for v in views:
             self.hash.update(v)
         self.n += size
+        self.write_raw(views)
+
+    def write_raw(self, views: list[memoryview]) -> None:
+        """``views`` written at the file's position as they are (counted and
+        hashed by the caller); on an error the file is removed."""
+        views = list(views)
         i = 0
         try:
             while i < len(views):

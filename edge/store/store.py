@@ -41,6 +41,7 @@ from edge.core.policy import (
     make_room,
 )
 from edge.store import upkeep
+from edge.store.direct import write_slice
 from edge.store.files import (
     ChecksumMismatch,
     NoUsableRoot,
@@ -55,6 +56,7 @@ from edge.store.files import (
     sync_staged,
     unlink_all,
 )
+from edge.store.group import GroupCommit, Pending
 from edge.store.health import Health
 from edge.store.index import (
     INSERT_OBJECT_SQL,
@@ -112,6 +114,7 @@ class Store(Reading):
         self.evict_batch_max = evict_batch_max
         self.roots: dict[int, Root] = {}  # filled in place by ``open``: ``health`` shares it
         self.index = Index(self.index_path, self.half_life, index_sync)
+        self._commits = GroupCommit(self._commit_slices)
         self.health = Health(self.index, self.roots, self.clock, self._evict_for_disk)
 
     # -- connections ---------------------------------------------------------
@@ -300,54 +303,86 @@ class Store(Reading):
         return self._commit_slice(obj, staged)
 
     def _stage(self, obj: StoredObject, idx: int, chunks: list[Any]) -> Staged | None:
-        """``chunks`` in an fsynced temp file; ``None`` on a (counted) write error."""
+        """``chunks`` in an fsynced temp file (past the page cache where the
+        root's filesystem allows: ``direct``); ``None`` on a (counted) write error."""
         try:
-            sink = self.open_stage(obj, idx)
-        except OSError:
-            return None  # counted by the stage file
-        try:
-            sink.write_all(chunks)
-            return sink.close(sync=True)
+            return write_slice(obj.root, obj.about(), idx, chunks, self._count_write_error)
         except OSError:
             return None  # counted, and the temp file removed
-        except BaseException:
-            sink.abort()
-            raise
 
     def _commit_slice(self, obj: StoredObject, st: Staged) -> bool:
+        """Commit a staged slice with whatever others are staged meanwhile (``group``)."""
+        if self._commits.submit((obj, st)):
+            obj.slices[st.idx] = st.size
+            obj.checked.add(st.idx)
+            return True
+        return False
+
+    def _commit_slices(self, batch: list[Pending[tuple[StoredObject, Staged]]]) -> None:
+        """One transaction for the staged slices of ``batch`` (each one's
+        ``stored`` set): renamed into place, their directories fsynced, their
+        rows committed. A slice that is not stored (its object replaced or
+        evicted meanwhile, no room, a write error on its root) has its file
+        removed, as has one another writer stored first."""
         now = self.clock()
-        final = obj.slice_path(st.idx)
-        placed = st.path  # where the bytes are until the row is committed
+        placed = [p.item[1].path for p in batch]  # where each one's bytes are until committed
+        rows: list[int] = []  # the slices whose rows the transaction inserts
+        failed: list[tuple[OSError, Root, str]] = []  # (error, root, a key written there)
+        doomed: list[str] = []
         try:
             with self._write() as c:
-                row = c.execute("SELECT gen FROM objects WHERE key=?", (obj.key,)).fetchone()
-                if row is None or row[0] != obj.gen:
-                    return False  # replaced or evicted meanwhile
-                if c.execute(
-                    "SELECT 1 FROM slices WHERE key=? AND idx=?", (obj.key, st.idx)
-                ).fetchone():
-                    return True  # another writer was first
-                doomed = self._make_room(c, obj.root, st.size, obj.key, now)
-                if doomed is None:
-                    return False
-                place(obj.root, [(st.path, final)])
-                placed = final
-                insert_slices(c, obj, [st], self.index.boot)
-            placed = ""
-        except OSError as exc:
-            self._count_write_error(exc, obj.root, obj.key)
-            return False
-        except sqlite3.Error as exc:
-            log.error("index write for slice %d of %r failed: %s", st.idx, obj.key, exc)
-            return False
+                moving: dict[int, list[int]] = {}  # root -> slices of the batch
+                seen: set[tuple[str, int]] = set()
+                for n, p in enumerate(batch):
+                    obj, st = p.item
+                    row = c.execute("SELECT gen FROM objects WHERE key=?", (obj.key,)).fetchone()
+                    if row is None or row[0] != obj.gen:
+                        continue  # replaced or evicted meanwhile
+                    if (obj.key, st.idx) in seen or c.execute(
+                        "SELECT 1 FROM slices WHERE key=? AND idx=?", (obj.key, st.idx)
+                    ).fetchone():
+                        p.stored = True  # another writer was first
+                        continue
+                    room = self._make_room(c, obj.root, st.size, obj.key, now)
+                    if room is None:
+                        continue
+                    seen.add((obj.key, st.idx))
+                    doomed += room
+                    moving.setdefault(obj.root.id, []).append(n)
+                for ns in moving.values():
+                    root = batch[ns[0]].item[0].root
+                    moves = [(placed[n], batch[n].item[0].slice_path(batch[n].item[1].idx))
+                             for n in ns]  # fmt: skip
+                    try:
+                        place(root, moves)
+                    except OSError as exc:
+                        failed.append((exc, root, batch[ns[0]].item[0].key))
+                        unlink_all(final for _, final in moves)  # renamed or not: no row
+                        continue
+                    for n, (_, final) in zip(ns, moves, strict=True):
+                        placed[n] = final
+                        obj, st = batch[n].item
+                        insert_slices(c, obj, [st], self.index.boot)
+                        rows.append(n)
+            for n in rows:
+                batch[n].stored = True
+                placed[n] = ""  # committed: the store's file now
+        except (OSError, sqlite3.Error) as exc:  # rolled back: nothing evicted, nothing stored
+            if isinstance(exc, OSError):
+                failed.append((exc, batch[0].item[0].root, batch[0].item[0].key))
+            else:
+                log.error("index write for %d slice(s) failed: %s", len(batch), exc)
+            doomed = []
+            for p in batch:
+                p.stored = False
         finally:
-            if placed:
-                with contextlib.suppress(OSError):
-                    os.unlink(placed)
-        obj.slices[st.idx] = st.size
-        obj.checked.add(st.idx)
+            for path in placed:
+                if path:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+        for exc, root, key in failed:
+            self._count_write_error(exc, root, key)
         self._unlink(doomed)
-        return True
 
     def _count_write_error(self, exc: OSError, root: Root, key: str) -> None:
         self.health.write_error(exc, root, key)
