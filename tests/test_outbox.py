@@ -112,6 +112,16 @@ class TlsPeer:
         return bytes(self.received)
 
 
+def flush_in_turns(outboxes: list[Outbox], peers: list[TlsPeer]) -> list[bytes]:
+    """Flush the outboxes in turns until all is out; what each peer received."""
+    waiting = list(zip(outboxes, peers, strict=True))
+    while waiting:
+        waiting = [(o, p) for o, p in waiting if not o.flush()]
+        if waiting:
+            select.select([], [p.tls for _, p in waiting], [], 5)
+    return [peer.close() for peer in peers]
+
+
 @pytest.mark.parametrize("pair", [socket.socketpair, tcp_pair], ids=["unix", "tcp"])
 def test_userland_tls_reads_files_in_and_encrypts_them(file, pair, tmp_path: Path) -> None:
     """Two connections take turns; with a send buffer this small OpenSSL's
@@ -134,12 +144,7 @@ def test_userland_tls_reads_files_in_and_encrypts_them(file, pair, tmp_path: Pat
             assert outbox.backlog() > 0
         outboxes.append(outbox)
         expected.append(b"".join([whole, *queue(outbox, *files[n])]))
-    waiting = list(zip(outboxes, peers, strict=True))
-    while waiting:
-        waiting = [(o, p) for o, p in waiting if not o.flush()]
-        if waiting:
-            select.select([], [p.tls for _, p in waiting], [], 5)
-    assert [peer.close() for peer in peers] == expected
+    assert flush_in_turns(outboxes, peers) == expected
     assert sorted(done) == [200, 200, 206, 206]
 
 
@@ -165,12 +170,7 @@ def test_a_head_and_a_file_span_sent_at_once_over_tls(file, pair, tmp_path: Path
         outbox.parts.append(b"and then %d" % n)
         outboxes.append(outbox)
         expected.append(head + files[n][1][1000:101_000] + b"and then %d" % n)
-    waiting = list(zip(outboxes, peers, strict=True))
-    while waiting:
-        waiting = [(o, p) for o, p in waiting if not o.flush()]
-        if waiting:
-            select.select([], [p.tls for _, p in waiting], [], 5)
-    assert [peer.close() for peer in peers] == expected
+    assert flush_in_turns(outboxes, peers) == expected
 
 
 def test_send_whole_queues_what_did_not_fit(file) -> None:
