@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import SLICE, Appliance, wait_for
+from conftest import SLICE, Appliance, small_window_socket, wait_for
 from origin_server import OriginServer
 
 TOKEN = "0123456789abcdef-token"
@@ -159,10 +159,7 @@ def test_slices_fetched_ahead_are_sent_from_memory(tmp_path: Path, origin: Origi
     origin.put("film.mp4", data)
     app = start(tmp_path, origin.url)
     try:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the player reads nothing yet
-        s.settimeout(20)
-        s.connect(("127.0.0.1", app.port))
+        s = small_window_socket(app.port, 4096)  # the player reads nothing yet
         s.sendall(b"GET /film.mp4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         before, now = -1, used(app)
         while now != before or now == 0:  # until the response waits and nothing lands
