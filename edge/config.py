@@ -295,7 +295,11 @@ SERVE_OPTIONS: Options = {
     "half_life": ("--half-life", parse_duration, "popularity half-life (default 1d)"),
     "cors_origin": ("--cors-origin", str, "Access-Control-Allow-Origin value (default *)"),
     "max_ranges": ("--max-ranges", positive_int, "ranges per request before Range is ignored"),
-    "keepalive_timeout": ("--keepalive-timeout", parse_duration, "idle keep-alive timeout"),
+    "keepalive_timeout": (
+        "--keepalive-timeout",
+        parse_duration,
+        "idle keep-alive timeout (0: no keep-alive, every answer closes its connection)",
+    ),
     "log_level": ("--log-level", choice("debug", "info", "warning", "error"), "log level"),
     "s3_endpoint": ("--s3-endpoint", _http_url, "S3 endpoint URL (default: AWS)"),
     "s3_region": ("--s3-region", str, "S3 region (default: from the AWS configuration)"),

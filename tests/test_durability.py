@@ -7,6 +7,7 @@ lost and nothing wrong served.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -24,7 +25,10 @@ from conftest import ballast, mount_tmpfs
 
 from edge.core.meta import ObjectMeta
 from edge.store import RootSpec, Store, StoreError
-from edge.store.files import IDENTITY
+from edge.store.direct import write_slice
+from edge.store.files import IDENTITY, Staged
+from edge.store.group import Pending
+from edge.store.index import StoredObject
 
 SLICE = 64 * 1024
 
@@ -64,6 +68,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def index_disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs that holds a root and the index."""
     yield from mount_tmpfs(tmp_path / "disk", "24m")
+
+
+@pytest.fixture
+def few_inodes_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs with room for 64 files and directories: a disk that runs
+    out of inodes before bytes."""
+    yield from mount_tmpfs(tmp_path / "disk", "2m,nr_inodes=64")
 
 
 # -- case 1: losing the index loses nothing --------------------------------------------
@@ -238,6 +249,42 @@ def test_a_write_that_finds_the_disk_full_keeps_its_own_object(
     assert kept is not None and kept.gen == obj.gen and set(kept.slices) == {0, 1}
     assert store.read_slice("movie", 0) + store.read_slice("movie", 1) == data[: 2 * SLICE]
     assert list((small_disk / "tmp").iterdir()) == []
+
+
+def test_a_full_disk_in_a_group_commit_keeps_every_object_of_the_batch(
+    tmp_path: Path, few_inodes_disk: Path
+) -> None:
+    """Slices of two objects committed together; placing them finds the disk
+    full (no inode left for a new slice directory). Eviction makes room with
+    other objects, never with one of the batch: the object whose earlier slice
+    is stored keeps it, whichever of the two came first in the batch."""
+    disk = few_inodes_disk
+    index = str(tmp_path / "index.sqlite")
+    store = Store([RootSpec(str(disk), 64 * SLICE)], index, slice_size=SLICE)
+    store.open()
+    data = random.Random(6).randbytes(2 * SLICE)
+    playing = store.ensure_object("playing", ObjectMeta(len(data), '"p"', 0, "video/mp4"))
+    assert store.put_slice(playing, 0, data[:SLICE])
+    new = store.ensure_object("new", ObjectMeta(len(data), '"n"', 0, "video/mp4"))
+
+    def staged(obj: StoredObject, idx: int) -> Pending[tuple[StoredObject, Staged]]:
+        part, hook = data[idx * SLICE : (idx + 1) * SLICE], store._count_write_error
+        return Pending((obj, write_slice(obj.root, obj.about(), idx, [part], hook)))
+
+    batch = [staged(new, 0), staged(playing, 1)]  # the new object first
+    n = 0
+    with contextlib.suppress(OSError):  # every inode taken: no directory can be made
+        while True:
+            (disk / f"ballast{n}").touch()
+            n += 1
+    store._commit_slices(batch)
+    assert [p.stored for p in batch] == [False, False]
+    assert store.counters()["disk_full"] > 0
+    kept = store.lookup("playing")
+    assert kept is not None and kept.gen == playing.gen and set(kept.slices) == {0}
+    assert store.read_slice("playing", 0) == data[:SLICE]
+    assert store.lookup("new") is not None  # its entry too: its writer goes on
+    assert list((disk / "tmp").iterdir()) == []
 
 
 def test_full_disk_writes_resume_after_room(tmp_path: Path, index_disk: Path) -> None:

@@ -326,6 +326,26 @@ def test_http10_closes_unless_keep_alive(app) -> None:
         assert statuses(s.recv(65536)) == [200]
 
 
+def test_keepalive_timeout_0_turns_keep_alive_off(tmp_path: Path) -> None:
+    """As nginx's ``keepalive_timeout 0``: every answer says ``Connection:
+    close`` and the connection closes after it, a pipelined request unanswered
+    (rather than a keep-alive that the next sweep cuts under a request)."""
+    origin = tmp_path / "origin"
+    make_catalog(origin)
+    app = Appliance(
+        ["--store", str(tmp_path / "store"), "--capacity", "64MiB",
+         "--origin", f"file://{origin}", "--keepalive-timeout", "0"]
+    ).start()  # fmt: skip
+    try:
+        get = f"GET /{KEY} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        raw = raw_request(app.port, get + get)
+        assert statuses(raw) == [200]
+        head = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        assert b"Connection: close" in head
+    finally:
+        assert app.stop() == 0
+
+
 def test_slow_reader_gets_everything(app, catalog) -> None:
     key = "titles/81234/movie.mp4"
     with small_window_socket(app.port) as s:

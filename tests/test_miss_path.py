@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import SLICE, Appliance, wait_for
+from conftest import SLICE, Appliance, small_window_socket, wait_for
 from origin_server import OriginServer
 
 TOKEN = "0123456789abcdef-token"
@@ -145,6 +145,38 @@ def test_first_byte_does_not_wait_for_the_slice(tmp_path: Path, origin: OriginSe
         assert got.split(b"\r\n\r\n", 1)[1] == data
     finally:
         hold.set()
+        assert app.stop() == 0
+
+
+def test_slices_fetched_ahead_are_sent_from_memory(tmp_path: Path, origin: OriginServer) -> None:
+    """A response sends the slices it fetched ahead from the bytes it holds, even
+    once they are stored: reading them back from the store would read the disk
+    on the event loop (slices are written past the page cache). Their files
+    are overwritten while the response waits on a player that does not read:
+    a response that read them back would send what the disk holds now."""
+    N = 200  # more than the kernel's socket buffers hold between the two
+    data = random.randbytes(N * SLICE)
+    origin.put("film.mp4", data)
+    app = start(tmp_path, origin.url)
+    try:
+        s = small_window_socket(app.port, 4096)  # the player reads nothing yet
+        s.sendall(b"GET /film.mp4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        before, now = -1, used(app)
+        while now != before or now == 0:  # until the response waits and nothing lands
+            time.sleep(0.3)
+            before, now = now, used(app)
+        held = [p for p in (tmp_path / "store").rglob("slices/*/*/*") if p.is_file()]
+        assert 0 < len(held) < N  # the response waits on a slice before the last
+        for p in held:
+            with open(p, "r+b") as f:
+                f.write(bytes(SLICE))
+        got = b""
+        while chunk := s.recv(1 << 20):
+            got += chunk
+        s.close()
+        assert got.split(b"\r\n\r\n", 1)[1] == data
+        assert len(origin.asked("GET", "/film.mp4")) == N  # each slice asked for once
+    finally:
         assert app.stop() == 0
 
 

@@ -123,26 +123,31 @@ class MissPath:
                 yield p
                 continue
             idx, offset, count = p
-            stored = self.views.stored(view, idx)
-            if stored is None and idx in view.unverified and await self.verified(view, idx):
-                stored = view
-            if stored is not None:
-                path = stored.paths[idx]
-                assert path is not None
-                try:
-                    f: OpenFile | None = stored.file(idx)
-                except FileNotFoundError as exc:
-                    # gone since (a scrub, an eviction, or lost): fetch it like
-                    # any missing slice, and let the store drop its row
-                    self.on_disk_error(stored, idx)(exc)
-                    f = None
-                except OSError:
-                    f = None  # the connection opens it, and reports what went wrong
-                else:
-                    view = stored
-                if stored.paths[idx] is not None:
-                    yield FileSpan(path, offset, count, f, self.on_disk_error(stored, idx))
-                    continue
+            own = fetches.get(idx)
+            if own is None or own.error is not None:
+                # a slice this response fetched is sent from the bytes in
+                # memory even once it is stored: its file, written past the
+                # page cache, would be read back from the disk on the event loop
+                stored = self.views.stored(view, idx)
+                if stored is None and idx in view.unverified and await self.verified(view, idx):
+                    stored = view
+                if stored is not None:
+                    path = stored.paths[idx]
+                    assert path is not None
+                    try:
+                        f: OpenFile | None = stored.file(idx)
+                    except FileNotFoundError as exc:
+                        # gone since (a scrub, an eviction, or lost): fetch it like
+                        # any missing slice, and let the store drop its row
+                        self.on_disk_error(stored, idx)(exc)
+                        f = None
+                    except OSError:
+                        f = None  # the connection opens it, and reports what went wrong
+                    else:
+                        view = stored
+                    if stored.paths[idx] is not None:
+                        yield FileSpan(path, offset, count, f, self.on_disk_error(stored, idx))
+                        continue
             pos = ahead.index(idx) if idx in ahead else -1
             if pos >= 0 and pos + READ_AHEAD < len(ahead):
                 nxt = ahead[pos + READ_AHEAD]

@@ -303,7 +303,8 @@ class Connection:
         p = self.parser
         req.method = p.get_method().decode("latin-1")
         req.version = p.get_http_version()
-        req.keep_alive = p.should_keep_alive()
+        # keepalive_timeout 0: no keep-alive at all (as nginx has it)
+        req.keep_alive = p.should_keep_alive() and self.server.keepalive_timeout > 0
         req.target = self._url
         self.header_started = None
 

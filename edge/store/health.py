@@ -35,7 +35,7 @@ DEVICE_ERROR_FILES = 3  # device errors on this many different files of a root..
 DEVICE_ERROR_WINDOW = 600.0  # ...within this many seconds fail the root
 FULL_RECHECK_SECONDS = 1.0  # how often a full root looks for room again
 
-EvictForDisk = Callable[[Root, int, str], None]  # (root, bytes short, key to keep)
+EvictForDisk = Callable[[Root, int, tuple[str, ...]], None]  # (root, bytes short, keys to keep)
 
 
 class Health:
@@ -69,7 +69,7 @@ class Health:
             holds_index = self._holds_index(root)
             free, reserve = room_on_disk(root.path, holds_index)
             if free - size < reserve:  # short of room: evict there, and look again
-                self.disk_full(root, reserve + size - free, key)
+                self.disk_full(root, reserve + size - free, (key,))
                 free, reserve = room_on_disk(root.path, holds_index)
         except OSError:
             return not root.full
@@ -93,22 +93,23 @@ class Health:
             self._holds[root.path] = held
         return held
 
-    def disk_full(self, root: Root, short: int = 1, key: str = "") -> None:
+    def disk_full(self, root: Root, short: int = 1, keep: tuple[str, ...] = ()) -> None:
         """``root``'s disk is ``short`` bytes short of room: no writes there until
-        it has room, and objects other than ``key`` evicted there to make it."""
+        it has room, and objects other than ``keep`` evicted there to make it."""
         if not root.full:
             log.warning("store root %s is short of room on its disk: evicting there", root.path)
         root.full, root.full_checked = True, time.monotonic()
-        self.evict_for_disk(root, short, key)
+        self.evict_for_disk(root, short, keep)
 
-    def write_error(self, exc: OSError, root: Root, key: str) -> None:
-        """A write of ``key`` to ``root`` failed: a full disk, a device error, or
-        neither. A full disk evicts other objects, never ``key``: its slices
-        already stored are what its player is being served (the room checked
-        before the write was taken meanwhile, by another slice written at the
-        same time or by something else on that disk)."""
+    def write_error(self, exc: OSError, root: Root, keys: tuple[str, ...]) -> None:
+        """A write to ``root`` of the objects ``keys`` (one, or the several of a
+        group commit) failed: a full disk, a device error, or neither. A full
+        disk evicts other objects, never these: their slices already stored are
+        what their players are being served (the room checked before the write
+        was taken meanwhile, by another slice written at the same time or by
+        something else on that disk)."""
         if is_full_error(exc):
-            self.disk_full(root, 1, key)
+            self.disk_full(root, 1, keys)
             return
         log.error("store write on %s failed: %s", root.path, exc)
         with contextlib.suppress(sqlite3.Error), self.index.write() as c:

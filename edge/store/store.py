@@ -235,23 +235,26 @@ class Store(Reading):
         c: sqlite3.Connection,
         root: Root,
         size: int,
-        exclude: str,
+        exclude: str | tuple[str, ...],
         now: float,
         capacity: int | None = None,
     ) -> list[str] | None:
         """Evict so ``size`` more bytes fit on ``root`` (in ``capacity``, when
-        the disk has less than the configured one); ``None`` when they cannot."""
+        the disk has less than the configured one), never an object of
+        ``exclude`` (a key or several); ``None`` when they cannot."""
         cap, used = c.execute("SELECT capacity, used FROM roots WHERE id=?", (root.id,)).fetchone()
         cap = cap if capacity is None else capacity
+        keep = (exclude,) if isinstance(exclude, str) else exclude
 
         def candidates() -> list[Candidate]:
             return [
                 Candidate(k, stored, score, st, la, bool(p))
                 for k, stored, score, st, la, p in c.execute(
                     "SELECT key, stored, score, score_time, last_access, pinned FROM objects "
-                    "WHERE root=? AND stored > 0 AND key != ?",
-                    (root.id, exclude),
+                    "WHERE root=? AND stored > 0",
+                    (root.id,),
                 )
+                if k not in keep
             ]
 
         batch = evict_batch(
@@ -327,7 +330,7 @@ class Store(Reading):
         now = self.clock()
         placed = [p.item[1].path for p in batch]  # where each one's bytes are until committed
         rows: list[int] = []  # the slices whose rows the transaction inserts
-        failed: list[tuple[OSError, Root, str]] = []  # (error, root, a key written there)
+        failed: list[tuple[OSError, Root, tuple[str, ...]]] = []  # (error, root, keys written)
         doomed: list[str] = []
         try:
             with self._write() as c:
@@ -356,7 +359,7 @@ class Store(Reading):
                     try:
                         place(root, moves)
                     except OSError as exc:
-                        failed.append((exc, root, batch[ns[0]].item[0].key))
+                        failed.append((exc, root, tuple(batch[n].item[0].key for n in ns)))
                         unlink_all(final for _, final in moves)  # renamed or not: no row
                         continue
                     for n, (_, final) in zip(ns, moves, strict=True):
@@ -368,8 +371,10 @@ class Store(Reading):
                 batch[n].stored = True
                 placed[n] = ""  # committed: the store's file now
         except (OSError, sqlite3.Error) as exc:  # rolled back: nothing evicted, nothing stored
-            if isinstance(exc, OSError):
-                failed.append((exc, batch[0].item[0].root, batch[0].item[0].key))
+            if isinstance(exc, OSError):  # on the index: every root of the batch keeps its own
+                for root in {p.item[0].root.id: p.item[0].root for p in batch}.values():
+                    keys = tuple(p.item[0].key for p in batch if p.item[0].root is root)
+                    failed.append((exc, root, keys))
             else:
                 log.error("index write for %d slice(s) failed: %s", len(batch), exc)
             doomed = []
@@ -380,12 +385,12 @@ class Store(Reading):
                 if path:
                     with contextlib.suppress(OSError):
                         os.unlink(path)
-        for exc, root, key in failed:
-            self._count_write_error(exc, root, key)
+        for exc, root, keys in failed:
+            self.health.write_error(exc, root, keys)
         self._unlink(doomed)
 
     def _count_write_error(self, exc: OSError, root: Root, key: str) -> None:
-        self.health.write_error(exc, root, key)
+        self.health.write_error(exc, root, (key,))
 
     def put(
         self,
@@ -551,15 +556,15 @@ class Store(Reading):
     def refresh_roots(self) -> None:
         self.health.refresh_roots()
 
-    def _evict_for_disk(self, root: Root, short: int, key: str) -> None:
-        """Evict objects other than ``key`` from ``root`` to free ``short`` bytes
+    def _evict_for_disk(self, root: Root, short: int, keep: tuple[str, ...]) -> None:
+        """Evict objects other than ``keep`` from ``root`` to free ``short`` bytes
         of its disk (whatever the configured capacity says)."""
         now = self.clock()
         doomed: list[str] | None = None
         with contextlib.suppress(sqlite3.Error), self._write() as c:
             bump(c, "disk_full")
             (used,) = c.execute("SELECT used FROM roots WHERE id=?", (root.id,)).fetchone()
-            doomed = self._make_room(c, root, 0, key, now, capacity=max(0, used - short))
+            doomed = self._make_room(c, root, 0, keep, now, capacity=max(0, used - short))
         self._unlink(doomed or [])
 
     # -- the response heads of objects from HTTP origins -----------------------
