@@ -261,11 +261,9 @@ TLS_OPTIONS: Options = {
     ),
 }
 
-SERVE_OPTIONS: Options = {
-    "id": ("--id", _name, "this appliance's name in health and status (default: the host name)"),
-    "site": ("--site", _name, "the site it stands in, as steering names it (shown in status)"),
-    "listen": ("--listen", parse_listen, "HOST:PORT to serve content and /_edge/ on"),
-    **TLS_OPTIONS,
+# the limits of a client connection (edge.http.server), the same for the
+# appliance and steering
+CONNECTION_OPTIONS: Options = {
     "tls_handshake_timeout": (
         "--tls-handshake-timeout",
         positive_duration,
@@ -277,6 +275,19 @@ SERVE_OPTIONS: Options = {
         "a request's headers not complete this long after its first byte: 408 and close; "
         "also a new connection's wait for its first byte (default 15s)",
     ),
+    "keepalive_timeout": (
+        "--keepalive-timeout",
+        parse_duration,
+        "idle keep-alive timeout (0: no keep-alive, every answer closes its connection)",
+    ),
+}
+
+SERVE_OPTIONS: Options = {
+    "id": ("--id", _name, "this appliance's name in health and status (default: the host name)"),
+    "site": ("--site", _name, "the site it stands in, as steering names it (shown in status)"),
+    "listen": ("--listen", parse_listen, "HOST:PORT to serve content and /_edge/ on"),
+    **TLS_OPTIONS,
+    **{k: v for k, v in CONNECTION_OPTIONS.items() if k != "keepalive_timeout"},
     "ca_file": (
         "--ca-file",
         str,
@@ -295,11 +306,7 @@ SERVE_OPTIONS: Options = {
     "half_life": ("--half-life", parse_duration, "popularity half-life (default 1d)"),
     "cors_origin": ("--cors-origin", str, "Access-Control-Allow-Origin value (default *)"),
     "max_ranges": ("--max-ranges", positive_int, "ranges per request before Range is ignored"),
-    "keepalive_timeout": (
-        "--keepalive-timeout",
-        parse_duration,
-        "idle keep-alive timeout (0: no keep-alive, every answer closes its connection)",
-    ),
+    "keepalive_timeout": CONNECTION_OPTIONS["keepalive_timeout"],
     "log_level": ("--log-level", choice("debug", "info", "warning", "error"), "log level"),
     "s3_endpoint": ("--s3-endpoint", _http_url, "S3 endpoint URL (default: AWS)"),
     "s3_region": ("--s3-region", str, "S3 region (default: from the AWS configuration)"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.config import (
+    CONNECTION_OPTIONS,
     METAVARS,
     NAMED_METAVARS,
     TLS_OPTIONS,
@@ -73,6 +74,10 @@ class SteerConfig:
     tls_listen: list[tuple[str, int]] = field(default_factory=list)
     tls_cert: list[tuple[str, str | None]] = field(default_factory=list)
     ca_file: str | None = None  # verifies https:// appliances (None: the system store)
+    # a client connection's limits, as the appliance's (edge.http.server)
+    tls_handshake_timeout: float = 10.0
+    header_timeout: float = 15.0
+    keepalive_timeout: float = 75.0
     appliances: list[ApplianceSpec] = field(default_factory=list)
     coverage_zones: str | None = None
     geoip: str | None = None
@@ -180,6 +185,7 @@ NAMED_METAVARS.update({"token_prefix_v4": "BITS", "token_prefix_v6": "BITS"})
 STEER_OPTIONS: Options = {
     "listen": ("--listen", parse_listen, "HOST:PORT to serve /steer, /r/ and /_steer/ on"),
     **TLS_OPTIONS,
+    **CONNECTION_OPTIONS,
     "ca_file": (
         "--ca-file",
         str,

@@ -407,7 +407,17 @@ async def _main(
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await service.poller.start()
     settle()
-    server = ContentServer(loop, sock.plain, service, tls_socks=sock.tls, certs=sock.certs)
+    cfg = fleet.cfg  # the connection limits as started: a reload does not change them
+    server = ContentServer(
+        loop,
+        sock.plain,
+        service,
+        keepalive_timeout=cfg.keepalive_timeout,
+        tls_socks=sock.tls,
+        certs=sock.certs,
+        handshake_timeout=cfg.tls_handshake_timeout,
+        header_timeout=cfg.header_timeout,
+    )
     server.start()
     fleet, state = service.poller.current
     print(

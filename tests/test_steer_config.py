@@ -70,6 +70,9 @@ def test_steer_table_and_flags_win(tmp_path: Path) -> None:
     cfg = load("--config", path, "--answers", "4", "--listen", "127.0.0.1:0")
     assert cfg.answers == 4 and cfg.health_interval == 5.0 and cfg.listen == ("127.0.0.1", 0)
     assert cfg.appliances[0].url == "http://127.0.0.1:8080"  # trailing slash dropped
+    assert (cfg.header_timeout, cfg.keepalive_timeout, cfg.tls_handshake_timeout) == (15, 75, 10)
+    cfg = load("--config", path, "--header-timeout", "2s", "--keepalive-timeout", "0")
+    assert cfg.header_timeout == 2.0 and cfg.keepalive_timeout == 0.0
     cfg = load("--config", path, "--url-signing-key", "k=0123456789abcdef")
     assert cfg.signing_key() == ("k", b"0123456789abcdef")
 
@@ -81,6 +84,7 @@ def test_steer_table_and_flags_win(tmp_path: Path) -> None:
         ("bogus = 1\n" + APPLIANCE, "unknown option 'bogus'"),
         ('health_interval = "soon"\n' + APPLIANCE, "--health-interval / health_interval"),
         ('health_timeout = "3s"\n' + APPLIANCE, "health_timeout must not exceed"),
+        ('header_timeout = "0s"\n' + APPLIANCE, "--header-timeout / header_timeout"),
         ('trusted_proxies = ["10.0.0.1/8"]\n' + APPLIANCE, "--trusted-proxy / trusted_proxies"),
         ("", "no appliances"),
         (APPLIANCE + APPLIANCE, "'a1' is configured twice"),

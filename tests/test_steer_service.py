@@ -8,13 +8,14 @@ import http.client
 import json
 import re
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import free_port, make_catalog, wait_for
+from conftest import free_port, make_catalog, raw_request, statuses, wait_for
 from steer_fleet import SECRET, Steering, appliance_toml, start_appliance
 
 from edge.core.signing import sign
@@ -363,5 +364,24 @@ def test_no_appliance(tmp_path: Path) -> None:
         assert doc["class"] == "no_appliance" and doc["origin"] is True
         status, headers, _ = s.request(f"/r/{KEY}", NORTH)
         assert status == 302 and headers["location"] == f"http://origin.example/videos/{KEY}"
+    finally:
+        assert s.stop() == 0
+
+
+def test_connection_limits_are_the_operators(tmp_path: Path) -> None:
+    """``header_timeout`` and ``keepalive_timeout`` hold on steering's port as
+    on the appliance's: late headers get 408, and 0 turns keep-alive off."""
+    config = tmp_path / "steer.toml"
+    config.write_text(appliance_toml("gone", free_port(), "north", 60.0, ["127.1.0.0/16"]))
+    s = Steering(config, "--header-timeout", "1s", "--keepalive-timeout", "0").start()
+    try:
+        get = f"GET /steer?object={KEY} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        raw = raw_request(s.port, get + get)
+        assert statuses(raw) == [503]  # one answer, then closed
+        assert b"Connection: close" in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+            c.sendall(b"GET /steer?object=x HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+            late = c.recv(65536)
+        assert statuses(late) == [408]
     finally:
         assert s.stop() == 0
