@@ -373,7 +373,7 @@ class Store(Reading):
         except (OSError, sqlite3.Error) as exc:  # rolled back: nothing evicted, nothing stored
             if isinstance(exc, OSError):  # on the index: every root of the batch keeps its own
                 for root in {p.item[0].root.id: p.item[0].root for p in batch}.values():
-                    keys = tuple(p.item[0].key for p in batch if p.item[0].root is root)
+                    keys = tuple(p.item[0].key for p in batch if p.item[0].root.id == root.id)
                     failed.append((exc, root, keys))
             else:
                 log.error("index write for %d slice(s) failed: %s", len(batch), exc)
