@@ -4,10 +4,14 @@ refuses O_DIRECT."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import mmap
 import os
 import random
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +102,44 @@ def test_whole_slices_are_written_past_the_page_cache(tmp_path: Path, monkeypatc
     assert store.put_slice(obj, 0, chunks)
     check_files(store, "v/c.m4s", parts)
     assert os.listdir(store.roots[1].tmp_dir) == []
+
+
+def in_page_cache(path: str) -> bool:
+    """Is every page of ``path`` in the page cache? ``mincore`` on a mapping of
+    it, which reads nothing (a read that may not wait, ``RWF_NOWAIT``, would
+    start the very readahead it looks for)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+    try:
+        start = ctypes.c_char.from_buffer(mapped)
+        pages = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+        if libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), ctypes.c_size_t(size), pages):
+            raise OSError(ctypes.get_errno(), "mincore")
+        del start
+        return all(p & 1 for p in pages)
+    finally:
+        mapped.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mincore and readahead as Linux has them")
+def test_a_slice_written_past_the_page_cache_is_read_back_into_it(tmp_path: Path) -> None:
+    """A slice just missed is what the next players ask for: its pages come
+    back into the page cache in the background, so the next hit's sendfile
+    does not read the disk on the event loop."""
+    if not takes_direct(tmp_path):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    store = open_store(tmp_path)
+    data = random.Random(4).randbytes(2 * SLICE)
+    store.put("v/d.m4s", data)
+    obj = store.lookup("v/d.m4s")
+    assert obj is not None and store.roots[1].direct is True
+    deadline = time.monotonic() + 10
+    while not all(in_page_cache(obj.slice_path(i)) for i in (0, 1)):
+        assert time.monotonic() < deadline, "the slices were not read back into the page cache"
+        time.sleep(0.05)
+    check_files(store, "v/d.m4s", data)
 
 
 def test_a_filesystem_that_refuses_direct_io_gets_the_page_cache(

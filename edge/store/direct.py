@@ -14,6 +14,9 @@ Rules it keeps:
   (a copy into pages already mapped costs a tenth of a fresh page-cache
   page's), the aligned part written direct, and the rest (the last partial
   block and the trailer) written through the page cache on the same file;
+- a slice written past the page cache is read back into it in the background
+  (``POSIX_FADV_WILLNEED``) once written, so the next hit does not read the
+  disk on the event loop;
 - a filesystem that refuses ``O_DIRECT`` (``EINVAL``: older tmpfs, some network
   and FUSE filesystems) gets the page cache for that root from then on
   (``Root.direct`` false), and the slice is written again that way.
@@ -21,6 +24,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -122,7 +126,20 @@ def _write_direct(
         on_error(exc, root, sink.key)
         raise
     sink.write_raw(rest)
+    _warm(fd, aligned)
     return sink.close(sync=True)
+
+
+def _warm(fd: int, size: int) -> None:
+    """Ask the kernel to read the first ``size`` bytes just written back into
+    the page cache, in the background (readahead: the device copies them, no
+    CPU does): a slice just missed is what the next players ask for, and a hit
+    on pages not in the page cache reads the disk inside ``sendfile``, on the
+    event loop. Advice only: a kernel that ignores it, or an error, changes
+    nothing stored."""
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
 
 
 def _tail_of(views: list[memoryview], start: int) -> list[memoryview]:
