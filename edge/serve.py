@@ -346,6 +346,7 @@ async def _worker(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int
         export_expiry(certs)
         certs.on_reload.append(export_expiry)
     server.on_count = metrics.set_connections
+    server.on_disk_wait = metrics.disk_wait
     server.on_fd_pressure = app.views.shed_files
     app.start()
     server.start()

@@ -180,6 +180,28 @@ def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     return b"".join(chunks)
 
 
+def drop_from_page_cache(store: Path) -> int:
+    """Evict the store's slice files from the page cache (their pages are
+    clean: written and fsynced), as memory pressure or a restart would: the
+    next hit on them must come from the disk. How many files."""
+    files = [p for p in store.rglob("slices/*/*/*") if p.is_file()]
+    for p in files:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return len(files)
+
+
+def disk_waits(app: Appliance) -> float:
+    """``edgefleet_disk_waits_total``: sends that had a thread read a file in."""
+    text = app.get("/_edge/metrics")[2].decode()
+    m = re.search(r"^edgefleet_disk_waits_total (\S+)$", text, re.M)
+    assert m is not None, "no edgefleet_disk_waits_total in the metrics"
+    return float(m.group(1))
+
+
 def small_window_socket(port: int, rcvbuf: int = 16384) -> socket.socket:
     """A client whose receive buffer is small from the handshake on (a slow player)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

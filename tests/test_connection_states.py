@@ -55,6 +55,8 @@ def test_the_rules_the_tables_keep() -> None:
     assert Read.READING not in READ_MOVES[Read.EOF] | READ_MOVES[Read.LAST]
     # our side shuts only from OPEN: never with bytes still waiting for the socket
     assert [s for s, allowed in WRITE_MOVES.items() if Write.SHUT in allowed] == [Write.OPEN]
+    # waiting for the disk (a thread reading a file in) ends in sending again, or closing
+    assert WRITE_MOVES[Write.DISK] == {Write.OPEN, Write.CLOSED}
     assert Read.PAUSED not in READER_ON and Read.EOF not in READER_ON
 
 

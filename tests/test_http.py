@@ -13,10 +13,13 @@ import pytest
 from conftest import (
     SLICE,
     Appliance,
+    disk_waits,
+    drop_from_page_cache,
     make_catalog,
     raw_request,
     small_window_socket,
     statuses,
+    wait_for,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -324,6 +327,24 @@ def test_http10_closes_unless_keep_alive(app) -> None:
         assert b"Connection: keep-alive" in head
         s.sendall(f"HEAD /{KEY} HTTP/1.0\r\n\r\n".encode())
         assert statuses(s.recv(65536)) == [200]
+
+
+def test_a_hit_on_files_not_in_memory_is_read_in_a_thread(served) -> None:
+    """Slice files whose pages left the page cache: the hit's send waits for a
+    thread to read them in (``edgefleet_disk_waits_total``), not the event
+    loop for the disk; the bytes are the same."""
+    app, catalog, tmp = served
+    data = catalog[KEY]
+    assert app.get("/" + KEY)[2] == data
+    wait_for(lambda: app.get("/" + KEY)[1].get("cache-status", "").endswith("hit"))
+    before = disk_waits(app)
+    assert drop_from_page_cache(tmp / "store") > 0
+    assert app.get("/" + KEY, Range=f"bytes=100-{SLICE + 100}")[2] == data[100 : SLICE + 101]
+    assert app.get("/" + KEY)[2] == data
+    after = disk_waits(app)
+    assert after > before
+    assert app.get("/" + KEY)[2] == data  # in memory again: nothing to wait for
+    assert disk_waits(app) == after
 
 
 def test_keepalive_timeout_0_turns_keep_alive_off(tmp_path: Path) -> None:

@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import SLICE, Appliance, Service, exchange, make_catalog, wait_for
+from conftest import (
+    SLICE,
+    Appliance,
+    Service,
+    disk_waits,
+    drop_from_page_cache,
+    exchange,
+    make_catalog,
+    wait_for,
+)
 
 from edge.http.tls import ktls_available
 
@@ -133,6 +142,22 @@ def peer_names(port: int, ctx: ssl.SSLContext, server_hostname: str | None) -> s
         cert = s.getpeercert()
         assert s.selected_alpn_protocol() == "http/1.1"
     return {v for k, v in cert["subjectAltName"] if k == "DNS"}
+
+
+def test_a_hit_on_files_not_in_memory_is_read_in_a_thread_over_tls(served, pki) -> None:
+    """Userland TLS reads a span into its buffer before encrypting it: that
+    read, too, waits for a thread when the pages left the page cache."""
+    app, catalog, tmp = served
+    port, ctx = https_port(app), client_context(pki)
+    data = catalog[KEY]
+    assert get(port, ctx, "/" + KEY)[2] == data
+    wait_for(lambda: get(port, ctx, "/" + KEY)[1].get("cache-status", "").endswith("hit"))
+    before = disk_waits(app)
+    assert drop_from_page_cache(tmp / "store") > 0
+    one_slice = {"Range": "bytes=100-60000"}  # the hit path's shortcut: one send
+    assert get(port, ctx, "/" + KEY, one_slice)[2] == data[100:60001]
+    assert get(port, ctx, "/" + KEY)[2] == data
+    assert disk_waits(app) >= before + 2
 
 
 def test_sni_chooses_the_certificate_and_the_first_is_the_default(served, pki) -> None:

@@ -55,6 +55,10 @@ ORIGIN_BYTES = Counter("edgefleet_origin_bytes", "Bytes read from origins")
 STORE_WRITE_FAILURES = Counter(
     "edgefleet_store_write_failures", "Slices fetched but not stored (no room or a disk error)"
 )
+DISK_WAITS = Counter(
+    "edgefleet_disk_waits",
+    "Sends that waited for a slice file to be read from the disk, in a thread",
+)
 TOKEN_REJECTIONS = Counter(
     "edgefleet_token_rejections",
     "Content requests refused with 403 for their signed-URL token, by reason",
@@ -177,6 +181,9 @@ class RequestMetrics:
 
     def set_connections(self, n: int) -> None:
         CONNECTIONS.set(n)
+
+    def disk_wait(self) -> None:
+        DISK_WAITS.inc()
 
     def origin(self, kind: str, result: str) -> None:
         ORIGIN_REQUESTS.labels(kind, result).inc()

@@ -39,8 +39,10 @@ Read states:
 - ``CLOSED``.
 
 Write states: ``OPEN`` (sending straight away), ``BLOCKED`` (the socket is
-full: the writer callback is armed), ``SHUT`` (our side shut after the last
-byte), ``CLOSED``.
+full: the writer callback is armed), ``DISK`` (the file span next in line is
+not in the page cache: a thread reads it in, and sending resumes when it is
+done; the event loop never waits for the disk), ``SHUT`` (our side shut after
+the last byte), ``CLOSED``.
 
 Over TLS the socket is a non-blocking ``ssl.SSLSocket``; how parts go
 through it, with kernel TLS or without, is the outbox's business.
@@ -55,6 +57,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import secrets
 import socket
 import ssl
@@ -67,7 +70,17 @@ import httptools
 
 from edge.core.host import host_problem
 from edge.core.keys import loggable
-from edge.http.outbox import TLS_CHUNK, WOULD_BLOCK, DiskError, Done, Outbox, PeerGone
+from edge.http.outbox import (
+    TLS_CHUNK,
+    WOULD_BLOCK,
+    ColdFile,
+    DiskError,
+    Done,
+    Outbox,
+    PeerGone,
+    resident,
+    warm_span,
+)
 from edge.http.tls import ktls_sending, tls_io
 from edge.http.wire import FileSpan, Host, Request, Response
 
@@ -87,6 +100,7 @@ class Read(enum.Enum):
 class Write(enum.Enum):
     OPEN = "open"
     BLOCKED = "blocked"
+    DISK = "disk"
     SHUT = "shut"
     CLOSED = "closed"
 
@@ -101,8 +115,9 @@ READ_MOVES: dict[Read, frozenset[Read]] = {
     Read.CLOSED: frozenset(),
 }
 WRITE_MOVES: dict[Write, frozenset[Write]] = {
-    Write.OPEN: frozenset({Write.BLOCKED, Write.SHUT, Write.CLOSED}),
-    Write.BLOCKED: frozenset({Write.OPEN, Write.CLOSED}),
+    Write.OPEN: frozenset({Write.BLOCKED, Write.DISK, Write.SHUT, Write.CLOSED}),
+    Write.BLOCKED: frozenset({Write.OPEN, Write.DISK, Write.CLOSED}),
+    Write.DISK: frozenset({Write.OPEN, Write.CLOSED}),
     Write.SHUT: frozenset({Write.CLOSED}),
     Write.CLOSED: frozenset(),
 }
@@ -112,6 +127,7 @@ READER_ON = frozenset({Read.HANDSHAKE, Read.READING, Read.LAST, Read.LINGER})
 _HANDSHAKE, _READING, _PAUSED, _LAST = Read.HANDSHAKE, Read.READING, Read.PAUSED, Read.LAST
 _EOF, _LINGER, _CLOSED = Read.EOF, Read.LINGER, Read.CLOSED
 _OPEN, _BLOCKED, _SHUT, _WCLOSED = Write.OPEN, Write.BLOCKED, Write.SHUT, Write.CLOSED
+_DISK = Write.DISK
 ANSWERING = frozenset({Read.READING, Read.PAUSED})  # new requests are still taken
 
 
@@ -486,6 +502,7 @@ class Connection:
             and type(body[0]) is FileSpan
             and self.outbox.userland
             and 0 < body[0].count <= TLS_CHUNK - len(resp.head)
+            and resident(body[0], TLS_CHUNK)
         ):
             return self._send_span_now(req, resp, body[0])
         else:
@@ -599,7 +616,10 @@ class Connection:
 
     def _flush(self) -> None:
         """Send what is queued: until all is out, or the socket is full (the
-        writer is armed), or the connection ended."""
+        writer is armed), or a file must come from the disk first (a thread
+        reads it), or the connection ended."""
+        if self.write is _DISK:
+            return  # sending resumes once the thread has read the file in
         outbox = self.outbox
         before = outbox.sent
         try:
@@ -609,6 +629,9 @@ class Connection:
             return
         except DiskError as exc:
             self._disk_error(exc.span, exc.error)
+            return
+        except ColdFile as exc:
+            self._warm(exc.span)
             return
         finally:
             if outbox.sent != before:
@@ -656,6 +679,30 @@ class Connection:
         self._to_write(Write.SHUT)
         self._to_read(Read.LINGER)
         self.linger_handle = self.loop.call_later(LINGER_SECONDS, self.close)
+
+    def _warm(self, span: FileSpan) -> None:
+        """Have a thread read ``span`` into the page cache (a descriptor of its
+        own: the span's may close with the connection meanwhile), then send."""
+        try:
+            fd = os.dup(span.fd)
+        except OSError:
+            span.warm = True  # the send that follows meets and reports it
+            self.loop.call_soon(self._flush)
+            return
+        self._to_write(_DISK)
+        self.server.disk_waits += 1
+        if self.server.on_disk_wait is not None:
+            self.server.on_disk_wait()
+        job = self.loop.run_in_executor(None, warm_span, fd, span.offset, span.count)
+        job.add_done_callback(lambda _job: self._warmed(span))
+
+    def _warmed(self, span: FileSpan) -> None:
+        if self.write is not _DISK:
+            return  # closed meanwhile
+        span.warm = True
+        self._to_write(_OPEN)
+        self.last_progress = self.loop.time()
+        self._flush()
 
     def _disk_error(self, span: FileSpan, exc: OSError) -> None:
         log.error("cannot send %s: %s", span.path, exc)

@@ -17,9 +17,16 @@ Rules it keeps:
   leave together;
 - ``flush`` never blocks on the socket: it returns False when the socket is
   full. It raises ``PeerGone`` when the peer went away and ``DiskError``
-  when a file cannot be read; what can block is the disk (a page not in the
-  page cache, and the ``open`` of a span handed over by path: a fallback when
-  the handler could not open it itself, e.g. on ``EMFILE``).
+  when a file cannot be read;
+- nor on the disk, as far as the kernel tells: before a file span is sent
+  (``sendfile``) or read (userland TLS), the first and last pages of what
+  the call will take are read with ``RWF_NOWAIT``, which fails rather than
+  wait for the disk (and starts the readahead); ``flush`` then raises
+  ``ColdFile`` and the connection has the span read in a thread
+  (``warm_span``) before it flushes again. Once warmed a span is not probed
+  again. What can still block: pages evicted between the probe and the send,
+  and the ``open`` of a span handed over by path (a fallback when the
+  handler could not open it itself, e.g. on ``EMFILE``).
 """
 
 from __future__ import annotations
@@ -54,6 +61,14 @@ class DiskError(Exception):
         super().__init__(f"{span.path}: {error}")
         self.span = span
         self.error = error
+
+
+class ColdFile(Exception):
+    """The span at the head of the queue is not in the page cache."""
+
+    def __init__(self, span: FileSpan) -> None:
+        super().__init__(span.path)
+        self.span = span
 
 
 class Done:
@@ -147,6 +162,16 @@ class Outbox:
     def _send_file(self, span: FileSpan) -> bool:
         if span.fd < 0:
             _open(span)
+        if not span.warm and _NOWAIT:  # resident(span), inlined: every hit passes here
+            try:
+                _preadv(span.fd, _PROBE, span.offset, _NOWAIT)
+                if span.count > _WINDOW:
+                    _preadv(span.fd, _PROBE, span.offset + span.count - 1, _NOWAIT)
+            except BlockingIOError:
+                raise ColdFile(span) from None
+            except OSError:
+                pass  # the send meets it and reports it
+            span.warm = True  # a send that continues it does not ask again
         try:
             n = os.sendfile(self.fd, span.fd, span.offset, span.count)
         except (BlockingIOError, InterruptedError):
@@ -271,6 +296,12 @@ class Outbox:
             t = type(item)
             if t is Done or (t is FileSpan and not self.userland):
                 break
+            if t is FileSpan and not item.warm:
+                if not resident(item):
+                    if size:
+                        break  # what is gathered goes first
+                    raise ColdFile(item)
+                item.warm = True
             taken += 1
             if t is not FileSpan:
                 n = len(item)
@@ -301,6 +332,54 @@ def _scratch() -> memoryview:
     if buf is None:
         buf = _local.buf = memoryview(bytearray(TLS_CHUNK))
     return buf
+
+
+_PROBE = [bytearray(1)]
+_WINDOW = 128 * 1024  # what a read of a cold file's first page brings in with it
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+_preadv = os.preadv
+WARM_READ = 256 * 1024  # a thread warming a span reads this much at a time
+
+
+def resident(span: FileSpan, within: int = TLS_CHUNK * 16) -> bool:
+    """Is the next ``within`` bytes of ``span`` in the page cache, by its first
+    page and, past the kernel's first readahead window (``_WINDOW``), its last?
+    A read that may not wait says so without waiting (0.5 us), and starts the
+    readahead when they are not. Opens the span's file if need be; True where
+    the kernel cannot tell (no ``RWF_NOWAIT``) or the read fails otherwise
+    (the send reports that)."""
+    if not _NOWAIT:
+        return True
+    if span.fd < 0:
+        _open(span)
+    n = min(span.count, within)
+    try:
+        _preadv(span.fd, _PROBE, span.offset, _NOWAIT)
+        if n > _WINDOW:
+            _preadv(span.fd, _PROBE, span.offset + n - 1, _NOWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def warm_span(fd: int, offset: int, count: int) -> None:
+    """Read ``count`` bytes of the file ``fd`` from ``offset`` into the page
+    cache (in a thread: this waits for the disk), then close ``fd``. Errors
+    are left for the send that follows to meet and report."""
+    buf = bytearray(min(count, WARM_READ))
+    try:
+        end = offset + count
+        while offset < end:
+            n = os.preadv(fd, [memoryview(buf)[: end - offset]], offset)
+            if not n:
+                break
+            offset += n
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _read_into(span: FileSpan, buf: memoryview) -> int:

@@ -95,6 +95,9 @@ class ContentServer:
         self.stopping = False
         self.accepting = False
         self.on_count: Callable[[int], None] | None = None
+        # sends that waited for a file to be read from the disk in a thread
+        self.disk_waits = 0
+        self.on_disk_wait: Callable[[], None] | None = None
         self.on_fd_pressure: Callable[[], None] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 

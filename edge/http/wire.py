@@ -36,7 +36,7 @@ class FileSpan:
     """``count`` bytes of a file from ``offset``: of an ``OpenFile``, or of
     ``path``, opened when first sent."""
 
-    __slots__ = ("count", "fd", "file", "offset", "on_error", "path")
+    __slots__ = ("count", "fd", "file", "offset", "on_error", "path", "warm")
 
     def __init__(
         self,
@@ -52,6 +52,7 @@ class FileSpan:
         self.file = file
         self.fd = file.fd if file is not None else -1
         self.on_error = on_error
+        self.warm = False  # in the page cache, as far as is known (edge.http.outbox.resident)
 
     def close(self) -> None:
         if self.file is not None:
