@@ -301,7 +301,7 @@ async def _worker(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int
     from edge.appliance.metrics import RequestMetrics
     from edge.appliance.ops import Ops
     from edge.appliance.signing_keys import reload_signing_keys
-    from edge.http.server import ContentServer, stop_signal
+    from edge.http.server import ContentServer, limits, stop_signal
     from edge.origin import open_origin
 
     access_log, certs = boot.access_log, boot.certs
@@ -325,16 +325,7 @@ async def _worker(cfg: ServeConfig, slot: Slot, workers: int, boot: Boot) -> int
     app.scrub_share = cfg.scrub_rate // workers  # the workers share the scrub rate
     # slice files kept open by the views: half of what the process may open
     app.views.max_open_files = max(64, (soft - 256) // 2)
-    server = ContentServer(
-        loop,
-        slot[0],
-        app,
-        keepalive_timeout=cfg.keepalive_timeout,
-        tls_socks=slot[1],
-        certs=certs,
-        handshake_timeout=cfg.tls_handshake_timeout,
-        header_timeout=cfg.header_timeout,
-    )
+    server = ContentServer(loop, slot[0], app, tls_socks=slot[1], certs=certs, **limits(cfg))
     if certs is not None:
         app.tls_status = lambda: certs.summary(server.tls_mode)  # for /_edge/health
 

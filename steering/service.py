@@ -36,6 +36,7 @@ from edge.http.server import (
     ListenError,
     after_stop,
     bind_listeners,
+    limits,
     socket_url,
     stop_signal,
 )
@@ -407,16 +408,9 @@ async def _main(
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await service.poller.start()
     settle()
-    cfg = fleet.cfg  # the connection limits as started: a reload does not change them
+    # the connection limits as started: a reload does not change them
     server = ContentServer(
-        loop,
-        sock.plain,
-        service,
-        keepalive_timeout=cfg.keepalive_timeout,
-        tls_socks=sock.tls,
-        certs=sock.certs,
-        handshake_timeout=cfg.tls_handshake_timeout,
-        header_timeout=cfg.header_timeout,
+        loop, sock.plain, service, tls_socks=sock.tls, certs=sock.certs, **limits(fleet.cfg)
     )
     server.start()
     fleet, state = service.poller.current

@@ -18,15 +18,15 @@ Rules it keeps:
 - ``flush`` never blocks on the socket: it returns False when the socket is
   full. It raises ``PeerGone`` when the peer went away and ``DiskError``
   when a file cannot be read;
-- nor on the disk, as far as the kernel tells: before a file span is sent
-  (``sendfile``) or read (userland TLS), the first and last pages of what
-  the call will take are read with ``RWF_NOWAIT``, which fails rather than
-  wait for the disk (and starts the readahead); ``flush`` then raises
-  ``ColdFile`` and the connection has the span read in a thread
-  (``warm_span``) before it flushes again. Once warmed a span is not probed
-  again. What can still block: pages evicted between the probe and the send,
-  and the ``open`` of a span handed over by path (a fallback when the
-  handler could not open it itself, e.g. on ``EMFILE``).
+- nor on the disk, as far as the kernel tells: before a file span is first
+  sent (``sendfile``) or read (userland TLS), its first page (and its last,
+  past the first readahead window) is read with ``RWF_NOWAIT``, which fails
+  rather than wait for the disk (and starts the readahead); ``flush`` then
+  raises ``ColdFile`` and the connection has the span read in a thread
+  (``warm_span``) before it flushes again. A span is probed once. What can
+  still block: pages evicted between the probe and the send, and the
+  ``open`` of a span handed over by path (a fallback when the handler could
+  not open it itself, e.g. on ``EMFILE``).
 """
 
 from __future__ import annotations
@@ -162,15 +162,18 @@ class Outbox:
     def _send_file(self, span: FileSpan) -> bool:
         if span.fd < 0:
             _open(span)
-        if not span.warm and _NOWAIT:  # resident(span), inlined: every hit passes here
-            try:
-                _preadv(span.fd, _PROBE, span.offset, _NOWAIT)
-                if span.count > _WINDOW:
-                    _preadv(span.fd, _PROBE, span.offset + span.count - 1, _NOWAIT)
-            except BlockingIOError:
-                raise ColdFile(span) from None
-            except OSError:
-                pass  # the send meets it and reports it
+        if span.warm is not True and _NOWAIT:  # resident(span), inlined: every hit passes
+            if span.warm is None:
+                try:
+                    _preadv(span.fd, _PROBE, span.offset, _NOWAIT)
+                    if span.count > _WINDOW:
+                        _preadv(span.fd, _PROBE, span.offset + span.count - 1, _NOWAIT)
+                except BlockingIOError:
+                    span.warm = False
+                except OSError:
+                    pass  # the send meets it and reports it
+            if span.warm is False:
+                raise ColdFile(span)
             span.warm = True  # a send that continues it does not ask again
         try:
             n = os.sendfile(self.fd, span.fd, span.offset, span.count)
@@ -296,12 +299,10 @@ class Outbox:
             t = type(item)
             if t is Done or (t is FileSpan and not self.userland):
                 break
-            if t is FileSpan and not item.warm:
-                if not resident(item):
-                    if size:
-                        break  # what is gathered goes first
-                    raise ColdFile(item)
-                item.warm = True
+            if t is FileSpan and not resident(item):
+                if size:
+                    break  # what is gathered goes first; the span's answer is kept
+                raise ColdFile(item)
             taken += 1
             if t is not FileSpan:
                 n = len(item)
@@ -345,11 +346,14 @@ def resident(span: FileSpan, within: int = TLS_CHUNK * 16) -> bool:
     """Is the next ``within`` bytes of ``span`` in the page cache, by its first
     page and, past the kernel's first readahead window (``_WINDOW``), its last?
     A read that may not wait says so without waiting (0.5 us), and starts the
-    readahead when they are not. Opens the span's file if need be; True where
+    readahead when they are not. Asked once per span: the answer is kept in
+    ``span.warm`` until a thread has read the span in (the probe's own
+    readahead may finish first, but the span waits for its thread all the
+    same: one answer, one path). Opens the span's file if need be; True where
     the kernel cannot tell (no ``RWF_NOWAIT``) or the read fails otherwise
     (the send reports that)."""
-    if not _NOWAIT:
-        return True
+    if span.warm is not None or not _NOWAIT:
+        return span.warm is not False
     if span.fd < 0:
         _open(span)
     n = min(span.count, within)
@@ -358,9 +362,11 @@ def resident(span: FileSpan, within: int = TLS_CHUNK * 16) -> bool:
         if n > _WINDOW:
             _preadv(span.fd, _PROBE, span.offset + n - 1, _NOWAIT)
     except BlockingIOError:
+        span.warm = False
         return False
     except OSError:
-        return True
+        pass
+    span.warm = True
     return True
 
 

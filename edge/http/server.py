@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from edge.http.connection import HEADER_TIMEOUT, Connection
 from edge.http.tls import HANDSHAKE_TIMEOUT, CertSet
@@ -62,6 +63,16 @@ def bind_listeners(
         s.listen(backlog)
         socks.append(s)
     return socks
+
+
+def limits(cfg: Any) -> dict[str, float]:
+    """``ContentServer``'s connection limits from a configuration that has the
+    ``edge.config.CONNECTION_OPTIONS`` (the appliance's, steering's)."""
+    return {
+        "keepalive_timeout": cfg.keepalive_timeout,
+        "handshake_timeout": cfg.tls_handshake_timeout,
+        "header_timeout": cfg.header_timeout,
+    }
 
 
 class ContentServer:

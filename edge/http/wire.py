@@ -52,7 +52,8 @@ class FileSpan:
         self.file = file
         self.fd = file.fd if file is not None else -1
         self.on_error = on_error
-        self.warm = False  # in the page cache, as far as is known (edge.http.outbox.resident)
+        # in the page cache? None: not asked yet (edge.http.outbox.resident)
+        self.warm: bool | None = None
 
     def close(self) -> None:
         if self.file is not None:
