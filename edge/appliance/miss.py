@@ -126,28 +126,11 @@ class MissPath:
             own = fetches.get(idx)
             if own is None or own.error is not None:
                 # a slice this response fetched is sent from the bytes in
-                # memory even once it is stored: its file, written past the
-                # page cache, would be read back from the disk on the event loop
-                stored = self.views.stored(view, idx)
-                if stored is None and idx in view.unverified and await self.verified(view, idx):
-                    stored = view
-                if stored is not None:
-                    path = stored.paths[idx]
-                    assert path is not None
-                    try:
-                        f: OpenFile | None = stored.file(idx)
-                    except FileNotFoundError as exc:
-                        # gone since (a scrub, an eviction, or lost): fetch it like
-                        # any missing slice, and let the store drop its row
-                        self.on_disk_error(stored, idx)(exc)
-                        f = None
-                    except OSError:
-                        f = None  # the connection opens it, and reports what went wrong
-                    else:
-                        view = stored
-                    if stored.paths[idx] is not None:
-                        yield FileSpan(path, offset, count, f, self.on_disk_error(stored, idx))
-                        continue
+                # memory even once it is stored: no need to read its file back
+                span, view = await self._stored_span(view, idx, offset, count)
+                if span is not None:
+                    yield span
+                    continue
             pos = ahead.index(idx) if idx in ahead else -1
             if pos >= 0 and pos + READ_AHEAD < len(ahead):
                 nxt = ahead[pos + READ_AHEAD]
@@ -159,6 +142,35 @@ class MissPath:
             except OriginChanged:
                 await self.invalidate(view)
                 raise
+
+    async def _stored_span(
+        self, view: View, idx: int, offset: int, count: int
+    ) -> tuple[FileSpan | None, View]:
+        """Bytes ``offset .. offset+count`` of slice ``idx`` as a span of its
+        stored file, when a view of this version has it (checked first if this
+        start has not verified it yet), and the view to go on with; no span
+        when the slice is to be fetched."""
+        stored = self.views.stored(view, idx)
+        if stored is None and idx in view.unverified and await self.verified(view, idx):
+            stored = view
+        if stored is None:
+            return None, view
+        path = stored.paths[idx]
+        assert path is not None
+        try:
+            f: OpenFile | None = stored.file(idx)
+        except FileNotFoundError as exc:
+            # gone since (a scrub, an eviction, or lost): fetch it like any
+            # missing slice, and let the store drop its row
+            self.on_disk_error(stored, idx)(exc)
+            f = None
+        except OSError:
+            f = None  # the connection opens it, and reports what went wrong
+        else:
+            view = stored
+        if stored.paths[idx] is None:
+            return None, view
+        return FileSpan(path, offset, count, f, self.on_disk_error(stored, idx)), view
 
     # -- the slow path -------------------------------------------------------
 
