@@ -349,13 +349,12 @@ def resident(span: FileSpan, within: int = TLS_CHUNK * 16) -> bool:
     readahead when they are not. Asked once per span: the answer is kept in
     ``span.warm`` until a thread has read the span in (the probe's own
     readahead may finish first, but the span waits for its thread all the
-    same: one answer, one path). Opens the span's file if need be; True where
-    the kernel cannot tell (no ``RWF_NOWAIT``) or the read fails otherwise
-    (the send reports that)."""
-    if span.warm is not None or not _NOWAIT:
+    same: one answer, one path). True where the kernel cannot tell (no
+    ``RWF_NOWAIT``), for a span whose file is not open yet (handed over by
+    path: its send opens it, and reports what goes wrong), or when the read
+    fails otherwise (the send reports that)."""
+    if span.warm is not None or not _NOWAIT or span.fd < 0:
         return span.warm is not False
-    if span.fd < 0:
-        _open(span)
     n = min(span.count, within)
     try:
         _preadv(span.fd, _PROBE, span.offset, _NOWAIT)
