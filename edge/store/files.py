@@ -170,8 +170,7 @@ class StageFile:
 
     def write(self, chunk: bytes | memoryview) -> None:
         view = memoryview(chunk)
-        if self.n + len(view) > self.length:
-            raise StoreError(f"slice {self.idx} of {self.key!r} is {self.length} bytes")
+        self.check_length(len(view))
         self.hash.update(view)
         self.n += len(view)
         try:

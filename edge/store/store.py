@@ -235,16 +235,15 @@ class Store(Reading):
         c: sqlite3.Connection,
         root: Root,
         size: int,
-        exclude: str | tuple[str, ...],
+        keep: tuple[str, ...],
         now: float,
         capacity: int | None = None,
     ) -> list[str] | None:
         """Evict so ``size`` more bytes fit on ``root`` (in ``capacity``, when
         the disk has less than the configured one), never an object of
-        ``exclude`` (a key or several); ``None`` when they cannot."""
+        ``keep``; ``None`` when they cannot."""
         cap, used = c.execute("SELECT capacity, used FROM roots WHERE id=?", (root.id,)).fetchone()
         cap = cap if capacity is None else capacity
-        keep = (exclude,) if isinstance(exclude, str) else exclude
 
         def candidates() -> list[Candidate]:
             return [
@@ -346,7 +345,7 @@ class Store(Reading):
                     ).fetchone():
                         p.stored = True  # another writer was first
                         continue
-                    room = self._make_room(c, obj.root, st.size, obj.key, now)
+                    room = self._make_room(c, obj.root, st.size, (obj.key,), now)
                     if room is None:
                         continue
                     seen.add((obj.key, st.idx))
@@ -451,7 +450,8 @@ class Store(Reading):
                     return False
                 have = {i for (i,) in c.execute("SELECT idx FROM slices WHERE key=?", (obj.key,))}
                 fresh = [st for st in staged if st.idx not in have]
-                doomed = self._make_room(c, obj.root, sum(st.size for st in fresh), obj.key, now)
+                size = sum(st.size for st in fresh)
+                doomed = self._make_room(c, obj.root, size, (obj.key,), now)
                 if doomed is None:
                     return False
                 moves = [(st.path, obj.slice_path(st.idx)) for st in fresh]
