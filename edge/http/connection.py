@@ -690,7 +690,6 @@ class Connection:
             self.loop.call_soon(self._flush)
             return
         self._to_write(_DISK)
-        self.server.disk_waits += 1
         if self.server.on_disk_wait is not None:
             self.server.on_disk_wait()
         job = self.loop.run_in_executor(None, warm_span, fd, span.offset, span.count)

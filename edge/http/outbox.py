@@ -162,19 +162,8 @@ class Outbox:
     def _send_file(self, span: FileSpan) -> bool:
         if span.fd < 0:
             _open(span)
-        if span.warm is not True and _NOWAIT:  # resident(span), inlined: every hit passes
-            if span.warm is None:
-                try:
-                    _preadv(span.fd, _PROBE, span.offset, _NOWAIT)
-                    if span.count > _WINDOW:
-                        _preadv(span.fd, _PROBE, span.offset + span.count - 1, _NOWAIT)
-                except BlockingIOError:
-                    span.warm = False
-                except OSError:
-                    pass  # the send meets it and reports it
-            if span.warm is False:
-                raise ColdFile(span)
-            span.warm = True  # a send that continues it does not ask again
+        if span.warm is not True and not resident(span, span.count):
+            raise ColdFile(span)
         try:
             n = os.sendfile(self.fd, span.fd, span.offset, span.count)
         except (BlockingIOError, InterruptedError):
@@ -299,7 +288,7 @@ class Outbox:
             t = type(item)
             if t is Done or (t is FileSpan and not self.userland):
                 break
-            if t is FileSpan and not resident(item):
+            if t is FileSpan and not resident(item, TLS_CHUNK):
                 if size:
                     break  # what is gathered goes first; the span's answer is kept
                 raise ColdFile(item)
@@ -338,11 +327,10 @@ def _scratch() -> memoryview:
 _PROBE = [bytearray(1)]
 _WINDOW = 128 * 1024  # what a read of a cold file's first page brings in with it
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
-_preadv = os.preadv
 WARM_READ = 256 * 1024  # a thread warming a span reads this much at a time
 
 
-def resident(span: FileSpan, within: int = TLS_CHUNK * 16) -> bool:
+def resident(span: FileSpan, within: int) -> bool:
     """Is the next ``within`` bytes of ``span`` in the page cache, by its first
     page and, past the kernel's first readahead window (``_WINDOW``), its last?
     A read that may not wait says so without waiting (0.5 us), and starts the
@@ -357,9 +345,9 @@ def resident(span: FileSpan, within: int = TLS_CHUNK * 16) -> bool:
         return span.warm is not False
     n = min(span.count, within)
     try:
-        _preadv(span.fd, _PROBE, span.offset, _NOWAIT)
+        os.preadv(span.fd, _PROBE, span.offset, _NOWAIT)
         if n > _WINDOW:
-            _preadv(span.fd, _PROBE, span.offset + n - 1, _NOWAIT)
+            os.preadv(span.fd, _PROBE, span.offset + n - 1, _NOWAIT)
     except BlockingIOError:
         span.warm = False
         return False

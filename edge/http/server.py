@@ -106,8 +106,7 @@ class ContentServer:
         self.stopping = False
         self.accepting = False
         self.on_count: Callable[[int], None] | None = None
-        # sends that waited for a file to be read from the disk in a thread
-        self.disk_waits = 0
+        # told of each send that waits for a thread to read its file in
         self.on_disk_wait: Callable[[], None] | None = None
         self.on_fd_pressure: Callable[[], None] | None = None
         self._sweeper: asyncio.TimerHandle | None = None

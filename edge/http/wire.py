@@ -146,7 +146,9 @@ class Host(Protocol):
     stopping: bool
     handshake_timeout: float  # seconds a TLS handshake may take
     header_timeout: float  # seconds a request's headers may take
+    keepalive_timeout: float  # seconds idle between requests (0: no keep-alive)
     ktls_seen: bool  # set once a connection got kernel TLS
+    on_disk_wait: Callable[[], None] | None  # a send waits for a thread to read its file
 
     def forget(self, conn: Any) -> None: ...
 
