@@ -276,6 +276,14 @@ def make_catalog(origin: Path, seed: int = 1) -> dict[str, bytes]:
 SLICE = 64 * 1024
 
 
+def file_appliance_args(tmp: Path) -> list[str]:
+    """An appliance's store, capacity and access log under ``tmp``, in
+    test-sized slices, its origin the files of ``tmp/origin`` (``make_catalog``)."""
+    return ["--store", str(tmp / "store"), "--capacity", "64MiB",
+            "--origin", f"file://{tmp / 'origin'}", "--slice-size", str(SLICE),
+            "--access-log", str(tmp / "access.log")]  # fmt: skip
+
+
 @pytest.fixture
 def catalog(origin_dir: Path) -> dict[str, bytes]:
     return make_catalog(origin_dir)
@@ -283,21 +291,9 @@ def catalog(origin_dir: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def appliance(tmp_path: Path, origin_dir: Path, catalog: dict[str, bytes]):
+    assert origin_dir == tmp_path / "origin"
     app = Appliance(
-        [
-            "--store",
-            str(tmp_path / "store"),
-            "--capacity",
-            "64MiB",
-            "--origin",
-            f"file://{origin_dir}",
-            "--slice-size",
-            str(SLICE),
-            "--access-log",
-            str(tmp_path / "access.log"),
-            "--admin-token",
-            "0123456789abcdef-token",
-        ]
+        [*file_appliance_args(tmp_path), "--admin-token", "0123456789abcdef-token"]
     ).start()
     yield app
     app.stop()

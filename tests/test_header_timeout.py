@@ -7,7 +7,6 @@ clients are served meanwhile (docs/security.md, "The HTTP connection")."""
 from __future__ import annotations
 
 import json
-import re
 import socket
 import ssl
 import threading
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import SLICE, Appliance, make_catalog, statuses, wait_for
+from conftest import Appliance, file_appliance_args, make_catalog, statuses, wait_for
+from test_tls import https_port
 
 KEY = "titles/81234/720p/seg_00002.m4s"
 HEADER_TIMEOUT = 1.0  # seconds: what the appliance here is given
@@ -38,15 +38,10 @@ def served(tmp_path_factory):
             "--tls-cert", str(tmp / "cert.pem"),
             "--header-timeout", f"{HEADER_TIMEOUT}s",
             "--keepalive-timeout", f"{KEEPALIVE}s",
-            "--store", str(tmp / "store"),
-            "--capacity", "64MiB",
-            "--origin", f"file://{tmp / 'origin'}",
-            "--slice-size", str(SLICE),
-            "--access-log", str(tmp / "access.log"),
+            *file_appliance_args(tmp),
         ]
     ).start()  # fmt: skip
-    found = (re.search(r"listening on .*https://127\.0\.0\.1:(\d+)", x) for x in app.stderr)
-    tls_port = int(next(m for m in found if m).group(1))
+    tls_port = https_port(app)
     ctx = ssl.create_default_context(cafile=str(tmp / "ca.pem"))
     yield app, catalog, tmp, tls_port, ctx
     assert app.stop() == 0

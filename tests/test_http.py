@@ -15,6 +15,7 @@ from conftest import (
     Appliance,
     disk_waits,
     drop_from_page_cache,
+    file_appliance_args,
     make_catalog,
     raw_request,
     small_window_socket,
@@ -32,15 +33,7 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("http")
     origin = tmp / "origin"
     catalog = make_catalog(origin)
-    app = Appliance(
-        [
-            "--store", str(tmp / "store"),
-            "--capacity", "64MiB",
-            "--origin", f"file://{origin}",
-            "--slice-size", str(SLICE),
-            "--access-log", str(tmp / "access.log"),
-        ]
-    ).start()  # fmt: skip
+    app = Appliance(file_appliance_args(tmp)).start()
     yield app, catalog, tmp
     assert app.stop() == 0
 

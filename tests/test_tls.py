@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import trustme
 from conftest import (
-    SLICE,
     Appliance,
     Service,
     disk_waits,
     drop_from_page_cache,
     exchange,
+    file_appliance_args,
     make_catalog,
     wait_for,
 )
@@ -80,11 +80,7 @@ def served(tmp_path_factory, pki):
             "--tls-cert", str(d / "a.pem"),
             "--tls-cert", f"{d / 'b-cert.pem'}:{d / 'b-key.pem'}",
             "--tls-handshake-timeout", "1s",
-            "--store", str(tmp / "store"),
-            "--capacity", "64MiB",
-            "--origin", f"file://{tmp / 'origin'}",
-            "--slice-size", str(SLICE),
-            "--access-log", str(tmp / "access.log"),
+            *file_appliance_args(tmp),
         ]
     ).start()  # fmt: skip
     yield app, catalog, tmp
