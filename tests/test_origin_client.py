@@ -358,3 +358,56 @@ async def test_the_body_is_not_read_before_it_is_asked_for() -> None:
         assert got == body
         resp.release()
         await p.close()
+
+
+# -- body buffers --------------------------------------------------------------------------
+
+
+async def test_large_bodies_go_into_buffers_reused_once_nothing_refers_to_them() -> None:
+    """A 2 MiB body is read into a pooled buffer; while any view of it is held
+    (a slice fetch, an outbox), the next body gets another buffer and the
+    held bytes stay as they were; once they are dropped, the buffer is used
+    again."""
+    size = 2 * 1024 * 1024
+    bodies = [bytes([i]) * size for i in range(3)]
+    script: Script = lambda n, i, head: (  # noqa: E731
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + bodies[i]
+    )
+    async with RawOrigin(script) as origin:
+        p = pool(origin)
+
+        async def body() -> list[bytes | memoryview]:
+            resp = await p.request("GET", "/big", {})
+            chunks = [c async for c in resp.chunks()]
+            resp.release()
+            return chunks
+
+        first = await body()
+        assert isinstance(first[-1], memoryview)
+        buffer = id(first[-1].obj)  # the mmap stays alive in the pool: its id is its own
+        second = await body()
+        assert id(second[-1].obj) != buffer  # the first's bytes are still held
+        assert b"".join(first) == bodies[0] and b"".join(second) == bodies[1]
+        del first
+        third = await body()
+        assert id(third[-1].obj) == buffer
+        assert b"".join(third) == bodies[2] and b"".join(second) == bodies[1]
+        await p.close()
+
+
+def test_body_buffers_sizes_and_what_is_kept() -> None:
+    """Small bodies get a bytearray of their own; large ones a power-of-two
+    buffer; free buffers past ``keep`` bytes are unmapped."""
+    b = client.BodyBuffers(keep=4 * 1024 * 1024)
+    assert b.pooled
+    small = b.take(client.POOLED_FROM - 1)
+    assert isinstance(small.obj, bytearray) and len(small) == client.POOLED_FROM - 1
+    views = [b.take(3 * 1024 * 1024) for _ in range(3)]
+    assert [len(v) for v in views] == [3 * 1024 * 1024] * 3
+    assert all(len(v.obj) == 4 * 1024 * 1024 for v in views)  # type: ignore[arg-type]
+    held = views.pop()
+    del views
+    b.reclaim()
+    assert b.free_bytes == 4 * 1024 * 1024 and len(b.lent) == 1  # one kept, one unmapped
+    held[:3] = b"abc"  # still writable: it was never freed
+    assert bytes(held[:3]) == b"abc"

@@ -21,6 +21,9 @@ microseconds of Python per request. Here:
   handed on as views of them: one copy, the kernel's; what came with the
   head, chunked bodies and bodies up to the connection's end go through the
   parser;
+- a body of ``POOLED_FROM`` bytes or more is read into a reused buffer
+  (``BodyBuffers``): no new 2 MiB ``bytearray`` zeroed on the event loop
+  before the socket overwrites it, in the way of a miss's first byte;
 - each socket read (``READ_MAX`` at most) is handed on when it arrives (the
   first byte does not wait for a buffer to fill); reading pauses after the
   head until the body is asked for (the caller's way to its first byte does
@@ -41,8 +44,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import mmap
 import socket
 import ssl
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -60,6 +65,79 @@ MAX_HEAD = 64 * 1024  # an answer's status line and headers, at most
 HIGH_WATER = 1024 * 1024  # unread body bytes before the socket is read no more
 IDLE_FOR = 15.0  # seconds an idle kept-alive connection is kept
 NO_BODY = (204, 304)
+POOLED_FROM = 256 * 1024  # bodies this large are read into reused buffers
+KEEP_FREE = 64 * 1024 * 1024  # free buffers kept per origin pool, at most (bytes)
+
+
+class BodyBuffers:
+    """Buffers for large bodies, reused once nothing refers to them.
+
+    Why: a new ``bytearray`` of 2 MiB is zeroed (a ``memset``, and page faults
+    when the heap grows) before the socket overwrites it, on the event loop;
+    a cold miss's first body byte waited for it (docs/miss-path.md). Rules:
+
+    - a buffer is an anonymous ``mmap`` (page-aligned), of a power-of-two
+      size from ``POOLED_FROM`` to ``BODY_BUFFER``; smaller bodies get a
+      ``bytearray`` of their own;
+    - ``take`` hands out one memoryview of a buffer; every view cut from it
+      (the slices handed on to fetches, outboxes, the store) shares its
+      managed buffer, which holds one reference to the ``mmap`` while any
+      of them lives. A lent buffer whose reference count is back to what a
+      free one shows is free again: nothing can read it any more;
+    - lent buffers are looked at only when a buffer of the size wanted is
+      not free, and every one of them then;
+    - the reference counting this relies on is checked when the pool is
+      made (a view adds exactly one reference); where it does not hold,
+      nothing is pooled (``pooled`` false);
+    - at most ``keep`` bytes of free buffers are kept; one past that is
+      unmapped.
+    """
+
+    def __init__(self, keep: int = KEEP_FREE) -> None:
+        self.keep = keep
+        self.free: dict[int, list[mmap.mmap]] = {}
+        self.free_bytes = 0
+        self.lent: list[mmap.mmap] = []
+        probe = [mmap.mmap(-1, mmap.PAGESIZE)]
+        self._free_refs = _refs(probe)[0]
+        view = memoryview(probe[0])
+        self.pooled = _refs(probe)[0] == self._free_refs + 1
+        view.release()
+        probe[0].close()
+
+    def take(self, n: int) -> memoryview:
+        """A buffer of ``n`` bytes (its contents: whatever it last held)."""
+        if n < POOLED_FROM or not self.pooled:
+            return memoryview(bytearray(n))
+        size = max(POOLED_FROM, 1 << (n - 1).bit_length())
+        if not self.free.get(size):
+            self.reclaim()
+        free = self.free.get(size)
+        if free:
+            buf = free.pop()
+            self.free_bytes -= size
+        else:
+            buf = mmap.mmap(-1, size)
+        self.lent.append(buf)
+        return memoryview(buf)[:n]
+
+    def reclaim(self) -> None:
+        """Lent buffers nothing refers to any more: free again."""
+        lent, self.lent = self.lent, []
+        for buf, refs in zip(lent, _refs(lent), strict=True):
+            if refs > self._free_refs:
+                self.lent.append(buf)
+            elif self.free_bytes + len(buf) <= self.keep:
+                self.free.setdefault(len(buf), []).append(buf)
+                self.free_bytes += len(buf)
+            else:
+                buf.close()
+
+
+def _refs(bufs: list[mmap.mmap]) -> list[int]:
+    """Each buffer's reference count, as ``BodyBuffers`` compares them (one
+    function for the calibration and the check, so both count alike)."""
+    return [sys.getrefcount(b) for b in bufs]
 
 
 class ClientError(Exception):
@@ -186,7 +264,7 @@ class Answer:
     def _buffer(self) -> memoryview:
         buf = self._buf
         if buf is None or self._pos == len(buf):
-            buf = self._buf = memoryview(bytearray(min(self._left, BODY_BUFFER)))
+            buf = self._buf = self._conn.pool.buffers.take(min(self._left, BODY_BUFFER))
             self._pos = 0
         return buf[self._pos : self._pos + READ_MAX]
 
@@ -444,6 +522,7 @@ class Pool:
         self._opening = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._warned = False
+        self.buffers = BodyBuffers()
 
     # -- connections --------------------------------------------------------------------
 
