@@ -133,6 +133,7 @@ class RequestMetrics:
         self._hist = {c: [0] * (len(_BUCKETS) + 1) for c in _CACHE_RESULTS}
         self._sum = dict.fromkeys(_CACHE_RESULTS, 0.0)
         self._rejected: dict[str, int] = {}
+        self._origin_bytes = 0
 
     def observe(self, status: int, cache: str, sent: int, seconds: float) -> None:
         key = (status, cache)
@@ -148,6 +149,9 @@ class RequestMetrics:
         self._rejected[reason] = self._rejected.get(reason, 0) + 1
 
     def flush(self) -> None:
+        if self._origin_bytes:
+            ORIGIN_BYTES.inc(self._origin_bytes)
+            self._origin_bytes = 0
         rejected, self._rejected = self._rejected, {}
         for reason, n in rejected.items():
             TOKEN_REJECTIONS.labels(reason).inc(n)
@@ -189,7 +193,7 @@ class RequestMetrics:
         ORIGIN_REQUESTS.labels(kind, result).inc()
 
     def origin_bytes(self, n: int) -> None:
-        ORIGIN_BYTES.inc(n)
+        self._origin_bytes += n  # each origin read's bytes: added at the next flush
 
     def store_write_failed(self) -> None:
         STORE_WRITE_FAILURES.inc()
