@@ -180,15 +180,16 @@ def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     return b"".join(chunks)
 
 
-def drop_from_page_cache(store: Path) -> int:
-    """Evict the store's slice files from the page cache (their pages are
-    clean: written and fsynced), as memory pressure or a restart would: the
-    next hit on them must come from the disk. How many files."""
+def drop_from_page_cache(store: Path, offset: int = 0, length: int = 0) -> int:
+    """Evict the store's slice files (bytes ``offset`` to ``offset+length``
+    of each; 0: to the end) from the page cache (their pages are clean:
+    written and fsynced), as memory pressure or a restart would: the next
+    hit on them must come from the disk. How many files."""
     files = [p for p in store.rglob("slices/*/*/*") if p.is_file()]
     for p in files:
         fd = os.open(p, os.O_RDONLY)
         try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
     return len(files)

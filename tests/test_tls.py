@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import trustme
 from conftest import (
+    SLICE,
     Appliance,
     Service,
     disk_waits,
@@ -154,6 +155,24 @@ def test_a_hit_on_files_not_in_memory_is_read_in_a_thread_over_tls(served, pki) 
     assert get(port, ctx, "/" + KEY, one_slice)[2] == data[100:60001]
     assert get(port, ctx, "/" + KEY)[2] == data
     assert disk_waits(app) >= before + 2
+
+
+def test_pages_evicted_in_the_middle_of_a_span_are_read_in_a_thread_over_tls(served, pki) -> None:
+    """The read into the TLS buffer itself does not wait for the disk: with
+    only the middle pages of each slice file evicted (the first and the last
+    still there), a hit over TLS still has a thread read them in."""
+    app, catalog, tmp = served
+    port, ctx = https_port(app), client_context(pki)
+    data = catalog[KEY]
+    assert get(port, ctx, "/" + KEY)[2] == data
+    wait_for(lambda: get(port, ctx, "/" + KEY)[1].get("cache-status", "").endswith("hit"))
+    before = disk_waits(app)
+    page = 4096
+    assert drop_from_page_cache(tmp / "store", page, SLICE - 2 * page) > 0
+    one_slice = {"Range": f"bytes={SLICE}-{2 * SLICE - 1}"}  # one slice file, whole
+    assert get(port, ctx, "/" + KEY, one_slice)[2] == data[SLICE : 2 * SLICE]
+    assert disk_waits(app) > before
+    assert get(port, ctx, "/" + KEY)[2] == data
 
 
 def test_sni_chooses_the_certificate_and_the_first_is_the_default(served, pki) -> None:

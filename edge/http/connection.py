@@ -78,7 +78,6 @@ from edge.http.outbox import (
     Done,
     Outbox,
     PeerGone,
-    resident,
     warm_span,
 )
 from edge.http.tls import ktls_sending, tls_io
@@ -502,7 +501,6 @@ class Connection:
             and type(body[0]) is FileSpan
             and self.outbox.userland
             and 0 < body[0].count <= TLS_CHUNK - len(resp.head)
-            and resident(body[0], TLS_CHUNK)
         ):
             return self._send_span_now(req, resp, body[0])
         else:

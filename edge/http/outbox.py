@@ -19,14 +19,17 @@ Rules it keeps:
   full. It raises ``PeerGone`` when the peer went away and ``DiskError``
   when a file cannot be read;
 - nor on the disk, as far as the kernel tells: before a file span is first
-  sent (``sendfile``) or read (userland TLS), its first page (and its last,
-  past the first readahead window) is read with ``RWF_NOWAIT``, which fails
-  rather than wait for the disk (and starts the readahead); ``flush`` then
-  raises ``ColdFile`` and the connection has the span read in a thread
-  (``warm_span``) before it flushes again. A span is probed once. What can
-  still block: pages evicted between the probe and the send, and the
-  ``open`` of a span handed over by path (a fallback when the handler could
-  not open it itself, e.g. on ``EMFILE``).
+  sent with ``sendfile``, its first page (and its last, past the first
+  readahead window) is read with ``RWF_NOWAIT``, which fails rather than
+  wait for the disk (and starts the readahead); on userland TLS the read
+  into the buffer is itself made with ``RWF_NOWAIT`` (it takes what the
+  page cache holds, up to the first page it does not); either way ``flush``
+  then raises ``ColdFile`` and the connection has the span read in a thread
+  (``warm_span``) before it flushes again, and from then on the span's
+  reads may wait (``span.warm``). What can still block: for ``sendfile``,
+  pages evicted between the probe and the send or in the middle of a long
+  span; and the ``open`` of a span handed over by path (a fallback when the
+  handler could not open it itself, e.g. on ``EMFILE``).
 """
 
 from __future__ import annotations
@@ -220,7 +223,11 @@ class Outbox:
         buf = _scratch()
         h = len(head)
         buf[:h] = head
-        size = h + _read_into(span, buf[h : h + span.count])
+        try:
+            size = h + _read_into(span, buf[h : h + span.count])
+        except ColdFile:
+            self.parts.extend((head, span))  # flush meets it: a thread reads it in
+            return False
         if span.count:  # a short read: the rest goes the general way
             self.parts.extend((bytes(buf[:size]), span))
             return False
@@ -288,12 +295,8 @@ class Outbox:
             t = type(item)
             if t is Done or (t is FileSpan and not self.userland):
                 break
-            if t is FileSpan and not resident(item, TLS_CHUNK):
-                if size:
-                    break  # what is gathered goes first; the span's answer is kept
-                raise ColdFile(item)
-            taken += 1
             if t is not FileSpan:
+                taken += 1
                 n = len(item)
                 if size + n > TLS_CHUNK:
                     if size:
@@ -303,7 +306,13 @@ class Outbox:
                 size += n
                 first = parts.popleft()
                 continue
-            size += _read_into(item, buf[size:])
+            try:
+                size += _read_into(item, buf[size:])
+            except ColdFile:
+                if size:
+                    break  # what is gathered goes first; the span waits at the head
+                raise
+            taken += 1
             if item.count:
                 break
             item.close()
@@ -376,12 +385,23 @@ def warm_span(fd: int, offset: int, count: int) -> None:
 
 
 def _read_into(span: FileSpan, buf: memoryview) -> int:
+    """The next bytes of ``span`` into ``buf`` (userland TLS). Until a thread
+    has read the span in (``span.warm``), without waiting for the disk: the
+    bytes the page cache holds, up to the first page it does not, or
+    ``ColdFile`` when that is the first one (the read starts the readahead)."""
     if span.fd < 0:
         _open(span)
     want = min(len(buf), span.count)
+    flags = _NOWAIT if span.warm is not True else 0
     try:
-        n = os.preadv(span.fd, [buf[:want]], span.offset)
+        n = os.preadv(span.fd, [buf[:want]], span.offset, flags)
+    except BlockingIOError:
+        span.warm = False
+        raise ColdFile(span) from None
     except OSError as exc:
+        if flags and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            span.warm = True  # this file cannot say: read it as before
+            return _read_into(span, buf)
         raise DiskError(span, exc) from exc
     if not n:
         raise DiskError(span, OSError(errno.EIO, "slice file shorter than its index row"))
