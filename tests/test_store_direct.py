@@ -101,6 +101,23 @@ def test_whole_slices_are_written_past_the_page_cache(tmp_path: Path, monkeypatc
     chunks = [parts[:1000], memoryview(parts)[1000:50001], bytearray(parts[50001:])]
     assert store.put_slice(obj, 0, chunks)
     check_files(store, "v/c.m4s", parts)
+    # a slice in a writable buffer, as the origin client's body buffers are:
+    # copied by a foreign call, which lets go of the GIL (the real memmove, counted)
+    copies: list[int] = []
+    real = ctypes.memmove
+
+    def counted(dst, src, n):  # type: ignore[no-untyped-def]
+        copies.append(n)
+        return real(dst, src, n)
+
+    monkeypatch.setattr(ctypes, "memmove", counted)
+    pooled = mmap.mmap(-1, 2 * SLICE)
+    pooled[SLICE:] = rng.randbytes(SLICE)
+    obj = store.ensure_object("v/d.m4s", ObjectMeta(SLICE, '"d"', 0, "video/mp4"))
+    assert store.put_slice(obj, 0, [memoryview(pooled)[SLICE:]])
+    assert copies == [SLICE]
+    check_files(store, "v/d.m4s", pooled[SLICE:])
+    pooled.close()  # nothing refers to it any more
     assert os.listdir(store.roots[1].tmp_dir) == []
 
 

@@ -14,6 +14,11 @@ Rules it keeps:
   (a copy into pages already mapped costs a tenth of a fresh page-cache
   page's), the aligned part written direct, and the rest (the last partial
   block and the trailer) written through the page cache on the same file;
+- that copy lets go of the GIL (``ctypes.memmove``, a foreign call) for a
+  chunk of ``UNLOCKED_COPY`` bytes or more that can be addressed (a
+  writable buffer: the origin client's body buffers): copied under the GIL,
+  2 MiB held the event loop up for 0.1-0.2 ms, in the way of the next
+  miss's first byte; a read-only chunk (``bytes``) is copied as before;
 - a slice written past the page cache is read back into it in the background
   (``POSIX_FADV_WILLNEED``) once written, so the next hit does not read the
   disk on the event loop;
@@ -25,6 +30,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -37,6 +43,7 @@ from edge.store.files import Root, Staged, StageFile, WriteErrorHook
 DIRECT_ALIGN = 4096  # covers devices with 512-byte and 4 KiB logical blocks
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 _GROW = 1024 * 1024  # the thread's buffer grows in steps of this
+UNLOCKED_COPY = 64 * 1024  # chunks this large are copied without the GIL
 
 
 class _Bounce(threading.local):
@@ -93,7 +100,7 @@ def _write_direct(
     for v in views:
         end = min(pos + len(v), aligned)
         if end > pos:
-            buf[pos:end] = v[: end - pos]
+            _copy(buf[pos:end], v[: end - pos])
         sink.hash.update(v)
         pos += len(v)
     rest = _tail_of(views, aligned)
@@ -128,6 +135,21 @@ def _write_direct(
     sink.write_raw(rest)
     _warm(fd, aligned)
     return sink.close(sync=True)
+
+
+def _copy(dst: memoryview, src: memoryview) -> None:
+    """``dst[:] = src``, without the GIL when ``src`` is large and writable
+    (``ctypes`` can only address a writable buffer; ``dst`` is this
+    thread's ``mmap``). Both views are held for the whole call."""
+    if len(src) < UNLOCKED_COPY or src.readonly or not src.c_contiguous:
+        dst[:] = src
+        return
+    to = ctypes.c_char.from_buffer(dst)
+    frm = ctypes.c_char.from_buffer(src)
+    try:
+        ctypes.memmove(ctypes.addressof(to), ctypes.addressof(frm), len(src))
+    finally:
+        del to, frm  # their exports of the views end here
 
 
 def _warm(fd: int, size: int) -> None:
