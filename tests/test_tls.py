@@ -141,15 +141,21 @@ def peer_names(port: int, ctx: ssl.SSLContext, server_hostname: str | None) -> s
     return {v for k, v in cert["subjectAltName"] if k == "DNS"}
 
 
+def stored_over_tls(app: Appliance, catalog: dict[str, bytes], pki) -> tuple:  # type: ignore[type-arg]
+    """KEY fetched over TLS until it is a hit: (the https port, a client
+    context, the disk waits counted so far)."""
+    port, ctx = https_port(app), client_context(pki)
+    assert get(port, ctx, "/" + KEY)[2] == catalog[KEY]
+    wait_for(lambda: get(port, ctx, "/" + KEY)[1].get("cache-status", "").endswith("hit"))
+    return port, ctx, disk_waits(app)
+
+
 def test_a_hit_on_files_not_in_memory_is_read_in_a_thread_over_tls(served, pki) -> None:
     """Userland TLS reads a span into its buffer before encrypting it: that
     read, too, waits for a thread when the pages left the page cache."""
     app, catalog, tmp = served
-    port, ctx = https_port(app), client_context(pki)
+    port, ctx, before = stored_over_tls(app, catalog, pki)
     data = catalog[KEY]
-    assert get(port, ctx, "/" + KEY)[2] == data
-    wait_for(lambda: get(port, ctx, "/" + KEY)[1].get("cache-status", "").endswith("hit"))
-    before = disk_waits(app)
     assert drop_from_page_cache(tmp / "store") > 0
     one_slice = {"Range": "bytes=100-60000"}  # the hit path's shortcut: one send
     assert get(port, ctx, "/" + KEY, one_slice)[2] == data[100:60001]
@@ -162,11 +168,8 @@ def test_pages_evicted_in_the_middle_of_a_span_are_read_in_a_thread_over_tls(ser
     only the middle pages of each slice file evicted (the first and the last
     still there), a hit over TLS still has a thread read them in."""
     app, catalog, tmp = served
-    port, ctx = https_port(app), client_context(pki)
+    port, ctx, before = stored_over_tls(app, catalog, pki)
     data = catalog[KEY]
-    assert get(port, ctx, "/" + KEY)[2] == data
-    wait_for(lambda: get(port, ctx, "/" + KEY)[1].get("cache-status", "").endswith("hit"))
-    before = disk_waits(app)
     page = 4096
     assert drop_from_page_cache(tmp / "store", page, SLICE - 2 * page) > 0
     one_slice = {"Range": f"bytes={SLICE}-{2 * SLICE - 1}"}  # one slice file, whole
