@@ -389,6 +389,8 @@ def _read_into(span: FileSpan, buf: memoryview) -> int:
     has read the span in (``span.warm``), without waiting for the disk: the
     bytes the page cache holds, up to the first page it does not, or
     ``ColdFile`` when that is the first one (the read starts the readahead)."""
+    if span.warm is False:
+        raise ColdFile(span)  # found cold: a thread reads it in, however soon readahead ends
     if span.fd < 0:
         _open(span)
     want = min(len(buf), span.count)
@@ -405,6 +407,8 @@ def _read_into(span: FileSpan, buf: memoryview) -> int:
         raise DiskError(span, exc) from exc
     if not n:
         raise DiskError(span, OSError(errno.EIO, "slice file shorter than its index row"))
+    if flags and n < want:
+        span.warm = False  # the page after these is not in the page cache
     span.offset += n
     span.count -= n
     return n
