@@ -407,8 +407,8 @@ def _read_into(span: FileSpan, buf: memoryview) -> int:
         raise DiskError(span, exc) from exc
     if not n:
         raise DiskError(span, OSError(errno.EIO, "slice file shorter than its index row"))
-    if flags and n < want:
-        span.warm = False  # the page after these is not in the page cache
+    if flags and n < want and os.fstat(span.fd).st_size > span.offset + n:
+        span.warm = False  # the page after these is not in the page cache (not the file's end)
     span.offset += n
     span.count -= n
     return n
