@@ -118,9 +118,11 @@ class FillRun:
             report["tidied"] = {"temp_files": temps, "slice_files_adopted": adopted}
         entries = await self._manifest(settings)
         left: float | None = None
+        closes = 0.0
         window = self.cfg.window
         if window is not None and not self.ignore_window:
             left = window.left(datetime.now())
+            closes = time.monotonic() + left  # planning and peers take from the window too
             if left <= 0:
                 opens = window.opens_in(datetime.now())
                 self.status = "outside-window"
@@ -151,7 +153,7 @@ class FillRun:
             return report, 0
         if self.cfg.peers:
             report["peers_left_out"] = await self.sources.learn_peers(settings)
-        await self._execute(plan, left)
+        await self._execute(plan, None if left is None else max(0.0, closes - time.monotonic()))
         report["status"] = self.status
         return self._finish(report), 1 if self.tally.failed or self.status == "interrupted" else 0
 
