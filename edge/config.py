@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.core.policy import POLICIES
 from edge.core.signing import parse_keys
-from edge.core.sizes import parse_duration, parse_size
+from edge.core.sizes import format_size, parse_duration, parse_size
 from edge.origin import OriginSettings
 from edge.store import DEFAULT_SLICE_SIZE
 
@@ -79,6 +79,8 @@ class ServeConfig:
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
     admission: str = "doorkeeper"
+    # missed bytes a worker holds for the store's writers; past it, served unstored
+    store_backlog: int = 256 * 1024 * 1024
     scrub_rate: int = 16 * 1024 * 1024  # bytes/s the background scrub rereads; 0: off
     index_sync: str = "full"  # full: a commit survives power loss; normal: may lose the last
     # HTTP origins (a shared cache): query parameters left out of the cache key
@@ -341,6 +343,12 @@ SERVE_OPTIONS: Options = {
         choice("off", "doorkeeper"),
         "store an object seen once under capacity pressure? (doorkeeper: only from its 2nd ask)",
     ),
+    "store_backlog": (
+        "--store-backlog",
+        parse_size,
+        "missed bytes a worker holds for the store's writers, at most; past it a slice "
+        "is served and not stored (default 256MiB; docs/miss-path.md)",
+    ),
     "scrub_rate": (
         "--scrub-rate",
         parse_size,
@@ -570,6 +578,11 @@ def load_serve_config(args: argparse.Namespace, *, need_capacity: bool = True) -
         raise ConfigError("no store: give --store DIR (repeat per disk) or [[store]] in the file")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:
         raise ConfigError("--admin-token / admin_token must be at least 16 characters")
+    if cfg.store_backlog < cfg.slice_size:
+        raise ConfigError(
+            f"--store-backlog / store_backlog must be at least one slice "
+            f"({format_size(cfg.slice_size)}): a slice past it is never stored"
+        )
     if need_capacity:
         cfg.root_capacities()
     if cfg.origin:

@@ -195,6 +195,14 @@ def drop_from_page_cache(store: Path, offset: int = 0, length: int = 0) -> int:
     return len(files)
 
 
+def metric(app: Appliance, name: str) -> float:
+    """The value of the unlabelled metric ``name`` (0 when it is not there)."""
+    for line in app.get("/_edge/metrics")[2].decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def disk_waits(app: Appliance) -> float:
     """``edgefleet_disk_waits_total``: sends that had a thread read a file in."""
     text = app.get("/_edge/metrics")[2].decode()

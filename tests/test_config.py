@@ -87,6 +87,8 @@ capacity = "10GiB"
         (["--admin-token", "short"], "--admin-token / admin_token"),
         (["--request-cache-control", "most"], "--request-cache-control / request_cache_control"),
         (["--origin-pool-size", "0"], "--origin-pool-size / origin_pool_size"),
+        (["--store-backlog", "1MiB"], "--store-backlog / store_backlog"),
+        (["--store-backlog", "lots"], "--store-backlog / store_backlog"),
         (["--header-timeout", "0"], "--header-timeout / header_timeout"),
         (["--header-timeout", "0s"], "--header-timeout / header_timeout"),
         (["--header-timeout", "soon"], "--header-timeout / header_timeout"),

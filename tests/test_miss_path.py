@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import SLICE, Appliance, small_window_socket, wait_for
+from conftest import SLICE, Appliance, metric, small_window_socket, wait_for
 from origin_server import OriginServer
 
 TOKEN = "0123456789abcdef-token"
@@ -268,6 +268,51 @@ def test_a_cold_miss_is_answered_while_another_writer_holds_the_index(
         wait_for(lambda: used(app) == len(data))
         assert app.get("/seg.m4s")[2] == data
         assert len(origin.asked("GET")) == 4  # one per slice, stored after all
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            holder.execute("ROLLBACK")
+        holder.close()
+        assert app.stop() == 0
+
+
+def test_a_store_that_falls_behind_holds_no_more_than_its_backlog(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    # While the index's write lock is held (a fill, an operator's sqlite3
+    # shell) or the disks are slow, missed slices wait in memory for the
+    # store. At most --store-backlog of them: the others are served and not
+    # stored, and fetched again when next asked for. Players get every byte.
+    objects = {f"t/{n}.m4s": random.randbytes(4 * SLICE) for n in range(12)}
+    for key, data in objects.items():
+        origin.put(key, data)
+    backlog = 8 * SLICE
+    app = start(tmp_path, origin.url, extra=("--store-backlog", str(backlog)))
+    holder = sqlite3.connect(tmp_path / "store" / "index.sqlite", isolation_level=None)
+    try:
+        assert app.get("/_edge/health")[0] == 200
+        holder.execute("BEGIN IMMEDIATE")  # the store's commits wait
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda k: app.get("/" + k), objects))
+        assert [(status, body) for status, _, body in got] == [(200, d) for d in objects.values()]
+        slices = 4 * len(objects)
+        wait_for(lambda: metric(app, "edgefleet_store_skipped_slices_total") == slices - 8)
+        wait_for(lambda: metric(app, "edgefleet_store_backlog_bytes") == backlog)
+        holder.execute("ROLLBACK")
+        wait_for(lambda: metric(app, "edgefleet_store_backlog_bytes") == 0)
+        assert used(app) == backlog  # what waited is stored; the rest was let go
+        assert len(origin.asked("GET")) == slices
+        for key, data in objects.items():  # the skipped slices are misses again
+            assert app.get("/" + key)[2] == data
+        assert len(origin.asked("GET")) == 2 * slices - 8
+        # the backlog still holds for them: each is stored, or counted as skipped
+        skipped = slices - 8
+        wait_for(
+            lambda: (
+                used(app) // SLICE + metric(app, "edgefleet_store_skipped_slices_total") - skipped
+                == slices
+            )
+        )
+        assert metric(app, "edgefleet_store_write_failures_total") == 0
     finally:
         with contextlib.suppress(sqlite3.Error):
             holder.execute("ROLLBACK")

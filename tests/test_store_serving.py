@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SLICE, Appliance, ballast, mount_tmpfs, wait_for
+from conftest import SLICE, Appliance, ballast, metric, mount_tmpfs, wait_for
 
 from edge.core.meta import ObjectMeta
 from edge.store import RootSpec, Store
@@ -42,13 +42,6 @@ def start(tmp: Path, store: Path, *extra: str, origin: bool = True) -> Appliance
     if origin:
         args += ["--origin", f"file://{tmp / 'origin'}"]
     return Appliance(args).start()
-
-
-def metric(app: Appliance, name: str) -> float:
-    for line in app.get("/_edge/metrics")[2].decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def stored_keys(app: Appliance) -> set[str]:

@@ -126,6 +126,8 @@ class Appliance:
             metrics.store_write_failed,
             cfg.request_cache_control if self.shared_cache else "ignore",
             write=self.run_store,
+            store_backlog=cfg.store_backlog,
+            on_store_skipped=metrics.store_skipped,
         )
         # players' no-cache, max-age, min-fresh can make a fresh hit a revalidation
         self.hits_heed_requests = self.miss.request_cache_control == "all"
@@ -201,6 +203,7 @@ class Appliance:
         t0, b0 = self.sent_window[0]
         self.egress_rate = (total - b0) / (now - t0) if now > t0 else 0.0
         self.metrics.set_egress(self.egress_rate)
+        self.metrics.set_store_backlog(self.miss.backlog)
         self.metrics.flush()
         if self.access_log is not None:
             self.access_log.flush()

@@ -55,6 +55,15 @@ ORIGIN_BYTES = Counter("edgefleet_origin_bytes", "Bytes read from origins")
 STORE_WRITE_FAILURES = Counter(
     "edgefleet_store_write_failures", "Slices fetched but not stored (no room or a disk error)"
 )
+STORE_SKIPPED = Counter(
+    "edgefleet_store_skipped_slices",
+    "Slices fetched and served but not stored: more than store_backlog waited for the store",
+)
+STORE_BACKLOG = Gauge(
+    "edgefleet_store_backlog_bytes",
+    "Bytes of fetched slices waiting for the store's writers",
+    multiprocess_mode="livesum",
+)
 DISK_WAITS = Counter(
     "edgefleet_disk_waits",
     "Sends that waited for a slice file to be read from the disk, in a thread",
@@ -204,6 +213,12 @@ class RequestMetrics:
 
     def store_write_failed(self) -> None:
         STORE_WRITE_FAILURES.inc()
+
+    def store_skipped(self) -> None:
+        STORE_SKIPPED.inc()
+
+    def set_store_backlog(self, n: int) -> None:
+        STORE_BACKLOG.set(n)
 
 
 class StoreCollector(Collector):

@@ -79,6 +79,8 @@ class MissPath:
         on_store_failed: Callable[[], None],
         request_cache_control: str = "ignore",
         write: Callable[..., asyncio.Future[Any]] | None = None,
+        store_backlog: int = 256 * 1024 * 1024,
+        on_store_skipped: Callable[[], None] = lambda: None,
     ) -> None:
         self.views = views
         # which of a request's Cache-Control directives count (edge.core.cachepolicy)
@@ -90,6 +92,12 @@ class MissPath:
         self.answers = answers
         self.on_disk_error = on_disk_error
         self.on_store_failed = on_store_failed
+        # bytes of complete slices waiting for the store's writers, at most
+        # ``store_backlog``: a slice past it is served and not stored
+        # (docs/miss-path.md, "A store that falls behind")
+        self.backlog = 0
+        self.backlog_max = store_backlog
+        self.on_store_skipped = on_store_skipped
         self.revalidations: dict[str, asyncio.Future[ObjectMeta | None]] = {}
         self.learning: dict[str, asyncio.Future[StoredObject | ObjectMeta | None]] = {}
         # (key, gen) -> the index entry of an object just learnt, being committed
@@ -564,20 +572,31 @@ class MissPath:
         )
 
     async def _store_slice(self, obj: StoredObject, idx: int, chunks: list[bytes]) -> None:
+        size = sum(len(c) for c in chunks)
+        if self.backlog + size > self.backlog_max:
+            self.on_store_skipped()  # the store is behind: served, not held for it
+            return
+        self.backlog += size
+        try:
+            stored = await self._write_slice(obj, idx, chunks)
+        finally:
+            self.backlog -= size
+        if not stored:
+            self.on_store_failed()
+
+    async def _write_slice(self, obj: StoredObject, idx: int, chunks: list[bytes]) -> bool:
         entry = await self._entry(obj)
         if entry is None:  # its index entry failed (logged)
-            self.on_store_failed()
-            return
+            return False
         obj = entry
         try:
             stored = await self.write(self.store.put_slice, obj, idx, chunks)
         except Exception as exc:
             log.error("storing slice %d of %s failed: %s", idx, loggable(obj.key), exc)
-            stored = False
-        if not stored:
-            self.on_store_failed()
-            return
-        self.views.landed_slice(obj, idx, chunks)
+            return False
+        if stored:
+            self.views.landed_slice(obj, idx, chunks)
+        return stored
 
     async def invalidate(self, view: View) -> None:
         """The origin changed the object: forget this version everywhere."""
