@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import http.client
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -62,6 +63,7 @@ from benchlib import (
     Server,
     add_executable_args,
     add_output_args,
+    admin_get,
     check_cpus,
     check_executables,
     check_pinning,
@@ -232,6 +234,8 @@ def start_appliance(
             "1",
             "--slice-size",
             args.slice_size,
+            "--store-backlog",
+            args.store_backlog,
             "--grace",
             "2s",  # in-flight responses at the end: only after an interrupt
             "--log-level",
@@ -275,6 +279,13 @@ def check_misses(
     if reads != expected * slices_per_object:
         problems.append(
             f"{reads:.0f} origin reads, expected one per slice ({expected * slices_per_object})"
+        )
+    text = admin_get(port, "/_edge/metrics").decode()
+    skipped = re.search(r"^edgefleet_store_skipped_slices_total (\S+)$", text, re.M)
+    if skipped and float(skipped.group(1)):
+        problems.append(
+            f"{float(skipped.group(1)):.0f} slices served and not stored: the store fell "
+            "behind by more than --store-backlog"
         )
     failed = {k: v for k, v in origin.items() if not k.endswith(" ok")}
     if failed:
@@ -965,6 +976,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slice-size", default="2MiB", help="the appliance's slice size (default 2MiB)")
     p.add_argument("--capacity", default="8GiB", help="the appliance's store capacity (8GiB)")
     p.add_argument(
+        "--store-backlog",
+        default="16GiB",
+        help="the appliance's --store-backlog (default 16GiB: every slice is stored, as the "
+        "slice cache stores everything; a slice not stored is reported as a problem)",
+    )
+    p.add_argument(
         "--origin-age",
         type=float,
         default=30 * 86400.0,
@@ -1030,10 +1047,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--ttfb-objects must be between 0 and --objects")
     if args.object_size < 1 or args.per_title < 1:
         p.error("--object-size and --per-title must be at least 1")
-    try:
-        parse_size(args.slice_size)
-    except ValueError as exc:
-        p.error(f"--slice-size: {exc}")
+    for flag, value in (("--slice-size", args.slice_size), ("--store-backlog", args.store_backlog)):
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            p.error(f"{flag}: {exc}")
     if args.pin:
         if args.appliance_cpu == args.client_cpu:
             p.error("--appliance-cpu and --client-cpu must differ")
