@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import ctypes
 import errno
 import http.client
 import itertools
 import json
+import mmap
 import os
 import re
 import shutil
@@ -193,6 +195,20 @@ def drop_from_page_cache(store: Path, offset: int = 0, length: int = 0) -> int:
         finally:
             os.close(fd)
     return len(files)
+
+
+def resident(mapped: mmap.mmap) -> list[bool]:
+    """Which pages of ``mapped`` are in memory (``mincore``: it touches none)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    start = ctypes.c_char.from_buffer(mapped)
+    try:
+        pages = (ctypes.c_ubyte * -(-len(mapped) // mmap.PAGESIZE))()
+        addr = ctypes.c_void_p(ctypes.addressof(start))
+        if libc.mincore(addr, ctypes.c_size_t(len(mapped)), pages):
+            raise OSError(ctypes.get_errno(), "mincore")
+        return [bool(p & 1) for p in pages]
+    finally:
+        del start
 
 
 def metric(app: Appliance, name: str) -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from conftest import resident
 
 from edge.http.tls import client_context
 from edge.origin import client
@@ -411,3 +412,23 @@ def test_body_buffers_sizes_and_what_is_kept() -> None:
     assert b.free_bytes == 4 * 1024 * 1024 and len(b.lent) == 1  # one kept, one unmapped
     held[:3] = b"abc"  # still writable: it was never freed
     assert bytes(held[:3]) == b"abc"
+
+
+async def test_new_buffers_come_with_their_pages_in() -> None:
+    """A take that has to map a buffer (none free: fresh memory is wanted)
+    has a thread map ``ready_count`` more and fault their pages in, so the
+    socket's reads into the next ones do not fault page by page on the
+    event loop; the next takes get those, every page already in memory."""
+    size = 2 * 1024 * 1024
+    b = client.BodyBuffers(ready=3)
+    first = b.take(size)
+    assert not any(resident(first.obj))  # type: ignore[arg-type]  # mapped here: no page yet
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(b.ready.get(size, ())) < 3:
+        assert asyncio.get_running_loop().time() < deadline, "no buffers made ready"
+        await asyncio.sleep(0.01)
+    ready = list(b.ready[size])
+    assert all(all(resident(m)) for m in ready)
+    taken = [b.take(size) for _ in range(3)]
+    assert {id(v.obj) for v in taken} == {id(m) for m in ready}
+    assert all(all(resident(v.obj)) for v in taken)  # type: ignore[arg-type]

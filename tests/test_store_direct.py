@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import resident
 
 from edge.core.meta import ObjectMeta
 from edge.store import RootSpec, Store, checksum
@@ -125,17 +126,11 @@ def in_page_cache(path: str) -> bool:
     """Is every page of ``path`` in the page cache? ``mincore`` on a mapping of
     it, which reads nothing (a read that may not wait, ``RWF_NOWAIT``, would
     start the very readahead it looks for)."""
-    libc = ctypes.CDLL(None, use_errno=True)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
     try:
-        start = ctypes.c_char.from_buffer(mapped)
-        pages = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
-        if libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), ctypes.c_size_t(size), pages):
-            raise OSError(ctypes.get_errno(), "mincore")
-        del start
-        return all(p & 1 for p in pages)
+        return all(resident(mapped))
     finally:
         mapped.close()
 
