@@ -432,3 +432,24 @@ async def test_new_buffers_come_with_their_pages_in() -> None:
     taken = [b.take(size) for _ in range(3)]
     assert {id(v.obj) for v in taken} == {id(m) for m in ready}
     assert all(all(resident(v.obj)) for v in taken)  # type: ignore[arg-type]
+
+
+async def test_buffers_nothing_refers_to_go_back_without_a_new_take() -> None:
+    """After a burst, buffers whose bytes nobody holds any more are freed
+    (up to ``keep``) or unmapped within a sweep, not at the next take."""
+    size = 2 * 1024 * 1024
+    b = client.BodyBuffers(keep=2 * size, ready=0)
+    views = [b.take(size) for _ in range(5)]
+    held = views.pop()  # still with a player
+    del views
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(b.lent) > 1:
+        assert asyncio.get_running_loop().time() < deadline, "lent buffers never swept"
+        await asyncio.sleep(0.05)
+    assert b.lent == [held.obj] and b.free_bytes == 2 * size
+    assert len(b.free[size]) == 2  # and the other two, past keep, unmapped
+    del held
+    while b.lent:
+        assert asyncio.get_running_loop().time() < deadline, "the last buffer never swept"
+        await asyncio.sleep(0.05)
+    assert b.free_bytes == 2 * size  # keep is full: the last one was unmapped

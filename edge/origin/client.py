@@ -69,6 +69,7 @@ NO_BODY = (204, 304)
 POOLED_FROM = 256 * 1024  # bodies this large are read into reused buffers
 KEEP_FREE = 64 * 1024 * 1024  # free buffers kept per origin pool, at most (bytes)
 READY = 16  # new buffers a thread maps ahead, per size
+SWEEP_EVERY = 1.0  # seconds between looks at the lent buffers while any is lent
 
 
 class BodyBuffers:
@@ -86,8 +87,10 @@ class BodyBuffers:
       managed buffer, which holds one reference to the ``mmap`` while any
       of them lives. A lent buffer whose reference count is back to what a
       free one shows is free again: nothing can read it any more;
-    - lent buffers are looked at only when a buffer of the size wanted is
-      not free, and every one of them then;
+    - lent buffers are looked at when a buffer of the size wanted is not
+      free, and every one of them then; and, while any is lent, once every
+      ``SWEEP_EVERY`` seconds on the event loop, so that after a burst the
+      memory goes back without waiting for the next take;
     - the reference counting this relies on is checked when the pool is
       made (a view adds exactly one reference); where it does not hold,
       nothing is pooled (``pooled`` false);
@@ -110,6 +113,7 @@ class BodyBuffers:
         self.ready_count = ready
         self.ready: dict[int, list[mmap.mmap]] = {}  # size -> new buffers, pages in
         self._refilling: set[int] = set()  # sizes a thread is mapping
+        self._sweeping = False  # a sweep of the lent buffers is scheduled
         probe = [mmap.mmap(-1, mmap.PAGESIZE)]
         self._free_refs = _refs(probe)[0]
         view = memoryview(probe[0])
@@ -133,7 +137,23 @@ class BodyBuffers:
             buf = ready.pop() if ready else _new_buffer(size)
             self._refill(size)
         self.lent.append(buf)
+        if not self._sweeping:
+            self._schedule_sweep()
         return memoryview(buf)[:n]
+
+    def _schedule_sweep(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not on an event loop: takes reclaim as before
+        self._sweeping = True
+        loop.call_later(SWEEP_EVERY, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeping = False
+        self.reclaim()
+        if self.lent:
+            self._schedule_sweep()
 
     def _refill(self, size: int) -> None:
         """Have a thread map ``ready_count`` buffers of ``size`` for the next takes."""
