@@ -142,9 +142,8 @@ class BodyBuffers:
         return memoryview(buf)[:n]
 
     def _schedule_sweep(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = _running_loop()
+        if loop is None:
             return  # not on an event loop: takes reclaim as before
         self._sweeping = True
         loop.call_later(SWEEP_EVERY, self._sweep)
@@ -157,14 +156,11 @@ class BodyBuffers:
 
     def _refill(self, size: int) -> None:
         """Have a thread map ``ready_count`` buffers of ``size`` for the next takes."""
-        if size in self._refilling or len(self.ready.get(size, ())) >= self.ready_count:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # not on an event loop: takes map their own
-        self._refilling.add(size)
         want = self.ready_count - len(self.ready.get(size, ()))
+        loop = _running_loop()
+        if size in self._refilling or want <= 0 or loop is None:
+            return  # under way, stocked, or not on an event loop (takes map their own)
+        self._refilling.add(size)
         fresh = [_new_buffer(size) for _ in range(want)]  # mapped: no page in yet
         fut = loop.run_in_executor(None, _populate, fresh)
 
@@ -186,6 +182,13 @@ class BodyBuffers:
                 self.free_bytes += len(buf)
             else:
                 buf.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 _MAP_FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0x20)
